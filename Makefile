@@ -1,0 +1,37 @@
+# Two entry points, both usable on a fresh Debian/Ubuntu machine as root:
+#   make demo   install everything, build the Django example with pybuild, run it on :8000
+#   make test   install everything, run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+APT_PACKAGES := runc crun skopeo umoci docker-registry busybox-static mmdebstrap \
+	buildah podman docker.io containerd iproute2 curl ca-certificates apache2-utils
+STAMP := .make-stamps
+
+.PHONY: demo test deps apt pip clean
+
+deps: apt pip
+
+apt: $(STAMP)/apt
+$(STAMP)/apt: Makefile
+	@mkdir -p $(STAMP)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+pip: $(STAMP)/pip
+$(STAMP)/pip: pyproject.toml
+	@mkdir -p $(STAMP)
+	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+	@touch $@
+
+test: deps
+	$(PYTHON) -m pytest -q tests
+
+demo: deps
+	bash examples/django-app/demo.sh
+
+clean:
+	rm -rf $(STAMP)
