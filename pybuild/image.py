@@ -1,0 +1,524 @@
+"""Images in the store: OCI config and manifest, lookup by tag or ID, import and archives.
+
+An image is the pair docker users know: a config (its digest is the image ID) and a
+manifest listing the compressed layers. Archives are written in the formats the real tools
+load: docker-archive (`docker load`, `podman load`) and an OCI layout in a tar.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import hashlib
+import io
+import lzma
+import os
+import platform as _platform
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+from isal import igzip, isal_zlib
+
+from pybuild.errors import PybuildError
+from pybuild.reference import parse_reference
+from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
+                           BlobWriter, Descriptor, Store, canonical_json)
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+LAYER_MEDIA_TYPES = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
+CONTAINERD_NAME = "io.containerd.image.name"
+# docker's default PATH for Linux images (system.DefaultPathEnv).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+         "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
+         "i686": "386", "i386": "386"}
+_CHUNK = 1 << 20
+_HEX_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
+
+
+@dataclass
+class Image:
+    """A loaded image: manifest and config with their descriptors."""
+
+    manifest_desc: Descriptor
+    manifest: dict
+    config_desc: Descriptor
+    config: dict
+
+    @property
+    def id(self) -> str:
+        """The image ID as docker shows it: the config digest."""
+        return self.config_desc.digest
+
+    @property
+    def layers(self) -> list[Descriptor]:
+        """Layer descriptors, base first."""
+        return [Descriptor.from_dict(d) for d in self.manifest.get("layers") or []]
+
+    @property
+    def diff_ids(self) -> list[str]:
+        """Digests of the uncompressed layers, base first."""
+        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+
+
+def host_platform() -> dict[str, str]:
+    """The OCI platform of this machine ({"architecture": "amd64", "os": "linux"})."""
+    machine = _platform.machine().lower()
+    plat = {"architecture": _ARCH.get(machine, machine), "os": "linux"}
+    if plat["architecture"] == "arm64":
+        plat["variant"] = "v8"
+    elif plat["architecture"] == "arm":
+        plat["variant"] = "v7"
+    return plat
+
+
+def created_timestamp() -> str:
+    """RFC 3339 UTC time as docker writes it; SOURCE_DATE_EPOCH makes it reproducible."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def empty_config(platform: dict[str, str] | None = None) -> dict:
+    """The config of `FROM scratch` as BuildKit starts it: platform, default PATH, no layers."""
+    plat = platform or host_platform()
+    config: dict = {"architecture": plat["architecture"], "os": plat["os"],
+                    "config": {"Env": [f"PATH={DEFAULT_PATH}"]},
+                    "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    if plat.get("variant"):
+        config["variant"] = plat["variant"]
+    return config
+
+
+def _platform_of(config: dict) -> dict[str, str] | None:
+    if not config.get("architecture") or not config.get("os"):
+        return None
+    plat = {"architecture": config["architecture"], "os": config["os"]}
+    if config.get("variant"):
+        plat["variant"] = config["variant"]
+    return plat
+
+
+def write(store: Store, config: dict, layers: list[Descriptor]) -> Descriptor:
+    """Store the config and an OCI manifest for `layers`; returns the manifest descriptor.
+
+    The config's rootfs.diff_ids must list one diff_id per layer, in order.
+    """
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+        raise ValueError(f"config lists {len(diff_ids or [])} diff_ids for {len(layers)} layers")
+    config_desc = store.put_json(config, OCI_CONFIG)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config_desc.to_dict(),
+        "layers": [Descriptor(d.media_type, d.digest, d.size, d.annotations).to_dict()
+                   for d in layers],
+    }
+    desc = store.put_json(manifest, OCI_MANIFEST)
+    return Descriptor(desc.media_type, desc.digest, desc.size, None, _platform_of(config))
+
+
+# ---- lookup ---------------------------------------------------------------------------
+
+def _select_platform(store: Store, index: dict, what: str) -> Descriptor:
+    """The host's manifest from an index (docker's choice when pulling a multi-arch tag)."""
+    host = host_platform()
+    entries = [Descriptor.from_dict(m) for m in index.get("manifests") or []]
+    entries = [e for e in entries if e.media_type in MANIFEST_TYPES]
+    for want_variant in (True, False):
+        for e in entries:
+            p = e.platform or {}
+            if p.get("os") == host["os"] and p.get("architecture") == host["architecture"] and \
+                    (not want_variant or p.get("variant") == host.get("variant")):
+                return e
+    if len(entries) == 1 and not entries[0].platform:
+        return entries[0]
+    raise PybuildError(f"{what}: no matching manifest for {host['os']}/{host['architecture']} "
+                       f"in the manifest list entries")
+
+
+def _from_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
+    """Read an image from a manifest or index descriptor."""
+    if not store.has_blob(desc.digest):
+        raise PybuildError(f"{what}: manifest {desc.digest} is missing from the store")
+    doc = store.read_json(desc.digest)
+    media_type = doc.get("mediaType") or desc.media_type
+    if media_type in INDEX_TYPES or ("manifests" in doc and "config" not in doc):
+        return _from_descriptor(store, _select_platform(store, doc, what), what)
+    if "config" not in doc:
+        raise PybuildError(f"{what}: {desc.digest} is not an image manifest")
+    config_desc = Descriptor.from_dict(doc["config"])
+    if not store.has_blob(config_desc.digest):
+        raise PybuildError(f"{what}: config {config_desc.digest} is missing from the store")
+    return Image(desc, doc, config_desc, store.read_json(config_desc.digest))
+
+
+def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
+    """Every image manifest: tagged ones first, then untagged ones found among the blobs."""
+    seen: set[str] = set()
+    for desc in store.list_tags().values():
+        if desc.media_type in MANIFEST_TYPES:
+            seen.add(desc.digest)
+            yield desc
+        elif desc.media_type in INDEX_TYPES and store.has_blob(desc.digest):
+            for m in store.read_json(desc.digest).get("manifests") or []:
+                d = Descriptor.from_dict(m)
+                if d.media_type in MANIFEST_TYPES and d.digest not in seen:
+                    seen.add(d.digest)
+                    yield d
+    for digest in store.iter_blobs():
+        if digest in seen:
+            continue
+        path = store.blob_path(digest)
+        try:
+            if path.stat().st_size > 4 * _CHUNK:
+                continue
+            with open(path, "rb") as f:
+                if f.read(1) != b"{":
+                    continue
+            doc = store.read_json(digest)
+        except (OSError, PybuildError):
+            continue
+        if doc.get("mediaType") in MANIFEST_TYPES and isinstance(doc.get("config"), dict):
+            yield Descriptor(doc["mediaType"], digest, path.stat().st_size)
+
+
+def _find_by_id(store: Store, prefix: str, what: str) -> Image | None:
+    """An image whose ID (config digest) or manifest digest starts with `prefix` hex."""
+    matches: dict[str, Descriptor] = {}
+    for desc in _manifests_in_store(store):
+        try:
+            config_digest = Descriptor.from_dict(store.read_json(desc.digest)["config"]).digest
+        except (PybuildError, KeyError, TypeError):
+            continue
+        for digest in (config_digest, desc.digest):
+            if digest[len("sha256:"):].startswith(prefix):
+                matches.setdefault(config_digest, desc)
+    if len(matches) > 1:
+        raise PybuildError(f"{what}: ambiguous image ID prefix, matches {len(matches)} images")
+    if not matches:
+        return None
+    return _from_descriptor(store, next(iter(matches.values())), what)
+
+
+def load(store: Store, name_or_id: str) -> Image:
+    """Find an image by tag, image ID (or unique prefix), manifest digest or name@digest.
+
+    As docker does, a tag wins over an ID prefix that happens to look like a name.
+    """
+    what = name_or_id
+    hex_match = _HEX_RE.match(name_or_id)
+    if hex_match and len(hex_match.group(1)) == 64:
+        found = _find_by_id(store, hex_match.group(1), what)
+        if found is None:
+            raise PybuildError(f"No such image: {name_or_id}")
+        return found
+    ref = None
+    if not name_or_id.startswith("sha256:"):
+        try:
+            ref = parse_reference(name_or_id)
+        except PybuildError:
+            if not hex_match:
+                raise
+    if ref is not None:
+        if ref.digest:
+            if store.has_blob(ref.digest):
+                doc = store.read_json(ref.digest)
+                size = store.blob_path(ref.digest).stat().st_size
+                media_type = doc.get("mediaType") or OCI_MANIFEST
+                return _from_descriptor(store, Descriptor(media_type, ref.digest, size), what)
+            raise PybuildError(f"No such image: {ref.familiar}")
+        desc = store.resolve_tag(ref.familiar)
+        if desc is not None:
+            return _from_descriptor(store, desc, what)
+    if hex_match:
+        found = _find_by_id(store, hex_match.group(1), what)
+        if found is not None:
+            return found
+    raise PybuildError(f"No such image: {ref.familiar if ref else name_or_id}")
+
+
+# ---- layers as plain tar streams ------------------------------------------------------
+
+def open_uncompressed(f: BinaryIO) -> BinaryIO:
+    """Wrap `f` so reading yields plain tar bytes, whatever compression it has (by magic)."""
+    head = f.read(6)
+    f.seek(0)
+    if head.startswith(b"\x1f\x8b"):
+        return igzip.IGzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(f)  # type: ignore[return-value]
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(f)  # type: ignore[return-value]
+    return f
+
+
+class _LayerSink:
+    """Compresses a tar stream into a BlobWriter while hashing it (diff_id) in one pass."""
+
+    def __init__(self, out: BlobWriter, compression: str) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        if compression == "gzip":
+            # gzip container, mtime 0, no file name: same bytes in → same digest out.
+            self._comp = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+        elif compression == "zstd":
+            self._comp = zstandard.ZstdCompressor(level=3).compressobj()
+        elif compression == "none":
+            self._comp = None
+        else:
+            raise PybuildError(f"unknown compression {compression!r} (use gzip, zstd or none)")
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self._out.write(self._comp.compress(data) if self._comp else data)
+        return len(data)
+
+    def finish(self) -> str:
+        """Flush the compressor; returns the diff_id."""
+        if self._comp:
+            self._out.write(self._comp.flush())
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _clean_member_name(name: str, what: str) -> str:
+    """A tar path relative to the root, without ./ or /; PybuildError for `..` escapes."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PybuildError(f"{what}: unsafe path {name!r} in archive")
+    return "/".join(parts)
+
+
+def _normalise_tar(src: BinaryIO, sink: _LayerSink, what: str) -> None:
+    """Copy a tar stream, normalising headers: relative names, numeric owners, int mtimes.
+
+    Entry order is kept (the input is streamed, not buffered); xattrs are kept.
+    """
+    try:
+        tin = tarfile.open(fileobj=src, mode="r|")
+    except (tarfile.TarError, OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as e:
+        raise PybuildError(f"{what}: not a tar archive ({e})") from None
+    tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+    try:
+        for member in tin:
+            name = _clean_member_name(member.name, what)
+            if not name:
+                continue  # the root directory itself: its metadata is the snapshot's
+            info = tarfile.TarInfo(name + ("/" if member.isdir() else ""))
+            info.type = member.type
+            info.mode = member.mode
+            info.uid, info.gid = member.uid, member.gid
+            info.uname = info.gname = ""
+            info.mtime = int(member.mtime)
+            info.size = member.size if member.isreg() else 0
+            if member.islnk():
+                info.linkname = _clean_member_name(member.linkname, what)
+            elif member.issym():
+                info.linkname = member.linkname
+            info.devmajor, info.devminor = member.devmajor, member.devminor
+            info.pax_headers = {k: v for k, v in member.pax_headers.items()
+                                if k.startswith("SCHILY.xattr.")}
+            tout.addfile(info, tin.extractfile(member) if member.isreg() else None)
+        tout.close()
+    except (tarfile.TarError, OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as e:
+        raise PybuildError(f"{what}: cannot read archive ({e})") from None
+
+
+def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = "gzip") -> Descriptor:
+    """`pybuild import ROOTFS.tar TAG`: a rootfs tarball becomes a one-layer image, tagged.
+
+    The tarball may be plain, gzip, xz, bzip2 or zstd; its headers are normalised and it is
+    re-compressed, so importing the same bytes twice gives the same layer digest.
+    """
+    tar_path = Path(tar_path)
+    tag_name = store.tag_name(tag)  # reject a bad tag before doing any work
+    what = f"import {tar_path}"
+    media_type = LAYER_MEDIA_TYPES.get(compression)
+    if media_type is None:
+        raise PybuildError(f"unknown compression {compression!r} (use gzip, zstd or none)")
+    try:
+        raw = open(tar_path, "rb")
+    except OSError as e:
+        raise PybuildError(f"{what}: {e.strerror}") from None
+    with raw, store.writer() as w:
+        sink = _LayerSink(w, compression)
+        _normalise_tar(open_uncompressed(raw), sink, what)
+        diff_id = sink.finish()
+        layer = w.commit(media_type)
+    created = created_timestamp()
+    config = empty_config()
+    config["created"] = created
+    config["rootfs"]["diff_ids"] = [diff_id]
+    config["history"] = [{"created": created, "created_by": "pybuild import",
+                          "comment": f"imported from {tar_path.name}"}]
+    desc = write(store, config, [layer])
+    store.set_tag(tag_name, desc)
+    return desc
+
+
+# ---- archives ---------------------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    """One image to save and the names it is saved under."""
+
+    image: Image
+    tags: list[str]
+
+
+def _collect(store: Store, names: list[str]) -> list[_Entry]:
+    """Images for `names`, grouped by image ID in first-seen order (as `docker save`)."""
+    if not names:
+        raise PybuildError("save: no image names given")
+    entries: dict[str, _Entry] = {}
+    for name in names:
+        img = load(store, name)
+        entry = entries.setdefault(img.id, _Entry(img, []))
+        try:
+            ref = parse_reference(name)
+        except PybuildError:
+            continue  # an image ID: saved without a name
+        # load() prefers a tag, so a name that resolves as a tag was loaded as one.
+        tag = ref.familiar if not ref.digest and store.resolve_tag(ref.familiar) else None
+        if tag and tag not in entry.tags:
+            entry.tags.append(tag)
+    return list(entries.values())
+
+
+@contextlib.contextmanager
+def _atomic_output(out: Path) -> Iterator[BinaryIO]:
+    """A temp file beside `out`, renamed onto it only when the block succeeds."""
+    out = Path(out)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent or Path("."), prefix=f".{out.name}.")
+    except OSError as e:
+        raise PybuildError(f"cannot write {out}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _tar_info(name: str, size: int = 0, directory: bool = False, mtime: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
+    info.mode = 0o755 if directory else 0o644
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    return info
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+
+
+def _add_blob(tar: tarfile.TarFile, store: Store, name: str, desc: Descriptor) -> None:
+    with store.open_blob(desc.digest) as f:
+        tar.addfile(_tar_info(name, os.fstat(f.fileno()).st_size), f)
+
+
+def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
+                            layer: Descriptor, diff_id: str) -> None:
+    """Add a layer as a plain tar, verifying it against the config's diff_id."""
+    with tempfile.TemporaryFile(dir=store.tmp_dir) as tmp, store.open_blob(layer.digest) as blob:
+        h = hashlib.sha256()
+        src = open_uncompressed(blob)
+        while chunk := src.read(_CHUNK):
+            h.update(chunk)
+            tmp.write(chunk)
+        if "sha256:" + h.hexdigest() != diff_id:
+            raise PybuildError(f"layer {layer.digest} does not match its diff_id {diff_id}: "
+                               f"the store is damaged (run verify)")
+        size = tmp.tell()
+        tmp.seek(0)
+        tar.addfile(_tar_info(name, size), tmp)
+
+
+def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
+    """Write `docker save`'s format (manifest.json, repositories, config, layer.tar files)."""
+    entries = _collect(store, names)
+    manifest: list[dict] = []
+    repositories: dict[str, dict[str, str]] = {}
+    written: set[str] = set()
+    with _atomic_output(Path(out)) as f, tarfile.open(fileobj=f, mode="w|",
+                                                        format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            img = entry.image
+            if len(img.layers) != len(img.diff_ids):
+                raise PybuildError(f"image {img.id}: {len(img.layers)} layers but "
+                                   f"{len(img.diff_ids)} diff_ids")
+            config_name = img.id.split(":", 1)[1] + ".json"
+            if config_name not in written:
+                _add_blob(tar, store, config_name, img.config_desc)
+                written.add(config_name)
+            layer_names = []
+            for layer, diff_id in zip(img.layers, img.diff_ids):
+                dirname = diff_id.split(":", 1)[1]
+                if dirname not in written:
+                    tar.addfile(_tar_info(dirname, directory=True))
+                    _add_bytes(tar, f"{dirname}/VERSION", b"1.0")
+                    _add_uncompressed_layer(tar, store, f"{dirname}/layer.tar", layer, diff_id)
+                    written.add(dirname)
+                layer_names.append(f"{dirname}/layer.tar")
+            manifest.append({"Config": config_name, "RepoTags": entry.tags or None,
+                             "Layers": layer_names})
+            for tag in entry.tags:
+                repo, _, t = tag.rpartition(":")
+                if layer_names:
+                    repositories.setdefault(repo, {})[t] = layer_names[-1].split("/", 1)[0]
+        _add_bytes(tar, "manifest.json", canonical_json(manifest))
+        if repositories:
+            _add_bytes(tar, "repositories", canonical_json(repositories))
+
+
+def save_oci_archive(store: Store, names: list[str], out: Path) -> None:
+    """Write an OCI image layout as a tar; each name is an index.json entry.
+
+    Entries carry org.opencontainers.image.ref.name (the familiar tag, as in the store) and
+    io.containerd.image.name (the fully qualified name containerd-based tools import by).
+    """
+    entries = _collect(store, names)
+    index: dict = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    blobs: list[Descriptor] = []
+    for entry in entries:
+        img = entry.image
+        for d in [img.manifest_desc, img.config_desc, *img.layers]:
+            if all(b.digest != d.digest for b in blobs):
+                blobs.append(d)
+        size = store.blob_path(img.manifest_desc.digest).stat().st_size
+        plat = img.manifest_desc.platform or _platform_of(img.config)
+        for tag in entry.tags or [None]:
+            annotations = ({REF_NAME: tag, CONTAINERD_NAME: parse_reference(tag).canonical}
+                           if tag else None)
+            index["manifests"].append(
+                Descriptor(OCI_MANIFEST, img.manifest_desc.digest, size, annotations, plat).to_dict())
+    with _atomic_output(Path(out)) as f, tarfile.open(fileobj=f, mode="w|",
+                                                        format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
+        tar.addfile(_tar_info("blobs", directory=True))
+        tar.addfile(_tar_info("blobs/sha256", directory=True))
+        for d in blobs:
+            _add_blob(tar, store, "blobs/sha256/" + d.digest.split(":", 1)[1], d)
+        _add_bytes(tar, "index.json", canonical_json(index))

@@ -1,0 +1,550 @@
+"""The local image store: an OCI image layout under one root, plus locks and SQLite.
+
+Being a plain OCI layout means skopeo, umoci and friends read the store unchanged. Blobs are
+content addressed and only become visible (by rename) once their digest was verified, so a
+crash or SIGKILL at any moment leaves nothing half-written except temp files in root/tmp,
+which the next Store() removes. Only index.json (the tags) is shared mutable state; it is
+rewritten atomically under an exclusive cross-process lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from pybuild.errors import PybuildError
+from pybuild.reference import parse_reference
+
+REF_NAME = "org.opencontainers.image.ref.name"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TEMP_PREFIX = "blob-"
+# Foreign entries in tmp/ (another module's scratch dirs) are only removed when this old.
+_STALE_SECONDS = 3600.0
+_CHUNK = 1 << 20
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact, key-sorted UTF-8 JSON: the same object always gets the same digest."""
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def check_digest(digest: str) -> str:
+    """Return `digest` if it is a well-formed sha256 digest, else raise PybuildError."""
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise PybuildError(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
+    return digest
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor: what a manifest, index or tag points at."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] | None = None
+    platform: dict | None = None
+
+    def to_dict(self) -> dict:
+        """The OCI JSON form (camelCase keys, optional fields omitted)."""
+        d: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        if self.platform:
+            d["platform"] = dict(self.platform)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Descriptor":
+        """Parse an OCI descriptor; PybuildError if a required field is missing or wrong."""
+        try:
+            media_type, digest, size = d["mediaType"], d["digest"], d["size"]
+        except (KeyError, TypeError) as e:
+            raise PybuildError(f"malformed descriptor (missing {e}): {d!r}") from None
+        if not isinstance(size, int) or size < 0 or not isinstance(media_type, str):
+            raise PybuildError(f"malformed descriptor: {d!r}")
+        return cls(media_type, check_digest(digest), size, d.get("annotations") or None,
+                   d.get("platform") or None)
+
+
+@dataclass
+class GCResult:
+    """What a garbage collection removed."""
+
+    removed: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write `data` to `path` so readers see either the old or the new file, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=_TEMP_PREFIX, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # alive: Store() must not clean it
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class BlobWriter:
+    """Streams one blob into the store: hashed while written, visible only after commit().
+
+    A file-like object (write/tell/flush), usable as the `fileobj` of tarfile or a
+    compressor. Leaving the `with` block without commit() removes the temp file.
+    """
+
+    def __init__(self, store: "Store", expected_digest: str | None) -> None:
+        self._store = store
+        self._expected = check_digest(expected_digest) if expected_digest else None
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=_TEMP_PREFIX, suffix=".tmp")
+        self._path = Path(name)
+        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        # The lock tells a concurrent Store() that this temp file is alive.
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def digest(self) -> str:
+        """Digest of the bytes written so far."""
+        return "sha256:" + self._hash.hexdigest()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append bytes; returns how many were written (file protocol)."""
+        if self._done:
+            raise ValueError("write to a committed or discarded blob writer")
+        self._file.write(data)
+        self._hash.update(data)
+        n = len(memoryview(data).cast("B"))
+        self._size += n
+        return n
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
+        """Verify, fsync and publish the blob; raise PybuildError on a digest mismatch."""
+        if self._done:
+            raise ValueError("blob writer already committed or discarded")
+        digest = self.digest
+        if self._expected and digest != self._expected:
+            self.discard()
+            raise PybuildError(f"digest mismatch: expected {self._expected}, got {digest} "
+                               f"({self._size} bytes)")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        os.fchmod(self._file.fileno(), 0o644)
+        target = self._store.blob_path(digest)
+        if target.exists():
+            # Same content is already there (content addressing): nothing to publish.
+            self.discard()
+        else:
+            os.replace(self._path, target)
+            self._file.close()
+            self._done = True
+            _fsync_dir(target.parent)
+        return Descriptor(media_type, digest, self._size, annotations or None)
+
+    def discard(self) -> None:
+        """Drop the temp file (idempotent; a no-op after commit)."""
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+
+class Store:
+    """One store root: OCI layout (oci-layout, index.json, blobs/), tmp/, snapshots/, lock, db."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).absolute()
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.tmp_dir = self.root / "tmp"
+        self.snapshots_dir = self.root / "snapshots"
+        self.index_path = self.root / "index.json"
+        self._lock_path = self.root / "lock"
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._thread_lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        try:
+            for d in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                _atomic_write(layout, canonical_json({"imageLayoutVersion": "1.0.0"}), self.tmp_dir)
+            if not self.index_path.exists():
+                with self.lock():
+                    if not self.index_path.exists():
+                        self._write_index({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                           "manifests": []})
+        except PermissionError as e:
+            raise PybuildError(f"cannot use store {self.root}: {e.strerror} "
+                               f"(run as root or pass --root to a writable directory)") from None
+        self._clean_tmp()
+
+    # ---- blobs ------------------------------------------------------------------------
+
+    def writer(self, expected_digest: str | None = None) -> BlobWriter:
+        """A BlobWriter for a new blob (use as a context manager)."""
+        return BlobWriter(self, expected_digest)
+
+    def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        """Store `data` as one blob."""
+        with self.writer() as w:
+            w.write(data)
+            return w.commit(media_type)
+
+    def put_json(self, obj: dict, media_type: str) -> Descriptor:
+        """Store `obj` as canonical compact JSON."""
+        return self.put_bytes(canonical_json(obj), media_type)
+
+    def put_file(self, path: Path, media_type: str, expected_digest: str | None = None) -> Descriptor:
+        """Copy a file into the store, streaming (for blobs too large to hold in memory)."""
+        with self.writer(expected_digest) as w, open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                w.write(chunk)
+            return w.commit(media_type)
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob lives (whether or not it exists)."""
+        return self.blobs_dir / check_digest(digest).split(":", 1)[1]
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """Open a blob for reading; PybuildError if it is not in the store."""
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise PybuildError(f"blob {digest} not found in store {self.root}") from None
+
+    def read_bytes(self, digest: str) -> bytes:
+        with self.open_blob(digest) as f:
+            return f.read()
+
+    def read_json(self, digest: str) -> dict:
+        """A blob parsed as a JSON object; PybuildError if it is not one."""
+        try:
+            obj = json.loads(self.read_bytes(digest))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PybuildError(f"blob {digest} is not valid JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise PybuildError(f"blob {digest} is not a JSON object")
+        return obj
+
+    def iter_blobs(self) -> Iterator[str]:
+        """Digests of every blob present, in no particular order."""
+        for entry in os.scandir(self.blobs_dir):
+            if entry.is_file() and re.fullmatch(r"[0-9a-f]{64}", entry.name):
+                yield "sha256:" + entry.name
+
+    # ---- tags -------------------------------------------------------------------------
+
+    @staticmethod
+    def tag_name(name: str) -> str:
+        """The familiar form a tag is stored under: "myapp" → "myapp:latest"."""
+        return parse_reference(name).familiar
+
+    def _read_index(self) -> dict:
+        try:
+            index = json.loads(self.index_path.read_bytes())
+        except FileNotFoundError:
+            return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        except json.JSONDecodeError as e:
+            raise PybuildError(f"{self.index_path} is corrupt: {e}") from None
+        index.setdefault("manifests", [])
+        return index
+
+    def _write_index(self, index: dict) -> None:
+        _atomic_write(self.index_path, json.dumps(index, indent=2).encode() + b"\n", self.tmp_dir)
+
+    def set_tag(self, name: str, desc: Descriptor) -> None:
+        """Point tag `name` at `desc`, replacing an existing tag of that name."""
+        tag = self.tag_name(name)
+        entry = Descriptor(desc.media_type, desc.digest, desc.size,
+                           {**(desc.annotations or {}), REF_NAME: tag}, desc.platform)
+        with self.lock():
+            index = self._read_index()
+            index["manifests"] = [m for m in index["manifests"]
+                                  if (m.get("annotations") or {}).get(REF_NAME) != tag]
+            index["manifests"].append(entry.to_dict())
+            self._write_index(index)
+
+    def resolve_tag(self, name: str) -> Descriptor | None:
+        """The descriptor tagged `name` (normalised: "myapp" finds "myapp:latest"), or None."""
+        return self.list_tags().get(self.tag_name(name))
+
+    def remove_tag(self, name: str) -> Descriptor | None:
+        """Untag; returns what the tag pointed at (None if there was no such tag)."""
+        tag = self.tag_name(name)
+        with self.lock():
+            index = self._read_index()
+            removed: Descriptor | None = None
+            kept = []
+            for m in index["manifests"]:
+                if (m.get("annotations") or {}).get(REF_NAME) == tag:
+                    removed = Descriptor.from_dict(m)
+                else:
+                    kept.append(m)
+            if removed is not None:
+                index["manifests"] = kept
+                self._write_index(index)
+            return removed
+
+    def list_tags(self) -> dict[str, Descriptor]:
+        """Every tag and the descriptor it points at (untagged index entries are skipped)."""
+        tags: dict[str, Descriptor] = {}
+        for m in self._read_index()["manifests"]:
+            name = (m.get("annotations") or {}).get(REF_NAME)
+            if name:
+                tags[name] = Descriptor.from_dict(m)
+        return tags
+
+    # ---- locking and the database -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across processes (flock on root/lock); re-entrant within this object."""
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    os.close(self._lock_fd)  # closing the last fd releases the flock
+                    self._lock_fd = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This Store's SQLite connection (root/pybuild.db, WAL); tables belong to their users."""
+        if self._db is None:
+            conn = sqlite3.connect(self.root / "pybuild.db", timeout=60.0, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._db = conn
+        return self._db
+
+    def close(self) -> None:
+        """Close the database connection, if one was opened."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ---- maintenance ------------------------------------------------------------------
+
+    def _children(self, desc: Descriptor | None, digest: str) -> list[str]:
+        """Digests an index or manifest blob refers to (empty for anything else)."""
+        media_type = desc.media_type if desc else None
+        if media_type is not None and media_type not in INDEX_TYPES | MANIFEST_TYPES:
+            return []
+        path = self.blob_path(digest)
+        try:
+            if media_type is None and path.stat().st_size > 4 * _CHUNK:
+                return []  # too big to be a manifest: a layer
+            with open(path, "rb") as f:
+                if media_type is None and f.read(1) != b"{":
+                    return []
+                f.seek(0)
+                obj = json.loads(f.read())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(obj, dict):
+            return []
+        refs: list[dict] = list(obj.get("manifests") or []) + list(obj.get("layers") or [])
+        for key in ("config", "subject"):
+            if isinstance(obj.get(key), dict):
+                refs.append(obj[key])
+        return [r["digest"] for r in refs
+                if isinstance(r, dict) and isinstance(r.get("digest"), str)
+                and _DIGEST_RE.match(r["digest"])]
+
+    def reachable(self, keep: Iterable[str] = ()) -> set[str]:
+        """Every digest reachable from the tags and from `keep` (manifests are followed)."""
+        todo: list[tuple[Descriptor | None, str]] = [(d, d.digest) for d in self.list_tags().values()]
+        todo += [(None, check_digest(k)) for k in keep]
+        seen: set[str] = set()
+        while todo:
+            desc, digest = todo.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            if self.has_blob(digest):
+                todo += [(None, child) for child in self._children(desc, digest)]
+        return seen
+
+    def gc(self, keep: Iterable[str] = (), *, min_age: float = 0.0) -> GCResult:
+        """Delete blobs reachable neither from a tag nor from `keep`; report what was freed.
+
+        `min_age` (seconds) spares blobs written more recently, so a build in another
+        process that has written layers but not yet tagged its image keeps them.
+        """
+        result = GCResult()
+        now = time.time()
+        with self.lock():
+            live = self.reachable(keep)
+            for digest in self.iter_blobs():
+                if digest in live:
+                    continue
+                path = self.blob_path(digest)
+                try:
+                    st = path.stat()
+                    if now - st.st_mtime < min_age:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                result.removed.append(digest)
+                result.bytes_freed += st.st_size
+        return result
+
+    def verify(self) -> list[str]:
+        """Problems found: blobs whose bytes do not match their name, tags to missing blobs."""
+        problems: list[str] = []
+        for digest in sorted(self.iter_blobs()):
+            h = hashlib.sha256()
+            with open(self.blob_path(digest), "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+            if "sha256:" + h.hexdigest() != digest:
+                problems.append(f"blob {digest}: content hashes to sha256:{h.hexdigest()}")
+        for name, desc in sorted(self.list_tags().items()):
+            todo: list[tuple[Descriptor | None, str]] = [(desc, desc.digest)]
+            seen: set[str] = set()
+            while todo:
+                d, digest = todo.pop()
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                if not self.has_blob(digest):
+                    problems.append(f"tag {name}: blob {digest} is missing")
+                    continue
+                todo += [(None, child) for child in self._children(d, digest)]
+        return problems
+
+    def _clean_tmp(self) -> None:
+        """Remove what killed writers left in tmp/: our unlocked temp files, old foreign entries."""
+        mounts = _mount_points_under(self.tmp_dir)
+        now = time.time()
+        for entry in os.scandir(self.tmp_dir):
+            path = Path(entry.path)
+            if any(m == path or path in m.parents for m in mounts):
+                continue  # never delete through a mount somebody left behind
+            try:
+                ours = entry.name.startswith(_TEMP_PREFIX) and entry.is_file(follow_symlinks=False)
+                if ours:
+                    if _is_locked(path):
+                        continue
+                    path.unlink()
+                elif now - entry.stat(follow_symlinks=False).st_mtime > _STALE_SECONDS \
+                        and not _is_locked(path):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink()
+            except FileNotFoundError:
+                continue  # another process cleaned it first
+
+
+def _is_locked(path: Path) -> bool:
+    """True if some process holds an flock on `path` (its owner is alive)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
+
+
+def _mount_points_under(base: Path) -> list[Path]:
+    """Mount points below `base` (from /proc/self/mountinfo)."""
+    out: list[Path] = []
+    prefix = str(base) + "/"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split()[4].replace("\\040", " ")
+                if point.startswith(prefix):
+                    out.append(Path(point))
+    except OSError:
+        pass
+    return out
