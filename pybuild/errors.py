@@ -32,12 +32,16 @@ class DockerfileError(PybuildError):
         return f"{self.filename}:{self.line}: {self.message}"
 
 
-class StepError(PybuildError):
-    """A RUN step exited non-zero; the message names the step and the code."""
+class StepError(DockerfileError):
+    """A RUN step exited non-zero: the line of the step, the command and its exit code."""
 
-    def __init__(self, message: str, exit_status: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, line: int | None, exit_status: int,
+                 filename: str = "Dockerfile") -> None:
+        super().__init__(message, line, filename)
         self.exit_status = exit_status
+
+    def with_file(self, filename: str) -> "StepError":
+        return StepError(self.message, self.line, self.exit_status, filename)
 
 
 class NeedsRootError(PybuildError):

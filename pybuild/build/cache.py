@@ -1,0 +1,179 @@
+"""Build cache records: what each step produced, keyed by everything that went into it.
+
+key(step) = sha256(parent key, the step's inputs). The inputs are kept beside the record
+so that a miss can be explained against the last build of the same step (its "slot":
+the same Dockerfile position in the same context).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pybuild.store import Descriptor, Store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache_records (
+    key TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    description TEXT NOT NULL,
+    layer_digest TEXT NOT NULL,
+    layer_media_type TEXT NOT NULL,
+    layer_size INTEGER NOT NULL,
+    diff_id TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS cache_records_slot ON cache_records(slot, created);
+"""
+
+
+def compute_key(parent: str, inputs: dict[str, Any]) -> str:
+    """The cache key: the same function to look up and to write."""
+    blob = json.dumps({"parent": parent, "inputs": inputs}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Record:
+    key: str
+    parent: str
+    slot: str
+    description: str
+    layer: Descriptor
+    diff_id: str
+    inputs: dict[str, Any]
+    created: float
+    last_used: float
+    hits: int = 0
+
+
+class Cache:
+    """Cache records in the store's SQLite database (WAL; safe across processes)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db: sqlite3.Connection = store.db
+        self.db.executescript(_SCHEMA)
+
+    def lookup(self, key: str) -> Record | None:
+        """A record whose layer blob is still in the store, or None."""
+        row = self.db.execute("SELECT * FROM cache_records WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        rec = _record(row)
+        if not self.store.has_blob(rec.layer.digest):
+            return None
+        return rec
+
+    def hit(self, key: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE cache_records SET hits = hits + 1, last_used = ? WHERE key = ?",
+                            (time.time(), key))
+
+    def put(self, rec: Record) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO cache_records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.key, rec.parent, rec.slot, rec.description, rec.layer.digest,
+                 rec.layer.media_type, rec.layer.size, rec.diff_id,
+                 json.dumps(rec.inputs, sort_keys=True), rec.created, rec.last_used, rec.hits))
+
+    def previous(self, slot: str) -> Record | None:
+        """The latest record of the same step position, to explain a miss."""
+        row = self.db.execute(
+            "SELECT * FROM cache_records WHERE slot = ? ORDER BY created DESC LIMIT 1",
+            (slot,)).fetchone()
+        return _record(row) if row else None
+
+    def all(self) -> list[Record]:
+        rows = self.db.execute("SELECT * FROM cache_records ORDER BY last_used DESC").fetchall()
+        return [_record(r) for r in rows]
+
+    def remove(self, keys: list[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM cache_records WHERE key = ?", [(k,) for k in keys])
+
+
+def _record(row: tuple) -> Record:
+    (key, parent, slot, description, digest, media_type, size, diff_id, inputs,
+     created, last_used, hits) = row
+    return Record(key, parent, slot, description, Descriptor(media_type, digest, size), diff_id,
+                  json.loads(inputs), created, last_used, hits)
+
+
+def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:
+    """One line saying why a step is rebuilt, comparing with the last build of its slot."""
+    if prev is None:
+        return "no earlier build of this step"
+    reasons: list[str] = []
+    if prev.parent != parent:
+        if inputs.get("base") and prev.inputs.get("base") != inputs.get("base"):
+            reasons.append(f"base image moved ({_short(prev.inputs.get('base'))} → "
+                           f"{_short(inputs.get('base'))})")
+        else:
+            reasons.append("an earlier step changed")
+    old_files = prev.inputs.get("files")
+    new_files = inputs.get("files")
+    if isinstance(old_files, dict) and isinstance(new_files, dict) and old_files != new_files:
+        reasons.append(_files_changed(old_files, new_files))
+    for name in sorted(set(prev.inputs) | set(inputs)):
+        if name in ("files", "base"):
+            continue
+        old, new = prev.inputs.get(name), inputs.get(name)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            for k in sorted(set(old) | set(new)):
+                if old.get(k) != new.get(k):
+                    reasons.append(f"{name} {k} changed ({_val(old.get(k))} → {_val(new.get(k))})")
+        else:
+            reasons.append(f"{name} changed ({_val(old)} → {_val(new)})")
+    return "; ".join(reasons) if reasons else "cache record missing (pruned)"
+
+
+def _files_changed(old: dict[str, str], new: dict[str, str]) -> str:
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed: list[str] = []
+    for path in sorted(set(old) & set(new)):
+        if old[path] == new[path]:
+            continue
+        o, n = old[path].split(" "), new[path].split(" ")
+        # signature: "type mode uid:gid target-or-sha"
+        what = []
+        if o[0] != n[0]:
+            what.append("type")
+        if o[1] != n[1]:
+            what.append("mode")
+        if o[2] != n[2]:
+            what.append("owner")
+        if o[3:] != n[3:]:
+            what.append("content")
+        changed.append(f"{path} ({'/'.join(what)})")
+    parts = []
+    for label, items in (("added", added), ("removed", removed), ("changed", changed)):
+        if items:
+            shown = ", ".join(items[:3])
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{label} {shown}{more}")
+    return "files " + "; ".join(parts)
+
+
+def _short(digest: Any) -> str:
+    s = str(digest)
+    return s.split(":", 1)[-1][:12] if ":" in s else s
+
+
+def _val(v: Any) -> str:
+    if v is None:
+        return "unset"
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= 60 else s[:57] + "..."

@@ -1,0 +1,698 @@
+"""The solver: walk the stage graph; per step, cache key → hit (reuse) or miss (run, commit).
+
+This is the only module that combines the others. Metadata instructions (ENV, LABEL,
+USER, …) change the image config and history; RUN, COPY, ADD and WORKDIR change the
+filesystem and are cached. As in BuildKit, a step's key depends only on what the step
+can see: its parent filesystem, its own expanded instruction, the env/args/user/cwd it
+runs with, and for COPY/ADD the content of every source — so a LABEL change does not
+invalidate a later RUN, but an ARG the RUN can see does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pybuild import image as imagemod
+from pybuild import runtime
+from pybuild.build import history as hist
+from pybuild.build.cache import Cache, Record, compute_key, explain
+from pybuild.build.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+from pybuild.build.mounts import MountPreparer, SecretSource, cache_key_of
+from pybuild.build.users import resolve_chown, resolve_user
+from pybuild.context import BuildContext
+from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
+from pybuild.errors import DockerfileError, PybuildError, StepError
+from pybuild.layer import resolve_in_root
+from pybuild.progress import BuildSummary, Progress, SourceExcerpt
+from pybuild.reference import parse_reference
+from pybuild.snapshot import Snapshotter
+from pybuild.store import Descriptor, Store
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHELL = ["/bin/sh", "-c"]
+PROXY_ARGS = {"HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY",
+              "http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"}
+EMPTY_KEY = "sha256:" + hashlib.sha256(b"scratch").hexdigest()
+
+
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
+
+
+@dataclass
+class BuildOptions:
+    """Everything `pybuild build` was asked to do."""
+
+    context: Path
+    dockerfile: Path
+    dockerfile_name: str = "Dockerfile"
+    tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    no_cache_filter: list[str] = field(default_factory=list)
+    network: str = "host"
+    secrets: dict[str, SecretSource] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    compression: str = "gzip"
+    source_date_epoch: int | None = None
+    explain: bool = False
+
+
+@dataclass
+class StageState:
+    """The image being built by one stage, instruction by instruction."""
+
+    stage: Any
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    layers: list[Descriptor]
+    diff_ids: list[str]
+    key: str
+    base: str | None
+    args: dict[str, str] = field(default_factory=dict)
+    author: str | None = None
+    cmd_set: bool = False
+    step: int = 0
+    steps_total: int = 0
+
+    def env_map(self) -> dict[str, str]:
+        """What word expansion sees: args in scope, overridden by ENV of the same name."""
+        out = dict(self.args)
+        for e in self.config.get("Env") or []:
+            k, _, v = e.partition("=")
+            out[k] = v
+        return out
+
+
+@dataclass
+class BuildResult:
+    manifest: Descriptor
+    image_id: str
+    tags: list[str]
+    steps_run: int
+    steps_cached: int
+    layers: list[tuple[int, str]]
+
+
+class Solver:
+    """Builds the stages of one plan into the store."""
+
+    def __init__(self, store: Store, opts: BuildOptions, progress: Progress) -> None:
+        self.store = store
+        self.opts = opts
+        self.progress = progress
+        self.snaps = Snapshotter(store)
+        self.cache = Cache(store)
+        self.text = ""
+        self.lex = ShellLex()
+        self.states: dict[int, StageState] = {}
+        self.steps_run = 0
+        self.steps_cached = 0
+        self._vid = 0
+        self._now = self._timestamp()
+
+    # ----- entry -------------------------------------------------------------------
+    def load(self) -> Any:
+        """Read and plan the Dockerfile; every error here leaves the store untouched."""
+        try:
+            self.text = self.opts.dockerfile.read_text()
+        except FileNotFoundError:
+            raise PybuildError(f"failed to read {self.opts.dockerfile_name}: no such file "
+                               f"({self.opts.dockerfile})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PybuildError(f"failed to read {self.opts.dockerfile_name}: {e}") from None
+        df = parse(self.text)
+        self.stage_count = sum(1 for n in df.nodes if n.name == "from")
+        self.lex = ShellLex(df.escape)
+        plan = stages.plan(df, self.opts.build_args, self.opts.target)
+        self.plan = plan
+        self.ctx = BuildContext(self.opts.context, self.opts.dockerfile)
+        for w in plan.warnings:
+            self.progress.warning(w)
+        if plan.unused_build_args:
+            self.progress.warning("One or more build-args [" + " ".join(sorted(plan.unused_build_args))
+                                  + "] were not consumed")
+        self._preflight(plan)
+        return plan
+
+    def build(self) -> BuildResult:
+        plan = self.load()
+        self.snaps.cleanup_stale()
+        runtime.cleanup_stale()
+        state = self._stage(plan.target.index)
+        return self._export(state)
+
+    # ----- preflight ---------------------------------------------------------------
+    def _preflight(self, plan: Any) -> None:
+        """Fail on missing context sources before anything is written (when knowable)."""
+        for st in plan.stages:
+            args = dict(plan.meta_args)
+            for i in st.instructions:
+                if isinstance(i, ins.Arg):
+                    for name, default in i.args:
+                        if name in self.opts.build_args:
+                            args[name] = self.opts.build_args[name]
+                        elif default is not None:
+                            args[name] = default
+                if not isinstance(i, (ins.Copy, ins.Add)) or i.from_ or i.heredocs:
+                    continue
+                srcs = []
+                for s in i.sources:
+                    if "$" in s:
+                        break  # may need the image's ENV: checked when the step runs
+                    srcs.append(s)
+                else:
+                    local = [s for s in srcs if not _is_url(s)]
+                    if local:
+                        self.ctx.resolve_sources(local, i.line)
+
+    # ----- stages ------------------------------------------------------------------
+    def _stage(self, index: int) -> StageState:
+        if index in self.states:
+            return self.states[index]
+        st = next((s for s in self.plan.stages if s.index == index), None)
+        if st is None:
+            raise PybuildError(f"stage {index} is not part of the build plan")
+        state = self._base(st)
+        triggers = []
+        for text in state.config.get("OnBuild") or []:
+            node = parse(text).nodes[0]
+            node.start_line = node.end_line = st.from_line
+            triggers.append(ins.from_node(node))
+        state.config["OnBuild"] = None
+        todo = triggers + list(st.instructions)
+        state.steps_total = 1 + sum(1 for i in todo if _is_fs_step(i))
+        for instr in todo:
+            self._dispatch(state, instr)
+        self.states[index] = state
+        return state
+
+    def _base(self, st: Any) -> StageState:
+        vid = self._vertex()
+        name = self._step_name(st, 1, None, f"FROM {st.base}")
+        if st.base_stage is not None:
+            parent = self._stage(st.base_stage)
+            self.progress.vertex_started(vid, name)
+            self.progress.vertex_done(vid)
+            state = StageState(st, json.loads(json.dumps(parent.config)), list(parent.history),
+                               list(parent.layers), list(parent.diff_ids), parent.key, parent.base,
+                               author=parent.author)
+        elif st.base == "scratch":
+            self.progress.vertex_started(vid, name)
+            self.progress.vertex_done(vid)
+            state = StageState(st, {"Env": [DEFAULT_PATH]}, [], [], [], EMPTY_KEY, None)
+        else:
+            ref = parse_reference(st.base)
+            name = self._step_name(st, 1, None, f"FROM {ref.full_name}")
+            self.progress.vertex_started(vid, name)
+            img = self._resolve_image(ref, st.from_line)
+            self.progress.vertex_done(vid)
+            cfg = json.loads(json.dumps(img.config.get("config") or {}))
+            if not any(e.startswith("PATH=") for e in cfg.get("Env") or []):
+                cfg["Env"] = [DEFAULT_PATH] + list(cfg.get("Env") or [])
+            digest = img.manifest_desc.digest
+            state = StageState(st, cfg, list(img.config.get("history") or []), list(img.layers),
+                               list(img.diff_ids), "sha256:" + hashlib.sha256(
+                                   f"image {digest}".encode()).hexdigest(), digest,
+                               author=img.config.get("author"))
+        state.args = {}
+        return state
+
+    def _resolve_image(self, ref: Any, line: int) -> Any:
+        try:
+            return imagemod.load(self.store, ref.familiar)
+        except PybuildError:
+            raise DockerfileError(
+                f"base image {ref.familiar} is not in the store: import it with "
+                f"`pybuild import ROOTFS.tar {ref.familiar}` or pull it with `pybuild pull`",
+                line) from None
+
+    # ----- dispatch ----------------------------------------------------------------
+    def _dispatch(self, s: StageState, i: Any) -> None:
+        env = s.env_map()
+        if isinstance(i, ins.Arg):
+            self._arg(s, i, env)
+            return
+        e = i.expand(self.lex, env)
+        cfg = s.config
+        if isinstance(e, ins.Env):
+            for k, v in e.pairs:
+                cfg["Env"] = [x for x in cfg.get("Env") or [] if x.partition("=")[0] != k] + [f"{k}={v}"]
+            self._meta(s, "ENV " + " ".join(f"{k}={v}" for k, v in e.pairs))
+        elif isinstance(e, ins.Label):
+            labels = cfg.get("Labels") or {}
+            for k, v in e.pairs:
+                labels[k] = v
+            cfg["Labels"] = labels
+            self._meta(s, "LABEL " + " ".join(f"{k}={v}" for k, v in e.pairs))
+        elif isinstance(e, ins.Maintainer):
+            s.author = e.name
+            self._meta(s, f"MAINTAINER {e.name}")
+        elif isinstance(e, ins.Expose):
+            ports = [_port(p, i.line) for p in e.ports]
+            exposed = cfg.get("ExposedPorts") or {}
+            for p in ports:
+                exposed[p] = {}
+            cfg["ExposedPorts"] = exposed
+            self._meta(s, hist.exposed(ports))
+        elif isinstance(e, ins.Volume):
+            vols = cfg.get("Volumes") or {}
+            for v in e.paths:
+                if not v.strip():
+                    raise DockerfileError("VOLUME specified can not be an empty string", i.line)
+                vols[v] = {}
+            cfg["Volumes"] = vols
+            self._meta(s, f"VOLUME {hist.go_list(list(e.paths))}")
+        elif isinstance(e, ins.User):
+            cfg["User"] = e.user
+            self._meta(s, f"USER {e.user}")
+        elif isinstance(e, ins.StopSignal):
+            cfg["StopSignal"] = e.signal
+            self._meta(s, f"STOPSIGNAL {e.signal}")
+        elif isinstance(e, ins.Healthcheck):
+            self._healthcheck(s, e)
+        elif isinstance(e, ins.Shell):
+            cfg["Shell"] = list(e.command)
+            self._meta(s, f"SHELL {hist.go_list(list(e.command))}")
+        elif isinstance(e, ins.Onbuild):
+            cfg["OnBuild"] = list(cfg.get("OnBuild") or []) + [e.expression]
+            self._meta(s, f"ONBUILD {e.expression}")
+        elif isinstance(e, (ins.Cmd, ins.Entrypoint)):
+            self._cmd(s, e)
+        elif isinstance(e, ins.Workdir):
+            self._workdir(s, e)
+        elif isinstance(e, ins.Run):
+            self._run(s, i)
+        elif isinstance(e, (ins.Copy, ins.Add)):
+            self._copy(s, e, i)
+        elif isinstance(e, ins.From):
+            raise DockerfileError("FROM is not allowed here", i.line)
+        else:
+            raise DockerfileError(f"unsupported instruction {type(e).__name__.upper()}", i.line)
+
+    def _arg(self, s: StageState, i: Any, env: dict[str, str]) -> None:
+        parts = []
+        for name, default in i.args:
+            value: str | None
+            if name in self.opts.build_args:
+                value = self.opts.build_args[name]
+            elif default is not None:
+                value = self.lex.expand(default, env)
+            else:
+                value = self.plan.meta_args.get(name)
+            if value is not None:
+                s.args[name] = value
+                env[name] = value
+            elif name in s.args:
+                del s.args[name]
+            parts.append(name if default is None else f"{name}={default}")
+        self._meta(s, "ARG " + " ".join(parts))
+
+    def _healthcheck(self, s: StageState, e: Any) -> None:
+        if e.test is None or e.test == ["NONE"]:
+            s.config["Healthcheck"] = {"Test": ["NONE"]}
+            self._meta(s, 'HEALTHCHECK &{["NONE"] "0s" "0s" "0s" \'\\x00\'}')
+            return
+        hc: dict[str, Any] = {"Test": list(e.test)}
+        for key, val in (("Interval", e.interval), ("Timeout", e.timeout),
+                         ("StartPeriod", e.start_period), ("StartInterval", getattr(e, "start_interval", 0)),
+                         ("Retries", e.retries)):
+            if val:
+                hc[key] = val
+        s.config["Healthcheck"] = hc
+        self._meta(s, hist.healthcheck(list(e.test), e.interval or 0, e.timeout or 0,
+                                       e.start_period or 0, e.retries or 0))
+
+    def _cmd(self, s: StageState, e: Any) -> None:
+        if e.exec_form:
+            argv = list(e.command)
+        else:
+            argv = list(s.config.get("Shell") or DEFAULT_SHELL) + [e.command]
+            s.config["ArgsEscaped"] = True
+        if isinstance(e, ins.Entrypoint):
+            s.config["Entrypoint"] = argv
+            # Docker: ENTRYPOINT clears a CMD inherited from the base, not one set in this stage.
+            if not s.cmd_set:
+                s.config["Cmd"] = None
+            self._meta(s, f"ENTRYPOINT {hist.go_quoted_list(argv)}")
+        else:
+            s.config["Cmd"] = argv
+            s.cmd_set = True
+            self._meta(s, f"CMD {hist.go_quoted_list(argv)}")
+
+    def _meta(self, s: StageState, created_by: str) -> None:
+        s.history.append({"created": self._now, "created_by": created_by,
+                          "comment": hist.COMMENT, "empty_layer": True})
+
+    # ----- filesystem steps -----------------------------------------------------------
+    def _workdir(self, s: StageState, e: Any) -> None:
+        path = e.path
+        if not path.startswith("/"):
+            path = os.path.join(s.config.get("WorkingDir") or "/", path)
+        path = os.path.normpath(path)
+        if path.startswith("//"):
+            path = path[1:]
+        s.config["WorkingDir"] = path
+        user = s.config.get("User") or ""
+        inputs = {"op": "mkdir", "path": path, "user": user}
+
+        def do(active: Any) -> None:
+            uid, gid = (0, 0)
+            if user:
+                uid, gid, _ = resolve_user(active.rootfs, user)
+            _mkdir_p(active.rootfs, path, uid, gid)
+
+        self._fs_step(s, e, f"WORKDIR {path}", inputs, do)
+
+    def _run(self, s: StageState, raw: Any) -> None:
+        env_map = s.env_map()
+        cfg = s.config
+        shell = list(cfg.get("Shell") or DEFAULT_SHELL)
+        if raw.exec_form:
+            argv = list(raw.command)
+        else:
+            argv = shell + [_with_heredocs(raw.command, raw.heredocs)]
+        run_env = list(cfg.get("Env") or [])
+        env_names = {x.partition("=")[0] for x in run_env}
+        visible = [(k, v) for k, v in s.args.items() if k not in PROXY_ARGS]
+        run_env += [f"{k}={v}" for k, v in visible if k not in env_names]
+        proxies = [f"{k}={v}" for k, v in self.opts.build_args.items() if k in PROXY_ARGS]
+        network = (raw.network or self.opts.network or "host").lower()
+        if network == "default":
+            network = self.opts.network or "host"
+        if network not in ("host", "none"):
+            raise DockerfileError(f"unsupported network mode {network!r} (host or none)", raw.line)
+        mounts = [m.expand(self.lex, env_map) if hasattr(m, "expand") else m for m in raw.mounts]
+        inputs = {"op": "run", "argv": argv, "env": sorted(run_env),
+                  "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "",
+                  "network": network, "mounts": [cache_key_of(m) for m in mounts],
+                  "security": raw.security or ""}
+        display = "RUN " + (json.dumps(argv) if raw.exec_form else
+                            _display_expand(self.lex, raw.command, s.args))
+        created_by = hist.run([(k, v) for k, v in visible], argv)
+
+        def do(active: Any) -> None:
+            uid, gid, groups = resolve_user(active.rootfs, cfg.get("User") or "root") \
+                if cfg.get("User") else (0, 0, [])
+            cwd = cfg.get("WorkingDir") or "/"
+            preparer = MountPreparer(self.store.root, self.opts.context, self.opts.secrets,
+                                     self._view)
+            with preparer.prepare(mounts, active.rootfs, cwd, raw.line) as prep:
+                host, stubs = runtime.host_mounts(active.rootfs)
+                spec = runtime.RunSpec(rootfs=active.rootfs, args=argv,
+                                       env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
+                                       additional_gids=groups, network=network,
+                                       mounts=host + prep.mounts)
+                vid = self._current_vid
+                status = runtime.run(spec, lambda data: self.progress.vertex_log(vid, data))
+                _remove_stubs(active.rootfs, list(stubs) + prep.stubs)
+            if status != 0:
+                raise StepError(f"process {json.dumps(' '.join(argv))} did not complete "
+                                f"successfully: exit code: {status}", raw.line, status)
+
+        self._fs_step(s, raw, display, inputs, do, created_by=created_by)
+
+    def _copy(self, s: StageState, e: Any, raw: Any) -> None:
+        is_add = isinstance(e, ins.Add)
+        cfg = s.config
+        workdir = cfg.get("WorkingDir") or "/"
+        dest = e.dest
+        inputs: dict[str, Any] = {"op": "add" if is_add else "copy", "dest": dest, "workdir": workdir,
+                                  "chown": e.chown or "", "chmod": e.chmod or "",
+                                  "exclude": list(e.exclude or []), "parents": bool(e.parents),
+                                  "link": bool(e.link)}
+        heredocs = list(e.heredocs or [])
+        urls = [x for x in e.sources if is_add and _is_url(x)]
+        local = [x for x in e.sources if x not in urls and not _is_heredoc_ref(x, heredocs)]
+        if heredocs:
+            inputs["heredocs"] = [[h.name, h.content] for h in heredocs]
+        if urls:
+            inputs["urls"] = urls
+            inputs["checksum"] = getattr(e, "checksum", None) or ""
+        source_view = None
+        if e.from_:
+            source_view = e.from_
+            inputs["from"] = self._source_key(e.from_, raw.line)
+            inputs["sources"] = local
+        elif local:
+            paths = self.ctx.resolve_sources(local, raw.line)
+            inputs["sources"] = local
+            inputs["files"] = self.ctx.manifest(paths)
+        word = "ADD" if is_add else "COPY"
+        display = f"{word} " + " ".join(
+            ([f"--from={e.from_}"] if e.from_ else []) + list(raw.sources) + [raw.dest])
+        created_by = f"{word} {' '.join(list(raw.sources) + [raw.dest])} # buildkit"
+
+        def do(active: Any) -> None:
+            owner = resolve_chown(active.rootfs, e.chown) if e.chown else None
+            chmod = int(e.chmod, 8) if e.chmod else None
+            if heredocs:
+                write_heredoc_files(active.rootfs, [(h.name, h.content) for h in heredocs],
+                                    dest, workdir, owner, chmod)
+            if urls:
+                add_urls(active.rootfs, urls, dest, workdir, getattr(e, "checksum", None),
+                         owner, chmod, raw.line)
+            if local:
+                if source_view is not None:
+                    with self._view(source_view) as root:
+                        paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
+                        copy_into(active.rootfs, CopyRequest(
+                            paths, root, dest, workdir, owner, chmod, list(e.exclude or []),
+                            bool(e.parents), is_add, raw.line))
+                else:
+                    paths = self.ctx.resolve_sources(local, raw.line)
+                    copy_into(active.rootfs, CopyRequest(
+                        paths, self.ctx.root, dest, workdir, owner, chmod,
+                        list(e.exclude or []), bool(e.parents), is_add, raw.line))
+
+        self._fs_step(s, raw, display, inputs, do, created_by=created_by)
+
+    def _fs_step(self, s: StageState, raw: Any, display: str, inputs: dict[str, Any],
+                 do: Any, created_by: str | None = None) -> None:
+        """One cached filesystem step: look up, else mount, run `do`, commit."""
+        s.step += 1
+        vid = self._vertex()
+        self._current_vid = vid
+        name = self._step_name(s.stage, s.step + 1, s.steps_total, display)
+        parent = s.key
+        if s.base:
+            inputs = dict(inputs, base=s.base)
+        key = compute_key(parent, inputs)
+        slot = hashlib.sha256(json.dumps([str(self.opts.context.resolve()),
+                                          str(self.opts.dockerfile.resolve()), s.stage.index,
+                                          s.step]).encode()).hexdigest()
+        created_by = created_by or display
+        rec = None if self._skip_cache(s) else self.cache.lookup(key)
+        if rec is not None:
+            self.progress.vertex_started(vid, name)
+            self.progress.vertex_cached(vid)
+            self.cache.hit(key)
+            self.steps_cached += 1
+            self._append_layer(s, rec.layer, rec.diff_id, created_by, key)
+            return
+        self.progress.vertex_started(vid, name)
+        if self.opts.explain:
+            self.progress.explain(vid, explain(self.cache.previous(slot), parent, inputs))
+        try:
+            lowers = self.snaps.ensure(s.layers, s.diff_ids)
+            with self.snaps.mount(lowers) as active:
+                do(active)
+                desc, diff_id = self.snaps.commit(active, s.diff_ids,
+                                                  compression=self.opts.compression,
+                                                  source_date_epoch=self.opts.source_date_epoch)
+        except DockerfileError as err:
+            self.progress.vertex_error(vid, err.message, self._excerpt(raw))
+            raise
+        except PybuildError as err:
+            self.progress.vertex_error(vid, str(err), self._excerpt(raw))
+            raise DockerfileError(str(err), raw.line) from None
+        now = time.time()
+        self.cache.put(Record(key, parent, slot, name, desc, diff_id, inputs, now, now))
+        self.progress.vertex_done(vid)
+        self.steps_run += 1
+        self._append_layer(s, desc, diff_id, created_by, key)
+
+    def _append_layer(self, s: StageState, desc: Descriptor, diff_id: str, created_by: str,
+                      key: str) -> None:
+        s.layers.append(Descriptor(desc.media_type, desc.digest, desc.size))
+        s.diff_ids.append(diff_id)
+        s.key = key
+        s.history.append({"created": self._now, "created_by": created_by, "comment": hist.COMMENT})
+
+    def _skip_cache(self, s: StageState) -> bool:
+        if self.opts.no_cache:
+            return True
+        f = self.opts.no_cache_filter
+        return bool(f) and (s.stage.name in f or str(s.stage.index) in f)
+
+    # ----- sources from other stages and images ----------------------------------------
+    def _stage_index(self, name: str) -> int | None:
+        for st in self.plan.stages:
+            if (st.name and st.name.lower() == name.lower()) or str(st.index) == name:
+                return st.index
+        return None
+
+    def _source_key(self, name: str, line: int) -> str:
+        idx = self._stage_index(name)
+        if idx is not None:
+            return "stage " + self._stage(idx).key
+        img = self._resolve_image(parse_reference(name), line)
+        return "image " + img.manifest_desc.digest
+
+    @contextmanager
+    def _view(self, name: str) -> Iterator[Path]:
+        """A read-only mounted view of a stage's or an image's filesystem."""
+        idx = self._stage_index(name)
+        if idx is not None:
+            st = self._stage(idx)
+            layers, diff_ids = st.layers, st.diff_ids
+        else:
+            img = self._resolve_image(parse_reference(name), 0)
+            layers, diff_ids = img.layers, img.diff_ids
+        lowers = self.snaps.ensure(layers, diff_ids)
+        with self.snaps.mount(lowers, readonly=True) as active:
+            yield active.rootfs
+
+    # ----- export --------------------------------------------------------------------
+    def _export(self, s: StageState) -> BuildResult:
+        cfg = {k: v for k, v in s.config.items() if v not in (None, {}, [])}
+        if self.opts.labels:
+            cfg["Labels"] = {**(cfg.get("Labels") or {}), **self.opts.labels}
+        config: dict[str, Any] = {
+            "architecture": host_arch(),
+            "config": cfg,
+            "created": self._now,
+            "history": s.history,
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": list(s.diff_ids)},
+        }
+        if s.author:
+            config["author"] = s.author
+        vid = self._vertex()
+        self.progress.vertex_started(vid, "exporting to image")
+        manifest = imagemod.write(self.store, config, s.layers)
+        image_id = manifest_config_digest(self.store, manifest)
+        with self.store.lock():
+            for t in self.opts.tags:
+                self.store.set_tag(parse_reference(t).familiar, manifest)
+        self.progress.vertex_done(vid)
+        sizes = []
+        layer_hist = [h for h in s.history if not h.get("empty_layer")]
+        for d, h in zip(s.layers, layer_hist):
+            sizes.append((d.size, h.get("created_by", "")))
+        result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
+                             self.steps_run, self.steps_cached, sizes)
+        return result
+
+    # ----- helpers -------------------------------------------------------------------
+    def _vertex(self) -> str:
+        self._vid += 1
+        return f"v{self._vid}"
+
+    def _step_name(self, st: Any, n: int, total: int | None, text: str) -> str:
+        if total is None:
+            total = 1 + sum(1 for i in st.instructions if _is_fs_step(i))
+        prefix = ""
+        if self.stage_count > 1:
+            prefix = (st.name or f"stage-{st.index}") + " "
+        return f"[{prefix}{n}/{total}] {text}"
+
+    def _excerpt(self, raw: Any) -> SourceExcerpt:
+        return SourceExcerpt(self.opts.dockerfile_name, self.text.splitlines(),
+                             raw.line, getattr(raw, "end_line", raw.line))
+
+    def _timestamp(self) -> str:
+        if self.opts.source_date_epoch is not None:
+            t = datetime.fromtimestamp(self.opts.source_date_epoch, tz=timezone.utc)
+            return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def manifest_config_digest(store: Store, manifest: Descriptor) -> str:
+    return store.read_json(manifest.digest)["config"]["digest"]
+
+
+def summary_of(result: BuildResult, duration: float) -> BuildSummary:
+    return BuildSummary(result.image_id, result.tags, sum(s for s, _ in result.layers),
+                        result.steps_run, result.steps_cached, duration,
+                        sorted(result.layers, reverse=True)[:5])
+
+
+def _is_fs_step(i: Any) -> bool:
+    return isinstance(i, (ins.Run, ins.Copy, ins.Add, ins.Workdir))
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://"))
+
+
+def _is_heredoc_ref(src: str, heredocs: list[Any]) -> bool:
+    return any(src.lstrip("<-").strip("'\"") == h.name for h in heredocs) and src.startswith("<<")
+
+
+def _with_heredocs(command: str, heredocs: list[Any]) -> str:
+    """Shell form with heredocs: the shell gets the whole text, bodies included."""
+    if not heredocs:
+        return command
+    body = command
+    for h in heredocs:
+        content = h.content if h.content.endswith("\n") or not h.content else h.content + "\n"
+        body += "\n" + content + h.name
+    return body
+
+
+def _display_expand(lex: ShellLex, command: str, args: dict[str, str]) -> str:
+    """BuildKit shows RUN with build args substituted (not ENV): best effort, never fails."""
+    try:
+        out = command
+        for k, v in args.items():
+            out = out.replace("${" + k + "}", v).replace("$" + k, v)
+        return out
+    except Exception:  # display only
+        return command
+
+
+def _port(p: str, line: int) -> str:
+    port, _, proto = p.partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in ("tcp", "udp", "sctp") or not port or not all(
+            c.isdigit() or c == "-" for c in port):
+        raise DockerfileError(f"invalid containerPort: {p}", line)
+    return f"{port}/{proto}"
+
+
+def _mkdir_p(rootfs: Path, path: str, uid: int, gid: int) -> None:
+    """Create `path` inside rootfs, every new directory owned by uid:gid (as BuildKit)."""
+    cur = "/"
+    for part in [p for p in path.split("/") if p]:
+        cur = os.path.join(cur, part)
+        target = resolve_in_root(rootfs, cur)
+        if not os.path.lexists(target):
+            os.mkdir(target, 0o755)
+            os.chown(target, uid, gid)
+        elif not os.path.isdir(target):
+            raise PybuildError(f"cannot create directory {cur}: a file is in the way")
+
+
+def _remove_stubs(rootfs: Path, stubs: list[str]) -> None:
+    for stub in stubs:
+        p = Path(str(rootfs) + stub)
+        try:
+            if p.is_dir() and not p.is_symlink():
+                os.rmdir(p)
+            else:
+                os.unlink(p)
+        except OSError:
+            pass

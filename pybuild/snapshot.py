@@ -1,0 +1,227 @@
+"""Overlayfs snapshots: every layer is extracted once, and steps run on a fresh upper.
+
+`snapshots/<chain-id>/fs` holds one layer's own content in overlay form (whiteouts as
+0/0 character devices, opaque directories as `trusted.overlay.opaque`), so any chain of
+layers mounts as lowerdirs without copying. A committed upper directory already has
+that form, so it becomes the snapshot of the new chain id by a rename: no re-extraction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybuild import layer
+from pybuild.errors import NeedsRootError, PybuildError
+from pybuild.store import Descriptor, Store
+
+# Overlay mount options live in one page; beyond this we stack lowers in a bind tree.
+_MAX_MOUNT_DATA = 4000
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI chain ids: ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n))."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        if not out:
+            out.append(diff_id)
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out
+
+
+@dataclass
+class Active:
+    """A mounted snapshot: `rootfs` is the merged view, writes land in `upper`."""
+
+    id: str
+    dir: Path
+    lowers: list[Path]
+    readonly: bool
+
+    @property
+    def rootfs(self) -> Path:
+        return self.dir / "merged"
+
+    @property
+    def upper(self) -> Path:
+        return self.dir / "upper"
+
+
+class Snapshotter:
+    """Extracts layers into `snapshots/`, mounts chains of them, turns uppers into layers."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dir = store.snapshots_dir
+        self.mounts_dir = store.root / "mounts"
+        self.mounts_dir.mkdir(parents=True, exist_ok=True)
+        self._empty = self.dir / "empty"
+        self._empty.mkdir(parents=True, exist_ok=True)
+
+    def path(self, chain_id: str) -> Path:
+        return self.dir / chain_id.split(":", 1)[1] / "fs"
+
+    def has(self, chain_id: str) -> bool:
+        return (self.dir / chain_id.split(":", 1)[1] / "done").exists()
+
+    def ensure(self, layers: list[Descriptor], diff_ids: list[str]) -> list[Path]:
+        """Extract each layer not yet extracted; return lowerdirs, bottom layer first."""
+        paths = []
+        for desc, chain_id in zip(layers, chain_ids(diff_ids)):
+            if not self.has(chain_id):
+                self._extract(desc, chain_id)
+            paths.append(self.path(chain_id))
+        return paths
+
+    def _extract(self, desc: Descriptor, chain_id: str) -> None:
+        final = self.dir / chain_id.split(":", 1)[1]
+        tmp = self.dir / f"tmp-{uuid.uuid4().hex}"
+        (tmp / "fs").mkdir(parents=True)
+        try:
+            with self.store.open_blob(desc.digest) as blob:
+                layer.apply_layer(blob, tmp / "fs", mode="overlay")
+            (tmp / "done").write_text(desc.digest)
+            self._install(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _install(self, tmp: Path, final: Path) -> None:
+        """Rename a finished snapshot into place; a concurrent twin wins harmlessly."""
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "done").exists():
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+
+    @contextmanager
+    def mount(self, lowers: list[Path], *, readonly: bool = False) -> Iterator[Active]:
+        """Mount lowers (bottom first) with a fresh upper; always unmounted on exit."""
+        if os.geteuid() != 0:
+            raise NeedsRootError("building needs root: overlay mounts and runc require it (run with sudo)")
+        sid = uuid.uuid4().hex[:16]
+        d = self.mounts_dir / sid
+        for sub in ("upper", "work", "merged"):
+            (d / sub).mkdir(parents=True)
+        lock = os.open(d / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        active = Active(sid, d, list(lowers), readonly)
+        try:
+            self._mount_overlay(active)
+            try:
+                yield active
+            finally:
+                _umount(active.rootfs)
+        finally:
+            os.close(lock)
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _mount_overlay(self, a: Active) -> None:
+        lowers = list(reversed(a.lowers)) or [self._empty]
+        # Short relative paths keep many layers within one page of mount data.
+        rel = [os.path.relpath(p, self.store.root) for p in lowers]
+        lowerdir = ":".join(rel)
+        if a.readonly:
+            if len(lowers) == 1:
+                opts = f"lowerdir={lowerdir}:{os.path.relpath(self._empty, self.store.root)}"
+            else:
+                opts = f"lowerdir={lowerdir}"
+        else:
+            opts = (f"lowerdir={lowerdir},upperdir={os.path.relpath(a.upper, self.store.root)},"
+                    f"workdir={os.path.relpath(a.dir / 'work', self.store.root)}")
+        if len(opts) > _MAX_MOUNT_DATA:
+            raise PybuildError(f"image has too many layers to mount ({len(lowers)})")
+        res = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts + ",index=off,xino=off",
+             str(a.rootfs)],
+            cwd=self.store.root, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise PybuildError(f"overlay mount failed: {res.stderr.strip()}")
+
+    def commit(self, a: Active, parent_diff_ids: list[str], *, compression: str = "gzip",
+               source_date_epoch: int | None = None) -> tuple[Descriptor, str]:
+        """Unmount, turn the upper into a layer blob, and keep the upper as its snapshot.
+
+        Returns (layer descriptor, diff_id). The mount is unusable afterwards.
+        """
+        _umount(a.rootfs)
+        with self.store.writer() as w:
+            info = layer.write_layer(a.upper, w, compression=compression,
+                                     source_date_epoch=source_date_epoch)
+            desc = w.commit(info.media_type)
+        chain_id = chain_ids(parent_diff_ids + [info.diff_id])[-1]
+        if not self.has(chain_id):
+            tmp = self.dir / f"tmp-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            try:
+                os.rename(a.upper, tmp / "fs")
+                (tmp / "done").write_text(desc.digest)
+                self._install(tmp, self.dir / chain_id.split(":", 1)[1])
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return desc, info.diff_id
+
+    def cleanup_stale(self) -> int:
+        """Unmount and remove mounts left by killed pybuild processes; returns how many."""
+        n = 0
+        for d in self.mounts_dir.iterdir() if self.mounts_dir.exists() else []:
+            try:
+                fd = os.open(d / "lock", os.O_RDWR)
+            except OSError:
+                fd = None
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live process owns it
+                _umount(d / "merged")
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        for tmp in self.dir.glob("tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        return n
+
+    def prune(self, keep: set[str]) -> int:
+        """Remove snapshots whose chain id is not in `keep`; returns bytes freed (approx.)."""
+        freed = 0
+        for d in self.dir.iterdir():
+            if d.name in ("empty",) or d.name.startswith("tmp-"):
+                continue
+            if f"sha256:{d.name}" not in keep:
+                freed += _du(d)
+                shutil.rmtree(d, ignore_errors=True)
+        return freed
+
+
+def _umount(path: Path) -> None:
+    if not os.path.ismount(path):
+        return
+    res = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+    if res.returncode != 0 and os.path.ismount(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
