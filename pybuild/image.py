@@ -269,14 +269,19 @@ def open_uncompressed(f: BinaryIO) -> BinaryIO:
 
 
 class _LayerSink:
-    """Compresses a tar stream into a BlobWriter while hashing it (diff_id) in one pass."""
+    """Compresses a tar stream into a BlobWriter while hashing it (diff_id) in one pass.
+
+    The compressor is fed fixed-size chunks, so its output never depends on how the tar
+    writer happened to slice its writes.
+    """
 
     def __init__(self, out: BlobWriter, compression: str) -> None:
         self._out = out
         self._hash = hashlib.sha256()
+        self._buf = bytearray()
         if compression == "gzip":
-            # gzip container, mtime 0, no file name: same bytes in → same digest out.
-            self._comp = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+            # gzip container, mtime 0, no file name; ISA-L's default level, as pybuild.layer.
+            self._comp = isal_zlib.compressobj(2, isal_zlib.DEFLATED, 31)
         elif compression == "zstd":
             self._comp = zstandard.ZstdCompressor(level=3).compressobj()
         elif compression == "none":
@@ -286,11 +291,20 @@ class _LayerSink:
 
     def write(self, data: bytes) -> int:
         self._hash.update(data)
-        self._out.write(self._comp.compress(data) if self._comp else data)
+        self._buf += data
+        while len(self._buf) >= _CHUNK:
+            self._emit(bytes(self._buf[:_CHUNK]))
+            del self._buf[:_CHUNK]
         return len(data)
+
+    def _emit(self, chunk: bytes) -> None:
+        self._out.write(self._comp.compress(chunk) if self._comp else chunk)
 
     def finish(self) -> str:
         """Flush the compressor; returns the diff_id."""
+        if self._buf:
+            self._emit(bytes(self._buf))
+            self._buf.clear()
         if self._comp:
             self._out.write(self._comp.flush())
         return "sha256:" + self._hash.hexdigest()
@@ -444,10 +458,14 @@ def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
     """Add a layer as a plain tar, verifying it against the config's diff_id."""
     with tempfile.TemporaryFile(dir=store.tmp_dir) as tmp, store.open_blob(layer.digest) as blob:
         h = hashlib.sha256()
-        src = open_uncompressed(blob)
-        while chunk := src.read(_CHUNK):
-            h.update(chunk)
-            tmp.write(chunk)
+        try:
+            src = open_uncompressed(blob)
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                tmp.write(chunk)
+        except (OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as e:
+            raise PybuildError(f"cannot read layer {layer.digest}: {e} "
+                               f"(the store is damaged: run verify)") from None
         if "sha256:" + h.hexdigest() != diff_id:
             raise PybuildError(f"layer {layer.digest} does not match its diff_id {diff_id}: "
                                f"the store is damaged (run verify)")

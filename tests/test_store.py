@@ -303,3 +303,20 @@ def test_skopeo_and_umoci_read_the_store(store: Store, tmp_path: Path) -> None:
     assert (bundle / "rootfs/etc/hello").read_bytes() == b"hello from pybuild\n"
     assert json.loads((bundle / "config.json").read_text())["process"]["args"] == ["/bin/sh"]
     assert store.verify() == []
+
+
+def test_skopeo_copies_a_store_image_to_a_real_registry(store: Store) -> None:
+    from engines import registry_server
+
+    skopeo = _need("skopeo")
+    desc = write_image(store, {"etc/x": b"pushed\n"}, tag="app:1")
+    with registry_server() as addr:
+        push = subprocess.run([skopeo, "copy", "--dest-tls-verify=false",
+                               f"oci:{store.root}:app:1", f"docker://{addr}/pb/app:1"],
+                              capture_output=True, text=True, timeout=120)
+        assert push.returncode == 0, push.stderr
+        res = subprocess.run([skopeo, "inspect", "--tls-verify=false", f"docker://{addr}/pb/app:1"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        # Unchanged bytes: the registry serves the very manifest the store holds.
+        assert json.loads(res.stdout)["Digest"] == desc.digest
