@@ -1,0 +1,1 @@
+"""The solver side of a build: walks stages, applies steps (RUN, COPY/ADD) and caches them."""

@@ -1,0 +1,461 @@
+"""The build context: `.dockerignore`, COPY/ADD source wildcards, path safety, content digests.
+
+BuildKit never sees ignored files: the client filters them out before sending the context.
+pybuild reads the context in place, so every consumer (source resolution, the cache digest,
+the copier) asks the same `PatternMatcher` and an ignored file stays invisible everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from pybuild.errors import DockerfileError, PybuildError
+from pybuild.layer import resolve_in_root
+
+# Files whose content hash is already known, keyed by what changes when the content may
+# have: an in-place edit that keeps size and mtime still moves ctime.
+_HASH_CACHE: dict[tuple[int, int, int, int, int], str] = {}
+
+_COPY_BUFSIZE = 1 << 20
+
+
+def go_clean(path: str) -> str:
+    """Go's filepath.Clean: Docker cleans patterns and paths this way, not like normpath."""
+    if not path:
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for comp in path.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(comp)
+    joined = "/".join(parts)
+    if rooted:
+        return "/" + joined
+    return joined or "."
+
+
+def glob_to_regex(pattern: str) -> str:
+    """Translate one Go filepath.Match pattern into an anchored Python regex.
+
+    Go's rules differ from fnmatch: `[^...]` negates (not `!`), `\\` escapes, `*` and `?`
+    never match "/", and a malformed pattern is an error rather than a literal.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "\\":
+            i += 1
+            if i >= n:
+                raise PybuildError(f"syntax error in pattern: {pattern}")
+            out.append(re.escape(pattern[i]))
+        elif ch == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            if negate:
+                i += 1
+            ranges: list[str] = []
+            first = True
+            while True:
+                if i >= n:
+                    raise PybuildError(f"syntax error in pattern: {pattern}")
+                if pattern[i] == "]" and not first:
+                    break
+                lo, i = _class_char(pattern, i)
+                hi = lo
+                if i < n and pattern[i] == "-":
+                    hi, i = _class_char(pattern, i + 1)
+                    if hi < lo:
+                        raise PybuildError(f"syntax error in pattern: {pattern}")
+                ranges.append(re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}")
+                first = False
+            out.append("[" + ("^/" if negate else "") + "".join(ranges) + "]")
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def _class_char(pattern: str, i: int) -> tuple[str, int]:
+    """One character of a Go character class (an escape counts as its character)."""
+    n = len(pattern)
+    if i >= n or pattern[i] in "-]":
+        raise PybuildError(f"syntax error in pattern: {pattern}")
+    if pattern[i] == "\\":
+        i += 1
+        if i >= n:
+            raise PybuildError(f"syntax error in pattern: {pattern}")
+    return pattern[i], i + 1
+
+
+def has_wildcards(path: str) -> bool:
+    """BuildKit's containsWildcards: `*`, `?` or `[` not preceded by a backslash."""
+    i = 0
+    while i < len(path):
+        if path[i] == "\\":
+            i += 2
+            continue
+        if path[i] in "*?[":
+            return True
+        i += 1
+    return False
+
+
+class _Pattern:
+    """One compiled pattern, with moby/patternmatcher's exact/prefix/suffix shortcuts.
+
+    The shortcuts are not just speed: `**foo` as a suffix match also matches `xfoo`,
+    which the regex form would not, and Docker users get that behaviour.
+    """
+
+    def __init__(self, cleaned: str, exclusion: bool) -> None:
+        self.cleaned = cleaned
+        self.exclusion = exclusion
+        self.kind, self.regex = self._compile(cleaned)
+
+    @staticmethod
+    def _compile(pattern: str) -> tuple[str, re.Pattern[str] | None]:
+        out = "^"
+        kind = "exact"
+        i, n = 0, len(pattern)
+        first = True
+        while i < n:
+            ch = pattern[i]
+            if ch == "*":
+                if i + 1 < n and pattern[i + 1] == "*":
+                    i += 1
+                    if i + 1 < n and pattern[i + 1] == "/":
+                        i += 1
+                    if i + 1 >= n:
+                        if kind == "exact":
+                            kind = "prefix"
+                        else:
+                            out += ".*"
+                            kind = "regexp"
+                    else:
+                        out += "(.*/)?"
+                        kind = "regexp"
+                    if first:
+                        kind = "suffix"
+                else:
+                    out += "[^/]*"
+                    kind = "regexp"
+            elif ch == "?":
+                out += "[^/]"
+                kind = "regexp"
+            elif ch in ".+()|{}$":
+                out += "\\" + ch
+            elif ch == "\\":
+                if i + 1 < n:
+                    i += 1
+                    out += re.escape(pattern[i])
+                    kind = "regexp"
+                else:
+                    out += "\\\\"
+            elif ch in "[]":
+                out += ch
+                kind = "regexp"
+            else:
+                out += ch
+            i += 1
+            first = False
+        if kind != "regexp":
+            return kind, None
+        try:
+            return kind, re.compile(out + "$", re.DOTALL)
+        except re.error as exc:
+            raise PybuildError(f"syntax error in pattern {pattern!r}: {exc}") from None
+
+    def match(self, path: str) -> bool:
+        if self.kind == "exact":
+            return path == self.cleaned
+        if self.kind == "prefix":
+            return path.startswith(self.cleaned[:-2])
+        if self.kind == "suffix":
+            suffix = self.cleaned[2:]
+            if path.endswith(suffix):
+                return True
+            return suffix.startswith("/") and path == suffix[1:]
+        assert self.regex is not None
+        return self.regex.match(path) is not None
+
+
+class PatternMatcher:
+    """Docker's `.dockerignore` / `--exclude` matcher (moby/patternmatcher semantics).
+
+    Patterns are evaluated in order and the last match wins; `!` re-includes; a pattern
+    that matches a directory also matches everything below it.
+    """
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns: list[_Pattern] = []
+        self.exclusions = False
+        for raw in patterns:
+            text = go_clean(raw.strip()) if raw.strip() else ""
+            if not text:
+                continue
+            exclusion = text.startswith("!")
+            if exclusion:
+                if len(text) == 1:
+                    raise PybuildError('illegal exclusion pattern: "!"')
+                text = text[1:]
+                self.exclusions = True
+            for comp in text.split("/"):
+                glob_to_regex(comp)  # syntax check, as Docker does with filepath.Match
+            self.patterns.append(_Pattern(text, exclusion))
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def matches(self, rel: str) -> bool:
+        """True if `rel` (slash-separated, relative) or one of its parents is excluded."""
+        path = go_clean(rel)
+        if path == ".":
+            return False
+        parent_dirs = path.split("/")[:-1]
+        matched = False
+        for pat in self.patterns:
+            if pat.exclusion != matched:
+                continue
+            hit = pat.match(path)
+            if not hit:
+                for i in range(len(parent_dirs)):
+                    if pat.match("/".join(parent_dirs[: i + 1])):
+                        hit = True
+                        break
+            if hit:
+                matched = not pat.exclusion
+        return matched
+
+
+def read_ignore_file(text: str) -> list[str]:
+    """Patterns of a `.dockerignore`, normalised like Docker's ignorefile.ReadAll."""
+    patterns: list[str] = []
+    for number, line in enumerate(text.splitlines()):
+        if number == 0:
+            line = line.removeprefix("\ufeff")
+        if line.startswith("#"):
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        invert = line.startswith("!")
+        if invert:
+            line = line[1:].strip()
+        if line:
+            line = go_clean(line)
+            if len(line) > 1 and line.startswith("/"):
+                line = line[1:]
+        patterns.append("!" + line if invert else line)
+    return patterns
+
+
+def walk_visible(top: Path, filters: list[tuple[PatternMatcher, str]]) -> Iterator[tuple[str, os.stat_result]]:
+    """Entries below `top` that no filter hides: dirs before their contents, names sorted.
+
+    Each filter is (matcher, prefix) and sees `prefix + relative path`. A hidden directory
+    is still entered when a `!` pattern could re-include something inside it, and then
+    appears only if something inside it does. FIFOs, sockets and devices never appear,
+    so nothing here can block on opening them. Symlinks are reported, never followed.
+    """
+    yield from _walk(top, "", filters)
+
+
+def _hidden(rel: str, filters: list[tuple[PatternMatcher, str]]) -> bool:
+    return any(m and m.matches(prefix + rel) for m, prefix in filters)
+
+
+def _walk(directory: Path, rel: str, filters: list[tuple[PatternMatcher, str]]) -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise PybuildError(f"cannot read {directory}: {exc.strerror}") from None
+    for name in names:
+        path = directory / name
+        child = f"{rel}{name}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        hidden = _hidden(child, filters)
+        if stat.S_ISDIR(st.st_mode):
+            if hidden and not any(m.exclusions for m, _ in filters):
+                continue
+            inner = list(_walk(path, child + "/", filters))
+            if hidden and not inner:
+                continue
+            yield child, st
+            yield from inner
+        elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            if not hidden:
+                yield child, st
+
+
+def file_sha256(path: Path, st: os.stat_result) -> str:
+    """sha256 of a regular file's bytes, memoised by (dev, inode, size, mtime, ctime)."""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    cached = _HASH_CACHE.get(key)
+    if cached is not None:
+        return cached
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PybuildError(f"{path} changed while it was read")
+        h = hashlib.sha256()
+        while chunk := os.read(fd, _COPY_BUFSIZE):
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    digest = h.hexdigest()
+    _HASH_CACHE[key] = digest
+    return digest
+
+
+class BuildContext:
+    """A directory sent to the build, seen through its `.dockerignore`."""
+
+    def __init__(self, root: Path, dockerfile: Path) -> None:
+        self.root = Path(os.path.abspath(root))
+        if not self.root.is_dir():
+            raise PybuildError(f"unable to prepare context: path {str(root)!r} not found")
+        self._real_root = os.path.realpath(self.root)
+        specific = Path(str(dockerfile) + ".dockerignore")
+        ignore_file = specific if specific.is_file() else self.root / ".dockerignore"
+        patterns: list[str] = []
+        if ignore_file.exists():
+            try:
+                patterns = read_ignore_file(ignore_file.read_text(encoding="utf-8", errors="surrogateescape"))
+            except OSError as exc:
+                raise PybuildError(f"error reading {ignore_file.name}: {exc.strerror}") from None
+        self.matcher = PatternMatcher(patterns)
+
+    def is_ignored(self, rel: str) -> bool:
+        """True if `.dockerignore` keeps `rel` (relative to the root) out of the context."""
+        return self.matcher.matches(go_clean(rel.lstrip("/")) if rel else ".")
+
+    def _visible(self, rel: str) -> bool:
+        """Present in the context BuildKit would receive: not ignored, or a re-included parent."""
+        if not self.is_ignored(rel):
+            return True
+        path = self.root / rel
+        if not self.matcher.exclusions or not path.is_dir() or path.is_symlink():
+            return False
+        return next(walk_visible(path, [(self.matcher, rel + "/")]), None) is not None
+
+    def _check_inside(self, rel: str, written: str, line: int) -> None:
+        """Refuse a source whose real location (following every symlink) leaves the context."""
+        real = os.path.realpath(self.root / rel)
+        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+            raise DockerfileError(f"forbidden path outside the build context: {written}", line)
+
+    def resolve_sources(self, patterns: list[str], line: int) -> list[Path]:
+        """COPY/ADD sources as host paths below the root, wildcards expanded and sorted.
+
+        The last component is returned unresolved so the copier names the result after it
+        (BuildKit follows that symlink for content but keeps the name).
+        """
+        out: list[Path] = []
+        for written in patterns:
+            cleaned = go_clean(written.lstrip("/") or ".")
+            if cleaned == ".." or cleaned.startswith("../"):
+                raise DockerfileError(f"forbidden path outside the build context: {written}", line)
+            if has_wildcards(cleaned):
+                matches = self._expand(cleaned, written, line)
+            else:
+                self._check_inside(cleaned, written, line)
+                if cleaned != "." and (not os.path.lexists(resolve_in_root(self.root, cleaned)) or not self._visible(cleaned)):
+                    raise DockerfileError(f'failed to compute cache key: "/{cleaned}": not found', line)
+                matches = [cleaned]
+            for rel in matches:
+                self._check_inside(rel, written, line)
+                out.append(self.root / rel if rel != "." else self.root)
+        return out
+
+    def _expand(self, cleaned: str, written: str, line: int) -> list[str]:
+        """Matches of a wildcard source; none is fine (BuildKit allows an empty wildcard)."""
+        comps = cleaned.split("/")
+        first = next(i for i, c in enumerate(comps) if has_wildcards(c))
+        base = "/".join(comps[:first])
+        regexes = [re.compile(glob_to_regex(c), re.DOTALL) for c in comps[first:]]
+        self._check_inside(base or ".", written, line)
+        base_dir = resolve_in_root(self.root, base) if base else self.root
+        if not base_dir.is_dir() or (base and not self._visible(base)):
+            raise DockerfileError(f'failed to compute cache key: "/{base}": not found', line)
+        found: list[str] = []
+        self._match_level(base_dir, base, regexes, found)
+        return found
+
+    def _match_level(self, directory: Path, rel: str, regexes: list[re.Pattern[str]], found: list[str]) -> None:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return
+        for name in names:
+            if not regexes[0].fullmatch(name):
+                continue
+            child = f"{rel}/{name}" if rel else name
+            if not self._visible(child):
+                continue
+            if len(regexes) == 1:
+                found.append(child)
+            elif (directory / name).is_dir() and not (directory / name).is_symlink():
+                self._match_level(directory / name, child, regexes[1:], found)
+
+    def digest(self, paths: list[Path]) -> str:
+        """Content digest of sources for the cache key: names, types, modes, owners, link
+        targets and bytes of every visible file below each source; never mtimes."""
+        h = hashlib.sha256()
+        for path in paths:
+            rel = os.path.relpath(path, self.root)
+            rel = "." if rel == "." else rel.replace(os.sep, "/")
+            h.update(b"source\0" + os.fsencode(rel) + b"\0")
+            try:
+                top_st = os.lstat(path)
+            except FileNotFoundError:
+                h.update(b"missing\n")
+                continue
+            if stat.S_ISLNK(top_st.st_mode):
+                self._record(h, rel, path, top_st)
+                path = resolve_in_root(self.root, rel)
+                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+                try:
+                    top_st = os.lstat(path)
+                except FileNotFoundError:
+                    h.update(b"dangling\n")
+                    continue
+            self._record(h, rel, path, top_st)
+            if stat.S_ISDIR(top_st.st_mode):
+                prefix = "" if rel == "." else rel + "/"
+                for child, st in walk_visible(path, [(self.matcher, prefix)]):
+                    self._record(h, prefix + child, path / child, st)
+        return "sha256:" + h.hexdigest()
+
+    @staticmethod
+    def _record(h: "hashlib._Hash", rel: str, path: Path, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            kind, extra = "f", file_sha256(path, st)
+        elif stat.S_ISDIR(mode):
+            kind, extra = "d", ""
+        elif stat.S_ISLNK(mode):
+            kind, extra = "l", os.readlink(path)
+        else:
+            return
+        fields = [rel, kind, oct(stat.S_IMODE(mode)), str(st.st_uid), str(st.st_gid), extra]
+        h.update(b"\0".join(os.fsencode(f) for f in fields) + b"\n")
