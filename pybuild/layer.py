@@ -1,0 +1,1097 @@
+"""Layers: an overlay upperdir → deterministic OCI tar → compressed blob, and back.
+
+Writing is one streaming pass (walk, tar, hash, compress, hash) so a layer is never held
+in memory. Reading is the one extractor every tar in pybuild goes through: names are
+resolved inside the target as the container would see them (symlinks followed within the
+root, never through the host), and every change is made through directory fds opened with
+O_NOFOLLOW, so a hostile layer can at worst write inside its own root.
+"""
+
+from __future__ import annotations
+
+import bz2
+import errno
+import hashlib
+import io
+import lzma
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import BinaryIO, Iterator, Protocol
+
+import zstandard
+from isal import isal_zlib
+
+from pybuild.errors import PybuildError
+
+MEDIA_TYPES = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+GZIP_LEVEL = 2          # ISA-L's default level: see docs/layers.md for the measurements
+ZSTD_LEVEL = 3
+ZSTD_THREADS = 2        # zstd output is identical for any worker count >= 1
+CHUNK = 1 << 20         # compressor input is cut at fixed offsets so output never depends on I/O
+BLOCK = 512
+DEFAULT_MAX_SIZE = 64 << 30
+MAX_SPECIAL = 1 << 20   # largest PAX / GNU long-name header accepted (as Go's archive/tar)
+MAX_NAME = 4096         # PATH_MAX
+MAX_SYMLINKS = 40       # as the kernel's ELOOP limit
+OVERLAY_XATTR = "trusted.overlay."
+WH_PREFIX = ".wh."
+WH_OPAQUE = ".wh..wh..opq"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What a manifest and an image config need to know about a written layer."""
+
+    digest: str
+    diff_id: str
+    size: int
+    media_type: str
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    """The "none" compression: tar bytes go out unchanged."""
+
+    def compress(self, data: bytes, /) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def _compressor(compression: str) -> _Compressor:
+    if compression == "gzip":
+        # wbits 31 = gzip wrapper with mtime 0, no file name: the header depends on nothing.
+        return isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+    if compression == "zstd":
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS).compressobj()
+    if compression == "none":
+        return _Identity()
+    raise PybuildError(f"unknown layer compression {compression!r} (use gzip, zstd or none)")
+
+
+class _Sink:
+    """Tar bytes in: hashed (diff_id), compressed in fixed chunks, hashed again (digest)."""
+
+    def __init__(self, out: BinaryIO, compression: str) -> None:
+        self._out = out
+        self._comp = _compressor(compression)
+        self._media_type = MEDIA_TYPES[compression]
+        self._diff = hashlib.sha256()
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._diff.update(data)
+        self._buf += data
+        while len(self._buf) >= CHUNK:
+            self._emit(self._comp.compress(bytes(self._buf[:CHUNK])))
+            del self._buf[:CHUNK]
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._digest.update(data)
+            self._size += len(data)
+            self._out.write(data)
+
+    def close(self) -> LayerInfo:
+        if self._buf:
+            self._emit(self._comp.compress(bytes(self._buf)))
+        self._emit(self._comp.flush())
+        return LayerInfo(f"sha256:{self._digest.hexdigest()}", f"sha256:{self._diff.hexdigest()}",
+                         self._size, self._media_type)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """One `LEN key=value\\n` record; LEN counts its own digits."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + len(str(len(body)))
+    if len(str(length)) != len(str(len(body))):
+        length = len(body) + len(str(length))
+    return str(length).encode() + body
+
+
+def _ustar(name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
+           linkname: bytes = b"", devmajor: int = 0, devminor: int = 0) -> bytes:
+    """A POSIX ustar header block; callers put what does not fit into PAX records first."""
+    h = bytearray(BLOCK)
+    h[0:len(name[:100])] = name[:100]
+    h[100:108] = b"%07o\0" % (mode & 0o7777)
+    h[108:116] = b"%07o\0" % uid
+    h[116:124] = b"%07o\0" % gid
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"%011o\0" % mtime
+    h[148:156] = b" " * 8
+    h[156:157] = typeflag
+    h[157:157 + len(linkname[:100])] = linkname[:100]
+    h[257:265] = b"ustar\x0000"
+    h[329:337] = b"%07o\0" % devmajor
+    h[337:345] = b"%07o\0" % devminor
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def _header(name: bytes, typeflag: bytes, st_mode: int, uid: int, gid: int, size: int, mtime: int,
+            linkname: bytes = b"", dev: tuple[int, int] = (0, 0),
+            xattrs: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """PAX extended header (only when needed) + ustar header for one entry."""
+    records: list[bytes] = []
+
+    def fits(value: bytes) -> bool:
+        return len(value) <= 100 and value.isascii()
+
+    if not fits(name):
+        records.append(_pax_record(b"path", name))
+    if linkname and not fits(linkname):
+        records.append(_pax_record(b"linkpath", linkname))
+    numeric = {b"uid": (uid, 0o7777777), b"gid": (gid, 0o7777777),
+               b"size": (size, 0o77777777777), b"mtime": (mtime, 0o77777777777)}
+    for key, (value, limit) in numeric.items():
+        if not 0 <= value <= limit:
+            records.append(_pax_record(key, str(value).encode()))
+    for key, value in xattrs or []:
+        records.append(_pax_record(b"SCHILY.xattr." + key, value))
+    if dev[0] > 0o7777777 or dev[1] > 0o7777777:
+        raise PybuildError(f"{os.fsdecode(name)}: device number {dev} cannot be stored in a tar")
+    out = b""
+    if records:
+        pax = b"".join(sorted(records, key=lambda r: r.split(b" ", 1)[1]))
+        out = _ustar(b"././@PaxHeader", b"x", 0o644, 0, 0, len(pax), 0) + pax + _pad(len(pax))
+    clip = {b"uid": uid, b"gid": gid, b"size": size, b"mtime": mtime}
+    for key, (value, limit) in numeric.items():
+        if not 0 <= value <= limit:
+            clip[key] = 0
+    return out + _ustar(name, typeflag, st_mode, clip[b"uid"], clip[b"gid"], clip[b"size"],
+                        clip[b"mtime"], linkname, dev[0], dev[1])
+
+
+def _pad(n: int) -> bytes:
+    return b"\0" * (-n % BLOCK)
+
+
+def _xattrs(path: bytes, follow: bool = False) -> tuple[list[tuple[bytes, bytes]], dict[str, bytes]]:
+    """(xattrs to keep in the tar, overlay's own trusted.overlay.* xattrs) of one file."""
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=follow), key=os.fsencode)
+    except OSError:
+        return [], {}
+    keep: list[tuple[bytes, bytes]] = []
+    overlay: dict[str, bytes] = {}
+    for key in names:
+        try:
+            value = os.getxattr(path, key, follow_symlinks=follow)
+        except OSError:
+            continue
+        if key.startswith(OVERLAY_XATTR):
+            overlay[key] = value
+        else:
+            keep.append((os.fsencode(key), value))
+    return keep, overlay
+
+
+class _TarWriter:
+    """Walks an upperdir and streams its tar into a _Sink."""
+
+    def __init__(self, sink: _Sink, epoch: int | None) -> None:
+        self._sink = sink
+        self._epoch = epoch
+        self._links: dict[tuple[int, int], bytes] = {}
+
+    def _mtime(self, st: os.stat_result) -> int:
+        mtime = st.st_mtime_ns // 1_000_000_000
+        return mtime if self._epoch is None else min(mtime, self._epoch)
+
+    def walk(self, directory: bytes, prefix: bytes) -> None:
+        """Emit every entry below `directory`, siblings sorted by their tar name's bytes."""
+        with os.scandir(directory) as it:
+            entries = list(it)
+        named = []
+        for e in entries:
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                named.append((WH_PREFIX.encode() + e.name, e, st))
+            else:
+                named.append((e.name, e, st))
+        for tarname, e, st in sorted(named, key=lambda t: t[0]):
+            self._entry(e.path, prefix + tarname, st)
+
+    def _entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:
+        mode, mtime = st.st_mode, self._mtime(st)
+        if stat.S_ISCHR(mode) and st.st_rdev == 0:
+            # overlay whiteout (char 0/0) → empty `.wh.name`, as moby's overlay2 writes it
+            self._sink.write(_header(name, b"0", 0o600, st.st_uid, st.st_gid, 0, mtime))
+            return
+        if stat.S_ISSOCK(mode):
+            return  # tar cannot hold sockets; docker skips them too
+        xattrs, overlay = _xattrs(path)
+        for bad in ("trusted.overlay.redirect", "trusted.overlay.metacopy"):
+            if bad in overlay:
+                raise PybuildError(f"{os.fsdecode(path)}: overlay {bad.rsplit('.', 1)[1]} cannot be "
+                                   "stored in a layer (mount overlay with redirect_dir=off,metacopy=off)")
+        common = (mode, st.st_uid, st.st_gid)
+        if stat.S_ISDIR(mode):
+            self._sink.write(_header(name + b"/", b"5", *common, 0, mtime, xattrs=xattrs))
+            if overlay.get("trusted.overlay.opaque") == b"y":
+                self._sink.write(_header(name + b"/" + WH_OPAQUE.encode(), b"0", mode & 0o777,
+                                         st.st_uid, st.st_gid, 0, mtime))
+            self.walk(path, name + b"/")
+            return
+        if st.st_nlink > 1:
+            first = self._links.setdefault((st.st_dev, st.st_ino), name)
+            if first != name:
+                self._sink.write(_header(name, b"1", *common, 0, mtime, first, xattrs=xattrs))
+                return
+        if stat.S_ISREG(mode):
+            self._sink.write(_header(name, b"0", *common, st.st_size, mtime, xattrs=xattrs))
+            self._copy(path, st.st_size)
+        elif stat.S_ISLNK(mode):
+            self._sink.write(_header(name, b"2", *common, 0, mtime, os.readlink(path),
+                                     xattrs=xattrs))
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            flag = b"3" if stat.S_ISCHR(mode) else b"4"
+            self._sink.write(_header(name, flag, *common, 0, mtime, dev=dev, xattrs=xattrs))
+        elif stat.S_ISFIFO(mode):
+            self._sink.write(_header(name, b"6", *common, 0, mtime, xattrs=xattrs))
+
+    def _copy(self, path: bytes, size: int) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            left = size
+            while left:
+                data = os.read(fd, min(left, CHUNK))
+                if not data:
+                    break
+                self._sink.write(data)
+                left -= len(data)
+            if left or os.read(fd, 1):
+                raise PybuildError(f"{os.fsdecode(path)} changed size while the layer was written")
+        finally:
+            os.close(fd)
+        self._sink.write(_pad(size))
+
+
+def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip",
+                source_date_epoch: int | None = None) -> LayerInfo:
+    """Tar `src` (an overlay upperdir or any directory) into `out`, compressed, in one pass.
+
+    The same tree gives the same digest anywhere: sorted entries, integer (optionally
+    clamped) mtimes, numeric owners only, no header field that depends on the host.
+    """
+    sink = _Sink(out, compression)
+    try:
+        _TarWriter(sink, source_date_epoch).walk(os.fsencode(src), b"")
+    except OSError as e:
+        raise PybuildError(f"cannot write layer from {src}: {e.strerror}: {e.filename}") from e
+    sink.write(b"\0" * (2 * BLOCK))
+    return sink.close()
+
+
+# --------------------------------------------------------------------------- decompression
+
+
+def _corrupt(detail: str) -> PybuildError:
+    return PybuildError(f"layer is corrupt: {detail}")
+
+
+class _ZstdFrames:
+    """Follows zstd frame and block headers so a truncated stream is noticed.
+
+    python-zstandard's stream reader ends quietly when its input stops mid-frame; walking
+    the (cheap) block headers alongside tells a clean end from a cut one.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._state = "magic"
+        self._skip = 0
+        self._checksum = False
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        while True:
+            if self._skip:
+                n = min(self._skip, len(self._buf))
+                del self._buf[:n]
+                self._skip -= n
+                if self._skip:
+                    return
+            if not self._step():
+                return
+
+    def _step(self) -> bool:
+        buf = self._buf
+        if self._state == "magic":
+            if len(buf) < 4:
+                return False
+            magic = int.from_bytes(buf[:4], "little")
+            if magic & 0xFFFFFFF0 == 0x184D2A50:
+                if len(buf) < 8:
+                    return False
+                self._skip = 8 + int.from_bytes(buf[4:8], "little")
+                return True
+            if magic != 0xFD2FB528:
+                raise _corrupt("bad zstd frame magic")
+            if len(buf) < 5:
+                return False
+            fhd = buf[4]
+            single = bool(fhd & 0x20)
+            fcs = {0: 1 if single else 0, 1: 2, 2: 4, 3: 8}[fhd >> 6]
+            header = 5 + (0 if single else 1) + {0: 0, 1: 1, 2: 2, 3: 4}[fhd & 3] + fcs
+            self._checksum = bool(fhd & 0x04)
+            self._skip = header
+            self._state = "block"
+            return True
+        if self._state == "block":
+            if len(buf) < 3:
+                return False
+            bh = int.from_bytes(buf[:3], "little")
+            kind, size = (bh >> 1) & 3, bh >> 3
+            if kind == 3:
+                raise _corrupt("reserved zstd block type")
+            self._skip = 3 + (1 if kind == 1 else size)
+            if bh & 1:
+                self._state = "magic"
+                self._skip += 4 if self._checksum else 0
+            return True
+        return False
+
+    def complete(self) -> bool:
+        return self._state == "magic" and not self._buf and not self._skip
+
+
+class _DecompressReader(io.RawIOBase):
+    """Decompressed bytes of gzip/zstd/bzip2/xz, with output bounded per read (bomb-safe)."""
+
+    def __init__(self, src: BinaryIO, kind: str) -> None:
+        self._src = src
+        self._kind = kind
+        self._pending = b""
+        self._done = False
+        self._frames: _ZstdFrames | None = None
+        self._zreader: zstandard.ZstdDecompressionReader | None = None
+        if kind == "zstd":
+            self._frames = _ZstdFrames()
+            self._zreader = zstandard.ZstdDecompressor().stream_reader(
+                _Tee(src, self._frames.feed), read_across_frames=True)
+        else:
+            self._dec = self._new()
+
+    def _new(self) -> object:
+        if self._kind == "gzip":
+            return isal_zlib.decompressobj(31)
+        if self._kind == "bzip2":
+            return bz2.BZ2Decompressor()
+        return lzma.LZMADecompressor()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._read(len(b))
+        except (isal_zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
+            raise _corrupt(str(e) or type(e).__name__) from e
+        b[:len(data)] = data
+        return len(data)
+
+    def _read(self, n: int) -> bytes:
+        if self._zreader is not None and self._frames is not None:
+            data = self._zreader.read(n)
+            if not data and not self._frames.complete():
+                raise _corrupt("zstd stream ends in the middle of a frame")
+            return data
+        while not self._done:
+            dec = self._dec
+            if self._kind == "gzip":
+                data = self._pending or self._src.read(CHUNK)
+                out = dec.decompress(data, n)  # type: ignore[attr-defined]
+                self._pending = dec.unconsumed_tail  # type: ignore[attr-defined]
+            else:
+                data = b""
+                if dec.needs_input:  # type: ignore[attr-defined]
+                    data = self._pending or self._src.read(CHUNK)
+                    self._pending = b""
+                out = dec.decompress(data, n)  # type: ignore[attr-defined]
+            if not data and not out and not dec.eof:  # type: ignore[attr-defined]
+                raise _corrupt("compressed stream is truncated")
+            if dec.eof:  # type: ignore[attr-defined]
+                rest = dec.unused_data + self._pending or self._src.read(CHUNK)  # type: ignore[attr-defined]
+                self._pending = rest
+                if rest:
+                    self._dec = self._new()  # concatenated members/streams, as Go reads them
+                else:
+                    self._done = True
+            if out:
+                return out
+        return b""
+
+
+class _Tee(io.RawIOBase):
+    """A reader that shows every byte it passes on to a callback."""
+
+    def __init__(self, src: BinaryIO, callback: object) -> None:
+        self._src = src
+        self._cb = callback
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        data = self._src.read(n if n >= 0 else CHUNK)
+        self._cb(data)  # type: ignore[operator]
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+class _Prefixed(io.RawIOBase):
+    """Puts the sniffed magic bytes back in front of a non-seekable stream."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        self._head = head
+        self._src = src
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._src.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+_MAGICS = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bzip2"),
+           (b"\xfd7zXZ\x00", "xz"))
+
+
+def open_decompressed(f: BinaryIO) -> BinaryIO:
+    """`f`'s content, decompressed according to its magic bytes (plain tar passes through)."""
+    head = b""
+    while len(head) < 6:
+        more = f.read(6 - len(head))
+        if not more:
+            break
+        head += more
+    src = io.BufferedReader(_Prefixed(head, f), CHUNK)
+    for magic, kind in _MAGICS:
+        if head.startswith(magic):
+            return io.BufferedReader(_DecompressReader(src, kind), CHUNK)  # type: ignore[arg-type]
+    return src  # type: ignore[return-value]
+
+
+class _Counted:
+    """Uncompressed tar bytes: hashed for the diff_id and capped at max_size."""
+
+    def __init__(self, src: BinaryIO, max_size: int) -> None:
+        self._src = src
+        self._max = max_size
+        self.count = 0
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        data = self._src.read(n)
+        self.count += len(data)
+        if self.count > self._max:
+            raise PybuildError(f"layer is larger than the limit of {self._max} bytes "
+                               "(set PYBUILD_MAX_LAYER_SIZE to raise it)")
+        self.sha.update(data)
+        return data
+
+    def exact(self, n: int, what: str) -> bytes:
+        parts: list[bytes] = []
+        left = n
+        while left:
+            data = self.read(min(left, CHUNK))
+            if not data:
+                raise _corrupt(f"tar data ends inside {what}")
+            parts.append(data)
+            left -= len(data)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def _max_size(max_size: int | None) -> int:
+    if max_size is not None:
+        return max_size
+    raw = os.environ.get("PYBUILD_MAX_LAYER_SIZE")
+    if raw is None:
+        return DEFAULT_MAX_SIZE
+    try:
+        return int(raw)
+    except ValueError:
+        raise PybuildError(f"PYBUILD_MAX_LAYER_SIZE must be a number of bytes, not {raw!r}") from None
+
+
+# --------------------------------------------------------------------------- tar reading
+
+
+@dataclass
+class _Entry:
+    """One tar member with its PAX/GNU extensions already applied."""
+
+    name: str
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    linkname: str
+    dev: tuple[int, int]
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+_HEADER_ONLY = {b"1", b"2", b"3", b"4", b"5", b"6"}
+_KNOWN = {b"0", b"\0", b"7"} | _HEADER_ONLY
+
+
+def _number(field_: bytes, what: str) -> int:
+    if field_[:1] and field_[0] & 0x80:  # base-256 (GNU) for values octal cannot hold
+        if field_[0] & 0x40:
+            return int.from_bytes(field_, "big", signed=True)
+        return int.from_bytes(bytes([field_[0] & 0x7F]) + field_[1:], "big")
+    text = field_.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise _corrupt(f"bad {what} field in a tar header") from None
+
+
+def _cstr(field_: bytes) -> bytes:
+    return field_.split(b"\0", 1)[0]
+
+
+def _checksum_ok(block: bytes) -> bool:
+    try:
+        want = int(_cstr(block[148:156]).strip(b" ") or b"-1", 8)
+    except ValueError:
+        return False
+    blank = block[:148] + b" " * 8 + block[156:]
+    return want in (sum(blank), sum((c ^ 0x80) - 0x80 for c in blank))
+
+
+def _parse_pax(data: bytes, into: dict[str, bytes]) -> None:
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:
+            break  # NUL padding after the last record
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise _corrupt("bad PAX record")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise _corrupt("bad PAX record length") from None
+        if length <= space - pos or pos + length > len(data) \
+                or data[pos + length - 1:pos + length] != b"\n":
+            raise _corrupt("bad PAX record")
+        key, eq, value = data[space + 1:pos + length - 1].partition(b"=")
+        if not eq:
+            raise _corrupt("PAX record without '='")
+        into[key.decode("utf-8", "surrogateescape")] = value
+        pos += length
+
+
+def _pax_int(value: bytes, key: str, limit: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise _corrupt(f"bad PAX {key} {value[:40]!r}") from None
+    if not 0 <= number <= limit:
+        raise PybuildError(f"layer is corrupt: PAX {key} {number} is out of range")
+    return number
+
+
+def _read_entries(src: _Counted) -> Iterator[_Entry]:
+    """Yield tar members; the caller consumes exactly entry.size data bytes (+ padding)."""
+    global_pax: dict[str, bytes] = {}
+    local: dict[str, bytes] = {}
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    while True:
+        block = src.read(BLOCK)
+        if not block:
+            return  # no end-of-archive marker: accepted, as Go's reader does
+        if len(block) < BLOCK:
+            block += src.exact(BLOCK - len(block), "a tar header")
+        if block == bytes(BLOCK):
+            src.drain()
+            return
+        if not _checksum_ok(block):
+            raise _corrupt("bad tar header checksum")
+        flag = block[156:157]
+        size = _number(block[124:136], "size")
+        if flag in (b"x", b"g", b"L", b"K"):
+            if not 0 <= size <= MAX_SPECIAL:
+                raise PybuildError(f"layer is corrupt: tar extension header of {size} bytes "
+                                   f"(limit {MAX_SPECIAL})")
+            data = src.exact(size, "a tar extension header")
+            src.exact(-size % BLOCK, "tar padding")
+            if flag == b"x":
+                _parse_pax(data, local)
+            elif flag == b"g":
+                _parse_pax(data, global_pax)
+            elif flag == b"L":
+                long_name = _cstr(data)
+            else:
+                long_link = _cstr(data)
+            continue
+        pax = {**global_pax, **local}
+        local = {}
+        if block[257:263] == b"ustar\0" and block[345]:
+            raw_name = _cstr(block[345:500]) + b"/" + _cstr(block[0:100])
+        else:
+            raw_name = _cstr(block[0:100])
+        raw_name = pax.get("path") or long_name or raw_name
+        raw_link = pax.get("linkpath") or long_link or _cstr(block[157:257])
+        long_name = long_link = None
+        name = raw_name.decode("utf-8", "surrogateescape")
+        if b"\0" in raw_name or b"\0" in raw_link:
+            raise PybuildError(f"layer entry {name.split(chr(0))[0]!r}: name contains a NUL byte")
+        if len(raw_name) > MAX_NAME or len(raw_link) > MAX_NAME:
+            raise PybuildError(f"layer entry {name[:60]!r}...: name longer than {MAX_NAME} bytes")
+        if any(k.startswith("GNU.sparse.") for k in pax) or flag == b"S":
+            raise PybuildError(f"layer entry {name!r}: sparse files are not supported")
+        if flag not in _KNOWN:
+            raise PybuildError(f"layer entry {name!r}: unsupported tar entry type {flag!r}")
+        if "size" in pax:
+            size = _pax_int(pax["size"], "size", 1 << 62)
+        if flag in _HEADER_ONLY:
+            size = 0
+        mtime_ns = _number(block[136:148], "mtime") * 1_000_000_000
+        if "mtime" in pax:
+            try:
+                mtime_ns = int(Decimal(pax["mtime"].decode("ascii")) * 1_000_000_000)
+            except (InvalidOperation, UnicodeDecodeError, ValueError, OverflowError):
+                raise _corrupt(f"bad PAX mtime in {name!r}") from None
+        uid = _number(block[108:116], "uid")
+        gid = _number(block[116:124], "gid")
+        if "uid" in pax:
+            uid = _pax_int(pax["uid"], "uid", 0xFFFFFFFE)
+        if "gid" in pax:
+            gid = _pax_int(pax["gid"], "gid", 0xFFFFFFFE)
+        if not (0 <= uid <= 0xFFFFFFFE and 0 <= gid <= 0xFFFFFFFE):
+            raise PybuildError(f"layer entry {name!r}: uid/gid {uid}:{gid} out of range")
+        if not -(1 << 62) < mtime_ns < (1 << 62):
+            mtime_ns = 0
+        xattrs = {k[len("SCHILY.xattr."):]: v for k, v in pax.items() if k.startswith("SCHILY.xattr.")}
+        yield _Entry(name, b"0" if flag in (b"\0", b"7") else flag,
+                     _number(block[100:108], "mode") & 0o7777, uid, gid, size, mtime_ns,
+                     raw_link.decode("utf-8", "surrogateescape"),
+                     (_number(block[329:337], "devmajor"), _number(block[337:345], "devminor")),
+                     xattrs)
+
+
+# --------------------------------------------------------------------------- path resolution
+
+
+def _clean(path: str) -> list[str] | None:
+    """Lexical clean of an archive name; None when it climbs above its root (as Go's Clean)."""
+    parts: list[str] = []
+    absolute = path.startswith("/")
+    for c in path.split("/"):
+        if c in ("", "."):
+            continue
+        if c == "..":
+            if parts:
+                parts.pop()
+            elif not absolute:
+                return None
+            continue
+        parts.append(c)
+    return parts
+
+
+def _resolve(root: Path, path: str, follow_last: bool) -> list[str]:
+    """Canonical components of `path` inside root: symlinks followed as chroot(root) would."""
+    todo = [c for c in reversed(path.split("/"))]
+    done: list[str] = []
+    links = 0
+    while todo:
+        c = todo.pop()
+        if c in ("", "."):
+            continue
+        if c == "..":
+            if done:
+                done.pop()
+            continue
+        if not todo and not follow_last:
+            done.append(c)
+            break
+        host = os.path.join(root, *done, c)
+        try:
+            st = os.lstat(host)
+        except FileNotFoundError:
+            done.append(c)
+            continue
+        except OSError as e:
+            raise PybuildError(f"cannot resolve {path!r} in {root}: {e.strerror}") from e
+        if not stat.S_ISLNK(st.st_mode):
+            done.append(c)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise PybuildError(f"cannot resolve {path!r} in {root}: too many levels of symbolic links")
+        target = os.readlink(host)
+        if target.startswith("/"):
+            done = []
+        todo.extend(reversed(target.split("/")))
+    return done
+
+
+def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
+    """The host path of `path` as the container rooted at `root` sees it; never outside root."""
+    return Path(root).joinpath(*_resolve(Path(root), path, follow_last))
+
+
+def _open_dir(root_fd: int, parts: list[str], create: bool) -> int:
+    """An fd for root/parts, walked with O_NOFOLLOW so no symlink can redirect it."""
+    fd = os.dup(root_fd)
+    try:
+        for c in parts:
+            try:
+                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(c, 0o755, dir_fd=fd)
+                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class _Extractor:
+    """Applies tar entries to `root` (below `base`) in one of three modes.
+
+    overlay: whiteouts become overlay whiteouts (root is this layer's lowerdir);
+    flatten: whiteouts delete earlier layers' files (root is a whole rootfs);
+    plain:   `.wh.` names are ordinary files (ADD of an archive).
+    """
+
+    def __init__(self, root: Path, base: list[str], mode: str, what: str) -> None:
+        self.root = root
+        self.base = base
+        self.mode = mode
+        self.what = what
+        self.root_fd = os.open(root, _DIR_FLAGS)
+        self.written: set[tuple[str, ...]] = set()
+        self.ancestors: set[tuple[str, ...]] = set()  # directories holding written paths
+        self.dirs: dict[tuple[str, ...], _Entry] = {}
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    def run(self, src: _Counted) -> None:
+        for entry in _read_entries(src):
+            try:
+                self._apply(entry, src)
+            except OSError as e:
+                raise PybuildError(f"{self.what} entry {entry.name!r}: {e.strerror}") from e
+            src.exact(-entry.size % BLOCK, "tar padding")
+        self._finish_dirs()
+
+    def _err(self, entry: _Entry, message: str) -> PybuildError:
+        return PybuildError(f"{self.what} entry {entry.name!r}: {message}")
+
+    def _apply(self, entry: _Entry, src: _Counted) -> None:
+        rel = _clean(entry.name)
+        if rel is None:
+            raise self._err(entry, f"path climbs out of the {self.what} root")
+        if not rel:
+            if entry.type != b"5":
+                raise self._err(entry, "the root can only be a directory")
+            self._skip(src, entry.size)
+            fd = _open_dir(self.root_fd, self.base, create=True)
+            try:
+                self._attrs(entry, fd, dir_later=True)
+            finally:
+                os.close(fd)
+            self.dirs[tuple(self.base)] = entry
+            return
+        name = rel[-1]
+        if self.mode != "plain" and name.startswith(WH_PREFIX):
+            self._skip(src, entry.size)
+            self._whiteout(entry, rel)
+            return
+        parent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        key = tuple(parent + [name])
+        pfd = _open_dir(self.root_fd, parent, create=True)
+        try:
+            try:
+                old: os.stat_result | None = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                old = None
+            if entry.type == b"1":
+                self._hardlink(entry, pfd, name, old)
+            else:
+                if old is not None and not (entry.type == b"5" and stat.S_ISDIR(old.st_mode)):
+                    _remove(pfd, name, old)
+                    old = None
+                self._create(entry, pfd, name, src, old)
+        finally:
+            os.close(pfd)
+        self._mark(key)
+        if entry.type == b"5":
+            self.dirs[key] = entry
+
+    def _mark(self, key: tuple[str, ...]) -> None:
+        self.written.add(key)
+        for i in range(len(key) - 1, 0, -1):
+            if key[:i] in self.ancestors:
+                break
+            self.ancestors.add(key[:i])
+
+    def _skip(self, src: _Counted, size: int) -> None:
+        left = size
+        while left:
+            left -= len(src.exact(min(left, CHUNK), "file data"))
+
+    def _whiteout(self, entry: _Entry, rel: list[str]) -> None:
+        """`.wh.name` / `.wh..wh..opq` per the OCI image spec (overlay or flatten form)."""
+        name = rel[-1]
+        parent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        if name == WH_OPAQUE:
+            pfd = _open_dir(self.root_fd, parent, create=True)
+            try:
+                if self.mode == "overlay":
+                    os.setxattr(f"/proc/self/fd/{pfd}", "trusted.overlay.opaque", b"y")
+                else:
+                    self._prune(pfd, tuple(parent))
+            finally:
+                os.close(pfd)
+            return
+        if name.startswith(WH_PREFIX + WH_PREFIX):
+            return  # other AUFS metadata (.wh..wh.plnk...): docker ignores it too
+        victim = name[len(WH_PREFIX):]
+        if victim in ("", ".", ".."):
+            raise self._err(entry, "invalid whiteout name")
+        key = tuple(parent + [victim])
+        if key in self.written:
+            return  # a whiteout only hides lower layers, never this layer's own file
+        pfd = _open_dir(self.root_fd, parent, create=True)
+        try:
+            try:
+                old = os.stat(victim, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                old = None
+            if self.mode == "overlay":
+                if old is not None:
+                    _remove(pfd, victim, old)
+                os.mknod(victim, 0o600 | stat.S_IFCHR, 0, dir_fd=pfd)
+                self._mark(key)
+            elif old is not None:
+                _remove(pfd, victim, old)
+        finally:
+            os.close(pfd)
+
+    def _prune(self, dfd: int, key: tuple[str, ...]) -> None:
+        """Remove everything below a directory that this layer did not write (opaque)."""
+        for child in os.listdir(dfd):
+            ckey = key + (child,)
+            st = os.stat(child, dir_fd=dfd, follow_symlinks=False)
+            if ckey not in self.written and ckey not in self.ancestors:
+                _remove(dfd, child, st)
+            elif stat.S_ISDIR(st.st_mode):
+                cfd = os.open(child, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    self._prune(cfd, ckey)
+                finally:
+                    os.close(cfd)
+
+    def _hardlink(self, entry: _Entry, pfd: int, name: str, old: os.stat_result | None) -> None:
+        rel = _clean(entry.linkname)
+        if rel is None or not rel:
+            raise self._err(entry, f"hardlink target {entry.linkname!r} is outside the {self.what}")
+        tparent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        try:
+            tfd = _open_dir(self.root_fd, tparent, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._err(entry, f"hardlink target {entry.linkname!r} does not exist") from None
+        try:
+            try:
+                target = os.stat(rel[-1], dir_fd=tfd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise self._err(entry, f"hardlink target {entry.linkname!r} does not exist") from None
+            if stat.S_ISDIR(target.st_mode):
+                raise self._err(entry, f"hardlink target {entry.linkname!r} is a directory")
+            if old is not None:
+                if (old.st_dev, old.st_ino) == (target.st_dev, target.st_ino):
+                    return
+                _remove(pfd, name, old)
+            os.link(rel[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+        finally:
+            os.close(tfd)
+
+    def _create(self, entry: _Entry, pfd: int, name: str, src: _Counted,
+                old: os.stat_result | None) -> None:
+        t = entry.type
+        if t == b"2":
+            if not entry.linkname:
+                raise self._err(entry, "symlink with an empty target")
+            os.symlink(entry.linkname, name, dir_fd=pfd)
+            if _is_root():
+                os.chown(name, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+            self._set_xattrs(entry, f"/proc/self/fd/{pfd}/{name}", follow=False)
+            ns = (entry.mtime_ns, entry.mtime_ns)
+            os.utime(name, ns=ns, dir_fd=pfd, follow_symlinks=False)
+            return
+        if t == b"0":
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=pfd)
+            try:
+                left = entry.size
+                while left:
+                    data = src.exact(min(left, CHUNK), f"the data of {entry.name!r}")
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    left -= len(data)
+                self._attrs(entry, fd)
+            finally:
+                os.close(fd)
+            return
+        if t == b"5":
+            if old is None:
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        else:
+            kind = {b"3": stat.S_IFCHR, b"4": stat.S_IFBLK, b"6": stat.S_IFIFO}[t]
+            dev = os.makedev(*entry.dev) if t in (b"3", b"4") else 0
+            os.mknod(name, 0o600 | kind, dev, dir_fd=pfd)
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            self._attrs(entry, fd, dir_later=(t == b"5"))
+        finally:
+            os.close(fd)
+
+    def _attrs(self, entry: _Entry, fd: int, dir_later: bool = False) -> None:
+        """Owner, then mode (chown clears setuid), xattrs, mtime; through the node's own fd."""
+        proc = f"/proc/self/fd/{fd}"
+        if _is_root():
+            os.chown(proc, entry.uid, entry.gid)
+        self._set_xattrs(entry, proc, follow=True)
+        if not dir_later:
+            os.chmod(proc, entry.mode)
+            os.utime(proc, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _set_xattrs(self, entry: _Entry, path: str, follow: bool) -> None:
+        for key, value in entry.xattrs.items():
+            if key.startswith(OVERLAY_XATTR):
+                continue  # never let a layer steer overlayfs (redirects, opaque, metacopy)
+            try:
+                os.setxattr(path, key, value, follow_symlinks=follow)
+            except OSError as e:
+                if e.errno not in (errno.ENOTSUP, errno.EPERM):  # skipped, as docker does
+                    raise
+
+    def _finish_dirs(self) -> None:
+        """Directory modes and mtimes last, deepest first, so children do not disturb them."""
+        for key in sorted(self.dirs, key=len, reverse=True):
+            entry = self.dirs[key]
+            try:
+                fd = _open_dir(self.root_fd, list(key), create=False)
+            except (FileNotFoundError, NotADirectoryError, OSError):
+                continue  # replaced or removed by a later entry
+            try:
+                os.chmod(f"/proc/self/fd/{fd}", entry.mode)
+                os.utime(f"/proc/self/fd/{fd}", ns=(entry.mtime_ns, entry.mtime_ns))
+            finally:
+                os.close(fd)
+
+
+def _remove(pfd: int, name: str, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=pfd)
+    else:
+        os.unlink(name, dir_fd=pfd)
+
+
+def apply_layer(blob: BinaryIO, target: Path, *, mode: str = "overlay",
+                max_size: int | None = None) -> str:
+    """Extract a layer blob (any compression) into `target`; return its diff_id.
+
+    mode "overlay": target becomes the layer's own overlay lowerdir; "flatten": target is a
+    rootfs built up layer by layer and whiteouts delete from it.
+    """
+    if mode not in ("overlay", "flatten"):
+        raise PybuildError(f"unknown layer apply mode {mode!r}")
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    counted = _Counted(open_decompressed(blob), _max_size(max_size))
+    ex = _Extractor(target, [], mode, "layer")
+    try:
+        ex.run(counted)
+    finally:
+        ex.close()
+    return f"sha256:{counted.sha.hexdigest()}"
+
+
+def extract_archive(fileobj: BinaryIO, root: Path, dest: str) -> None:
+    """ADD of a local archive: unpack into `dest` (a path in the container) inside `root`."""
+    root = Path(root)
+    base = _resolve(root, dest, True)
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        os.close(_open_dir(root_fd, base, create=True))
+    except OSError as e:
+        raise PybuildError(f"cannot extract an archive into {dest}: {e.strerror}") from None
+    finally:
+        os.close(root_fd)
+    counted = _Counted(open_decompressed(fileobj), _max_size(None))
+    ex = _Extractor(root, base, "plain", "archive")
+    try:
+        ex.run(counted)
+    finally:
+        ex.close()
+
+
+def is_archive(path: Path) -> bool:
+    """Whether ADD unpacks `path`: its (decompressed) start is a valid tar header, as docker checks."""
+    try:
+        with open(path, "rb") as f:
+            block = open_decompressed(f).read(BLOCK)
+    except (OSError, PybuildError):
+        return False
+    return len(block) == BLOCK and block != bytes(BLOCK) and _checksum_ok(block)
