@@ -554,3 +554,21 @@ def test_tty_colour_and_no_color(tmp_path: Path) -> None:
     assert colour_sgr.search(coloured)
     assert not colour_sgr.search(plain)
     assert final_screen(plain, 60)[-1] == final_screen(coloured, 60)[-1]
+
+
+def test_plain_explain_before_start_and_slow_unknown_size_transfer() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    p = make_progress("plain", out, clock=clock)
+    p.explain("s", "build arg VERSION changed")  # before the vertex is named: held
+    p.vertex_started("s", "[internal] load build context")
+    p.transfer("s", "transferring context:", 1_000, None)
+    clock.tick(6)
+    p.transfer("s", "transferring context:", 3_000_000, None)  # unknown size, > 5 s: shown
+    clock.tick(1)
+    p.transfer("s", "transferring context:", 3_100_000, None)  # < 5 s since last: throttled
+    p.vertex_done("s")
+    p.close()
+    assert out.getvalue() == (
+        "#1 [internal] load build context\n#1 rebuilding: build arg VERSION changed\n"
+        "#1 transferring context: 3.00MB 6.0s\n#1 transferring context: 3.10MB 7.0s done\n#1 DONE 7.0s\n"
+    )
