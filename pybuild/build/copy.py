@@ -1,0 +1,352 @@
+"""COPY and ADD onto a mounted rootfs, following BuildKit's copier (tonistiigi/fsutil).
+
+Every destination is resolved inside the rootfs as the container would see it
+(`resolve_in_root`), and a file is always written after unlinking whatever was at its
+name, never through it: a hostile symlink in an image cannot redirect a write outside.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+import posixpath
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+
+from pybuild.context import PatternMatcher, go_clean, walk_visible
+from pybuild.errors import DockerfileError, PybuildError
+from pybuild.layer import extract_archive, is_archive, resolve_in_root
+
+_CHECKSUM_ALGOS = ("sha256", "sha384", "sha512")
+_CHUNK = 1 << 20
+
+
+@dataclass
+class CopyRequest:
+    """One COPY/ADD of local paths; `dest` is as written (after expansion).
+
+    `ignore` is the build context's `.dockerignore` matcher (paths relative to
+    `source_root`): pass `BuildContext.matcher` when the sources come from the context so
+    ignored files inside a copied directory stay invisible. `keep_owner` keeps the
+    sources' uid/gid, as BuildKit does for `COPY --from`; the context's files are 0:0.
+    """
+
+    sources: list[Path]
+    source_root: Path
+    dest: str
+    workdir: str = "/"
+    chown: tuple[int, int] | None = None
+    chmod: int | None = None
+    exclude: list[str] = field(default_factory=list)
+    parents: bool = False
+    is_add: bool = False
+    line: int | None = None
+    ignore: PatternMatcher | None = None
+    keep_owner: bool = False
+
+
+def _dest_path(dest: str, workdir: str) -> tuple[str, bool]:
+    """The destination as an absolute container path, and whether it must be a directory."""
+    forced_dir = dest in ("", ".") or dest.endswith("/")
+    full = dest if dest.startswith("/") else posixpath.join("/", workdir or "/", dest)
+    return go_clean(full), forced_dir
+
+
+def _container_path(rootfs: Path, host: Path) -> str:
+    rel = os.path.relpath(host, rootfs)
+    return "/" if rel == "." else "/" + rel
+
+
+class _Copier:
+    """Copies sources for one request; remembers hardlinks and directories to finish."""
+
+    def __init__(self, rootfs: Path, req: CopyRequest, unpack: bool) -> None:
+        self.rootfs = rootfs
+        self.req = req
+        self.unpack = unpack
+        self.exclude = PatternMatcher(req.exclude)
+        self.links: dict[tuple[int, int], Path] = {}
+        self.dirs: list[tuple[Path, Path, os.stat_result]] = []
+
+    def owner(self, st: os.stat_result) -> tuple[int, int]:
+        if self.req.chown is not None:
+            return self.req.chown
+        if self.req.keep_owner:
+            return st.st_uid, st.st_gid
+        return 0, 0
+
+    def mkdir_p(self, path: str) -> Path:
+        """Create missing directories of a container path: 0755, owned by --chown or root."""
+        uid, gid = self.req.chown or (0, 0)
+        current = "/"
+        for comp in [c for c in path.split("/") if c]:
+            current = posixpath.join(current, comp)
+            host = resolve_in_root(self.rootfs, current)
+            if not os.path.lexists(host):
+                # A dangling link resolves to a path whose tail is missing: create that tail
+                # (all of it inside the rootfs, and free of symlinks by construction).
+                walk = self.rootfs
+                for part in host.relative_to(self.rootfs).parts:
+                    walk = walk / part
+                    if not os.path.lexists(walk):
+                        os.mkdir(walk, 0o755)
+                        os.chmod(walk, 0o755)
+                        os.chown(walk, uid, gid, follow_symlinks=False)
+                continue
+            st = os.lstat(host)
+            if not stat.S_ISDIR(st.st_mode):
+                raise DockerfileError(f"cannot create directory {current}: a file is in the way", self.req.line)
+        return resolve_in_root(self.rootfs, path)
+
+    def copy_source(self, src: Path, dest: str, forced_dir: bool) -> None:
+        rel = os.path.relpath(src, self.req.source_root)
+        followed = resolve_in_root(self.req.source_root, rel)
+        try:
+            st = os.lstat(followed)
+        except FileNotFoundError:
+            raise DockerfileError(f'"/{go_clean(rel)}": not found', self.req.line) from None
+        if rel != "." and self.exclude and self.exclude.matches(src.name):
+            return
+        if stat.S_ISREG(st.st_mode) and self.unpack and is_archive(followed):
+            with open(followed, "rb") as f:
+                extract_archive(f, self.rootfs, dest)
+            return
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            return
+        if forced_dir:
+            self.mkdir_p(dest)
+        else:
+            self.mkdir_p(posixpath.dirname(dest))
+        target = resolve_in_root(self.rootfs, dest)
+        if stat.S_ISDIR(st.st_mode):
+            if not os.path.lexists(target):
+                self.mkdir_p(dest)
+            elif not target.is_dir():
+                raise DockerfileError(f"cannot copy to non-directory: {dest}", self.req.line)
+            real_rel = os.path.relpath(followed, self.req.source_root)
+            prefix = "" if real_rel == "." else real_rel + "/"
+            self.copy_tree(followed, target, prefix)
+        else:
+            final = target / src.name if target.is_dir() else target
+            self.copy_entry(followed, st, final)
+
+    def copy_tree(self, src_dir: Path, dst_dir: Path, ignore_prefix: str) -> None:
+        """Copy a directory's contents; directory metadata is set once their contents are in."""
+        filters: list[tuple[PatternMatcher, str]] = [(self.exclude, "")]
+        if self.req.ignore is not None:
+            filters.append((self.req.ignore, ignore_prefix))
+        made: dict[str, Path] = {"": dst_dir}
+        for rel, st in walk_visible(src_dir, filters):
+            parent, _, name = rel.rpartition("/")
+            dst = made[parent] / name
+            if stat.S_ISDIR(st.st_mode):
+                made[rel] = self.make_dir(src_dir / rel, dst, st)
+            else:
+                self.copy_entry(src_dir / rel, st, dst)
+        for dst, src, st in reversed(self.dirs):
+            self.apply_meta(src, dst, st)
+        self.dirs.clear()
+
+    def make_dir(self, src: Path, dst: Path, st: os.stat_result) -> Path:
+        try:
+            existing = os.lstat(dst)
+        except FileNotFoundError:
+            os.mkdir(dst, 0o700)
+            self.dirs.append((dst, src, st))
+            return dst
+        if stat.S_ISDIR(existing.st_mode):
+            self.dirs.append((dst, src, st))
+            return dst
+        if stat.S_ISLNK(existing.st_mode):
+            resolved = resolve_in_root(self.rootfs, _container_path(self.rootfs, dst))
+            if resolved.is_dir():
+                return resolved
+        raise DockerfileError(f"cannot copy to non-directory: {_container_path(self.rootfs, dst)}", self.req.line)
+
+    def copy_entry(self, src: Path, st: os.stat_result, dst: Path) -> None:
+        """Copy one file or symlink to `dst`, replacing (never following) what is there."""
+        try:
+            existing = os.lstat(dst)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISDIR(existing.st_mode):
+                where = _container_path(self.rootfs, dst)
+                raise DockerfileError(f"cannot replace directory {where} with a file", self.req.line)
+            os.unlink(dst)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), dst)
+        else:
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.links:
+                os.link(self.links[key], dst)
+                return
+            _copy_bytes(src, dst)
+            if st.st_nlink > 1:
+                self.links[key] = dst
+        self.apply_meta(src, dst, st)
+
+    def apply_meta(self, src: Path, dst: Path, st: os.stat_result) -> None:
+        """Owner, mode (or --chmod), xattrs and times, in that order: chown clears setuid."""
+        uid, gid = self.owner(st)
+        os.chown(dst, uid, gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            mode = self.req.chmod if self.req.chmod is not None else stat.S_IMODE(st.st_mode)
+            os.chmod(dst, mode & 0o7777)
+            _copy_xattrs(src, dst)
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_bytes(src: Path, dst: Path) -> None:
+    """Copy a regular file's bytes without following a link or blocking on a FIFO."""
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(sfd).st_mode):
+            raise PybuildError(f"{src} changed while it was copied")
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            while True:
+                try:
+                    n = os.copy_file_range(sfd, dfd, _CHUNK * 64)
+                except OSError:
+                    n = -1
+                if n == 0:
+                    break
+                if n < 0:
+                    while chunk := os.read(sfd, _CHUNK):
+                        os.write(dfd, chunk)
+                    break
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    """Keep extended attributes (file capabilities live there); skip what cannot be set."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+        except OSError:
+            continue
+
+
+def _multi_error(is_add: bool, line: int | None) -> DockerfileError:
+    cmd = "ADD" if is_add else "COPY"
+    return DockerfileError(
+        f"When using {cmd} with more than one source file, the destination must be a directory and end with a /", line
+    )
+
+
+def copy_into(rootfs: Path, req: CopyRequest) -> None:
+    """Apply one COPY/ADD of local paths to `rootfs` (Docker's destination rules)."""
+    _apply(Path(rootfs), req, unpack=req.is_add)
+
+
+def _apply(rootfs: Path, req: CopyRequest, unpack: bool) -> None:
+    """copy_into, with ADD's archive extraction only for local files (never for URLs)."""
+    dest, forced_dir = _dest_path(req.dest, req.workdir)
+    copier = _Copier(rootfs, req, unpack)
+    try:
+        if req.parents:
+            for src in req.sources:
+                rel = go_clean(os.path.relpath(src, req.source_root))
+                is_dir = resolve_in_root(req.source_root, rel).is_dir()
+                keep = rel if is_dir else posixpath.dirname(rel)
+                copier.copy_source(src, go_clean(posixpath.join(dest, keep)) if keep not in ("", ".") else dest, True)
+            return
+        if len(req.sources) > 1 and not forced_dir and not resolve_in_root(rootfs, dest).is_dir():
+            raise _multi_error(req.is_add, req.line)
+        for src in req.sources:
+            copier.copy_source(src, dest, forced_dir)
+    except OSError as exc:
+        cmd = "ADD" if req.is_add else "COPY"
+        raise DockerfileError(f"{cmd} failed: {exc.strerror}: {exc.filename}", req.line) from None
+
+
+def _parse_checksum(checksum: str, line: int | None) -> tuple[str, str]:
+    algo, _, hexdigest = checksum.partition(":")
+    if algo not in _CHECKSUM_ALGOS or not hexdigest:
+        raise DockerfileError(f"invalid checksum {checksum!r}: expected sha256:<hex>", line)
+    if len(hexdigest) != hashlib.new(algo).digest_size * 2 or any(c not in "0123456789abcdef" for c in hexdigest):
+        raise DockerfileError(f"invalid checksum digest format: {checksum}", line)
+    return algo, hexdigest
+
+
+def _download(url: str, out: Path, checksum: tuple[str, str] | None, line: int | None) -> None:
+    """Fetch `url` into `out` (mode 0600, mtime from Last-Modified), verifying `checksum`."""
+    h = hashlib.new(checksum[0] if checksum else "sha256")
+    try:
+        with requests.get(url, stream=True, timeout=(30, 300)) as resp:
+            if not 200 <= resp.status_code < 400:
+                raise DockerfileError(f"failed to load {url}: invalid response status {resp.status_code}", line)
+            with open(out, "wb") as f:
+                for chunk in resp.iter_content(_CHUNK):
+                    h.update(chunk)
+                    f.write(chunk)
+            modified = resp.headers.get("Last-Modified")
+    except requests.RequestException as exc:
+        raise DockerfileError(f"failed to load {url}: {exc}", line) from None
+    if checksum and h.hexdigest() != checksum[1]:
+        raise DockerfileError(
+            f"checksum mismatch for {url}: expected {checksum[0]}:{checksum[1]}, got {checksum[0]}:{h.hexdigest()}", line
+        )
+    mtime = time.time()
+    if modified:
+        try:
+            mtime = email.utils.parsedate_to_datetime(modified).timestamp()
+        except (TypeError, ValueError):
+            pass
+    os.chmod(out, 0o600)
+    os.utime(out, (mtime, mtime))
+
+
+def add_urls(rootfs: Path, urls: list[str], dest: str, workdir: str, checksum: str | None,
+             chown: tuple[int, int] | None, chmod: int | None, line: int | None) -> None:
+    """ADD of remote files: downloaded, verified, never extracted, named after the URL path."""
+    expected = _parse_checksum(checksum, line) if checksum else None
+    if expected and len(urls) > 1:
+        raise DockerfileError("checksum can't be specified for multiple sources", line)
+    with tempfile.TemporaryDirectory(prefix="pybuild-add-") as tmp:
+        sources: list[Path] = []
+        for i, url in enumerate(urls):
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https"):
+                raise DockerfileError(f"unsupported URL scheme in {url}", line)
+            name = posixpath.basename(parsed.path)
+            if name in ("", ".", "/", ".."):
+                name = "__unnamed__"
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            _download(url, folder / name, expected, line)
+            sources.append(folder / name)
+        req = CopyRequest(sources, Path(tmp), dest, workdir, chown, chmod, is_add=True, line=line)
+        _apply(Path(rootfs), req, unpack=False)
+
+
+def write_heredoc_files(rootfs: Path, files: list[tuple[str, str]], dest: str, workdir: str,
+                        chown: tuple[int, int] | None, chmod: int | None, line: int | None = None) -> None:
+    """COPY <<EOF: each here-document becomes a file named after its delimiter (mode 0644)."""
+    with tempfile.TemporaryDirectory(prefix="pybuild-heredoc-") as tmp:
+        sources: list[Path] = []
+        for i, (name, content) in enumerate(files):
+            if "/" in name or name in ("", ".", ".."):
+                raise DockerfileError(f"invalid here-document name {name!r}", line)
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            path = folder / name
+            path.write_bytes(content.encode("utf-8", "surrogateescape"))
+            os.chmod(path, 0o644)
+            sources.append(path)
+        copy_into(rootfs, CopyRequest(sources, Path(tmp), dest, workdir, chown, chmod, line=line))
