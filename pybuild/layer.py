@@ -80,7 +80,9 @@ def _compressor(compression: str) -> _Compressor:
         # wbits 31 = gzip wrapper with mtime 0, no file name: the header depends on nothing.
         return isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS).compressobj()
+        # with a checksum, as the zstd CLI and Go's encoder write: corruption is then detected
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS,
+                                        write_checksum=True).compressobj()
     if compression == "none":
         return _Identity()
     raise PybuildError(f"unknown layer compression {compression!r} (use gzip, zstd or none)")
