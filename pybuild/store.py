@@ -239,9 +239,9 @@ class Store:
                     if not self.index_path.exists():
                         self._write_index({"schemaVersion": 2, "mediaType": OCI_INDEX,
                                            "manifests": []})
-        except PermissionError as e:
+        except OSError as e:
             raise PybuildError(f"cannot use store {self.root}: {e.strerror} "
-                               f"(run as root or pass --root to a writable directory)") from None
+                               f"(pass --root or PYBUILD_ROOT to a writable directory)") from None
         self._clean_tmp()
 
     # ---- blobs ------------------------------------------------------------------------
