@@ -1,0 +1,494 @@
+"""One RUN step (or one container) through an OCI runtime: runc by default, crun accepted.
+
+The solver hands us a mounted rootfs; we write a runtime spec (config.json) into a bundle
+directory outside that rootfs, run `runc run` with stdout+stderr on one pipe, stream the
+output to the caller and, on every way out (normal exit, exception, Ctrl-C, SIGTERM),
+kill and delete the container and remove the bundle. The spec mirrors what BuildKit gives
+a RUN (checked against docker 20.10's BuildKit on this machine): see docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import secrets
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pybuild.errors import NeedsRootError, PybuildError
+
+STATE_DIR = Path("/run/pybuild")
+"""Everything this module leaves on the host while a container runs (tmpfs: gone at reboot)."""
+BUNDLES_DIR = STATE_DIR / "bundles"
+ID_PREFIX = "pybuild-"
+
+# Docker's default capability set (the one BuildKit gives a RUN: CapEff 0xa80425fb).
+DEFAULT_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+    "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+NOFILE_LIMIT = 1048576
+DEFAULT_HOSTNAME = "buildkitsandbox"
+
+_MAX_SYMLINKS = 40
+_READ_SIZE = 65536
+_SIGNAL_CHECK_MS = 200
+_KILL_TIMEOUT = 10.0
+_CLI_TIMEOUT = 30.0
+
+
+@dataclass
+class Mount:
+    """One OCI mount, as it goes into config.json."""
+
+    destination: str
+    type: str
+    source: str
+    options: list[str]
+
+
+@dataclass
+class RunSpec:
+    """What to run and how; `build_spec` turns it into a runtime spec."""
+
+    rootfs: Path
+    args: list[str]
+    env: list[str]
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = field(default_factory=list)
+    network: str = "host"  # or "none"
+    mounts: list[Mount] = field(default_factory=list)  # extra mounts, in order
+    hostname: str = DEFAULT_HOSTNAME
+    readonly_rootfs: bool = False
+    tty: bool = False
+
+
+def build_spec(spec: RunSpec) -> dict:
+    """The OCI runtime spec for `spec`, without a container id: reusable by `runc create`."""
+    if not spec.args:
+        raise PybuildError("nothing to run: the command is empty")
+    if not spec.cwd.startswith("/"):
+        raise PybuildError(f"working directory must be absolute, got {spec.cwd!r}")
+    if spec.network not in ("host", "none"):
+        raise PybuildError(f"unsupported network mode {spec.network!r}: use host or none")
+    for m in spec.mounts:
+        if not m.destination.startswith("/"):
+            raise PybuildError(f"mount destination must be absolute, got {m.destination!r}")
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if spec.network == "none":
+        namespaces.append({"type": "network"})  # the runtime brings lo up in it
+    user: dict = {"uid": spec.uid, "gid": spec.gid}
+    nofile = _nofile_limit()
+    if spec.additional_gids:
+        user["additionalGids"] = list(spec.additional_gids)
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": spec.tty,
+            "user": user,
+            "args": list(spec.args),
+            "env": list(spec.env),
+            "cwd": spec.cwd,
+            "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "noNewPrivileges": False,
+        },
+        "root": {"path": str(Path(spec.rootfs).resolve()), "readonly": spec.readonly_rootfs},
+        "hostname": spec.hostname,
+        "mounts": _default_mounts() + [
+            {"destination": m.destination, "type": m.type, "source": m.source,
+             "options": list(m.options)}
+            for m in spec.mounts
+        ],
+        "linux": {
+            "namespaces": namespaces,
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }
+
+
+def _nofile_limit() -> int:
+    """BuildKit's 1048576 open files, or our own hard limit when we cannot raise it.
+
+    Raising a hard limit needs CAP_SYS_RESOURCE, which a root inside another container
+    may lack; asking for more would make the runtime fail every step.
+    """
+    cap_sys_resource = 1 << 24
+    status = Path("/proc/self/status").read_text()
+    eff = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+    if eff & cap_sys_resource:
+        return min(NOFILE_LIMIT, int(Path("/proc/sys/fs/nr_open").read_text()))
+    return min(NOFILE_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def _default_mounts() -> list[dict]:
+    """The kernel filesystems every container gets, with BuildKit's options."""
+    def mount(dest: str, typ: str, source: str, options: list[str]) -> dict:
+        return {"destination": dest, "type": typ, "source": source, "options": options}
+    return [
+        mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
+        mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount("/dev/pts", "devpts", "devpts",
+              ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+        mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+    ]
+
+
+def host_mounts(rootfs: Path, *, hostname: str = DEFAULT_HOSTNAME) -> tuple[list[Mount], list[str]]:
+    """Read-only binds of /etc/resolv.conf (the host's) and /etc/hosts, and the mount stubs.
+
+    /etc/hosts is BuildKit's generated file (localhost and the sandbox hostname), not the
+    host's: that is what `docker build` steps see. The second value lists the paths (as
+    the container sees them, deepest first) the runtime will create as mount points
+    because they do not exist yet; pass it to `remove_mount_stubs` after the step.
+    """
+    _require_root()
+    options = ["bind", "ro", "nosuid", "nodev", "noexec"]
+    mounts = []
+    resolv = Path("/etc/resolv.conf")
+    if resolv.exists():
+        mounts.append(Mount("/etc/resolv.conf", "bind", str(resolv.resolve()), list(options)))
+    mounts.append(Mount("/etc/hosts", "bind", str(_hosts_file(hostname)), list(options)))
+    return mounts, mount_stubs(rootfs, [m.destination for m in mounts])
+
+
+def _hosts_file(hostname: str) -> Path:
+    """A hosts file with BuildKit's content, shared by all steps with the same hostname."""
+    content = f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    path = STATE_DIR / "etc" / f"hosts-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(content)
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    return path
+
+
+def _resolve(rootfs: Path, path: str, *, follow_last: bool = True) -> list[str]:
+    """Components of `path` inside rootfs, symlinks followed as the container would see them.
+
+    Absolute links restart at rootfs and `..` stops at it, so the result never leaves the
+    rootfs; missing components are kept literally.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = Path(rootfs).joinpath(*resolved, name)
+        try:
+            st = os.lstat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            resolved.append(name)
+            continue
+        if stat.S_ISLNK(st.st_mode) and (parts or follow_last):
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise PybuildError(f"too many levels of symbolic links in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(name)
+    return resolved
+
+
+def mount_stubs(rootfs: Path, destinations: Iterable[str]) -> list[str]:
+    """Paths the runtime will have to create to mount on `destinations`, deepest first.
+
+    The step's layer must not keep them (BuildKit removes them too), so they are
+    remembered before the container starts and removed by `remove_mount_stubs` after.
+    """
+    stubs: set[str] = set()
+    for dest in destinations:
+        comps = _resolve(Path(rootfs), dest)
+        while comps and not os.path.lexists(Path(rootfs).joinpath(*comps)):
+            stubs.add("/" + "/".join(comps))
+            comps = comps[:-1]
+    return sorted(stubs, key=lambda p: (-p.count("/"), p))
+
+
+def remove_mount_stubs(rootfs: Path, stubs: Iterable[str]) -> None:
+    """Remove the stubs that are still empty, keeping their parent's timestamps.
+
+    A stub the step filled (a non-empty directory or file) is the step's output and stays.
+    The parent's atime/mtime are restored so the layer does not record a change there.
+    """
+    for stub in stubs:
+        parent_comps = _resolve(Path(rootfs), os.path.dirname(stub))
+        parent = Path(rootfs).joinpath(*parent_comps)
+        target = parent / os.path.basename(stub)
+        try:
+            st = os.lstat(target)
+            parent_st = os.lstat(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if os.listdir(target):
+                continue
+            os.rmdir(target)
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(target)
+        else:
+            continue
+        os.utime(parent, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns), follow_symlinks=False)
+
+
+def _ensure_cwd(rootfs: Path, cwd: str) -> None:
+    """Create a missing working directory (0755, root-owned) as BuildKit does for RUN."""
+    comps = _resolve(rootfs, cwd)
+    for i in range(1, len(comps) + 1):
+        path = Path(rootfs).joinpath(*comps[:i])
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)
+            os.chown(path, 0, 0)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise PybuildError(f"working directory {cwd} is not a directory in the image")
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise NeedsRootError("running build steps needs root (runc, mounts): run pybuild as root")
+
+
+def find_runtime(runtime: str | None = None) -> str:
+    """Path of the OCI runtime: `runtime`, else $PYBUILD_RUNTIME, else runc."""
+    name = runtime or os.environ.get("PYBUILD_RUNTIME") or "runc"
+    path = shutil.which(name)
+    if path is None:
+        base = os.path.basename(name)
+        raise PybuildError(f"{base} not found: install the {base} package")
+    return path
+
+
+def state_root(binary: str) -> Path:
+    """The runtime's --root: one per runtime (runc and crun keep different state formats)."""
+    return STATE_DIR / os.path.basename(binary)
+
+
+def _runtime_cli(binary: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run a short runtime command (kill, delete, list) against our state root."""
+    return subprocess.run([binary, "--root", str(state_root(binary)), *args],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, timeout=_CLI_TIMEOUT, check=False)
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a process (field 22 of /proc/PID/stat): a pid plus this is unique."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()[19]
+
+
+def _write_owner(bundle: Path) -> None:
+    """Record which pybuild process runs this container, for `cleanup_stale`."""
+    tmp = bundle / ".owner.tmp"
+    tmp.write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
+    os.replace(tmp, bundle / "owner")
+
+
+def _is_stale(cid: str) -> bool:
+    """A container is stale when the pybuild process that started it is gone.
+
+    A container without a bundle is stale; a bundle without an owner file belongs to
+    someone who meant the container to outlive its creator, and is left alone.
+    """
+    bundle = BUNDLES_DIR / cid
+    if not bundle.is_dir():
+        return True
+    try:
+        pid, start = (bundle / "owner").read_text().split()
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True
+    return _process_start(int(pid)) != start
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit(143) so `finally` blocks run and kill the container.
+
+    Only in the main thread and only when nobody installed a SIGTERM handler already.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def unwind(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM while cleaning up: they are delivered once cleanup is done."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | None = None) -> int:
+    """Run `spec` to completion; returns its exit status (128+signal when killed).
+
+    Output (stdout and stderr merged, as the process writes it) goes to `on_output` in
+    chunks as it arrives. Mount stubs created for `spec.mounts` are removed afterwards.
+    """
+    _require_root()
+    if spec.tty:
+        raise PybuildError("a terminal needs runc create with a console socket; run() uses pipes")
+    binary = find_runtime(runtime)
+    if not Path(spec.rootfs).is_dir():
+        raise PybuildError(f"root filesystem {spec.rootfs} does not exist")
+    config = build_spec(spec)
+    cid = ID_PREFIX + secrets.token_hex(8)
+    config["linux"]["cgroupsPath"] = f"/pybuild/{cid}"
+    _ensure_cwd(Path(spec.rootfs), spec.cwd)
+    stubs = mount_stubs(Path(spec.rootfs), [m.destination for m in spec.mounts])
+    bundle = BUNDLES_DIR / cid
+    proc: subprocess.Popen[bytes] | None = None
+    with _sigterm_unwinds():
+        try:
+            BUNDLES_DIR.mkdir(parents=True, exist_ok=True)
+            state_root(binary).mkdir(parents=True, exist_ok=True)
+            # Built under a temporary name, so `cleanup_stale` never sees it half-written.
+            tmp = BUNDLES_DIR / f".tmp-{cid}"
+            tmp.mkdir(mode=0o700)
+            _write_owner(tmp)
+            (tmp / "config.json").write_text(json.dumps(config, indent=1))
+            os.rename(tmp, bundle)
+            proc = subprocess.Popen(
+                [binary, "--root", str(state_root(binary)), "run", "--bundle", str(bundle), cid],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True)  # Ctrl-C reaches us only; we decide how to stop it
+            assert proc.stdout is not None
+            _pump(proc.stdout.fileno(), on_output)
+            status = proc.wait()
+            return 128 - status if status < 0 else status
+        finally:
+            with _signals_deferred():
+                _teardown(binary, cid, proc, bundle)
+                remove_mount_stubs(Path(spec.rootfs), stubs)
+
+
+def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:
+    """Pass everything read from `fd` to `on_output` until EOF.
+
+    The wait is sliced: Python runs signal handlers only in the main thread, and a
+    Ctrl-C the kernel hands to another thread (a progress renderer) would otherwise wait
+    for the step to write something before turning into KeyboardInterrupt.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while True:
+        if not poller.poll(_SIGNAL_CHECK_MS):
+            continue
+        chunk = os.read(fd, _READ_SIZE)
+        if not chunk:
+            return
+        on_output(chunk)
+
+
+def _teardown(binary: str, cid: str, proc: subprocess.Popen[bytes] | None, bundle: Path) -> None:
+    """Kill the container if it still runs, delete it, remove its bundle."""
+    if proc is not None:
+        if proc.poll() is None:
+            if _runtime_cli(binary, "kill", cid, "KILL").returncode != 0:
+                _kill_group(proc.pid)  # not created yet: stop runc itself
+            try:
+                proc.wait(timeout=_KILL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if (state_root(binary) / cid).exists():
+        _runtime_cli(binary, "delete", "-f", cid)
+    shutil.rmtree(bundle, ignore_errors=True)
+    shutil.rmtree(bundle.with_name(f".tmp-{bundle.name}"), ignore_errors=True)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _installed_runtimes() -> list[str]:
+    names = ["runc", "crun", os.environ.get("PYBUILD_RUNTIME", "")]
+    found = [shutil.which(n) for n in names if n]
+    return list(dict.fromkeys(p for p in found if p))
+
+
+def cleanup_stale() -> None:
+    """Delete containers and bundles left by a pybuild that was killed (SIGKILL, crash).
+
+    Containers of pybuild processes that are still running are left alone, so two builds
+    can run side by side.
+    """
+    if os.geteuid() != 0 or not STATE_DIR.is_dir():
+        return
+    for binary in _installed_runtimes():
+        if not state_root(binary).is_dir():
+            continue
+        listing = _runtime_cli(binary, "list", "-f", "json")
+        try:
+            containers = json.loads(listing.stdout or b"null") or []
+        except json.JSONDecodeError:
+            continue
+        for c in containers:
+            cid = c.get("id", "")
+            if cid.startswith(ID_PREFIX) and _is_stale(cid):
+                _runtime_cli(binary, "kill", cid, "KILL")
+                _runtime_cli(binary, "delete", "-f", cid)
+                shutil.rmtree(BUNDLES_DIR / cid, ignore_errors=True)
+    if BUNDLES_DIR.is_dir():
+        for bundle in BUNDLES_DIR.iterdir():
+            cid = bundle.name.removeprefix(".tmp-")
+            if cid.startswith(ID_PREFIX) and (bundle / "owner").exists() and _is_stale(bundle.name):
+                shutil.rmtree(bundle, ignore_errors=True)
