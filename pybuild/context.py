@@ -335,6 +335,7 @@ class BuildContext:
         if not self.root.is_dir():
             raise PybuildError(f"unable to prepare context: path {str(root)!r} not found")
         self._real_root = os.path.realpath(self.root)
+        self._refuse_escapes = True
         specific = Path(str(dockerfile) + ".dockerignore")
         ignore_file = specific if specific.is_file() else self.root / ".dockerignore"
         patterns: list[str] = []
@@ -344,6 +345,20 @@ class BuildContext:
             except OSError as exc:
                 raise PybuildError(f"error reading {ignore_file.name}: {exc.strerror}") from None
         self.matcher = PatternMatcher(patterns)
+
+    @classmethod
+    def for_rootfs(cls, root: Path) -> "BuildContext":
+        """Sources of `COPY --from`: a stage's or image's rootfs, with no `.dockerignore`.
+
+        Its symlinks are resolved inside it as the container sees them (an image is full of
+        absolute links such as /etc/alternatives/*), so nothing is refused, nothing escapes.
+        """
+        ctx = cls.__new__(cls)
+        ctx.root = Path(os.path.abspath(root))
+        ctx._real_root = os.path.realpath(ctx.root)
+        ctx._refuse_escapes = False
+        ctx.matcher = PatternMatcher([])
+        return ctx
 
     def is_ignored(self, rel: str) -> bool:
         """True if `.dockerignore` keeps `rel` (relative to the root) out of the context."""
@@ -360,6 +375,8 @@ class BuildContext:
 
     def _check_inside(self, rel: str, written: str, line: int) -> None:
         """Refuse a source whose real location (following every symlink) leaves the context."""
+        if not self._refuse_escapes:
+            return
         real = os.path.realpath(self.root / rel)
         if real != self._real_root and not real.startswith(self._real_root + os.sep):
             raise DockerfileError(f"forbidden path outside the build context: {written}", line)
@@ -417,45 +434,51 @@ class BuildContext:
             elif (directory / name).is_dir() and not (directory / name).is_symlink():
                 self._match_level(directory / name, child, regexes[1:], found)
 
-    def digest(self, paths: list[Path]) -> str:
-        """Content digest of sources for the cache key: names, types, modes, owners, link
-        targets and bytes of every visible file below each source; never mtimes."""
-        h = hashlib.sha256()
+    def manifest(self, paths: list[Path]) -> dict[str, str]:
+        """What the cache key covers, per path relative to the root: "type mode uid:gid
+        sha-or-link-target" for every visible entry below each source (never mtimes).
+
+        A symlink given as a source appears both as the link and as what it points to,
+        since COPY copies the target's content under the link's name.
+        """
+        out: dict[str, str] = {}
         for path in paths:
-            rel = os.path.relpath(path, self.root)
-            rel = "." if rel == "." else rel.replace(os.sep, "/")
-            h.update(b"source\0" + os.fsencode(rel) + b"\0")
+            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
             try:
                 top_st = os.lstat(path)
             except FileNotFoundError:
-                h.update(b"missing\n")
                 continue
             if stat.S_ISLNK(top_st.st_mode):
-                self._record(h, rel, path, top_st)
+                self._record(out, rel, path, top_st)
                 path = resolve_in_root(self.root, rel)
                 rel = os.path.relpath(path, self.root).replace(os.sep, "/")
                 try:
                     top_st = os.lstat(path)
                 except FileNotFoundError:
-                    h.update(b"dangling\n")
                     continue
-            self._record(h, rel, path, top_st)
+            self._record(out, rel, path, top_st)
             if stat.S_ISDIR(top_st.st_mode):
                 prefix = "" if rel == "." else rel + "/"
                 for child, st in walk_visible(path, [(self.matcher, prefix)]):
-                    self._record(h, prefix + child, path / child, st)
+                    self._record(out, prefix + child, path / child, st)
+        return out
+
+    def digest(self, paths: list[Path]) -> str:
+        """Content digest of sources for the cache key: sha256 over `manifest(paths)`."""
+        h = hashlib.sha256()
+        for rel, signature in sorted(self.manifest(paths).items()):
+            h.update(os.fsencode(rel) + b"\0" + os.fsencode(signature) + b"\n")
         return "sha256:" + h.hexdigest()
 
     @staticmethod
-    def _record(h: "hashlib._Hash", rel: str, path: Path, st: os.stat_result) -> None:
+    def _record(out: dict[str, str], rel: str, path: Path, st: os.stat_result) -> None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             kind, extra = "f", file_sha256(path, st)
         elif stat.S_ISDIR(mode):
-            kind, extra = "d", ""
+            kind, extra = "d", "-"
         elif stat.S_ISLNK(mode):
             kind, extra = "l", os.readlink(path)
         else:
             return
-        fields = [rel, kind, oct(stat.S_IMODE(mode)), str(st.st_uid), str(st.st_gid), extra]
-        h.update(b"\0".join(os.fsencode(f) for f in fields) + b"\n")
+        out[rel] = f"{kind} {stat.S_IMODE(mode):o} {st.st_uid}:{st.st_gid} {extra}"

@@ -248,3 +248,28 @@ def test_symlink_out_is_recorded_as_link_and_fifo_skipped(tmp_path: Path) -> Non
     (ctx.root / "d/out").unlink()
     (ctx.root / "d/out").symlink_to(outside / "other")
     assert ctx.digest(src) != base, "the link target is part of the key"
+
+
+def test_manifest_explains_the_digest(tmp_path: Path) -> None:
+    ctx = ctx_with(tmp_path, "", {"d/a": "hello"})
+    (ctx.root / "d/l").symlink_to("a")
+    os.chmod(ctx.root / "d/a", 0o640)
+    (ctx.root / "alias").symlink_to("d/a")
+    got = ctx.manifest(ctx.resolve_sources(["d", "alias"], 1))
+    uid, gid = os.getuid(), os.getgid()
+    sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert got["d/a"] == f"f 640 {uid}:{gid} {sha}"
+    assert got["d/l"].startswith("l 777 ") and got["d/l"].endswith(" a")
+    assert got["d"].startswith("d ") and got["alias"].endswith(" d/a")
+    assert set(got) == {"d", "d/a", "d/l", "alias"}
+
+
+def test_rootfs_sources_resolve_links_inside(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    make_tree(root, {"etc/alternatives/python": "py", ".dockerignore": "*\n"})
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/python").symlink_to("/etc/alternatives/python")
+    view = BuildContext.for_rootfs(root)
+    assert not view.is_ignored("usr"), "a rootfs has no .dockerignore"
+    assert rels(view, view.resolve_sources(["/usr/bin/python"], 1)) == ["usr/bin/python"]
+    assert rels(view, view.resolve_sources(["/usr/bin/*"], 1)) == ["usr/bin/python"]

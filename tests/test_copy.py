@@ -235,3 +235,15 @@ def test_add_url_errors(rootfs: Path, server: str) -> None:
         add_urls(rootfs, [f"{server}/missing"], "/dl/", "/", None, None, None, 4)
     with pytest.raises(DockerfileError, match="invalid checksum"):
         add_urls(rootfs, [f"{server}/f"], "/dl/", "/", "md5:abc", None, None, 4)
+
+
+def test_copy_from_rootfs_follows_links_inside_that_rootfs(rootfs: Path, tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    (stage / "opt/real").mkdir(parents=True)
+    (stage / "opt/real/tool").write_text("stage tool")
+    (stage / "bin").mkdir()
+    (stage / "bin/tool").symlink_to("/opt/real/tool")  # absolute: means the stage's /opt
+    view = BuildContext.for_rootfs(stage)
+    copy_into(rootfs, CopyRequest(view.resolve_sources(["/bin/tool"], 1), stage, "/usr/local/bin/", keep_owner=True))
+    out = rootfs / "usr/local/bin/tool"
+    assert not out.is_symlink() and out.read_text() == "stage tool"
