@@ -7,11 +7,9 @@ load: docker-archive (`docker load`, `podman load`) and an OCI layout in a tar.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import hashlib
 import io
-import lzma
 import os
 import platform as _platform
 import re
@@ -24,8 +22,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
-from isal import igzip, isal_zlib
+from isal import isal_zlib
 
+from pybuild import layer
 from pybuild.errors import PybuildError
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
@@ -33,10 +32,9 @@ from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-LAYER_MEDIA_TYPES = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
+OCI_LAYER = layer.MEDIA_TYPES["none"]
+OCI_LAYER_GZIP = layer.MEDIA_TYPES["gzip"]
+OCI_LAYER_ZSTD = layer.MEDIA_TYPES["zstd"]
 CONTAINERD_NAME = "io.containerd.image.name"
 # docker's default PATH for Linux images (system.DefaultPathEnv).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -253,21 +251,6 @@ def load(store: Store, name_or_id: str) -> Image:
 
 # ---- layers as plain tar streams ------------------------------------------------------
 
-def open_uncompressed(f: BinaryIO) -> BinaryIO:
-    """Wrap `f` so reading yields plain tar bytes, whatever compression it has (by magic)."""
-    head = f.read(6)
-    f.seek(0)
-    if head.startswith(b"\x1f\x8b"):
-        return igzip.IGzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(f)  # type: ignore[return-value]
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(f)  # type: ignore[return-value]
-    return f
-
-
 class _LayerSink:
     """Compresses a tar stream into a BlobWriter while hashing it (diff_id) in one pass.
 
@@ -279,11 +262,13 @@ class _LayerSink:
         self._out = out
         self._hash = hashlib.sha256()
         self._buf = bytearray()
+        # The same settings as pybuild.layer, so an imported layer looks like a built one.
         if compression == "gzip":
-            # gzip container, mtime 0, no file name; ISA-L's default level, as pybuild.layer.
-            self._comp = isal_zlib.compressobj(2, isal_zlib.DEFLATED, 31)
+            # gzip container, mtime 0, no file name: the header depends on nothing.
+            self._comp = isal_zlib.compressobj(layer.GZIP_LEVEL, isal_zlib.DEFLATED, 31)
         elif compression == "zstd":
-            self._comp = zstandard.ZstdCompressor(level=3).compressobj()
+            self._comp = zstandard.ZstdCompressor(level=layer.ZSTD_LEVEL, threads=layer.ZSTD_THREADS,
+                                                  write_checksum=True).compressobj()
         elif compression == "none":
             self._comp = None
         else:
@@ -292,9 +277,9 @@ class _LayerSink:
     def write(self, data: bytes) -> int:
         self._hash.update(data)
         self._buf += data
-        while len(self._buf) >= _CHUNK:
-            self._emit(bytes(self._buf[:_CHUNK]))
-            del self._buf[:_CHUNK]
+        while len(self._buf) >= layer.CHUNK:
+            self._emit(bytes(self._buf[:layer.CHUNK]))
+            del self._buf[:layer.CHUNK]
         return len(data)
 
     def _emit(self, chunk: bytes) -> None:
@@ -325,7 +310,7 @@ def _normalise_tar(src: BinaryIO, sink: _LayerSink, what: str) -> None:
     """
     try:
         tin = tarfile.open(fileobj=src, mode="r|")
-    except (tarfile.TarError, OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as e:
+    except (tarfile.TarError, OSError, EOFError, PybuildError) as e:
         raise PybuildError(f"{what}: not a tar archive ({e})") from None
     tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
     try:
@@ -349,7 +334,9 @@ def _normalise_tar(src: BinaryIO, sink: _LayerSink, what: str) -> None:
                                 if k.startswith("SCHILY.xattr.")}
             tout.addfile(info, tin.extractfile(member) if member.isreg() else None)
         tout.close()
-    except (tarfile.TarError, OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as e:
+    except (tarfile.TarError, OSError, EOFError, PybuildError) as e:
+        if isinstance(e, PybuildError) and str(e).startswith(what):
+            raise  # already names the archive (an unsafe path)
         raise PybuildError(f"{what}: cannot read archive ({e})") from None
 
 
@@ -362,7 +349,7 @@ def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = 
     tar_path = Path(tar_path)
     tag_name = store.tag_name(tag)  # reject a bad tag before doing any work
     what = f"import {tar_path}"
-    media_type = LAYER_MEDIA_TYPES.get(compression)
+    media_type = layer.MEDIA_TYPES.get(compression)
     if media_type is None:
         raise PybuildError(f"unknown compression {compression!r} (use gzip, zstd or none)")
     try:
@@ -371,16 +358,16 @@ def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = 
         raise PybuildError(f"{what}: {e.strerror}") from None
     with raw, store.writer() as w:
         sink = _LayerSink(w, compression)
-        _normalise_tar(open_uncompressed(raw), sink, what)
+        _normalise_tar(layer.open_decompressed(raw), sink, what)
         diff_id = sink.finish()
-        layer = w.commit(media_type)
+        layer_desc = w.commit(media_type)
     created = created_timestamp()
     config = empty_config()
     config["created"] = created
     config["rootfs"]["diff_ids"] = [diff_id]
     config["history"] = [{"created": created, "created_by": "pybuild import",
                           "comment": f"imported from {tar_path.name}"}]
-    desc = write(store, config, [layer])
+    desc = write(store, config, [layer_desc])
     store.set_tag(tag_name, desc)
     return desc
 
@@ -454,20 +441,20 @@ def _add_blob(tar: tarfile.TarFile, store: Store, name: str, desc: Descriptor) -
 
 
 def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
-                            layer: Descriptor, diff_id: str) -> None:
+                            layer_desc: Descriptor, diff_id: str) -> None:
     """Add a layer as a plain tar, verifying it against the config's diff_id."""
-    with tempfile.TemporaryFile(dir=store.tmp_dir) as tmp, store.open_blob(layer.digest) as blob:
+    with tempfile.TemporaryFile(dir=store.tmp_dir) as tmp, store.open_blob(layer_desc.digest) as blob:
         h = hashlib.sha256()
         try:
-            src = open_uncompressed(blob)
+            src = layer.open_decompressed(blob)
             while chunk := src.read(_CHUNK):
                 h.update(chunk)
                 tmp.write(chunk)
-        except (OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as e:
-            raise PybuildError(f"cannot read layer {layer.digest}: {e} "
+        except (OSError, PybuildError) as e:
+            raise PybuildError(f"cannot read layer {layer_desc.digest}: {e} "
                                f"(the store is damaged: run verify)") from None
         if "sha256:" + h.hexdigest() != diff_id:
-            raise PybuildError(f"layer {layer.digest} does not match its diff_id {diff_id}: "
+            raise PybuildError(f"layer {layer_desc.digest} does not match its diff_id {diff_id}: "
                                f"the store is damaged (run verify)")
         size = tmp.tell()
         tmp.seek(0)
@@ -492,12 +479,12 @@ def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
                 _add_blob(tar, store, config_name, img.config_desc)
                 written.add(config_name)
             layer_names = []
-            for layer, diff_id in zip(img.layers, img.diff_ids):
+            for layer_desc, diff_id in zip(img.layers, img.diff_ids):
                 dirname = diff_id.split(":", 1)[1]
                 if dirname not in written:
                     tar.addfile(_tar_info(dirname, directory=True))
                     _add_bytes(tar, f"{dirname}/VERSION", b"1.0")
-                    _add_uncompressed_layer(tar, store, f"{dirname}/layer.tar", layer, diff_id)
+                    _add_uncompressed_layer(tar, store, f"{dirname}/layer.tar", layer_desc, diff_id)
                     written.add(dirname)
                 layer_names.append(f"{dirname}/layer.tar")
             manifest.append({"Config": config_name, "RepoTags": entry.tags or None,

@@ -122,6 +122,15 @@ def test_import_rejects_bad_input(store: Store, tmp_path: Path) -> None:
     (tmp_path / "notatar").write_bytes(b"this is not a tarball" * 100)
     with pytest.raises(PybuildError, match="tar"):
         image.import_rootfs(store, tmp_path / "notatar", "x")
+    truncated = tmp_path / "truncated.tar.gz"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("big")
+        info.size = 1 << 16
+        tar.addfile(info, io.BytesIO(os.urandom(1 << 16)))
+    truncated.write_bytes(gzip.compress(buf.getvalue())[:30000])
+    with pytest.raises(PybuildError, match="truncated|corrupt|unexpected end"):
+        image.import_rootfs(store, truncated, "x")
     with pytest.raises(PybuildError, match="No such file"):
         image.import_rootfs(store, tmp_path / "missing.tar", "x")
     with pytest.raises(PybuildError, match="invalid reference format"):
