@@ -600,7 +600,9 @@ def _checksum_ok(block: bytes) -> bool:
     except ValueError:
         return False
     blank = block[:148] + b" " * 8 + block[156:]
-    return want in (sum(blank), sum((c ^ 0x80) - 0x80 for c in blank))
+    if want == sum(blank):
+        return True
+    return want == sum((c ^ 0x80) - 0x80 for c in blank)  # old tars summed signed bytes
 
 
 def _parse_pax(data: bytes, into: dict[str, bytes]) -> None:

@@ -377,3 +377,24 @@ def test_resolve_in_root_follows_links_as_the_container(tmp_path: Path) -> None:
     assert layer.resolve_in_root(root, "abs/y") == root / "usr" / "lib" / "y"
     assert layer.resolve_in_root(root, "/usr/up/passwd") == root / "etc" / "passwd"
     assert layer.resolve_in_root(root, "../../lib", follow_last=False) == root / "lib"
+
+
+@needs_root
+@pytest.mark.parametrize("fmt", ["gnu", "posix", "ustar"])
+def test_applies_archives_written_by_gnu_tar(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "src"
+    _make_tree(src, reverse=False)
+    if fmt != "ustar":  # ustar cannot hold these names
+        deep = src / ("x" * 90) / ("y" * 90)
+        deep.mkdir(parents=True)
+        (deep / ("z" * 120)).write_text("long")
+        os.symlink("q" * 150, src / "ll")
+    for p in src.rglob("*"):
+        os.utime(p, (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+    tar = tmp_path / "a.tar.gz"
+    subprocess.run(["tar", f"--format={fmt}", "--xattrs", "--xattrs-include=user.*", "-czf",
+                    str(tar), "-C", str(src), "."], check=True, capture_output=True)
+    out = tmp_path / "out"
+    with open(tar, "rb") as f:
+        layer.apply_layer(f, out, mode="flatten")
+    assert _snapshot(out) == _snapshot(src)  # GNU tar adds PAX xattr records in every format
