@@ -401,8 +401,11 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
             _write_owner(tmp)
             (tmp / "config.json").write_text(json.dumps(config, indent=1))
             os.rename(tmp, bundle)
+            # The runtime's own log goes to the bundle; its final error (say, exec: "x":
+            # executable file not found) still reaches stderr, plainly, as docker shows it.
             proc = subprocess.Popen(
-                [binary, "--root", str(state_root(binary)), "run", "--bundle", str(bundle), cid],
+                [binary, "--root", str(state_root(binary)), "--log", str(bundle / "runtime.log"),
+                 "--log-format", "json", "run", "--bundle", str(bundle), cid],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 start_new_session=True)  # Ctrl-C reaches us only; we decide how to stop it
             assert proc.stdout is not None
