@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 import zstandard
 from isal import isal_zlib
@@ -449,7 +449,7 @@ class _DecompressReader(io.RawIOBase):
 class _Tee(io.RawIOBase):
     """A reader that shows every byte it passes on to a callback."""
 
-    def __init__(self, src: BinaryIO, callback: object) -> None:
+    def __init__(self, src: BinaryIO, callback: Callable[[bytes], None]) -> None:
         self._src = src
         self._cb = callback
 
@@ -458,7 +458,7 @@ class _Tee(io.RawIOBase):
 
     def read(self, n: int = -1) -> bytes:  # type: ignore[override]
         data = self._src.read(n if n >= 0 else CHUNK)
-        self._cb(data)  # type: ignore[operator]
+        self._cb(data)
         return data
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -1036,7 +1036,7 @@ class _Extractor:
             entry = self.dirs[key]
             try:
                 fd = _open_dir(self.root_fd, list(key), create=False)
-            except (FileNotFoundError, NotADirectoryError, OSError):
+            except OSError:
                 continue  # replaced or removed by a later entry
             try:
                 os.chmod(f"/proc/self/fd/{fd}", entry.mode)
