@@ -398,3 +398,17 @@ def test_applies_archives_written_by_gnu_tar(tmp_path: Path, fmt: str) -> None:
     with open(tar, "rb") as f:
         layer.apply_layer(f, out, mode="flatten")
     assert _snapshot(out) == _snapshot(src)  # GNU tar adds PAX xattr records in every format
+
+
+def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    raw = os.fsencode(src) + b"/caf\xe9-latin1"
+    with open(raw, "wb") as f:
+        f.write(b"bytes")
+    os.symlink(b"caf\xe9-latin1", os.fsencode(src) + b"/lnk")
+    blob, info = _write(src, "none")
+    out = tmp_path / "out"
+    assert layer.apply_layer(io.BytesIO(blob), out, mode="flatten") == info.diff_id
+    assert open(os.fsencode(out) + b"/caf\xe9-latin1", "rb").read() == b"bytes"
+    assert os.readlink(os.fsencode(out) + b"/lnk") == b"caf\xe9-latin1"
