@@ -301,10 +301,16 @@ def state_root(binary: str) -> Path:
 
 
 def _runtime_cli(binary: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """Run a short runtime command (kill, delete, list) against our state root."""
-    return subprocess.run([binary, "--root", str(state_root(binary)), *args],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, timeout=_CLI_TIMEOUT, check=False)
+    """Run a short runtime command (kill, delete, list) against our state root.
+
+    A hung runtime counts as a failure rather than an exception: this runs in cleanup.
+    """
+    argv = [binary, "--root", str(state_root(binary)), *args]
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=_CLI_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, -1, b"", b"")
 
 
 def _process_start(pid: int) -> str | None:
@@ -439,6 +445,8 @@ def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:
 def _teardown(binary: str, cid: str, proc: subprocess.Popen[bytes] | None, bundle: Path) -> None:
     """Kill the container if it still runs, delete it, remove its bundle."""
     if proc is not None:
+        if proc.stdout is not None:
+            proc.stdout.close()  # a runtime blocked writing to a full pipe now fails and exits
         if proc.poll() is None:
             if _runtime_cli(binary, "kill", cid, "KILL").returncode != 0:
                 _kill_group(proc.pid)  # not created yet: stop runc itself
@@ -447,8 +455,6 @@ def _teardown(binary: str, cid: str, proc: subprocess.Popen[bytes] | None, bundl
             except subprocess.TimeoutExpired:
                 _kill_group(proc.pid)
                 proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
     if (state_root(binary) / cid).exists():
         _runtime_cli(binary, "delete", "-f", cid)
     shutil.rmtree(bundle, ignore_errors=True)

@@ -346,6 +346,17 @@ def test_keyboard_interrupt_kills_container(rootfs: Path) -> None:
     assert leftovers(rootfs) == []
 
 
+@needs_runc
+def test_exception_in_output_handler_kills_flooding_container(rootfs: Path) -> None:
+    """The step keeps writing into a pipe nobody reads any more: cleanup must not hang."""
+    def fail(chunk: bytes) -> None:
+        raise RuntimeError("renderer broke")
+
+    with pytest.raises(RuntimeError, match="renderer broke"):
+        runtime.run(sh(rootfs, "while true; do echo 0123456789abcdef0123456789abcdef; done"), fail)
+    assert leftovers(rootfs) == []
+
+
 CHILD = """
 import sys
 from pathlib import Path
