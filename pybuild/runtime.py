@@ -264,6 +264,37 @@ def remove_mount_stubs(rootfs: Path, stubs: Iterable[str]) -> None:
         os.utime(parent, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns), follow_symlinks=False)
 
 
+_DirState = tuple[int, int, frozenset[str]]
+
+
+def _existing_parents(rootfs: Path, stubs: list[str]) -> dict[Path, _DirState]:
+    """Times and entries, before the step, of the existing directories that will get stubs."""
+    states: dict[Path, _DirState] = {}
+    for stub in stubs:
+        parent = os.path.dirname(stub)
+        if parent in stubs:
+            continue
+        path = Path(rootfs).joinpath(*_resolve(Path(rootfs), parent))
+        if path not in states:
+            st = os.lstat(path)
+            states[path] = (st.st_atime_ns, st.st_mtime_ns, frozenset(os.listdir(path)))
+    return states
+
+
+def _restore_parents(rootfs: Path, states: dict[Path, _DirState]) -> None:
+    """Give back their pre-step times to directories the step left as it found them.
+
+    The runtime created stubs in them (changing their mtime) and we removed the stubs;
+    without this, /etc of every RUN with a missing /etc/hosts would look modified.
+    """
+    for path, (atime, mtime, names) in states.items():
+        try:
+            if frozenset(os.listdir(path)) == names and not os.path.islink(path):
+                os.utime(path, ns=(atime, mtime))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+
+
 def _ensure_cwd(rootfs: Path, cwd: str) -> None:
     """Create a missing working directory (0755, root-owned) as BuildKit does for RUN."""
     comps = _resolve(rootfs, cwd)
@@ -395,6 +426,7 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
     config["linux"]["cgroupsPath"] = f"/pybuild/{cid}"
     _ensure_cwd(Path(spec.rootfs), spec.cwd)
     stubs = mount_stubs(Path(spec.rootfs), [m.destination for m in spec.mounts])
+    stub_parents = _existing_parents(Path(spec.rootfs), stubs)
     bundle = BUNDLES_DIR / cid
     proc: subprocess.Popen[bytes] | None = None
     with _sigterm_unwinds():
@@ -422,6 +454,7 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
             with _signals_deferred():
                 _teardown(binary, cid, proc, bundle)
                 remove_mount_stubs(Path(spec.rootfs), stubs)
+                _restore_parents(Path(spec.rootfs), stub_parents)
 
 
 def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:

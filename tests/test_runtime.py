@@ -333,6 +333,17 @@ def test_host_mounts_over_existing_files_report_no_stub(rootfs: Path) -> None:
 
 
 @needs_runc
+def test_stub_parents_keep_their_times_unless_the_step_changed_them(rootfs: Path) -> None:
+    for name in ("etc", "mnt"):
+        (rootfs / name).mkdir()
+        os.utime(rootfs / name, (1000, 2000))
+    mounts = runtime.host_mounts(rootfs)[0] + [Mount("/mnt/cache", "tmpfs", "tmpfs", [])]
+    assert run_capture(sh(rootfs, "echo x > /mnt/new", mounts=mounts))[0] == 0
+    assert sorted(os.listdir(rootfs / "etc")) == [] and os.stat(rootfs / "etc").st_mtime == 2000
+    assert os.listdir(rootfs / "mnt") == ["new"] and os.stat(rootfs / "mnt").st_mtime != 2000
+
+
+@needs_runc
 def test_keyboard_interrupt_kills_container(rootfs: Path) -> None:
     started = threading.Event()
 
