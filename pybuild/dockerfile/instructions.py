@@ -41,26 +41,27 @@ def _expander(lex: ShellLex, env: Mapping[str, str], line: int) -> Expander:
 # --- suggestions and flags ---------------------------------------------------------------------
 
 def _distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Edit distance counting a swap of neighbours as one edit (typos like `form`/`from`)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
 
 
 def suggest(word: str, options: list[str] | tuple[str, ...], case_sensitive: bool) -> str:
     """` (did you mean X?)` for a near miss, else empty: BuildKit's typo hint."""
+    if len(word) > 64:
+        return ""
     key = word if case_sensitive else word.upper()
-    best, best_dist = "", 3
+    best, best_dist = "", max(1, len(word) // 3) + 1
     for opt in options:
-        d = _distance(key, opt if case_sensitive else opt.upper())
-        if d < best_dist:
-            best, best_dist = opt, d
-    if best and best_dist < len(word) // 2:
-        return f" (did you mean {best}?)"
-    return ""
+        dist = _distance(key, opt if case_sensitive else opt.upper())
+        if dist < best_dist:
+            best, best_dist = opt, dist
+    return f" (did you mean {best}?)" if best else ""
 
 
 _STR, _BOOL, _LIST = "string", "bool", "strings"

@@ -18,7 +18,8 @@ from pybuild.errors import DockerfileError
 
 # Go's regexp \s is [\t\n\f\r ]; Python's is wider, so spell the class out.
 _S = "[\t\n\f\r ]"
-_RE_DIRECTIVE = re.compile(rf"#{_S}*([a-zA-Z][a-zA-Z0-9]*){_S}*={_S}*(.+?){_S}*")
+_RE_DIRECTIVE = re.compile(rf"#{_S}*([a-zA-Z][a-zA-Z0-9]*){_S}*=(.*)")
+_DIRECTIVE_SPACE = "\t\n\f\r "
 _RE_WHITESPACE = re.compile(r"[\t\v\f\r ]+")
 _RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)([^<]*)", re.S)
 _RE_LEADING_TABS = re.compile(r"^\t+", re.M)
@@ -86,13 +87,15 @@ class _Directives:
         if self.done:
             return
         m = _RE_DIRECTIVE.fullmatch(line)
-        key = m.group(1).lower() if m else ""
+        # The value is trimmed here rather than in the regex: a lazy group before trailing
+        # spaces makes Python's backtracking quadratic on long lines (Go's RE2 is linear).
+        value = m.group(2).strip(_DIRECTIVE_SPACE) if m else ""
+        key = m.group(1).lower() if m and value else ""
         if key not in _DIRECTIVES:
             self.done = True
             return
         if key in self.seen:
             raise ValueError(f"only one {key} parser directive can be used")
-        value = m.group(2)  # type: ignore[union-attr]
         self.seen[key] = value
         if key == "escape":
             if value not in ("`", "\\"):

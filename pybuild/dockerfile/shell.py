@@ -205,6 +205,8 @@ class _Scanner:
             raise _LexError("syntax error: bad substitution")
         name = self.name()
         ch = self.next()
+        if ch == _EOF:
+            raise _LexError("syntax error: missing '}'")
         if ch == "}":
             value, found = self.getenv(name)
             if not found and lex.skip_unset_env:
