@@ -91,8 +91,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         opts.explain = True
     start = time.monotonic()
     try:
-        solver = Solver(_store(args), opts, progress)
-        result = solver.build()
+        solver = Solver(opts, progress)
+        solver.load()
+        result = solver.build(_store(args))
         progress.summary(summary_of(result, time.monotonic() - start))
     finally:
         progress.close()
@@ -230,13 +231,19 @@ def _table(headers: list[str], rows: list[Sequence[str]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", default=os.environ.get("PYBUILD_ROOT", DEFAULT_ROOT),
-                        help="store directory (env PYBUILD_ROOT; default %(default)s)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    def globals_(root: Any, debug: Any) -> argparse.ArgumentParser:
+        g = argparse.ArgumentParser(add_help=False)
+        g.add_argument("--root", default=root,
+                       help=f"store directory (env PYBUILD_ROOT; default {DEFAULT_ROOT})")
+        g.add_argument("--debug", action="store_true", default=debug,
+                       help="show tracebacks on errors")
+        return g
 
+    # Subcommands accept the global options too; SUPPRESS keeps them from overriding
+    # a value given before the subcommand.
+    common = globals_(argparse.SUPPRESS, argparse.SUPPRESS)
     p = argparse.ArgumentParser(
-        prog="pybuild", parents=[common],
+        prog="pybuild", parents=[globals_(os.environ.get("PYBUILD_ROOT", DEFAULT_ROOT), False)],
         description="A daemonless container image builder: Dockerfile in, OCI image out. "
                     "`pybuild -t NAME DIR` is short for `pybuild build -t NAME DIR`.")
     p.add_argument("--version", action="version", version=f"pybuild {__version__}")

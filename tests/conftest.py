@@ -133,12 +133,10 @@ def overlay_mounts() -> list[str]:
 
 
 @pytest.fixture
-def no_leaks() -> Iterator[None]:
-    """Assert a test leaves no overlay mount and no runc container behind."""
-    before = set(overlay_mounts())
+def no_leaks(tmp_path: Path) -> Iterator[None]:
+    """Assert a test leaves no overlay mount (under its tmp dir) and no runc container behind."""
     yield
-    assert set(overlay_mounts()) - before == set()
-    if shutil.which("runc"):
-        out = subprocess.run(["runc", "--root", "/run/pybuild/runc", "list", "-q"],
-                             capture_output=True, text=True)
-        assert out.stdout.strip() == ""
+    assert [m for m in overlay_mounts() if str(tmp_path) in m] == []
+    bundles = Path("/run/pybuild/bundles")
+    for config in bundles.glob("*/config.json") if bundles.exists() else []:
+        assert str(tmp_path) not in config.read_text(), f"container left behind: {config.parent}"

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pybuild.errors import PybuildError
 from pybuild.store import Descriptor, Store
 
 _SCHEMA = """
@@ -26,6 +27,7 @@ CREATE TABLE IF NOT EXISTS cache_records (
     layer_media_type TEXT NOT NULL,
     layer_size INTEGER NOT NULL,
     diff_id TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
     inputs TEXT NOT NULL,
     created REAL NOT NULL,
     last_used REAL NOT NULL,
@@ -49,6 +51,7 @@ class Record:
     description: str
     layer: Descriptor
     diff_id: str
+    chain_id: str
     inputs: dict[str, Any]
     created: float
     last_used: float
@@ -81,9 +84,9 @@ class Cache:
     def put(self, rec: Record) -> None:
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO cache_records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO cache_records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rec.key, rec.parent, rec.slot, rec.description, rec.layer.digest,
-                 rec.layer.media_type, rec.layer.size, rec.diff_id,
+                 rec.layer.media_type, rec.layer.size, rec.diff_id, rec.chain_id,
                  json.dumps(rec.inputs, sort_keys=True), rec.created, rec.last_used, rec.hits))
 
     def previous(self, slot: str) -> Record | None:
@@ -97,16 +100,27 @@ class Cache:
         rows = self.db.execute("SELECT * FROM cache_records ORDER BY last_used DESC").fetchall()
         return [_record(r) for r in rows]
 
+    def get(self, prefix: str) -> Record:
+        """A record by key or unique key prefix (with or without `sha256:`)."""
+        hexpart = prefix.split(":", 1)[-1].lower()
+        rows = self.db.execute("SELECT * FROM cache_records WHERE key LIKE ?",
+                               (f"sha256:{hexpart}%",)).fetchall()
+        if not rows:
+            raise PybuildError(f"no cache record {prefix}")
+        if len(rows) > 1:
+            raise PybuildError(f"cache record id {prefix} is ambiguous ({len(rows)} match)")
+        return _record(rows[0])
+
     def remove(self, keys: list[str]) -> None:
         with self.db:
             self.db.executemany("DELETE FROM cache_records WHERE key = ?", [(k,) for k in keys])
 
 
 def _record(row: tuple) -> Record:
-    (key, parent, slot, description, digest, media_type, size, diff_id, inputs,
+    (key, parent, slot, description, digest, media_type, size, diff_id, chain_id, inputs,
      created, last_used, hits) = row
     return Record(key, parent, slot, description, Descriptor(media_type, digest, size), diff_id,
-                  json.loads(inputs), created, last_used, hits)
+                  chain_id, json.loads(inputs), created, last_used, hits)
 
 
 def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:

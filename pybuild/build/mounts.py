@@ -75,11 +75,13 @@ def cache_key_of(mount: Any) -> dict[str, Any]:
 
 @dataclass
 class Prepared:
-    """Runtime mounts for one RUN, the env additions, and the stubs to remove afterwards."""
+    """Runtime mounts for one RUN and the env additions (secrets with `env=`).
+
+    The runtime removes the mount points it had to create, so none lands in a layer.
+    """
 
     mounts: list[Mount]
     env: list[str]
-    stubs: list[str]
 
 
 class MountPreparer:
@@ -93,8 +95,8 @@ class MountPreparer:
         self.view = view  # from= name → context manager yielding a mounted Path
 
     @contextmanager
-    def prepare(self, mounts: list[Any], rootfs: Path, workdir: str, line: int) -> Iterator[Prepared]:
-        out = Prepared([], [], [])
+    def prepare(self, mounts: list[Any], workdir: str, line: int) -> Iterator[Prepared]:
+        out = Prepared([], [])
         with ExitStack() as stack:
             for m in mounts:
                 kind = (m.type or "bind").lower()
@@ -111,7 +113,7 @@ class MountPreparer:
                 elif kind == "bind":
                     out.mounts.append(self._bind(stack, m, target, line))
                 elif kind == "secret":
-                    self._secret(stack, m, target, rootfs, out, line)
+                    self._secret(stack, m, target, out, line)
                 elif kind == "ssh":
                     raise DockerfileError("RUN --mount=type=ssh is not supported by pybuild yet", line)
                 else:
@@ -177,8 +179,8 @@ class MountPreparer:
             return Mount(target, "bind", str(dst), ["rbind", "rw"])
         return Mount(target, "bind", str(src), ["rbind", "ro"])
 
-    def _secret(self, stack: ExitStack, m: Any, target: str | None, rootfs: Path,
-                out: Prepared, line: int) -> None:
+    def _secret(self, stack: ExitStack, m: Any, target: str | None, out: Prepared,
+                line: int) -> None:
         sid = m.id or (os.path.basename(target) if target else None)
         if not sid:
             raise DockerfileError("secret mount needs an id or a target", line)
@@ -201,20 +203,6 @@ class MountPreparer:
         os.chmod(path, _mode(m.mode, 0o400))
         os.chown(path, int(m.uid or 0), int(m.gid or 0))
         out.mounts.append(Mount(target, "bind", path, ["bind", "ro"]))
-        # The mount point is a stub runc creates: remove it so it never lands in a layer.
-        out.stubs.extend(_missing_parents(rootfs, target))
-
-
-def _missing_parents(rootfs: Path, target: str) -> list[str]:
-    """Paths (deepest first) that do not exist yet and runc will create for `target`."""
-    parts = [p for p in target.split("/") if p]
-    missing: list[str] = []
-    cur = ""
-    for p in parts:
-        cur = f"{cur}/{p}"
-        if not os.path.lexists(str(rootfs) + cur):
-            missing.append(cur)
-    return list(reversed(missing))
 
 
 def _mode(value: int | str | None, default: int) -> int:

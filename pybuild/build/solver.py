@@ -35,7 +35,7 @@ from pybuild.errors import DockerfileError, PybuildError, StepError
 from pybuild.layer import resolve_in_root
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
-from pybuild.snapshot import Snapshotter
+from pybuild.snapshot import Snapshotter, chain_ids
 from pybuild.store import Descriptor, Store
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -109,12 +109,9 @@ class BuildResult:
 class Solver:
     """Builds the stages of one plan into the store."""
 
-    def __init__(self, store: Store, opts: BuildOptions, progress: Progress) -> None:
-        self.store = store
+    def __init__(self, opts: BuildOptions, progress: Progress) -> None:
         self.opts = opts
         self.progress = progress
-        self.snaps = Snapshotter(store)
-        self.cache = Cache(store)
         self.text = ""
         self.lex = ShellLex()
         self.states: dict[int, StageState] = {}
@@ -147,8 +144,17 @@ class Solver:
         self._preflight(plan)
         return plan
 
-    def build(self) -> BuildResult:
-        plan = self.load()
+    def build(self, store: Store) -> BuildResult:
+        """Build the target; call after load(), which touches nothing on disk."""
+        plan = self.plan
+        self.store = store
+        self.images: dict[str, Any] = {}
+        for st in plan.stages:  # "load metadata": a missing base fails before any write
+            if st.base_stage is None and st.base != "scratch":
+                ref = parse_reference(st.base)
+                self.images[ref.familiar] = self._resolve_image(ref, st.from_line)
+        self.snaps = Snapshotter(store)
+        self.cache = Cache(store)
         self.snaps.cleanup_stale()
         runtime.cleanup_stale()
         state = self._stage(plan.target.index)
@@ -231,6 +237,8 @@ class Solver:
         return state
 
     def _resolve_image(self, ref: Any, line: int) -> Any:
+        if ref.familiar in self.images:
+            return self.images[ref.familiar]
         try:
             return imagemod.load(self.store, ref.familiar)
         except PybuildError:
@@ -380,8 +388,13 @@ class Solver:
         env_map = s.env_map()
         cfg = s.config
         shell = list(cfg.get("Shell") or DEFAULT_SHELL)
+        script = _heredoc_script(raw.command, raw.heredocs) if not raw.exec_form else None
         if raw.exec_form:
             argv = list(raw.command)
+        elif script is not None and script.startswith("#!"):
+            argv = ["/dev/pipes/" + raw.heredocs[0].name]  # run by its own interpreter
+        elif script is not None:
+            argv = shell + [script]
         else:
             argv = shell + [_with_heredocs(raw.command, raw.heredocs)]
         run_env = list(cfg.get("Env") or [])
@@ -409,15 +422,15 @@ class Solver:
             cwd = cfg.get("WorkingDir") or "/"
             preparer = MountPreparer(self.store.root, self.opts.context, self.opts.secrets,
                                      self._view)
-            with preparer.prepare(mounts, active.rootfs, cwd, raw.line) as prep:
-                host, stubs = runtime.host_mounts(active.rootfs)
+            with preparer.prepare(mounts, cwd, raw.line) as prep, \
+                    _script_mount(script, argv) as script_mounts:
+                host, _stubs = runtime.host_mounts(active.rootfs)
                 spec = runtime.RunSpec(rootfs=active.rootfs, args=argv,
                                        env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
                                        additional_gids=groups, network=network,
-                                       mounts=host + prep.mounts)
+                                       mounts=host + prep.mounts + script_mounts)
                 vid = self._current_vid
                 status = runtime.run(spec, lambda data: self.progress.vertex_log(vid, data))
-                _remove_stubs(active.rootfs, list(stubs) + prep.stubs)
             if status != 0:
                 raise StepError(f"process {json.dumps(' '.join(argv))} did not complete "
                                 f"successfully: exit code: {status}", raw.line, status)
@@ -470,12 +483,13 @@ class Solver:
                         paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
                         copy_into(active.rootfs, CopyRequest(
                             paths, root, dest, workdir, owner, chmod, list(e.exclude or []),
-                            bool(e.parents), is_add, raw.line))
+                            bool(e.parents), is_add, raw.line, keep_owner=True))
                 else:
                     paths = self.ctx.resolve_sources(local, raw.line)
                     copy_into(active.rootfs, CopyRequest(
                         paths, self.ctx.root, dest, workdir, owner, chmod,
-                        list(e.exclude or []), bool(e.parents), is_add, raw.line))
+                        list(e.exclude or []), bool(e.parents), is_add, raw.line,
+                        ignore=self.ctx.matcher))
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
 
@@ -519,7 +533,8 @@ class Solver:
             self.progress.vertex_error(vid, str(err), self._excerpt(raw))
             raise DockerfileError(str(err), raw.line) from None
         now = time.time()
-        self.cache.put(Record(key, parent, slot, name, desc, diff_id, inputs, now, now))
+        chain_id = chain_ids(s.diff_ids + [diff_id])[-1]
+        self.cache.put(Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now))
         self.progress.vertex_done(vid)
         self.steps_run += 1
         self._append_layer(s, desc, diff_id, created_by, key)
@@ -642,6 +657,31 @@ def _is_heredoc_ref(src: str, heredocs: list[Any]) -> bool:
     return any(src.lstrip("<-").strip("'\"") == h.name for h in heredocs) and src.startswith("<<")
 
 
+def _heredoc_script(command: str, heredocs: list[Any]) -> str | None:
+    """`RUN <<EOF` alone: the heredoc body is the script itself (BuildKit's rule)."""
+    if len(heredocs) != 1:
+        return None
+    word = command.strip().lstrip("<").lstrip("-").strip("'\"")
+    if not command.strip().startswith("<<") or word != heredocs[0].name:
+        return None
+    return heredocs[0].data
+
+
+@contextmanager
+def _script_mount(script: str | None, argv: list[str]) -> Iterator[list[runtime.Mount]]:
+    """A `#!` heredoc is mounted as an executable file under /dev/pipes, as BuildKit does."""
+    if script is None or not script.startswith("#!"):
+        yield []
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pybuild-heredoc-") as d:
+        path = Path(d) / "script"
+        path.write_text(script)
+        path.chmod(0o755)
+        yield [runtime.Mount(argv[0], "bind", str(path), ["bind", "ro"])]
+
+
 def _with_heredocs(command: str, heredocs: list[Any]) -> str:
     """Shell form with heredocs: the shell gets the whole text, bodies included."""
     if not heredocs:
@@ -684,15 +724,3 @@ def _mkdir_p(rootfs: Path, path: str, uid: int, gid: int) -> None:
             os.chown(target, uid, gid)
         elif not os.path.isdir(target):
             raise PybuildError(f"cannot create directory {cur}: a file is in the way")
-
-
-def _remove_stubs(rootfs: Path, stubs: list[str]) -> None:
-    for stub in stubs:
-        p = Path(str(rootfs) + stub)
-        try:
-            if p.is_dir() and not p.is_symlink():
-                os.rmdir(p)
-            else:
-                os.unlink(p)
-        except OSError:
-            pass

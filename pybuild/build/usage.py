@@ -1,0 +1,202 @@
+"""What the build cache holds, who uses it, and how to free it (`pybuild cache du|ls|prune`).
+
+Three kinds of things take space: layer blobs (content-addressed, shared by records and
+tagged images), extracted snapshots (one per chain id) and `RUN --mount=type=cache`
+directories. Pruning removes cache records least recently used first, then the blobs and
+snapshots nothing needs any more. Whatever a tagged image needs is never removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pybuild import image as imagemod
+from pybuild.build.cache import Cache, Record
+from pybuild.errors import PybuildError
+from pybuild.snapshot import Snapshotter, chain_ids
+from pybuild.store import Store
+
+# A build in another process may have written blobs it has not tagged yet: spare fresh ones.
+GC_MIN_AGE = 300.0
+
+
+@dataclass
+class CacheMount:
+    id: str
+    path: Path
+    size: int
+    last_used: float
+
+
+@dataclass
+class Usage:
+    records: list[Record]
+    used_by: dict[str, list[str]]  # record key → tags whose image contains its layer
+    cache_mounts: list[CacheMount]
+    total: int = 0
+    shared: int = 0
+    reclaimable: int = 0
+    mounts_size: int = 0
+
+
+@dataclass
+class PruneReport:
+    records: list[Record] = field(default_factory=list)
+    mounts: list[CacheMount] = field(default_factory=list)
+    blobs_freed: int = 0
+    snapshots_freed: int = 0
+    mounts_freed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.blobs_freed + self.snapshots_freed + self.mounts_freed
+
+
+def tagged_layers(store: Store) -> tuple[dict[str, list[str]], set[str]]:
+    """Layer digest → tags using it, and every chain id a tagged image needs."""
+    users: dict[str, list[str]] = {}
+    chains: set[str] = set()
+    for name in store.list_tags():
+        try:
+            img = imagemod.load(store, name)
+        except PybuildError:
+            continue
+        for d in img.layers:
+            users.setdefault(d.digest, []).append(name)
+        chains.update(chain_ids(img.diff_ids))
+    return users, chains
+
+
+def cache_mounts(store: Store) -> list[CacheMount]:
+    root = store.root / "cache-mounts"
+    out = []
+    for d in sorted(root.iterdir()) if root.exists() else []:
+        if not (d / "data").is_dir():
+            continue
+        cid = (d / "id").read_text() if (d / "id").exists() else d.name
+        st = (d / "data").stat()
+        out.append(CacheMount(cid, d, du(d / "data"), st.st_mtime))
+    return out
+
+
+def usage(store: Store) -> Usage:
+    cache = Cache(store)
+    records = cache.all()
+    users, _ = tagged_layers(store)
+    u = Usage(records, {r.key: sorted(users.get(r.layer.digest, [])) for r in records},
+              cache_mounts(store))
+    seen: set[str] = set()
+    for r in records:
+        if r.layer.digest in seen:
+            continue
+        seen.add(r.layer.digest)
+        u.total += r.layer.size
+        if users.get(r.layer.digest):
+            u.shared += r.layer.size
+        else:
+            u.reclaimable += r.layer.size
+    u.mounts_size = sum(m.size for m in u.cache_mounts)
+    return u
+
+
+def parse_duration(text: str) -> float:
+    """`24h`, `30m`, `90s`, `7d`, or combinations like `1h30m` (Go-style) → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    total, num = 0.0, ""
+    for ch in text.strip():
+        if ch.isdigit() or ch == ".":
+            num += ch
+        elif ch in units and num:
+            total += float(num) * units[ch]
+            num = ""
+        else:
+            raise PybuildError(f"invalid duration {text!r} (examples: 24h, 30m, 1h30m, 7d)")
+    if num:
+        raise PybuildError(f"invalid duration {text!r}: missing unit (s, m, h, d)")
+    return total
+
+
+def parse_size(text: str) -> int:
+    """`2GB`, `500MB`, `1.5G`, `1024` (bytes) → bytes, decimal units as docker's."""
+    t = text.strip().upper().removesuffix("B")
+    mult = {"K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise PybuildError(f"invalid size {text!r} (examples: 2GB, 500MB)") from None
+
+
+def prune(store: Store, *, all: bool = False, until: float | None = None,
+          types: set[str] | None = None, keep_storage: int | None = None,
+          dry_run: bool = False) -> PruneReport:
+    """Remove cache records (LRU first), cache mounts, and what nothing needs any more."""
+    types = types or {"regular", "exec.cachemount"}
+    unknown = types - {"regular", "exec.cachemount"}
+    if unknown:
+        raise PybuildError(f"unknown cache type {sorted(unknown)[0]!r} (regular, exec.cachemount)")
+    cache = Cache(store)
+    now = time.time()
+    report = PruneReport()
+    with store.lock():
+        users, tagged_chains = tagged_layers(store)
+        records = sorted(cache.all(), key=lambda r: r.last_used)
+        candidates = [r for r in records if "regular" in types
+                      and (until is None or now - r.last_used >= until)
+                      and (all or not users.get(r.layer.digest))]
+        mounts = [m for m in cache_mounts(store) if "exec.cachemount" in types
+                  and (until is None or now - m.last_used >= until)] if all or types == {
+                      "exec.cachemount"} else []
+        if keep_storage is not None:
+            size = sum(r.layer.size for r in records) + sum(m.size for m in cache_mounts(store))
+            chosen = []
+            for r in candidates:
+                if size <= keep_storage:
+                    break
+                chosen.append(r)
+                size -= r.layer.size
+            candidates = chosen
+            kept_mounts = []
+            for m in mounts:
+                if size <= keep_storage:
+                    break
+                kept_mounts.append(m)
+                size -= m.size
+            mounts = kept_mounts
+        report.records = candidates
+        report.mounts = mounts
+        removed = {r.key for r in candidates}
+        remaining = [r for r in records if r.key not in removed]
+        if dry_run:
+            keep = {r.layer.digest for r in remaining}
+            live = store.reachable(keep)
+            report.blobs_freed = sum(store.blob_path(d).stat().st_size
+                                     for d in store.iter_blobs() if d not in live)
+            report.mounts_freed = sum(m.size for m in mounts)
+            return report
+        cache.remove(sorted(removed))
+        result = store.gc(keep={r.layer.digest for r in remaining}, min_age=GC_MIN_AGE)
+        report.blobs_freed = result.bytes_freed
+        # A dropped snapshot is only a cache of its blob: Snapshotter.ensure re-extracts it.
+        keep_chains = tagged_chains | {r.chain_id for r in remaining}
+        report.snapshots_freed = Snapshotter(store).prune(keep_chains)
+        for m in mounts:
+            report.mounts_freed += m.size
+            shutil.rmtree(m.path, ignore_errors=True)
+    return report
+
+
+def du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
