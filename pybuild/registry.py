@@ -209,17 +209,19 @@ class RegistryClient:
 
     def _retrying(self, t: _Target, op: Callable[[], T]) -> T:
         """Run `op`, again after 5xx answers and dropped or refused connections."""
-        for attempt in range(TRIES):
+        attempt = 1
+        while True:
             try:
                 return op()
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError, _ServerError) as e:
+                problem = self._describe(t.registry, e)
                 permanent = isinstance(e, requests.exceptions.SSLError) or \
-                    self._describe(t.registry, e).startswith("cannot resolve")
-                if permanent or attempt == TRIES - 1:
-                    raise t.fail(self._describe(t.registry, e)) from None
-                time.sleep(_BACKOFF * 2 ** attempt)
-        raise AssertionError("unreachable")
+                    problem.startswith("cannot resolve")
+                if permanent or attempt == TRIES:
+                    raise t.fail(problem) from None
+                time.sleep(_BACKOFF * 2 ** (attempt - 1))
+                attempt += 1
 
     def _challenge(self, t: _Target) -> Challenge | None:
         """GET /v2/ once per registry: None if open, else the challenge to answer."""
@@ -250,7 +252,9 @@ class RegistryClient:
         return challenge
 
     def _send(self, t: _Target, method: str, url: str, *, scopes: tuple[str, ...] = (),
-              ok: tuple[int, ...] = (200,), **kw: object) -> requests.Response:
+              ok: tuple[int, ...] = (200,), headers: dict[str, str] | None = None,
+              data: bytes | _ProgressReader | None = None, params: dict[str, str] | None = None,
+              stream: bool = False) -> requests.Response:
         """One authenticated request; 401 → a fresh token once, then a clear error.
 
         Statuses in `ok` and 404 are returned; 5xx raises _ServerError (retryable); any
@@ -261,23 +265,22 @@ class RegistryClient:
         scopes = scopes or t.scopes
         challenge = self._challenge(t)
         for fresh in (False, True):
-            headers = dict(kw.pop("headers", None) or {})  # type: ignore[arg-type]
+            sent = dict(headers or {})
             try:
                 value = self.authenticator.header(t.registry, challenge, scopes)
             except AuthError as e:
                 raise t.fail(str(e) if not e.unauthorized
                              else f"unauthorized: authentication required for {t.repo}") from None
             if value:
-                headers["Authorization"] = value
-            resp = self.session.request(method, url, headers=headers, timeout=_TIMEOUT,
-                                        **kw)  # type: ignore[arg-type]
-            kw["headers"] = headers
+                sent["Authorization"] = value
+            resp = self.session.request(method, url, headers=sent, data=data, params=params,
+                                        stream=stream, timeout=_TIMEOUT)
             if resp.status_code == 401 and not fresh and challenge is not None \
                     and challenge.scheme == "bearer":
+                # The cached token may have expired or been revoked: one fresh token.
                 self.authenticator.forget(t.registry, scopes)
-                data = kw.get("data")
-                if hasattr(data, "seek"):
-                    data.seek(0)  # type: ignore[union-attr]
+                if isinstance(data, _ProgressReader):
+                    data.seek(0)
                 resp.close()
                 continue
             break

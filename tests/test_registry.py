@@ -234,6 +234,9 @@ def test_tampered_blob_is_rejected_then_rerun_succeeds(store: Store, proxy: Tamp
     proxy.tamper = False
     assert registry.pull(victim, f"{proxy.addr}/tamper/app:1").digest == desc.digest
     assert victim.verify() == []
+    proxy.take()
+    registry.pull(victim, f"{proxy.addr}/tamper/app:1")  # everything present: no blob fetched
+    assert [m for m, p in proxy.take() if "/blobs/" in p] == []
 
 
 def test_push_interrupted_by_registry_going_away(store: Store, tmp_path: Path) -> None:
