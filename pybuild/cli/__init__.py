@@ -1,0 +1,100 @@
+"""Command line: argument parsing, output mode, exit codes. Knows nothing of how images are built.
+
+Each command group lives in its own module with a `register(sub, common)` function.
+`pybuild -t myapp .` is `pybuild build -t myapp .`: that is how docker users type it.
+User mistakes print one line and exit non-zero; only `--debug` shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from pybuild import __version__
+from pybuild.cli import build, images
+from pybuild.cli.common import DEFAULT_ROOT
+from pybuild.errors import DockerfileError, PybuildError
+
+MODULES = [build, images]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def globals_(root: Any, debug: Any) -> argparse.ArgumentParser:
+        g = argparse.ArgumentParser(add_help=False)
+        g.add_argument("--root", default=root,
+                       help=f"store directory (env PYBUILD_ROOT; default {DEFAULT_ROOT})")
+        g.add_argument("--debug", action="store_true", default=debug,
+                       help="show tracebacks on errors")
+        return g
+
+    # Subcommands accept the global options too; SUPPRESS keeps them from overriding
+    # a value given before the subcommand.
+    common = globals_(argparse.SUPPRESS, argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        prog="pybuild", parents=[globals_(os.environ.get("PYBUILD_ROOT", DEFAULT_ROOT), False)],
+        description="A daemonless container image builder: Dockerfile in, OCI image out. "
+                    "`pybuild -t NAME DIR` is short for `pybuild build -t NAME DIR`.")
+    p.add_argument("--version", action="version", version=f"pybuild {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    for module in MODULES:
+        module.register(sub, common)
+    return p
+
+
+
+
+def _normalise(argv: list[str], commands: set[str]) -> list[str]:
+    """Insert `build` when no subcommand is named (`pybuild -t x .`)."""
+    skip_next = False
+    for a in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if a == "--root":
+            skip_next = True
+            continue
+        if a.startswith("--root=") or a == "--debug":
+            continue
+        if a in commands or a in ("-h", "--help", "--version"):
+            return argv
+        return ["build"] + argv
+    return argv
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    commands = set(next(a for a in parser._actions
+                        if isinstance(a, argparse._SubParsersAction)).choices)
+    argv = _normalise(list(sys.argv[1:] if argv is None else argv), commands)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return args.func(args)
+    except DockerfileError as e:
+        if args.debug:
+            traceback.print_exc()
+        name = getattr(args, "file", None) or "Dockerfile"
+        print(str(e.with_file(name) if e.filename == "Dockerfile" else e), file=sys.stderr)
+        return e.exit_code
+    except PybuildError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
