@@ -321,6 +321,7 @@ class Authenticator:
             params.append(("account", creds.username))
         try:
             resp = self._session.get(realm, params=params, timeout=_TOKEN_TIMEOUT,
+                                     verify=self._session.verify,
                                      auth=(creds.username, creds.password) if creds else None)
         except requests.RequestException as e:
             raise AuthError(f"cannot get a token for {registry} from {realm}: "

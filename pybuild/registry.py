@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -170,6 +171,8 @@ class RegistryClient:
         self.progress = progress
         self.auth = auth or AuthProvider()
         self.session = requests.Session()
+        # session.verify is passed on every request: requests lets REQUESTS_CA_BUNDLE
+        # override a session's own verify, which would silently drop tls_ca.
         if tls_ca is not None:
             if not Path(tls_ca).is_file():
                 raise PybuildError(f"TLS CA bundle {tls_ca} does not exist")
@@ -196,7 +199,10 @@ class RegistryClient:
         if isinstance(e, _ServerError):
             return f"registry {registry} answered {e} ({_error_text(e.resp)}) {TRIES} times"
         if isinstance(e, requests.exceptions.SSLError):
-            return (f"TLS error talking to {registry}: {text.split(': ')[-1][:200]} "
+            m = re.search(r"(?:certificate verify failed: |\[SSL: [A-Z0-9_]+\] )([^()']+?)\s*\(_ssl",
+                          text)
+            reason = m.group(1) if m else "handshake failed"
+            return (f"TLS error talking to {registry}: {reason} "
                     f"(give the registry's CA with tls_ca, or mark it insecure)")
         if "Name or service not known" in text or "NameResolution" in text \
                 or "Temporary failure in name resolution" in text or "No address associated" in text:
@@ -230,7 +236,8 @@ class RegistryClient:
                 return self._challenges[t.registry]
 
         def ping() -> requests.Response:
-            resp = self.session.get(self.base_url(t.registry) + "/v2/", timeout=_TIMEOUT)
+            resp = self.session.get(self.base_url(t.registry) + "/v2/", timeout=_TIMEOUT,
+                                    verify=self.session.verify)
             if resp.status_code >= 500:
                 raise _ServerError(resp)
             return resp
@@ -274,7 +281,8 @@ class RegistryClient:
             if value:
                 sent["Authorization"] = value
             resp = self.session.request(method, url, headers=sent, data=data, params=params,
-                                        stream=stream, timeout=_TIMEOUT)
+                                        stream=stream, timeout=_TIMEOUT,
+                                        verify=self.session.verify)
             if resp.status_code == 401 and not fresh and challenge is not None \
                     and challenge.scheme == "bearer":
                 # The cached token may have expired or been revoked: one fresh token.

@@ -14,6 +14,7 @@ import json
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -71,6 +72,7 @@ class Registry:
             config["auth"] = auth
         self.config.write_text(json.dumps(config, indent=2))  # JSON is YAML
         self.proc: subprocess.Popen | None = None
+        self.ready_url = f"http://{self.addr}/v2/"
 
     def start(self) -> "Registry":
         with open(self.log, "ab") as log:
@@ -79,7 +81,9 @@ class Registry:
 
         def ready() -> bool:
             try:
-                with urllib.request.urlopen(f"http://{self.addr}/v2/", timeout=2):
+                # Readiness only: a TLS registry's self-signed certificate is checked by tests.
+                with urllib.request.urlopen(self.ready_url, timeout=2,
+                                            context=ssl._create_unverified_context()):
                     return True
             except urllib.error.HTTPError:
                 return True  # 401 from an auth-enabled registry: it is up

@@ -381,3 +381,35 @@ def test_plain_http_only_for_loopback_and_insecure() -> None:
     assert c.base_url("reg.lan:5000") == "http://reg.lan:5000"
     assert c.base_url("reg.lan:6000") == "https://reg.lan:6000"
     assert c.base_url("registry-1.docker.io") == "https://registry-1.docker.io"
+
+
+def test_https_registry_with_tls_ca(store: Store, tmp_path: Path) -> None:
+    """A non-loopback name means HTTPS: verified with tls_ca, refused without it."""
+    import socket
+    name = socket.gethostname()
+    try:
+        resolves = {a[4][0] for a in socket.getaddrinfo(name, None, socket.AF_INET)}
+    except OSError:
+        resolves = set()
+    if not name or "127.0.0.1" not in resolves or name == "localhost":
+        pytest.skip(f"the host name {name!r} does not resolve to 127.0.0.1 here")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "tls.key", tmp_path / "tls.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-subj", f"/CN={name}", "-days", "2",
+                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
+    r = Registry(tmp_path / "tls")
+    config = json.loads(r.config.read_text())
+    config["http"]["tls"] = {"certificate": str(cert), "key": str(key)}
+    r.config.write_text(json.dumps(config))
+    r.ready_url = f"https://{r.addr}/v2/"
+    with r:
+        make_image(store, "app", {"f": b"tls"})
+        dest = f"{name}:{r.port}/secure/app:1"
+        with pytest.raises(PybuildError, match=rf"^TLS error talking to {name}:{r.port}: .*"
+                                               rf"\(pushing {dest}\)$"):
+            registry.push(store, "app", dest)
+        client = registry.RegistryClient(tls_ca=cert)
+        digest = registry.push(store, "app", dest, client=client)
+        assert registry.pull(Store(tmp_path / "fresh"), dest, client=client).digest == digest
