@@ -676,3 +676,65 @@ def login(registry: str, username: str, password: str, *, config_path: Path | No
 def logout(registry: str, *, config_path: Path | None = None) -> bool:
     """Forget the saved credentials; False if there were none (docker: "Not logged in")."""
     return erase_credentials(_registry_host(registry), config_path)
+
+
+# ---- artifacts: the build cache travels as an OCI manifest -----------------------------
+
+def push_artifact(store: Store, dest: str, config: Descriptor, layers: list[Descriptor], *,
+                  client: RegistryClient | None = None) -> str:
+    """Push blobs then an OCI manifest of `config` + `layers` to `dest`; returns its digest."""
+    client = client or RegistryClient()
+    r = parse_reference(dest)
+    t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
+    blobs = list({d.digest: d for d in [config, *layers]}.values())
+    sources = {d.digest: [repo for repo in known_repositories(store, r.registry, d.digest)
+                          if repo != r.repository] for d in blobs}
+
+    def send(d: Descriptor, abort: threading.Event) -> str:
+        if abort.is_set():
+            raise t.fail("cancelled after another transfer failed")
+        if client.blob_exists(t, d.digest):
+            return "exists"
+        return client.upload_blob(t, store, d, sources[d.digest], False)
+
+    _parallel(blobs, send)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_dict(),
+                "layers": [d.to_dict() for d in layers]}
+    body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+    digest = client.put_manifest(t, r.tag or "latest", body, OCI_MANIFEST)
+    _record(store, r.registry, r.repository, [d.digest for d in blobs])
+    return digest
+
+
+def fetch_artifact(store: Store, ref: str, *, client: RegistryClient | None = None
+                   ) -> tuple[dict, list[Descriptor]] | None:
+    """The config document and layer list of the artifact at `ref`; None if it is absent.
+
+    Only the config blob is downloaded; layers are fetched on demand with `fetch_blobs`.
+    """
+    client = client or RegistryClient()
+    r = parse_reference(ref)
+    t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
+    try:
+        body, media_type, _digest = client.get_manifest(t, r.ref)
+    except PybuildError as e:
+        if str(e).startswith("manifest unknown"):
+            return None
+        raise
+    if media_type not in MANIFEST_TYPES:
+        raise t.fail("not a cache manifest (it is an index)")
+    config, layers = _parse_manifest(t, body)
+    if not store.has_blob(config.digest):
+        _parallel([config], lambda d, abort: client.fetch_blob(t, store, d, abort))
+    return store.read_json(config.digest), layers
+
+
+def fetch_blobs(store: Store, ref: str, descs: list[Descriptor], *,
+                client: RegistryClient | None = None) -> None:
+    """Download the blobs of `descs` missing from the store, verified, from `ref`'s repository."""
+    client = client or RegistryClient()
+    r = parse_reference(ref)
+    t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
+    missing = [d for d in descs if not store.has_blob(d.digest)]
+    _parallel(missing, lambda d, abort: client.fetch_blob(t, store, d, abort))
+    _record(store, r.registry, r.repository, [d.digest for d in descs])

@@ -25,6 +25,7 @@ from typing import Any
 from pybuild import image as imagemod
 from pybuild import runtime
 from pybuild.build import history as hist
+from pybuild.build import remote_cache
 from pybuild.build.cache import Cache, Record, compute_key, explain
 from pybuild.build.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
 from pybuild.build.mounts import MountPreparer, SecretSource, cache_key_of
@@ -68,6 +69,10 @@ class BuildOptions:
     compression: str = "gzip"
     source_date_epoch: int | None = None
     explain: bool = False
+    pull: bool = False
+    cache_from: list[Any] = field(default_factory=list)
+    cache_to: list[Any] = field(default_factory=list)
+    registry: Any = None  # a RegistryClient, made by the CLI with the user's TLS/insecure flags
 
 
 @dataclass
@@ -86,6 +91,7 @@ class StageState:
     cmd_set: bool = False
     step: int = 0
     steps_total: int = 0
+    records: list[Record] = field(default_factory=list)
 
     def env_map(self) -> dict[str, str]:
         """What word expansion sees: args in scope, overridden by ENV of the same name."""
@@ -155,6 +161,10 @@ class Solver:
                 self.images[ref.familiar] = self._resolve_image(ref, st.from_line)
         self.snaps = Snapshotter(store)
         self.cache = Cache(store)
+        self.remote: dict[str, tuple[Any, Record]] = {}
+        for spec in self.opts.cache_from:
+            for key, rec in remote_cache.load(store, spec, self.opts.registry).items():
+                self.remote.setdefault(key, (spec, rec))
         self.snaps.cleanup_stale()
         runtime.cleanup_stale()
         state = self._stage(plan.target.index)
@@ -214,7 +224,7 @@ class Solver:
             self.progress.vertex_done(vid)
             state = StageState(st, json.loads(json.dumps(parent.config)), list(parent.history),
                                list(parent.layers), list(parent.diff_ids), parent.key, parent.base,
-                               author=parent.author)
+                               author=parent.author, records=list(parent.records))
         elif st.base == "scratch":
             self.progress.vertex_started(vid, name)
             self.progress.vertex_done(vid)
@@ -237,15 +247,43 @@ class Solver:
         return state
 
     def _resolve_image(self, ref: Any, line: int) -> Any:
+        """An image from the store, pulled first when missing (or always with --pull)."""
         if ref.familiar in self.images:
             return self.images[ref.familiar]
+        if not self.opts.pull:
+            try:
+                return imagemod.load(self.store, ref.familiar)
+            except PybuildError:
+                pass
+        vid = self._vertex()
+        self.progress.vertex_started(vid, f"[internal] load metadata for {ref.canonical}")
         try:
-            return imagemod.load(self.store, ref.familiar)
-        except PybuildError:
-            raise DockerfileError(
-                f"base image {ref.familiar} is not in the store: import it with "
-                f"`pybuild import ROOTFS.tar {ref.familiar}` or pull it with `pybuild pull`",
-                line) from None
+            from pybuild import registry
+
+            desc = registry.pull(self.store, ref.canonical, client=self._client(vid))
+        except PybuildError as e:
+            try:  # offline with --pull: fall back to what the store has, as docker does
+                if self.opts.pull:
+                    img = imagemod.load(self.store, ref.familiar)
+                    self.progress.warning(f"--pull: {e}; using the local {ref.familiar}")
+                    self.progress.vertex_done(vid)
+                    return img
+            except PybuildError:
+                pass
+            self.progress.vertex_error(vid, str(e))
+            raise DockerfileError(f"failed to resolve base image {ref.familiar}: {e} (import "
+                                  f"it with `pybuild import ROOTFS.tar {ref.familiar}`, or pull "
+                                  f"it from a registry you can reach)", line) from None
+        self.progress.vertex_done(vid)
+        return imagemod.load(self.store, desc.digest)
+
+    def _client(self, vid: str) -> Any:
+        """The user's registry client, reporting transfers on vertex `vid`."""
+        from pybuild.registry import RegistryClient
+
+        client = self.opts.registry or RegistryClient()
+        client.progress = lambda label, cur, total: self.progress.transfer(vid, label, cur, total)
+        return client
 
     # ----- dispatch ----------------------------------------------------------------
     def _dispatch(self, s: StageState, i: Any) -> None:
@@ -508,15 +546,15 @@ class Solver:
                                           str(self.opts.dockerfile.resolve()), s.stage.index,
                                           s.step]).encode()).hexdigest()
         created_by = created_by or display
-        rec = None if self._skip_cache(s) else self.cache.lookup(key)
+        self.progress.vertex_started(vid, name)
+        rec = None if self._skip_cache(s) else self._lookup(key, vid)
         if rec is not None:
-            self.progress.vertex_started(vid, name)
             self.progress.vertex_cached(vid)
             self.cache.hit(key)
             self.steps_cached += 1
+            s.records.append(rec)
             self._append_layer(s, rec.layer, rec.diff_id, created_by, key)
             return
-        self.progress.vertex_started(vid, name)
         if self.opts.explain:
             self.progress.explain(vid, explain(self.cache.previous(slot), parent, inputs))
         try:
@@ -534,7 +572,9 @@ class Solver:
             raise DockerfileError(str(err), raw.line) from None
         now = time.time()
         chain_id = chain_ids(s.diff_ids + [diff_id])[-1]
-        self.cache.put(Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now))
+        rec = Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now)
+        self.cache.put(rec)
+        s.records.append(rec)
         self.progress.vertex_done(vid)
         self.steps_run += 1
         self._append_layer(s, desc, diff_id, created_by, key)
@@ -545,6 +585,19 @@ class Solver:
         s.diff_ids.append(diff_id)
         s.key = key
         s.history.append({"created": self._now, "created_by": created_by, "comment": hist.COMMENT})
+
+    def _lookup(self, key: str, vid: str) -> Record | None:
+        """A local record, or one offered by --cache-from (its layer fetched now)."""
+        rec = self.cache.lookup(key)
+        if rec is not None or key not in self.remote:
+            return rec
+        spec, remote = self.remote[key]
+        remote_cache.fetch_layer(self.store, spec, remote, self._client(vid))
+        now = time.time()
+        rec = Record(remote.key, remote.parent, "", remote.description, remote.layer,
+                     remote.diff_id, remote.chain_id, remote.inputs, now, now)
+        self.cache.put(rec)
+        return rec
 
     def _skip_cache(self, s: StageState) -> bool:
         if self.opts.no_cache:
@@ -609,6 +662,13 @@ class Solver:
             sizes.append((d.size, h.get("created_by", "")))
         result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
                              self.steps_run, self.steps_cached, sizes)
+        for spec in self.opts.cache_to:
+            vid = self._vertex()
+            self.progress.vertex_started(vid, f"exporting cache to {spec.ref} (mode={spec.mode})")
+            records = s.records if spec.mode == "min" else [
+                r for st in self.states.values() for r in st.records]
+            remote_cache.export(self.store, spec, records, self._client(vid))
+            self.progress.vertex_done(vid)
         return result
 
     # ----- helpers -------------------------------------------------------------------

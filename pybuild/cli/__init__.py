@@ -15,11 +15,11 @@ import traceback
 from typing import Any
 
 from pybuild import __version__
-from pybuild.cli import build, images
+from pybuild.cli import build, images, registry
 from pybuild.cli.common import DEFAULT_ROOT
 from pybuild.errors import DockerfileError, PybuildError
 
-MODULES = [build, images]
+MODULES = [build, images, registry]
 
 
 def build_parser() -> argparse.ArgumentParser:

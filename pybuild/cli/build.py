@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from pybuild.build.remote_cache import parse_cache_spec
 from pybuild.cli.common import key_values, open_store
+from pybuild.cli.registry import add_tls_flags, client_from_args
 from pybuild.errors import NeedsRootError, PybuildError
 
 
@@ -45,7 +48,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         target=args.target, no_cache=args.no_cache, no_cache_filter=list(args.no_cache_filter or []),
         network=args.network, secrets={s.id: s for s in map(parse_secret_flag, args.secret or [])},
         labels=key_values(args.label, "--label"), compression=args.compression,
-        source_date_epoch=epoch, explain=args.explain)
+        source_date_epoch=epoch, explain=args.explain, pull=args.pull,
+        cache_from=[parse_cache_spec(v, "--cache-from") for v in args.cache_from or []],
+        cache_to=[parse_cache_spec(v, "--cache-to") for v in args.cache_to or []],
+        registry=client_from_args(args))
+    if args.push and not opts.tags:
+        raise PybuildError("--push needs at least one -t NAME to push to")
     if args.check:
         plan = _check(opts)
         print(stages.describe(plan))
@@ -72,6 +80,13 @@ def cmd_build(args: argparse.Namespace) -> int:
             "image.name": ",".join(result.tags),
             "steps_run": result.steps_run, "steps_cached": result.steps_cached,
             "duration_seconds": round(time.monotonic() - start, 3)}, indent=2) + "\n")
+    if args.push:
+        from pybuild import registry
+
+        store = open_store(args)
+        for tag in result.tags:
+            digest = registry.push(store, tag, tag, client=client_from_args(args))
+            print(f"pushed {tag}: {digest}", file=sys.stderr)
     progress.result_line(result.image_id)
     return 0
 
@@ -121,5 +136,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="say why each rebuilt step missed the cache (always on with --progress=plain)")
     b.add_argument("--check", action="store_true",
                    help="parse and plan only: print stages and steps, build nothing")
+    b.add_argument("--pull", action="store_true",
+                   help="always look for a newer base image in its registry")
+    b.add_argument("--push", action="store_true", help="push every -t name after the build")
+    b.add_argument("--cache-from", action="append", metavar="type=registry,ref=REF",
+                   help="use build cache exported to a registry (repeatable)")
+    b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
+                   help="export the build cache to a registry (mode=max: every stage)")
+    add_tls_flags(b)
     b.set_defaults(func=cmd_build)
 

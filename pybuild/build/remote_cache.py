@@ -1,0 +1,99 @@
+"""Share the build cache through a registry: `--cache-to` / `--cache-from type=registry`.
+
+The cache travels as one OCI manifest: its config blob (media type
+`application/vnd.pybuild.cache.config.v1+json`) lists the cache records, and its layers
+are the records' layer blobs. Importing reads only the config; a layer is downloaded the
+first time a step hits its record. The format is documented in docs/cache.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pybuild.build.cache import Record
+from pybuild.errors import PybuildError
+from pybuild.store import Descriptor, Store
+
+CONFIG_MEDIA_TYPE = "application/vnd.pybuild.cache.config.v1+json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A parsed `--cache-to`/`--cache-from` value: `type=registry,ref=R[,mode=min|max]`."""
+
+    ref: str
+    mode: str = "min"
+
+
+def parse_cache_spec(value: str, flag: str) -> CacheSpec:
+    fields: dict[str, str] = {}
+    for part in value.split(","):
+        k, sep, v = part.partition("=")
+        if not sep:
+            # docker accepts a bare reference as type=registry,ref=<it>
+            fields.setdefault("ref", part.strip())
+            continue
+        fields[k.strip().lower()] = v.strip()
+    kind = fields.get("type", "registry")
+    if kind != "registry":
+        raise PybuildError(f"{flag}: unsupported cache type {kind!r} (only type=registry)")
+    if not fields.get("ref"):
+        raise PybuildError(f"{flag}: ref= is required (type=registry,ref=HOST/REPO:TAG)")
+    mode = fields.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise PybuildError(f"{flag}: mode must be min or max, not {mode!r}")
+    return CacheSpec(fields["ref"], mode)
+
+
+def export(store: Store, spec: CacheSpec, records: list[Record], client: Any) -> str:
+    """Push `records` and their layers to `spec.ref`; returns the manifest digest."""
+    from pybuild import registry
+
+    seen: dict[str, Record] = {}
+    for r in records:
+        seen.setdefault(r.key, r)
+    doc = {"version": FORMAT_VERSION, "records": [_to_json(r) for r in seen.values()]}
+    config = store.put_json(doc, CONFIG_MEDIA_TYPE)
+    layers = list({r.layer.digest: r.layer for r in seen.values()}.values())
+    return registry.push_artifact(store, spec.ref, config, layers, client=client)
+
+
+def load(store: Store, spec: CacheSpec, client: Any) -> dict[str, Record]:
+    """Records offered by `spec.ref` (empty if nothing was exported there yet)."""
+    from pybuild import registry
+
+    found = registry.fetch_artifact(store, spec.ref, client=client)
+    if found is None:
+        return {}
+    doc, _layers = found
+    if doc.get("version") != FORMAT_VERSION or not isinstance(doc.get("records"), list):
+        raise PybuildError(f"--cache-from {spec.ref}: not a pybuild cache (format "
+                           f"{doc.get('version')!r})")
+    out = {}
+    for item in doc["records"]:
+        try:
+            rec = _from_json(item)
+        except (KeyError, TypeError, PybuildError) as e:
+            raise PybuildError(f"--cache-from {spec.ref}: malformed record: {e}") from None
+        out[rec.key] = rec
+    return out
+
+
+def fetch_layer(store: Store, spec: CacheSpec, rec: Record, client: Any) -> None:
+    from pybuild import registry
+
+    registry.fetch_blobs(store, spec.ref, [rec.layer], client=client)
+
+
+def _to_json(r: Record) -> dict[str, Any]:
+    return {"key": r.key, "parent": r.parent, "description": r.description,
+            "layer": r.layer.to_dict(), "diff_id": r.diff_id, "chain_id": r.chain_id,
+            "inputs": r.inputs, "created": r.created}
+
+
+def _from_json(d: dict[str, Any]) -> Record:
+    return Record(d["key"], d["parent"], "", d["description"], Descriptor.from_dict(d["layer"]),
+                  d["diff_id"], d["chain_id"], d["inputs"], float(d["created"]),
+                  float(d["created"]))
