@@ -196,7 +196,7 @@ class Snapshotter:
             shutil.rmtree(tmp, ignore_errors=True)
         return n
 
-    def prune(self, keep: set[str]) -> int:
+    def prune(self, keep: set[str], *, dry_run: bool = False) -> int:
         """Remove snapshots whose chain id is not in `keep`; returns bytes freed (approx.)."""
         freed = 0
         for d in self.dir.iterdir():
@@ -204,7 +204,8 @@ class Snapshotter:
                 continue
             if f"sha256:{d.name}" not in keep:
                 freed += _du(d)
-                shutil.rmtree(d, ignore_errors=True)
+                if not dry_run:
+                    shutil.rmtree(d, ignore_errors=True)
         return freed
 
 

@@ -231,6 +231,7 @@ class Store:
         try:
             for d in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
                 d.mkdir(parents=True, exist_ok=True)
+            (self.root / "gc.lock").touch(exist_ok=True)
             layout = self.root / "oci-layout"
             if not layout.exists():
                 _atomic_write(layout, canonical_json({"imageLayoutVersion": "1.0.0"}), self.tmp_dir)
@@ -385,6 +386,17 @@ class Store:
                 if self._lock_depth == 0 and self._lock_fd is not None:
                     os.close(self._lock_fd)  # closing the last fd releases the flock
                     self._lock_fd = None
+
+    @contextlib.contextmanager
+    def gc_lock(self, *, shared: bool) -> Iterator[None]:
+        """Builds hold it shared while they write blobs no tag or record names yet;
+        garbage collection holds it exclusive, so it never deletes a build's fresh blobs."""
+        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     @property
     def db(self) -> sqlite3.Connection:

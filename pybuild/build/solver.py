@@ -139,6 +139,7 @@ class Solver:
         df = parse(self.text)
         self.stage_count = sum(1 for n in df.nodes if n.name == "from")
         self.lex = ShellLex(df.escape)
+        self.display_lex = ShellLex(df.escape, raw_quotes=True, skip_unset_env=True)
         plan = stages.plan(df, self.opts.build_args, self.opts.target)
         self.plan = plan
         self.ctx = BuildContext(self.opts.context, self.opts.dockerfile)
@@ -152,6 +153,10 @@ class Solver:
 
     def build(self, store: Store) -> BuildResult:
         """Build the target; call after load(), which touches nothing on disk."""
+        with store.gc_lock(shared=True):
+            return self._build(store)
+
+    def _build(self, store: Store) -> BuildResult:
         plan = self.plan
         self.store = store
         self.images: dict[str, Any] = {}
@@ -420,7 +425,7 @@ class Solver:
                 uid, gid, _ = resolve_user(active.rootfs, user)
             _mkdir_p(active.rootfs, path, uid, gid)
 
-        self._fs_step(s, e, f"WORKDIR {path}", inputs, do)
+        self._fs_step(s, e, self._display(s, e), inputs, do, created_by=f"WORKDIR {path}")
 
     def _run(self, s: StageState, raw: Any) -> None:
         env_map = s.env_map()
@@ -450,8 +455,7 @@ class Solver:
                   "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "",
                   "network": network, "mounts": [cache_key_of(m) for m in mounts],
                   "security": raw.security or ""}
-        display = "RUN " + (json.dumps(argv) if raw.exec_form else
-                            _display_expand(self.lex, raw.command, s.args))
+        display = self._display(s, raw)
         created_by = hist.run([(k, v) for k, v in visible], argv)
 
         def do(active: Any) -> None:
@@ -502,8 +506,7 @@ class Solver:
             inputs["sources"] = local
             inputs["files"] = self.ctx.manifest(paths)
         word = "ADD" if is_add else "COPY"
-        display = f"{word} " + " ".join(
-            ([f"--from={e.from_}"] if e.from_ else []) + list(raw.sources) + [raw.dest])
+        display = self._display(s, raw)
         created_by = f"{word} {' '.join(list(raw.sources) + [raw.dest])} # buildkit"
 
         def do(active: Any) -> None:
@@ -684,6 +687,13 @@ class Solver:
             prefix = (st.name or f"stage-{st.index}") + " "
         return f"[{prefix}{n}/{total}] {text}"
 
+    def _display(self, s: StageState, raw: Any) -> str:
+        """A step's name as BuildKit shows it: the original text, variables it knows filled in."""
+        try:
+            return self.display_lex.expand(raw.original, s.env_map())
+        except DockerfileError:
+            return raw.original
+
     def _excerpt(self, raw: Any) -> SourceExcerpt:
         return SourceExcerpt(self.opts.dockerfile_name, self.text.splitlines(),
                              raw.line, getattr(raw, "end_line", raw.line))
@@ -751,17 +761,6 @@ def _with_heredocs(command: str, heredocs: list[Any]) -> str:
         content = h.content if h.content.endswith("\n") or not h.content else h.content + "\n"
         body += "\n" + content + h.name
     return body
-
-
-def _display_expand(lex: ShellLex, command: str, args: dict[str, str]) -> str:
-    """BuildKit shows RUN with build args substituted (not ENV): best effort, never fails."""
-    try:
-        out = command
-        for k, v in args.items():
-            out = out.replace("${" + k + "}", v).replace("$" + k, v)
-        return out
-    except Exception:  # display only
-        return command
 
 
 def _port(p: str, line: int) -> str:

@@ -20,9 +20,6 @@ from pybuild.errors import PybuildError
 from pybuild.snapshot import Snapshotter, chain_ids
 from pybuild.store import Store
 
-# A build in another process may have written blobs it has not tagged yet: spare fresh ones.
-GC_MIN_AGE = 300.0
-
 
 @dataclass
 class CacheMount:
@@ -143,7 +140,7 @@ def prune(store: Store, *, all: bool = False, until: float | None = None,
     cache = Cache(store)
     now = time.time()
     report = PruneReport()
-    with store.lock():
+    with store.gc_lock(shared=False), store.lock():
         users, tagged_chains = tagged_layers(store)
         records = sorted(cache.all(), key=lambda r: r.last_used)
         candidates = [r for r in records if "regular" in types
@@ -172,18 +169,18 @@ def prune(store: Store, *, all: bool = False, until: float | None = None,
         report.mounts = mounts
         removed = {r.key for r in candidates}
         remaining = [r for r in records if r.key not in removed]
+        # A dropped snapshot is only a cache of its blob: Snapshotter.ensure re-extracts it.
+        keep_chains = tagged_chains | {r.chain_id for r in remaining}
         if dry_run:
-            keep = {r.layer.digest for r in remaining}
-            live = store.reachable(keep)
+            live = store.reachable({r.layer.digest for r in remaining})
             report.blobs_freed = sum(store.blob_path(d).stat().st_size
                                      for d in store.iter_blobs() if d not in live)
+            report.snapshots_freed = Snapshotter(store).prune(keep_chains, dry_run=True)
             report.mounts_freed = sum(m.size for m in mounts)
             return report
         cache.remove(sorted(removed))
-        result = store.gc(keep={r.layer.digest for r in remaining}, min_age=GC_MIN_AGE)
+        result = store.gc(keep={r.layer.digest for r in remaining})
         report.blobs_freed = result.bytes_freed
-        # A dropped snapshot is only a cache of its blob: Snapshotter.ensure re-extracts it.
-        keep_chains = tagged_chains | {r.chain_id for r in remaining}
         report.snapshots_freed = Snapshotter(store).prune(keep_chains)
         for m in mounts:
             report.mounts_freed += m.size

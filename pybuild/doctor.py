@@ -1,0 +1,296 @@
+"""`pybuild doctor`: find (and with repair, fix) what a crash or a bad disk left in a store.
+
+The store is built so that a SIGKILL never leaves a half-written blob or tag behind, but it
+can leave work in progress: mounted overlays, runc containers whose pybuild died, snapshot
+extractions never renamed into place, cache-mount directories never completed. A disk or a
+hand can also corrupt a blob. Doctor looks at every one of these. Repair only ever deletes
+what is provably broken or abandoned: a blob is removed only when its bytes do not hash to
+its name, so a valid blob a tag needs is never touched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pybuild import runtime
+from pybuild.build.cache import Cache
+from pybuild.errors import PybuildError
+from pybuild.snapshot import Snapshotter
+from pybuild.store import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Store
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")  # cache-mounts/<sha256(id)[:32]>
+_CHUNK = 1 << 20
+# A cache-mount scratch directory of a build that is still running but between mounts
+# is never this old; older ones are abandoned even if some other build is live.
+_ORPHAN_AGE = 3600.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the store; `kind` groups them for the summary and for tests."""
+
+    kind: str  # corrupt-blob, broken-tag, corrupt-index, dangling-record, incomplete-snapshot,
+    #            snapshot-leftover, stale-mount, stale-container, orphaned-cache-mount
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.subject}: {self.detail}"
+
+
+@dataclass
+class Report:
+    """What a check found and, after a repair, what was done about it."""
+
+    problems: list[Problem] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    remaining: list[Problem] = field(default_factory=list)
+    blobs_checked: int = 0
+
+    def of_kind(self, kind: str) -> list[Problem]:
+        return [p for p in self.problems if p.kind == kind]
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _corrupt_blobs(store: Store, report: Report) -> set[str]:
+    corrupt: set[str] = set()
+    for digest in sorted(store.iter_blobs()):
+        report.blobs_checked += 1
+        try:
+            actual = _hash_file(store.blob_path(digest))
+        except FileNotFoundError:
+            continue  # removed by a concurrent gc while we looked
+        except OSError as e:
+            actual = f"unreadable ({e.strerror})"
+        if actual != digest:
+            corrupt.add(digest)
+            report.problems.append(Problem("corrupt-blob", digest, f"content hashes to {actual}"))
+    return corrupt
+
+
+def _children(store: Store, desc: Descriptor) -> tuple[list[Descriptor], str | None]:
+    """Descriptors an index or manifest refers to, or an explanation why it is unusable."""
+    if desc.media_type not in INDEX_TYPES | MANIFEST_TYPES:
+        return [], None
+    try:
+        obj = json.loads(store.read_bytes(desc.digest))
+    except (ValueError, UnicodeDecodeError):
+        return [], f"{desc.digest} is not valid JSON"
+    if not isinstance(obj, dict):
+        return [], f"{desc.digest} is not a JSON object"
+    raw: list[object] = []
+    if desc.media_type in INDEX_TYPES:
+        raw = list(obj.get("manifests") or [])
+    else:
+        if not isinstance(obj.get("config"), dict):
+            return [], f"manifest {desc.digest} has no config"
+        raw = [obj["config"], *list(obj.get("layers") or [])]
+    out: list[Descriptor] = []
+    for d in raw:
+        try:
+            out.append(Descriptor.from_dict(d))  # type: ignore[arg-type]
+        except PybuildError as e:
+            return [], f"{desc.digest}: {e}"
+    return out, None
+
+
+def _tag_problem(store: Store, desc: Descriptor, corrupt: set[str]) -> tuple[str | None, set[str]]:
+    """Why a tag does not resolve (None if it does) and every digest it needs."""
+    todo = [desc]
+    needed: set[str] = set()
+    problem: str | None = None
+    while todo:
+        d = todo.pop()
+        if d.digest in needed:
+            continue
+        needed.add(d.digest)
+        if d.digest in corrupt:
+            problem = problem or f"needs corrupt blob {d.digest}"
+            continue
+        if not store.has_blob(d.digest):
+            problem = problem or f"blob {d.digest} ({d.media_type}) is missing"
+            continue
+        kids, why = _children(store, d)
+        if why:
+            problem = problem or why
+        todo += kids
+    return problem, needed
+
+
+def _lock_held(path: Path) -> bool:
+    """True if a live process holds an flock on `path` (how pybuild marks work in progress)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _stale_mounts(store: Store) -> tuple[list[Path], bool]:
+    """Mount directories of dead builds, and whether a live build holds one right now."""
+    mounts = store.root / "mounts"
+    stale: list[Path] = []
+    live = False
+    for d in sorted(mounts.iterdir()) if mounts.is_dir() else []:
+        if _lock_held(d / "lock"):
+            live = True
+        else:
+            stale.append(d)
+    return stale, live
+
+
+def _bundle_root(bundle: Path) -> str:
+    try:
+        return str(json.loads((bundle / "config.json").read_text())["root"]["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _stale_containers(store: Store) -> list[str]:
+    """runc containers and bundles whose pybuild process died while running on this store."""
+    if os.geteuid() != 0 or not runtime.BUNDLES_DIR.is_dir():
+        return []
+    prefix = str(store.root) + os.sep
+    out = []
+    for bundle in sorted(runtime.BUNDLES_DIR.iterdir()):
+        name = bundle.name.removeprefix(".tmp-")
+        if not name.startswith(runtime.ID_PREFIX) or not (bundle / "owner").exists():
+            continue
+        if runtime._is_stale(bundle.name) and _bundle_root(bundle).startswith(prefix):
+            out.append(bundle.name)
+    return out
+
+
+def _snapshot_problems(store: Store) -> list[Problem]:
+    out = []
+    for d in sorted(store.snapshots_dir.iterdir()):
+        if d.name == "empty":
+            continue
+        if d.name.startswith("tmp-"):
+            out.append(Problem("snapshot-leftover", d.name, "unfinished extraction or commit"))
+        elif not _HEX64.match(d.name) or not (d / "done").is_file() or not (d / "fs").is_dir():
+            out.append(Problem("incomplete-snapshot", d.name, "no done marker or no fs directory"))
+    return out
+
+
+def _orphaned_cache_mounts(store: Store, live_build: bool) -> list[Path]:
+    """cache-mounts entries that are not a complete `<hash>/{id,data}` and nobody uses.
+
+    Scratch directories (tempfile names) exist only while a RUN holds a mount, so they are
+    orphaned when no build of this store is live, or when they are very old.
+    """
+    root = store.root / "cache-mounts"
+    out = []
+    now = time.time()
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if _HEX32.match(d.name) and (d / "data").is_dir():
+            continue
+        try:
+            age = now - d.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        if not live_build or age > _ORPHAN_AGE:
+            out.append(d)
+    return out
+
+
+def check(store: Store) -> Report:
+    """Look at everything; change nothing (Store() itself drops dead temp blobs on open)."""
+    report = Report()
+    _inspect(store, report)
+    report.remaining = list(report.problems)
+    return report
+
+
+def _inspect(store: Store, report: Report) -> tuple[set[str], dict[str, set[str]]]:
+    """Fill `report` with problems; return the corrupt digests and what each tag needs."""
+    corrupt = _corrupt_blobs(store, report)
+    needs: dict[str, set[str]] = {}
+    try:
+        tags = store.list_tags()
+    except PybuildError as e:
+        report.problems.append(Problem("corrupt-index", "index.json", str(e)))
+        tags = {}
+    for name, desc in sorted(tags.items()):
+        why, needed = _tag_problem(store, desc, corrupt)
+        needs[name] = needed
+        if why:
+            report.problems.append(Problem("broken-tag", name, why))
+    for rec in Cache(store).all():
+        if rec.layer.digest in corrupt:
+            report.problems.append(Problem("dangling-record", rec.key, f"layer {rec.layer.digest} is corrupt"))
+        elif not store.has_blob(rec.layer.digest):
+            report.problems.append(Problem("dangling-record", rec.key, f"layer {rec.layer.digest} is missing"))
+    report.problems += _snapshot_problems(store)
+    stale, live = _stale_mounts(store)
+    for d in stale:
+        report.problems.append(Problem("stale-mount", str(d), "left by a pybuild process that is gone"))
+    for cid in _stale_containers(store):
+        report.problems.append(Problem("stale-container", cid, "its pybuild process is gone"))
+    for d in _orphaned_cache_mounts(store, live):
+        report.problems.append(Problem("orphaned-cache-mount", str(d), "not a complete cache mount"))
+    return corrupt, needs
+
+
+def repair(store: Store) -> Report:
+    """Fix what check() finds; `remaining` lists what a second check still sees."""
+    report = Report()
+    with store.lock():
+        corrupt, needs = _inspect(store, report)
+        _repair_locked(store, report, corrupt, needs)
+    after = check(store)
+    report.remaining = after.problems
+    return report
+
+
+def _repair_locked(store: Store, report: Report, corrupt: set[str],
+                   needs: dict[str, set[str]]) -> None:
+    for p in report.problems:
+        if p.kind == "broken-tag":
+            store.remove_tag(p.subject)
+            report.actions.append(f"removed tag {p.subject} ({p.detail})")
+    for digest in sorted(corrupt):
+        users = sorted(n for n, need in needs.items() if digest in need)
+        store.blob_path(digest).unlink(missing_ok=True)
+        report.actions.append(f"removed corrupt blob {digest}"
+                              + (f" (needed by {', '.join(users)})" if users else ""))
+    dangling = [p.subject for p in report.problems if p.kind == "dangling-record"]
+    if dangling:
+        Cache(store).remove(dangling)
+        report.actions += [f"removed cache record {k}" for k in dangling]
+    if any(p.kind in ("stale-container",) for p in report.problems):
+        runtime.cleanup_stale()
+        report.actions.append("deleted stale runc containers and bundles")
+    snaps = Snapshotter(store)
+    if any(p.kind in ("stale-mount", "snapshot-leftover") for p in report.problems):
+        n = snaps.cleanup_stale()
+        report.actions.append(f"unmounted and removed {n} stale mount(s) and unfinished snapshots")
+    for p in report.problems:
+        if p.kind == "incomplete-snapshot":
+            shutil.rmtree(store.snapshots_dir / p.subject, ignore_errors=True)
+            report.actions.append(f"removed incomplete snapshot {p.subject}")
+        elif p.kind == "orphaned-cache-mount":
+            shutil.rmtree(p.subject, ignore_errors=True)
+            report.actions.append(f"removed orphaned cache mount {p.subject}")
