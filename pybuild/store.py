@@ -231,7 +231,7 @@ class Store:
         try:
             for d in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            (self.root / "gc.lock").touch(exist_ok=True)
+            os.close(os.open(self.root / "gc.lock", os.O_CREAT | os.O_RDONLY, 0o644))
             layout = self.root / "oci-layout"
             if not layout.exists():
                 _atomic_write(layout, canonical_json({"imageLayoutVersion": "1.0.0"}), self.tmp_dir)
