@@ -144,13 +144,20 @@ def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:
         old, new = prev.inputs.get(name), inputs.get(name)
         if old == new:
             continue
+        label = _LABELS.get(name, name)
         if isinstance(old, dict) and isinstance(new, dict):
             for k in sorted(set(old) | set(new)):
                 if old.get(k) != new.get(k):
-                    reasons.append(f"{name} {k} changed ({_val(old.get(k))} → {_val(new.get(k))})")
+                    reasons.append(f"{label} {k} changed ({_val(old.get(k))} → {_val(new.get(k))})")
         else:
-            reasons.append(f"{name} changed ({_val(old)} → {_val(new)})")
+            reasons.append(f"{label} changed ({_val(old)} → {_val(new)})")
     return "; ".join(reasons) if reasons else "cache record missing (pruned)"
+
+
+_LABELS = {"argv": "command", "args": "build arg", "env": "env", "cwd": "working dir",
+           "user": "user", "network": "network", "mounts": "mounts", "dest": "destination",
+           "chown": "--chown", "chmod": "--chmod", "sources": "sources", "from": "source",
+           "path": "path", "exclude": "--exclude", "heredocs": "heredoc"}
 
 
 def _files_changed(old: dict[str, str], new: dict[str, str]) -> str:
@@ -178,7 +185,7 @@ def _files_changed(old: dict[str, str], new: dict[str, str]) -> str:
             shown = ", ".join(items[:3])
             more = f" and {len(items) - 3} more" if len(items) > 3 else ""
             parts.append(f"{label} {shown}{more}")
-    return "files " + "; ".join(parts)
+    return "files " + "; ".join(parts)  # e.g. "files changed app/views.py (content); added x"
 
 
 def _short(digest: Any) -> str:

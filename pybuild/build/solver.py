@@ -451,7 +451,9 @@ class Solver:
         if network not in ("host", "none"):
             raise DockerfileError(f"unsupported network mode {network!r} (host or none)", raw.line)
         mounts = [m.expand(self.lex, env_map) if hasattr(m, "expand") else m for m in raw.mounts]
-        inputs = {"op": "run", "argv": argv, "env": sorted(run_env),
+        inputs = {"op": "run", "argv": argv,
+                  "env": dict(x.partition("=")[::2] for x in cfg.get("Env") or []),
+                  "args": {k: v for k, v in visible if k not in env_names},
                   "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "",
                   "network": network, "mounts": [cache_key_of(m) for m in mounts],
                   "security": raw.security or ""}
