@@ -595,6 +595,7 @@ def _pump(proc: subprocess.Popen[bytes], pid_file: Path, stdout: BinaryIO, stder
     """
     assert proc.stdout is not None and proc.stderr is not None
     outs = {proc.stdout.fileno(): stdout, proc.stderr.fileno(): stderr}
+    pipes = {proc.stdout.fileno(): proc.stdout, proc.stderr.fileno(): proc.stderr}
     held: list[tuple[BinaryIO, bytes]] = []
     started = False
     poller = select.poll()
@@ -611,13 +612,14 @@ def _pump(proc: subprocess.Popen[bytes], pid_file: Path, stdout: BinaryIO, stder
                 held.clear()
             for fd, _ev in events:
                 chunk = os.read(fd, _READ_SIZE)
-                if not chunk:
+                if chunk and not started:
+                    held.append((outs[fd], chunk))
+                elif not chunk or not _emit(outs[fd], logf, chunk):
+                    # A closed reader (`pybuild run img yes | head -1`) closes the
+                    # container's pipe too: its next write fails as it would without us.
                     poller.unregister(fd)
                     del outs[fd]
-                elif started:
-                    _emit(outs[fd], logf, chunk)
-                else:
-                    held.append((outs[fd], chunk))
+                    pipes[fd].close()
         if not started and proc.wait() == 0:
             started = True
         if started:
@@ -626,14 +628,16 @@ def _pump(proc: subprocess.Popen[bytes], pid_file: Path, stdout: BinaryIO, stder
     return started
 
 
-def _emit(dest: BinaryIO, logf: BinaryIO, data: bytes) -> None:
+def _emit(dest: BinaryIO, logf: BinaryIO, data: bytes) -> bool:
+    """Write to the log and to our stream; False once our stream's reader is gone."""
     logf.write(data)
     logf.flush()
     try:
         dest.write(data)
         dest.flush()
     except BrokenPipeError:
-        pass  # our reader went away; the container keeps running and logging
+        return False
+    return True
 
 
 def _mark_running(store: Store, cid: str, pid: int | None, owner: list[str] | None) -> None:

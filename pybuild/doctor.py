@@ -16,11 +16,13 @@ import json
 import os
 import re
 import shutil
+import stat
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pybuild import runtime
+from pybuild import layer, runtime
 from pybuild.build.cache import Cache
 from pybuild.errors import PybuildError
 from pybuild.snapshot import Snapshotter
@@ -183,15 +185,74 @@ def _stale_containers(store: Store) -> list[str]:
     return out
 
 
-def _snapshot_problems(store: Store) -> list[Problem]:
+def _expected_type(member: tarfile.TarInfo) -> tuple[str, int | None]:
+    """Where a layer entry lands in an overlay-form snapshot and the file type it has there."""
+    name = os.path.normpath(member.name.lstrip("/"))
+    base = os.path.basename(name)
+    if base == layer.WH_OPAQUE:
+        return os.path.dirname(name), stat.S_IFDIR
+    if base.startswith(layer.WH_PREFIX):
+        return os.path.join(os.path.dirname(name), base[len(layer.WH_PREFIX):]), stat.S_IFCHR
+    if member.isdir():
+        return name, stat.S_IFDIR
+    if member.issym():
+        return name, stat.S_IFLNK
+    if member.isreg() or member.islnk():
+        return name, stat.S_IFREG
+    return name, None
+
+
+def _snapshot_gap(fs: Path, blob: Path) -> str | None:
+    """Why a snapshot does not hold its layer (say, a prune killed mid-delete), else None.
+
+    Only names, types and file sizes are compared: enough to see a partial extraction or
+    deletion, at the cost of one decompression of the layer.
+    """
+    missing = 0
+    first = ""
+    try:
+        with open(blob, "rb") as f, tarfile.open(fileobj=layer.open_decompressed(f), mode="r|") as t:
+            for member in t:
+                rel, kind = _expected_type(member)
+                if rel in (".", "") or rel.startswith("../"):
+                    continue
+                try:
+                    st = os.lstat(fs / rel)
+                except OSError:
+                    st = None
+                size_ok = kind != stat.S_IFREG or not member.isreg() or st is None \
+                    or st.st_size == member.size
+                if st is not None and (kind is None or stat.S_IFMT(st.st_mode) == kind) and size_ok:
+                    continue
+                missing += 1
+                first = first or rel
+    except (OSError, tarfile.TarError, PybuildError) as e:
+        return f"its layer blob cannot be read ({e})"
+    return f"{missing} entries of its layer differ or are missing (first: /{first})" if missing else None
+
+
+def _snapshot_problems(store: Store, corrupt: set[str]) -> list[Problem]:
     out = []
     for d in sorted(store.snapshots_dir.iterdir()):
         if d.name == "empty":
             continue
         if d.name.startswith("tmp-"):
             out.append(Problem("snapshot-leftover", d.name, "unfinished extraction or commit"))
-        elif not _HEX64.match(d.name) or not (d / "done").is_file() or not (d / "fs").is_dir():
+            continue
+        if not _HEX64.match(d.name) or not (d / "done").is_file() or not (d / "fs").is_dir():
             out.append(Problem("incomplete-snapshot", d.name, "no done marker or no fs directory"))
+            continue
+        digest = (d / "done").read_text().strip()
+        try:
+            blob = store.blob_path(digest)
+        except PybuildError:
+            out.append(Problem("incomplete-snapshot", d.name, f"done marker names {digest!r}"))
+            continue
+        if digest in corrupt or not blob.is_file():
+            continue  # nothing to compare with; the snapshot is only a cache of that blob
+        gap = _snapshot_gap(d / "fs", blob)
+        if gap:
+            out.append(Problem("incomplete-snapshot", d.name, gap))
     return out
 
 
@@ -243,7 +304,7 @@ def _inspect(store: Store, report: Report) -> tuple[set[str], dict[str, set[str]
             report.problems.append(Problem("dangling-record", rec.key, f"layer {rec.layer.digest} is corrupt"))
         elif not store.has_blob(rec.layer.digest):
             report.problems.append(Problem("dangling-record", rec.key, f"layer {rec.layer.digest} is missing"))
-    report.problems += _snapshot_problems(store)
+    report.problems += _snapshot_problems(store, corrupt)
     stale, live = _stale_mounts(store)
     for d in stale:
         report.problems.append(Problem("stale-mount", str(d), "left by a pybuild process that is gone"))

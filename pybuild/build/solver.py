@@ -110,6 +110,7 @@ class BuildResult:
     steps_run: int
     steps_cached: int
     layers: list[tuple[int, str]]
+    steps: list[dict[str, Any]] = field(default_factory=list)  # name, cached, seconds
 
 
 class Solver:
@@ -123,6 +124,7 @@ class Solver:
         self.states: dict[int, StageState] = {}
         self.steps_run = 0
         self.steps_cached = 0
+        self.timings: list[dict[str, Any]] = []
         self._vid = 0
         self._now = self._timestamp()
 
@@ -206,6 +208,9 @@ class Solver:
         st = next((s for s in self.plan.stages if s.index == index), None)
         if st is None:
             raise PybuildError(f"stage {index} is not part of the build plan")
+        for dep in sorted(st.deps):  # what COPY --from / RUN --mount from= read: built first
+            if dep != index:
+                self._stage(dep)
         state = self._base(st)
         triggers = []
         for text in state.config.get("OnBuild") or []:
@@ -552,9 +557,12 @@ class Solver:
                                           s.step]).encode()).hexdigest()
         created_by = created_by or display
         self.progress.vertex_started(vid, name)
+        started = time.monotonic()
         rec = None if self._skip_cache(s) else self._lookup(key, vid)
         if rec is not None:
             self.progress.vertex_cached(vid)
+            self.timings.append({"step": name, "cached": True,
+                                 "seconds": round(time.monotonic() - started, 3)})
             self.cache.hit(key)
             self.steps_cached += 1
             s.records.append(rec)
@@ -582,6 +590,8 @@ class Solver:
         s.records.append(rec)
         self.progress.vertex_done(vid)
         self.steps_run += 1
+        self.timings.append({"step": name, "cached": False,
+                             "seconds": round(time.monotonic() - started, 3)})
         self._append_layer(s, desc, diff_id, created_by, key)
 
     def _append_layer(self, s: StageState, desc: Descriptor, diff_id: str, created_by: str,
@@ -666,7 +676,7 @@ class Solver:
         for d, h in zip(s.layers, layer_hist):
             sizes.append((d.size, h.get("created_by", "")))
         result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
-                             self.steps_run, self.steps_cached, sizes)
+                             self.steps_run, self.steps_cached, sizes, self.timings)
         for spec in self.opts.cache_to:
             vid = self._vertex()
             self.progress.vertex_started(vid, f"exporting cache to {spec.ref} (mode={spec.mode})")
@@ -714,7 +724,7 @@ def manifest_config_digest(store: Store, manifest: Descriptor) -> str:
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:
     return BuildSummary(result.image_id, result.tags, sum(s for s, _ in result.layers),
                         result.steps_run, result.steps_cached, duration,
-                        sorted(result.layers, reverse=True)[:5])
+                        result.layers)
 
 
 def _is_fs_step(i: Any) -> bool:

@@ -79,7 +79,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             "containerimage.digest": result.manifest.digest,
             "image.name": ",".join(result.tags),
             "steps_run": result.steps_run, "steps_cached": result.steps_cached,
-            "duration_seconds": round(time.monotonic() - start, 3)}, indent=2) + "\n")
+            "duration_seconds": round(time.monotonic() - start, 3),
+            "steps": result.steps}, indent=2) + "\n")
     if args.push:
         from pybuild import registry
 
