@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Pybuild, overlay_mounts, require_build_tools
-from pybuild import containers
+from pybuild import containers, image, runtime
+from pybuild.snapshot import Snapshotter, chain_ids
+from pybuild.store import Store
 from pybuild.errors import PybuildError
 
 # Runs the real CLI with the container commands registered (the lead adds them to MODULES).
@@ -230,6 +232,35 @@ def test_ctrl_c_is_forwarded(cli: Cli) -> None:
     assert (proc.returncode, out, err) == (5, "caught\n", "")
 
 
+def test_second_sigterm_kills_and_closed_stdout_ends_the_writer(cli: Cli) -> None:
+    # sleep as PID 1 ignores the forwarded SIGTERM; the second one kills the container.
+    proc = subprocess.Popen(cli.argv("run", "--rm", "busybox", "sh", "-c",
+                                     "echo ready; exec sleep 300"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 137
+    pipeline = subprocess.run(" ".join(f"'{a}'" for a in cli.argv("run", "--rm", "busybox", "yes"))
+                              + " | head -n 2", shell=True, capture_output=True, text=True,
+                              timeout=60)
+    assert pipeline.stdout == "y\ny\n"
+    assert cli.container_dirs() == []
+
+
+def test_network_none_has_only_loopback(cli: Cli) -> None:
+    out = cli("run", "--rm", "--network", "none", "busybox", "ip", "-o", "link").stdout
+    assert [line.split(":")[1].strip() for line in out.splitlines()] == ["lo"]
+
+
 # ----------------------------------------------------------------------------- detached
 def test_detached_container_outlives_its_starter(cli: Cli, tmp_path: Path) -> None:
     port = free_port()
@@ -258,6 +289,12 @@ def test_detached_container_outlives_its_starter(cli: Cli, tmp_path: Path) -> No
     assert state["status"] == "running" and state["pid"] > 0 and state["command"][0] == "sh"
     assert os.path.exists(f"/proc/{state['pid']}")
     assert containers.RUNC_ID_PREFIX + cid in runc_ids()
+    # What a build does first must not reap a detached container or its rootfs mount.
+    runtime.cleanup_stale()
+    Snapshotter(Store(cli.root)).cleanup_stale()
+    assert answers() and [m for m in overlay_mounts() if cid in m] != []
+    assert containers.chain_ids_in_use(Store(cli.root)) == set(
+        chain_ids(image.load(Store(cli.root), "busybox").diff_ids))
     res = cli("run", "-d", "--name", "web", "busybox", "true", check=False)
     assert res.returncode == 1
     assert f'container name "/web" is already in use by container "{cid}"' in res.stderr
