@@ -50,6 +50,8 @@ KNOWN_BUGS: dict[str, str] = {
     "entrypoint_shell_only": "ENTRYPOINT never sets ArgsEscaped",
     "onbuild_declared": "ONBUILD adds no history entry",
     "onbuild_trigger": "ONBUILD adds no history entry",
+    "add_archive_chown": "ADD --chown of a local archive creates the missing destination "
+                         "directories owned by the --chown user (members keep their owners)",
     "copy_abs_symlink_source": "symlinks in the context resolve inside the context root "
                                "(/x means CONTEXT/x), they are not refused",
 }
