@@ -10,13 +10,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from conftest import Pybuild, overlay_mounts, require_build_tools
+from conftest import Pybuild, overlay_mounts
 from pybuild import containers, image, runtime
 from pybuild.snapshot import Snapshotter, chain_ids
 from pybuild.store import Store
@@ -85,10 +85,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
