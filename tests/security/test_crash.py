@@ -331,6 +331,13 @@ def test_doctor_stale_container_of_killed_build(fx: Fixture, tmp_path: Path) -> 
         mine = [c.parent for c in bundles.glob("pybuild-*/config.json") if str(root) in c.read_text()]
     proc.kill()
     proc.wait()
+    try:
+        _stale_container_repaired(root, mine)
+    finally:
+        doctor.repair(Store(root))  # never leave a mount behind, even when failing
+
+
+def _stale_container_repaired(root: Path, mine: list[Path]) -> None:
     assert mine, "the RUN never started"
     kinds = sorted(p.kind for p in doctor.check(Store(root)).problems)
     # Any pybuild build on this machine (other test runs) also removes dead builds'
