@@ -1,0 +1,379 @@
+"""The benchmark scenarios: what each builder does before (untimed) and during a timed run.
+
+A scenario maps tool names to cases. A case prepares once (`setup`), tidies before each
+run (`before`: empty the cache for a cold build, edit a file for an edit build), hands the
+runner the one command to time (`command`), and cleans up (`after`, `close`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemons import Unavailable, docker_engine, registry_server, remove_tree
+from rootfs import BUSYBOX, make_busybox_tar, make_random_tar
+from tools import REPO, Buildah, Command, Docker, Pybuild, probe_buildah_isolation, run_logged
+
+BUSYBOX_REF = "localhost/bench-busybox:latest"
+DJANGO_REF = "localhost/debian-python:bookworm"
+DJANGO_EXAMPLE = REPO / "examples" / "django-app"
+DJANGO_BASE_TAR = Path("/var/cache/pybuild-demo/debian-python-bookworm.tar")
+DJANGO_TEMPLATE = Path("notes/templates/notes/index.html")
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+RUN128_FILES = 2000
+# One shell, one `head` per file: 2,000 files of 64 KiB of fresh random bytes (131 MB).
+RUN128_SCRIPT = ("mkdir -p {data} && for i in $(seq %d); do "
+                 "head -c 65536 /dev/urandom > {data}/f$i; done" % RUN128_FILES)
+
+
+class Bench:
+    """What scenarios share in one invocation: a work dir, input tarballs, daemons.
+
+    The Docker engine and the buildah isolation probe are started lazily, once, so a run
+    of pybuild-only scenarios never waits for dockerd.
+    """
+
+    def __init__(self, workdir: Path, stack: contextlib.ExitStack) -> None:
+        self.workdir = workdir
+        self.stack = stack
+        self._busybox: Path | None = None
+        self._random: Path | None = None
+        self._docker_host: str | None = None
+        self._isolation: tuple[str | None] | None = None
+
+    def log(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def subdir(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.workdir))
+
+    def busybox_tar(self) -> Path:
+        if self._busybox is None:
+            if not BUSYBOX.exists():
+                raise Unavailable("/bin/busybox missing (apt-get install busybox-static)")
+            self._busybox = make_busybox_tar(self.workdir / "busybox.tar")
+        return self._busybox
+
+    def random_tar(self) -> Path:
+        if self._random is None:
+            self._random = make_random_tar(self.workdir / "random128.tar")
+        return self._random
+
+    def django_base_tar(self) -> Path:
+        if not DJANGO_BASE_TAR.is_file():
+            raise Unavailable(f"{DJANGO_BASE_TAR} missing: run examples/django-app/"
+                              f"base-image.sh {DJANGO_BASE_TAR}")
+        return DJANGO_BASE_TAR
+
+    def docker(self) -> Docker:
+        if self._docker_host is None:
+            self._docker_host = self.stack.enter_context(docker_engine())
+        return Docker(self._docker_host, self.workdir / "docker-config")
+
+    def buildah_isolation(self) -> str | None:
+        if self._isolation is None:
+            self._isolation = (probe_buildah_isolation(self.busybox_tar(),
+                                                       self.log("buildah-probe")),)
+        return self._isolation[0]
+
+    def buildah_isolation_used(self) -> str | None:
+        """For the record: "default", "chroot", or None when buildah has not run yet."""
+        if self._isolation is None:
+            return None
+        return self._isolation[0] or "default"
+
+
+class Adapter:
+    """One builder's verbs: import a base, build, forget the build cache, clean up."""
+
+    log: Path
+
+    def import_base(self, tarball: Path, name: str) -> None:
+        raise NotImplementedError
+
+    def build(self, context: Path, tag: str, extra: list[str]) -> Command:
+        raise NotImplementedError
+
+    def clear_cache(self, tag: str) -> None:
+        """Make the next build cold: no cache records, no cache mounts, no old result."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release storage; the default keeps nothing to release."""
+
+
+class PybuildAdapter(Adapter):
+    """pybuild on a private store. `fresh_store`: cold means a brand-new --root."""
+
+    def __init__(self, bench: Bench, name: str, fresh_store: bool) -> None:
+        Pybuild.check()
+        self.log = bench.log(name)
+        self.fresh_store = fresh_store
+        self.dir = bench.subdir(f"{name}-")
+        self.generation = 0
+        self.pb = Pybuild(self.dir / "store0")
+        self.bases: list[tuple[Path, str]] = []
+
+    def import_base(self, tarball: Path, name: str) -> None:
+        self.bases.append((tarball, name))
+        run_logged(self.pb.cmd("import", str(tarball), name), self.log)
+
+    def build(self, context: Path, tag: str, extra: list[str]) -> Command:
+        return self.pb.build(context, tag, *extra)
+
+    def clear_cache(self, tag: str) -> None:
+        if self.fresh_store:
+            remove_tree(self.pb.root)
+            self.generation += 1
+            self.pb = Pybuild(self.dir / f"store{self.generation}")
+            for tarball, name in self.bases:
+                run_logged(self.pb.cmd("import", str(tarball), name), self.log)
+        else:
+            run_logged(self.pb.cmd("rmi", tag), self.log, check=False)
+            run_logged(self.pb.cmd("cache", "prune", "--all"), self.log)
+
+    def close(self) -> None:
+        remove_tree(self.dir)
+
+
+class DockerAdapter(Adapter):
+    """`docker build` on the shared engine; cold = image removed + `builder prune -af`."""
+
+    def __init__(self, bench: Bench, name: str) -> None:
+        self.log = bench.log(name)
+        self.docker = bench.docker()
+
+    def import_base(self, tarball: Path, name: str) -> None:
+        run_logged(self.docker.cmd("import", str(tarball), name), self.log)
+
+    def build(self, context: Path, tag: str, extra: list[str]) -> Command:
+        return self.docker.build(context, tag, *extra)
+
+    def clear_cache(self, tag: str) -> None:
+        run_logged(self.docker.cmd("rmi", "-f", tag), self.log, check=False)
+        run_logged(self.docker.cmd("builder", "prune", "-af"), self.log)
+
+
+class BuildahAdapter(Adapter):
+    """`buildah bud --layers` on private storage; cold = no image, intermediates, cache mounts."""
+
+    def __init__(self, bench: Bench, name: str) -> None:
+        isolation = bench.buildah_isolation()
+        self.log = bench.log(name)
+        self.buildah = Buildah(bench.subdir(f"{name}-"), isolation)
+
+    def import_base(self, tarball: Path, name: str) -> None:
+        run_logged(self.buildah.import_(tarball, name), self.log)
+
+    def build(self, context: Path, tag: str, extra: list[str]) -> Command:
+        return self.buildah.build(context, tag, *extra)
+
+    def clear_cache(self, tag: str) -> None:
+        self.buildah.forget(tag, self.log)
+        self.buildah.clear_cache_mounts()
+
+    def close(self) -> None:
+        self.buildah.close()
+
+
+class Case:
+    """One tool in one scenario. Subclasses give `command`; the hooks default to nothing."""
+
+    def setup(self) -> None:
+        """Once, untimed."""
+
+    def before(self, i: int) -> None:
+        """Before run i, untimed."""
+
+    def command(self, i: int) -> Command:
+        raise NotImplementedError
+
+    def after(self, i: int) -> None:
+        """After run i, untimed."""
+
+    def close(self) -> None:
+        """Once at the end."""
+
+
+class BuildCase(Case):
+    """A build of `source` (copied, so edits never touch the repo) in one of three modes.
+
+    cold: cache emptied before every run; warm: built once untimed, then rebuilt with
+    nothing changed; edit: built once, then each run appends a new HTML comment to one
+    template first.
+    """
+
+    def __init__(self, adapter: Adapter, workdir: Path, source: Path | str, base: tuple[Path, str],
+                 mode: str, extra: list[str]) -> None:
+        self.adapter = adapter
+        self.context = workdir / "ctx"
+        self.source = source
+        self.base = base
+        self.mode = mode
+        self.extra = extra
+        self.tag = "bench-image"
+
+    def setup(self) -> None:
+        if isinstance(self.source, Path):
+            shutil.copytree(self.source, self.context,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data",
+                                                          "staticfiles"))
+        else:
+            self.context.mkdir(parents=True)
+            (self.context / "Dockerfile").write_text(self.source)
+        self.adapter.import_base(*self.base)
+        if self.mode != "cold":
+            run_logged(self.command(-1), self.adapter.log)
+
+    def before(self, i: int) -> None:
+        if self.mode == "cold":
+            self.adapter.clear_cache(self.tag)
+        elif self.mode == "edit":
+            with open(self.context / DJANGO_TEMPLATE, "a") as f:
+                f.write(f"<!-- bench edit {i} -->\n")
+
+    def command(self, i: int) -> Command:
+        return self.adapter.build(self.context, self.tag, self.extra)
+
+    def close(self) -> None:
+        self.adapter.close()
+
+
+class HostScriptCase(Case):
+    """The run128 script straight on the host (busybox sh, no builder): the floor."""
+
+    def __init__(self, bench: Bench) -> None:
+        if not BUSYBOX.exists():
+            raise Unavailable("/bin/busybox missing")
+        self.dir = bench.subdir("host-")
+
+    def before(self, i: int) -> None:
+        shutil.rmtree(self.dir / "data", ignore_errors=True)
+
+    def command(self, i: int) -> Command:
+        return Command([str(BUSYBOX), "sh", "-c", RUN128_SCRIPT.format(data=self.dir / "data")])
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PushCase(Case):
+    """Push the 131 MB (2,000 x 64 KiB) one-layer image from a pybuild store.
+
+    Each run gets a fresh, empty registry, so every byte is uploaded every time.
+    """
+
+    def __init__(self, bench: Bench, tool: str) -> None:
+        Pybuild.check()
+        self.bench = bench
+        self.tool = tool
+        self.log = bench.log(f"push128-{tool}")
+        self.dir = bench.subdir(f"push-{tool}-")
+        self.pb = Pybuild(self.dir / "store")
+        self.registry: contextlib.ExitStack | None = None
+        self.addr = ""
+
+    def setup(self) -> None:
+        if self.tool == "skopeo" and shutil.which("skopeo") is None:
+            raise Unavailable("skopeo not installed")
+        run_logged(self.pb.cmd("import", str(self.bench.random_tar()), "push128"), self.log)
+
+    def before(self, i: int) -> None:
+        self.registry = contextlib.ExitStack()
+        self.addr = self.registry.enter_context(registry_server())
+
+    def command(self, i: int) -> Command:
+        dest = f"{self.addr}/x:1"
+        if self.tool == "pybuild":
+            return self.pb.cmd("push", "push128", dest)
+        return Command(["skopeo", "copy", "--dest-tls-verify=false",
+                        f"oci:{self.pb.root}:push128:latest", f"docker://{dest}"])
+
+    def after(self, i: int) -> None:
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
+
+    def close(self) -> None:
+        self.after(-1)
+        remove_tree(self.dir)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named benchmark: its tools (the first is pybuild) and what one number means."""
+
+    name: str
+    what: str
+    cases: dict[str, Callable[[Bench], Case]]
+
+    @property
+    def tools(self) -> list[str]:
+        return list(self.cases)
+
+
+RUN128_DOCKERFILE = f"FROM {BUSYBOX_REF}\nRUN {RUN128_SCRIPT.format(data='/data')}\n"
+
+
+def _run128(tool: str) -> Callable[[Bench], Case]:
+    def make(bench: Bench) -> Case:
+        name = f"run128-{tool}"
+        adapter: Adapter
+        extra: list[str] = []
+        if tool == "pybuild":
+            adapter = PybuildAdapter(bench, name, fresh_store=True)
+        elif tool == "docker":
+            adapter, extra = DockerAdapter(bench, name), ["--no-cache"]
+        else:
+            adapter, extra = BuildahAdapter(bench, name), ["--no-cache"]
+        return BuildCase(adapter, bench.subdir(f"{name}-ctx-"), RUN128_DOCKERFILE,
+                         (bench.busybox_tar(), BUSYBOX_REF), "cold", extra)
+    return make
+
+
+def _django(tool: str, mode: str) -> Callable[[Bench], Case]:
+    def make(bench: Bench) -> Case:
+        name = f"django-{mode}-{tool}"
+        base = (bench.django_base_tar(), DJANGO_REF)
+        adapter: Adapter
+        if tool == "pybuild":
+            adapter = PybuildAdapter(bench, name, fresh_store=False)
+        elif tool == "docker":
+            adapter = DockerAdapter(bench, name)
+        else:
+            adapter = BuildahAdapter(bench, name)
+        secret = ["--secret", f"id=pip-ca,src={CA_BUNDLE}"] if CA_BUNDLE.is_file() else []
+        return BuildCase(adapter, bench.subdir(f"{name}-ctx-"), DJANGO_EXAMPLE, base, mode,
+                         secret)
+    return make
+
+
+BUILDERS = ("pybuild", "docker", "buildah")
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("run128",
+             "cold build: busybox base + one RUN writing 2,000 x 64 KiB random files "
+             "(131 MB), layer committed into the builder's own store; fresh cache each run. "
+             "`host` = the same script run directly on the host, no builder (the floor).",
+             {**{t: _run128(t) for t in BUILDERS}, "host": HostScriptCase}),
+    Scenario("django-cold",
+             "examples/django-app, empty build cache and cache mounts (base image present): "
+             "venv + pip wheel from PyPI + pip install + collectstatic",
+             {t: _django(t, "cold") for t in BUILDERS}),
+    Scenario("django-warm",
+             "examples/django-app rebuilt with nothing changed (every step cached)",
+             {t: _django(t, "warm") for t in BUILDERS}),
+    Scenario("django-edit",
+             "examples/django-app rebuilt after appending an HTML comment to one template: "
+             "COPY . . and collectstatic rerun",
+             {t: _django(t, "edit") for t in BUILDERS}),
+    Scenario("push128",
+             "push a 131 MB one-layer image (incompressible) from a pybuild store to a fresh "
+             "local docker-registry: `pybuild push` vs `skopeo copy oci:STORE:TAG docker://...`",
+             {"pybuild": lambda b: PushCase(b, "pybuild"),
+              "skopeo": lambda b: PushCase(b, "skopeo")}),
+]}
