@@ -334,8 +334,6 @@ class BuildContext:
         self.root = Path(os.path.abspath(root))
         if not self.root.is_dir():
             raise PybuildError(f"unable to prepare context: path {str(root)!r} not found")
-        self._real_root = os.path.realpath(self.root)
-        self._refuse_escapes = True
         specific = Path(str(dockerfile) + ".dockerignore")
         ignore_file = specific if specific.is_file() else self.root / ".dockerignore"
         patterns: list[str] = []
@@ -355,8 +353,6 @@ class BuildContext:
         """
         ctx = cls.__new__(cls)
         ctx.root = Path(os.path.abspath(root))
-        ctx._real_root = os.path.realpath(ctx.root)
-        ctx._refuse_escapes = False
         ctx.matcher = PatternMatcher([])
         return ctx
 
@@ -373,16 +369,12 @@ class BuildContext:
             return False
         return next(walk_visible(path, [(self.matcher, rel + "/")]), None) is not None
 
-    def _check_inside(self, rel: str, written: str, line: int) -> None:
-        """Refuse a source whose real location (following every symlink) leaves the context."""
-        if not self._refuse_escapes:
-            return
-        real = os.path.realpath(self.root / rel)
-        if real != self._real_root and not real.startswith(self._real_root + os.sep):
-            raise DockerfileError(f"forbidden path outside the build context: {written}", line)
-
     def resolve_sources(self, patterns: list[str], line: int) -> list[Path]:
         """COPY/ADD sources as host paths below the root, wildcards expanded and sorted.
+
+        As in BuildKit, a symlink is resolved inside the context (an absolute target is
+        relative to the context root, `..` stops at it): nothing outside is ever read.
+        Only a source *written* with `..` leaving the context is refused.
 
         The last component is returned unresolved so the copier names the result after it
         (BuildKit follows that symlink for content but keeps the name).
@@ -395,12 +387,10 @@ class BuildContext:
             if has_wildcards(cleaned):
                 matches = self._expand(cleaned, written, line)
             else:
-                self._check_inside(cleaned, written, line)
                 if cleaned != "." and (not os.path.lexists(resolve_in_root(self.root, cleaned)) or not self._visible(cleaned)):
                     raise DockerfileError(f'failed to compute cache key: "/{cleaned}": not found', line)
                 matches = [cleaned]
             for rel in matches:
-                self._check_inside(rel, written, line)
                 out.append(self.root / rel if rel != "." else self.root)
         return out
 
@@ -410,7 +400,6 @@ class BuildContext:
         first = next(i for i, c in enumerate(comps) if has_wildcards(c))
         base = "/".join(comps[:first])
         regexes = [re.compile(glob_to_regex(c), re.DOTALL) for c in comps[first:]]
-        self._check_inside(base or ".", written, line)
         base_dir = resolve_in_root(self.root, base) if base else self.root
         if not base_dir.is_dir() or (base and not self._visible(base)):
             raise DockerfileError(f'failed to compute cache key: "/{base}": not found', line)

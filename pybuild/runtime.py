@@ -226,8 +226,8 @@ def _resolve(rootfs: Path, path: str, *, follow_last: bool = True) -> list[str]:
 def mount_stubs(rootfs: Path, destinations: Iterable[str]) -> list[str]:
     """Paths the runtime will have to create to mount on `destinations`, deepest first.
 
-    The step's layer must not keep them (BuildKit removes them too), so they are
-    remembered before the container starts and removed by `remove_mount_stubs` after.
+    The step's layer must not keep the file stubs (BuildKit removes them too), so they
+    are remembered before the container starts and removed by `remove_mount_stubs` after.
     """
     stubs: set[str] = set()
     for dest in destinations:
@@ -239,10 +239,12 @@ def mount_stubs(rootfs: Path, destinations: Iterable[str]) -> list[str]:
 
 
 def remove_mount_stubs(rootfs: Path, stubs: Iterable[str]) -> None:
-    """Remove the stubs that are still empty, keeping their parent's timestamps.
+    """Remove the empty file stubs, keeping their parent's timestamps.
 
-    A stub the step filled (a non-empty directory or file) is the step's output and stays.
-    The parent's atime/mtime are restored so the layer does not record a change there.
+    Directories made as mount points stay, as in Docker 20.10's BuildKit (an image built
+    with `RUN --mount=type=bind,target=/wheels` keeps an empty /wheels; a secret leaves
+    /run/secrets). A stub the step filled is the step's output and stays too. The
+    parent's atime/mtime are restored so the layer does not record a change there.
     """
     for stub in stubs:
         parent_comps = _resolve(Path(rootfs), os.path.dirname(stub))
@@ -253,11 +255,7 @@ def remove_mount_stubs(rootfs: Path, stubs: Iterable[str]) -> None:
             parent_st = os.lstat(parent)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if stat.S_ISDIR(st.st_mode):
-            if os.listdir(target):
-                continue
-            os.rmdir(target)
-        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
             os.unlink(target)
         else:
             continue

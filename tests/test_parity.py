@@ -39,22 +39,9 @@ CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts
 
 # Known pybuild bugs, one entry per case: the test must fail until the lead fixes it
 # (strict xfail), then the entry goes. Each is written up in the final report/docs.
-KNOWN_BUGS: dict[str, str] = {
-    "arg_env_precedence": "RUN history `|N` must list every ARG instruction seen (repeats "
-                          "included) with the value from the step env (ENV wins); a later ARG "
-                          "with a value overrides an ENV of the same name in the RUN env",
-    "arg_scoping": "ARG history must show the expanded default; RUN `|N` must include "
-                   "valueless ARGs as `NAME=` and repeat re-declared ones",
-    "cmd_inherited": "every CMD (exec form too) sets ArgsEscaped=true",
-    "multistage_target": "every CMD (exec form too) sets ArgsEscaped=true",
-    "entrypoint_shell_only": "ENTRYPOINT never sets ArgsEscaped",
-    "onbuild_declared": "ONBUILD adds no history entry",
-    "onbuild_trigger": "ONBUILD adds no history entry",
-    "add_archive_chown": "ADD --chown of a local archive creates the missing destination "
-                         "directories owned by the --chown user (members keep their owners)",
-    "copy_abs_symlink_source": "symlinks in the context resolve inside the context root "
-                               "(/x means CONTEXT/x), they are not refused",
-}
+# Case name → reason, for a pybuild bug found but not fixed yet (strict xfail: a fix
+# turns it into a failure that asks for the entry to go). Empty: every case matches.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @dataclass

@@ -115,6 +115,9 @@ class _Copier:
         if rel != "." and self.exclude and self.exclude.matches(src.name):
             return
         if stat.S_ISREG(st.st_mode) and self.unpack and is_archive(followed):
+            # The destination and its missing parents take --chown; members keep their own
+            # owners (Docker 20.10's BuildKit).
+            self.mkdir_p(dest)
             with open(followed, "rb") as f:
                 extract_archive(f, self.rootfs, dest)
             return

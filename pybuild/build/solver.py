@@ -86,20 +86,28 @@ class StageState:
     diff_ids: list[str]
     key: str
     base: str | None
-    args: dict[str, str] = field(default_factory=dict)
     author: str | None = None
     cmd_set: bool = False
     step: int = 0
     steps_total: int = 0
     records: list[Record] = field(default_factory=list)
+    # BuildKit's state env: the image ENV, then every ENV and valued ARG in order, the later
+    # write winning. Expansion and RUN see this; the image config only gets ENV.
+    vars: dict[str, str] = field(default_factory=dict)
+    from_arg: set[str] = field(default_factory=set)  # names whose latest write was an ARG
+    arg_decls: list[str] = field(default_factory=list)  # every ARG name, in order, repeats kept
+    own_history: int = -1  # index of the first history entry this build made
+
+
+    def __post_init__(self) -> None:
+        if self.own_history < 0:
+            self.own_history = len(self.history)
+        if not self.vars:
+            self.vars = dict(e.partition("=")[::2] for e in self.config.get("Env") or [])
 
     def env_map(self) -> dict[str, str]:
-        """What word expansion sees: args in scope, overridden by ENV of the same name."""
-        out = dict(self.args)
-        for e in self.config.get("Env") or []:
-            k, _, v = e.partition("=")
-            out[k] = v
-        return out
+        """What word expansion and RUN see (a copy)."""
+        return dict(self.vars)
 
 
 @dataclass
@@ -234,14 +242,17 @@ class Solver:
             self.progress.vertex_done(vid)
             state = StageState(st, json.loads(json.dumps(parent.config)), list(parent.history),
                                list(parent.layers), list(parent.diff_ids), parent.key, parent.base,
-                               author=parent.author, records=list(parent.records))
+                               author=parent.author, records=list(parent.records),
+                               own_history=parent.own_history)
         elif st.base == "scratch":
             self.progress.vertex_started(vid, name)
             self.progress.vertex_done(vid)
             state = StageState(st, {"Env": [DEFAULT_PATH]}, [], [], [], EMPTY_KEY, None)
         else:
             ref = parse_reference(st.base)
-            name = self._step_name(st, 1, None, f"FROM {ref.full_name}")
+            # BuildKit names the step by the normalised reference, with a tag only if given
+            given = "@" in st.base or ":" in st.base.rsplit("/", 1)[-1]
+            name = self._step_name(st, 1, None, f"FROM {ref.canonical if given else ref.full_name}")
             self.progress.vertex_started(vid, name)
             img = self._resolve_image(ref, st.from_line)
             self.progress.vertex_done(vid)
@@ -253,7 +264,6 @@ class Solver:
                                list(img.diff_ids), "sha256:" + hashlib.sha256(
                                    f"image {digest}".encode()).hexdigest(), digest,
                                author=img.config.get("author"))
-        state.args = {}
         return state
 
     def _resolve_image(self, ref: Any, line: int) -> Any:
@@ -306,6 +316,9 @@ class Solver:
         if isinstance(e, ins.Env):
             for k, v in e.pairs:
                 cfg["Env"] = [x for x in cfg.get("Env") or [] if x.partition("=")[0] != k] + [f"{k}={v}"]
+                s.vars.pop(k, None)
+                s.vars[k] = v
+                s.from_arg.discard(k)
             self._meta(s, "ENV " + " ".join(f"{k}={v}" for k, v in e.pairs))
         elif isinstance(e, ins.Label):
             labels = cfg.get("Labels") or {}
@@ -343,8 +356,8 @@ class Solver:
             cfg["Shell"] = list(e.command)
             self._meta(s, f"SHELL {hist.go_list(list(e.command))}")
         elif isinstance(e, ins.Onbuild):
+            # BuildKit records no history entry for ONBUILD.
             cfg["OnBuild"] = list(cfg.get("OnBuild") or []) + [e.expression]
-            self._meta(s, f"ONBUILD {e.expression}")
         elif isinstance(e, (ins.Cmd, ins.Entrypoint)):
             self._cmd(s, e)
         elif isinstance(e, ins.Workdir):
@@ -359,21 +372,24 @@ class Solver:
             raise DockerfileError(f"unsupported instruction {type(e).__name__.upper()}", i.line)
 
     def _arg(self, s: StageState, i: Any, env: dict[str, str]) -> None:
+        """--build-arg, else the default (expanded), else the global ARG's value."""
         parts = []
         for name, default in i.args:
+            expanded = self.lex.expand(default, env) if default is not None else None
             value: str | None
             if name in self.opts.build_args:
                 value = self.opts.build_args[name]
-            elif default is not None:
-                value = self.lex.expand(default, env)
+            elif expanded is not None:
+                value = expanded
             else:
                 value = self.plan.meta_args.get(name)
             if value is not None:
-                s.args[name] = value
+                s.vars.pop(name, None)
+                s.vars[name] = value
+                s.from_arg.add(name)
                 env[name] = value
-            elif name in s.args:
-                del s.args[name]
-            parts.append(name if default is None else f"{name}={default}")
+            s.arg_decls.append(name)
+            parts.append(name if expanded is None else f"{name}={expanded}")
         self._meta(s, "ARG " + " ".join(parts))
 
     def _healthcheck(self, s: StageState, e: Any) -> None:
@@ -396,7 +412,6 @@ class Solver:
             argv = list(e.command)
         else:
             argv = list(s.config.get("Shell") or DEFAULT_SHELL) + [e.command]
-            s.config["ArgsEscaped"] = True
         if isinstance(e, ins.Entrypoint):
             s.config["Entrypoint"] = argv
             # Docker: ENTRYPOINT clears a CMD inherited from the base, not one set in this stage.
@@ -405,11 +420,13 @@ class Solver:
             self._meta(s, f"ENTRYPOINT {hist.go_quoted_list(argv)}")
         else:
             s.config["Cmd"] = argv
+            s.config["ArgsEscaped"] = True  # BuildKit sets it for every CMD, never for ENTRYPOINT
             s.cmd_set = True
             self._meta(s, f"CMD {hist.go_quoted_list(argv)}")
 
     def _meta(self, s: StageState, created_by: str) -> None:
-        s.history.append({"created": self._now, "created_by": created_by,
+        # "created" is filled at export from the neighbouring layers' times (see _timestamps)
+        s.history.append({"created": None, "created_by": created_by,
                           "comment": hist.COMMENT, "empty_layer": True})
 
     # ----- filesystem steps -----------------------------------------------------------
@@ -445,10 +462,8 @@ class Solver:
             argv = shell + [script]
         else:
             argv = shell + [_with_heredocs(raw.command, raw.heredocs)]
-        run_env = list(cfg.get("Env") or [])
-        env_names = {x.partition("=")[0] for x in run_env}
-        visible = [(k, v) for k, v in s.args.items() if k not in PROXY_ARGS]
-        run_env += [f"{k}={v}" for k, v in visible if k not in env_names]
+        run_env = [f"{k}={v}" for k, v in s.vars.items()
+                   if not (k in PROXY_ARGS and k in s.from_arg)]
         proxies = [f"{k}={v}" for k, v in self.opts.build_args.items() if k in PROXY_ARGS]
         network = (raw.network or self.opts.network or "host").lower()
         if network == "default":
@@ -457,13 +472,15 @@ class Solver:
             raise DockerfileError(f"unsupported network mode {network!r} (host or none)", raw.line)
         mounts = [m.expand(self.lex, env_map) if hasattr(m, "expand") else m for m in raw.mounts]
         inputs = {"op": "run", "argv": argv,
-                  "env": dict(x.partition("=")[::2] for x in cfg.get("Env") or []),
-                  "args": {k: v for k, v in visible if k not in env_names},
+                  "env": {k: v for k, v in s.vars.items() if k not in s.from_arg},
+                  "args": {k: v for k, v in s.vars.items()
+                           if k in s.from_arg and k not in PROXY_ARGS},
                   "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "",
                   "network": network, "mounts": [cache_key_of(m) for m in mounts],
                   "security": raw.security or ""}
         display = self._display(s, raw)
-        created_by = hist.run([(k, v) for k, v in visible], argv)
+        created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
+                              argv)
 
         def do(active: Any) -> None:
             uid, gid, groups = resolve_user(active.rootfs, cfg.get("User") or "root") \
@@ -566,7 +583,7 @@ class Solver:
             self.cache.hit(key)
             self.steps_cached += 1
             s.records.append(rec)
-            self._append_layer(s, rec.layer, rec.diff_id, created_by, key)
+            self._append_layer(s, rec.layer, rec.diff_id, created_by, key, rec.created)
             return
         if self.opts.explain:
             self.progress.explain(vid, explain(self.cache.previous(slot), parent, inputs))
@@ -592,14 +609,17 @@ class Solver:
         self.steps_run += 1
         self.timings.append({"step": name, "cached": False,
                              "seconds": round(time.monotonic() - started, 3)})
-        self._append_layer(s, desc, diff_id, created_by, key)
+        self._append_layer(s, desc, diff_id, created_by, key, now)
 
     def _append_layer(self, s: StageState, desc: Descriptor, diff_id: str, created_by: str,
-                      key: str) -> None:
+                      key: str, created: float) -> None:
         s.layers.append(Descriptor(desc.media_type, desc.digest, desc.size))
         s.diff_ids.append(diff_id)
         s.key = key
-        s.history.append({"created": self._now, "created_by": created_by, "comment": hist.COMMENT})
+        # A cached layer keeps the time it was first made: an unchanged rebuild gives the
+        # same config, so the same image ID (as BuildKit does).
+        s.history.append({"created": self._format_time(created), "created_by": created_by,
+                          "comment": hist.COMMENT})
 
     def _lookup(self, key: str, vid: str) -> Record | None:
         """A local record, or one offered by --cache-from (its layer fetched now)."""
@@ -653,10 +673,11 @@ class Solver:
         cfg = {k: v for k, v in s.config.items() if v not in (None, {}, [])}
         if self.opts.labels:
             cfg["Labels"] = {**(cfg.get("Labels") or {}), **self.opts.labels}
+        _fill_times(s.history[s.own_history:], self._now)
         config: dict[str, Any] = {
             "architecture": host_arch(),
             "config": cfg,
-            "created": self._now,
+            "created": s.history[-1]["created"] if s.history else self._now,
             "history": s.history,
             "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": list(s.diff_ids)},
@@ -711,10 +732,35 @@ class Solver:
                              raw.line, getattr(raw, "end_line", raw.line))
 
     def _timestamp(self) -> str:
+        return self._format_time(time.time())
+
+    def _format_time(self, t: float) -> str:
+        """RFC 3339 in UTC; SOURCE_DATE_EPOCH replaces every time when set."""
         if self.opts.source_date_epoch is not None:
-            t = datetime.fromtimestamp(self.opts.source_date_epoch, tz=timezone.utc)
-            return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return datetime.fromtimestamp(self.opts.source_date_epoch, tz=timezone.utc) \
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _fill_times(history: list[dict[str, Any]], now: str) -> None:
+    """Metadata entries of this build take the time of the layer before them (before its
+    first layer, of the first one after): what BuildKit's history shows."""
+    last: str | None = None
+    pending: list[dict[str, Any]] = []
+    for h in history:
+        if h.get("created") is None:
+            if last is None:
+                pending.append(h)
+            else:
+                h["created"] = last
+            continue
+        if not h.get("empty_layer"):
+            last = h["created"]
+            for p in pending:
+                p["created"] = last
+            pending = []
+    for p in pending:
+        p["created"] = now
 
 
 def manifest_config_digest(store: Store, manifest: Descriptor) -> str:
