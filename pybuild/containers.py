@@ -295,7 +295,7 @@ def _mount_rootfs(snaps: Snapshotter, cdir: Path, lowers: list[Path]) -> Path:
     active = Active(cdir.name, cdir, list(lowers), readonly=False)
     for sub in ("upper", "work", "merged"):
         (cdir / sub).mkdir(exist_ok=True)
-    snaps._mount_overlay(active)
+    snaps.mount_overlay(active)
     return active.rootfs
 
 

@@ -117,7 +117,7 @@ class Snapshotter:
         fcntl.flock(lock, fcntl.LOCK_EX)
         active = Active(sid, d, list(lowers), readonly)
         try:
-            self._mount_overlay(active)
+            self.mount_overlay(active)
             try:
                 yield active
             finally:
@@ -126,7 +126,8 @@ class Snapshotter:
             os.close(lock)
             shutil.rmtree(d, ignore_errors=True)
 
-    def _mount_overlay(self, a: Active) -> None:
+    def mount_overlay(self, a: Active) -> None:
+        """Mount `a` at a.rootfs; the caller owns unmounting (containers outlive pybuild)."""
         lowers = list(reversed(a.lowers)) or [self._empty]
         # Short relative paths keep many layers within one page of mount data.
         rel = [os.path.relpath(p, self.store.root) for p in lowers]

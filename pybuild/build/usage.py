@@ -170,7 +170,9 @@ def prune(store: Store, *, all: bool = False, until: float | None = None,
         removed = {r.key for r in candidates}
         remaining = [r for r in records if r.key not in removed]
         # A dropped snapshot is only a cache of its blob: Snapshotter.ensure re-extracts it.
-        keep_chains = tagged_chains | {r.chain_id for r in remaining}
+        from pybuild.containers import chain_ids_in_use
+
+        keep_chains = tagged_chains | {r.chain_id for r in remaining} | chain_ids_in_use(store)
         if dry_run:
             live = store.reachable({r.layer.digest for r in remaining})
             report.blobs_freed = sum(store.blob_path(d).stat().st_size
