@@ -381,7 +381,12 @@ class BuildContext:
         """
         out: list[Path] = []
         for written in patterns:
-            cleaned = go_clean(written.lstrip("/") or ".")
+            # An absolute source is relative to the context root, where ".." stops (BuildKit):
+            # "/../../x" is the context's x, while a relative "../x" leaves the context.
+            if written.startswith("/"):
+                cleaned = go_clean(written).lstrip("/") or "."
+            else:
+                cleaned = go_clean(written) or "."
             if cleaned == ".." or cleaned.startswith("../"):
                 raise DockerfileError(f"forbidden path outside the build context: {written}", line)
             if has_wildcards(cleaned):

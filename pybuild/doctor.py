@@ -180,7 +180,7 @@ def _stale_containers(store: Store) -> list[str]:
         name = bundle.name.removeprefix(".tmp-")
         if not name.startswith(runtime.ID_PREFIX) or not (bundle / "owner").exists():
             continue
-        if runtime._is_stale(bundle.name) and _bundle_root(bundle).startswith(prefix):
+        if runtime.is_stale(bundle.name) and _bundle_root(bundle).startswith(prefix):
             out.append(bundle.name)
     return out
 

@@ -1073,7 +1073,11 @@ def apply_layer(blob: BinaryIO, target: Path, *, mode: str = "overlay",
 
 
 def extract_archive(fileobj: BinaryIO, root: Path, dest: str) -> None:
-    """ADD of a local archive: unpack into `dest` (a path in the container) inside `root`."""
+    """ADD of a local archive: unpack into `dest` (a path in the container) inside `root`.
+
+    As docker does, the archive is unpacked as if chrooted into `dest`: its names and
+    symlinks resolve inside `dest`, so no entry can reach elsewhere in the image.
+    """
     root = Path(root)
     base = _resolve(root, dest, True)
     root_fd = os.open(root, _DIR_FLAGS)
@@ -1083,8 +1087,9 @@ def extract_archive(fileobj: BinaryIO, root: Path, dest: str) -> None:
         raise PybuildError(f"cannot extract an archive into {dest}: {e.strerror}") from None
     finally:
         os.close(root_fd)
+    jail = root.joinpath(*base)
     counted = _Counted(open_decompressed(fileobj), _max_size(None))
-    ex = _Extractor(root, base, "plain", "archive")
+    ex = _Extractor(jail, _resolve(jail, "/", True), "plain", "archive")
     try:
         ex.run(counted)
     finally:

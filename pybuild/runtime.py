@@ -358,7 +358,7 @@ def _write_owner(bundle: Path) -> None:
     os.replace(tmp, bundle / "owner")
 
 
-def _is_stale(cid: str) -> bool:
+def is_stale(cid: str) -> bool:
     """A container is stale when the pybuild process that started it is gone.
 
     A container without a bundle is stale; a bundle without an owner file belongs to
@@ -523,12 +523,12 @@ def cleanup_stale() -> None:
             continue
         for c in containers:
             cid = c.get("id", "")
-            if cid.startswith(ID_PREFIX) and _is_stale(cid):
+            if cid.startswith(ID_PREFIX) and is_stale(cid):
                 _runtime_cli(binary, "kill", cid, "KILL")
                 _runtime_cli(binary, "delete", "-f", cid)
                 shutil.rmtree(BUNDLES_DIR / cid, ignore_errors=True)
     if BUNDLES_DIR.is_dir():
         for bundle in BUNDLES_DIR.iterdir():
             cid = bundle.name.removeprefix(".tmp-")
-            if cid.startswith(ID_PREFIX) and (bundle / "owner").exists() and _is_stale(bundle.name):
+            if cid.startswith(ID_PREFIX) and (bundle / "owner").exists() and is_stale(bundle.name):
                 shutil.rmtree(bundle, ignore_errors=True)

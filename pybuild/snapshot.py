@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,25 +85,36 @@ class Snapshotter:
 
     def _extract(self, desc: Descriptor, chain_id: str) -> None:
         final = self.dir / chain_id.split(":", 1)[1]
-        tmp = self.dir / f"tmp-{uuid.uuid4().hex}"
-        (tmp / "fs").mkdir(parents=True)
+        tmp, lock = self._tmp_dir()
+        (tmp / "fs").mkdir()
         try:
             with self.store.open_blob(desc.digest) as blob:
                 layer.apply_layer(blob, tmp / "fs", mode="overlay")
             (tmp / "done").write_text(desc.digest)
             self._install(tmp, final)
         finally:
+            os.close(lock)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _tmp_dir(self) -> tuple[Path, int]:
+        """A work dir under snapshots/, flock'ed so cleanup_stale spares it while we live."""
+        tmp = self.dir / f"tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        fd = os.open(tmp / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return tmp, fd
 
     def _install(self, tmp: Path, final: Path) -> None:
         """Rename a finished snapshot into place; a concurrent twin wins harmlessly."""
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / "done").exists():
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
+            if (final / "done").exists():
+                return
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+        (final / ".lock").unlink(missing_ok=True)  # only work dirs carry one
 
     @contextmanager
     def mount(self, lowers: list[Path], *, readonly: bool = False) -> Iterator[Active]:
@@ -162,13 +174,13 @@ class Snapshotter:
             desc = w.commit(info.media_type)
         chain_id = chain_ids(parent_diff_ids + [info.diff_id])[-1]
         if not self.has(chain_id):
-            tmp = self.dir / f"tmp-{uuid.uuid4().hex}"
-            tmp.mkdir()
+            tmp, lock = self._tmp_dir()
             try:
                 os.rename(a.upper, tmp / "fs")
                 (tmp / "done").write_text(desc.digest)
                 self._install(tmp, self.dir / chain_id.split(":", 1)[1])
             finally:
+                os.close(lock)
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return desc, info.diff_id
@@ -181,6 +193,8 @@ class Snapshotter:
                 fd = os.open(d / "lock", os.O_RDWR)
             except OSError:
                 fd = None
+                if time.time() - d.stat().st_mtime < 60:
+                    continue  # being set up by a live build: its lock comes next
             try:
                 if fd is not None:
                     try:
@@ -194,7 +208,8 @@ class Snapshotter:
                 if fd is not None:
                     os.close(fd)
         for tmp in self.dir.glob("tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not _locked(tmp / ".lock"):
+                shutil.rmtree(tmp, ignore_errors=True)
         return n
 
     def prune(self, keep: set[str], *, dry_run: bool = False) -> int:
@@ -206,8 +221,27 @@ class Snapshotter:
             if f"sha256:{d.name}" not in keep:
                 freed += _du(d)
                 if not dry_run:
-                    shutil.rmtree(d, ignore_errors=True)
+                    # Out of sight first: a kill mid-delete must not leave a "done" snapshot
+                    # with files missing.
+                    doomed = self.dir / f"tmp-{uuid.uuid4().hex}"
+                    os.rename(d, doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
         return freed
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live process holds the flock on `path` (a missing file is not locked)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _umount(path: Path) -> None:

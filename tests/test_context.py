@@ -166,9 +166,14 @@ def test_sources_escaping_the_root_are_refused(tmp_path: Path) -> None:
     ctx = ctx_with(tmp_path, "", {})
     (ctx.root / "up").symlink_to(outside)
     (ctx.root / "abs").symlink_to(outside / "secret")
-    for bad in ["../outside/secret", "a/../../x", "up/secret", "up/*", "abs"]:
+    for bad in ["../outside/secret", "a/../../x"]:
         with pytest.raises(DockerfileError, match="outside the build context"):
             ctx.resolve_sources([bad], 5)
+    # Symlinks resolve inside the context, as in BuildKit: the host's outside/secret is
+    # never reached; the context has no such path, so the source is not found.
+    for missing in ["up/secret", "abs"]:
+        with pytest.raises(DockerfileError, match="not found"):
+            ctx.resolve_sources([missing], 5)
 
 
 def test_symlink_inside_context_is_followed(tmp_path: Path) -> None:

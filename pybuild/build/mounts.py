@@ -196,13 +196,36 @@ class MountPreparer:
                 return
         target = target or f"/run/secrets/{sid}"
         SECRETS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, path = tempfile.mkstemp(dir=SECRETS_DIR)
+        # Named after its owner, so a killed build's secret is removed by the next one.
+        fd, path = tempfile.mkstemp(dir=SECRETS_DIR, prefix=_owner_tag() + "-")
         stack.callback(_unlink, path)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(path, _mode(m.mode, 0o400))
         os.chown(path, int(m.uid or 0), int(m.gid or 0))
         out.mounts.append(Mount(target, "bind", path, ["bind", "ro"]))
+
+
+def _owner_tag() -> str:
+    return f"{os.getpid()}.{_process_start(os.getpid())}"
+
+
+def _process_start(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def cleanup_stale_secrets() -> None:
+    """Remove secret files whose owning pybuild process is gone (it was killed)."""
+    if not SECRETS_DIR.is_dir():
+        return
+    for f in SECRETS_DIR.iterdir():
+        owner = f.name.split("-", 1)[0]
+        pid, _, start = owner.partition(".")
+        if not pid.isdigit() or _process_start(int(pid)) != start:
+            _unlink(str(f))
 
 
 def _mode(value: int | str | None, default: int) -> int:

@@ -28,7 +28,8 @@ from pybuild.build import history as hist
 from pybuild.build import remote_cache
 from pybuild.build.cache import Cache, Record, compute_key, explain
 from pybuild.build.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
-from pybuild.build.mounts import MountPreparer, SecretSource, cache_key_of
+from pybuild.build.mounts import (MountPreparer, SecretSource, cache_key_of,
+                                  cleanup_stale_secrets)
 from pybuild.build.users import resolve_chown, resolve_user
 from pybuild.context import BuildContext
 from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
@@ -180,8 +181,9 @@ class Solver:
         for spec in self.opts.cache_from:
             for key, rec in remote_cache.load(store, spec, self.opts.registry).items():
                 self.remote.setdefault(key, (spec, rec))
+        runtime.cleanup_stale()  # kill orphaned containers first, then unmount their rootfs
         self.snaps.cleanup_stale()
-        runtime.cleanup_stale()
+        cleanup_stale_secrets()
         state = self._stage(plan.target.index)
         return self._export(state)
 

@@ -137,9 +137,6 @@ def test_parent_and_absolute_sources(busybox: Pybuild, tmp_path: Path, victim: P
     _clean(busybox, victim)
 
 
-@pytest.mark.xfail(strict=True, reason="BuildContext.resolve_sources strips the leading / before "
-                   "cleaning, so /../x becomes ../x and is refused; BuildKit cleans the rooted "
-                   "path (/x) and copies the context's x")
 def test_rooted_dotdot_source_is_the_context_file_as_in_buildkit(busybox: Pybuild,
                                                                   tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, "FROM busybox\nCOPY /../../etc/group /g\n")
@@ -207,13 +204,8 @@ def _hostile_members(victim: Path) -> dict[str, list[tuple[str, str, bytes | str
     }
 
 
-_ESCAPES_DEST = pytest.mark.xfail(strict=True, reason=(
-    "layer.extract_archive resolves the tar's symlinks against the image root, so a tar can "
-    "write anywhere in the image; docker untars chrooted into the ADD destination "
-    "(symlink-then-write lands inside it, a symlink climbing out of it is a breakout error)"))
-_ADD_ATTACKS = [pytest.param(a, marks=_ESCAPES_DEST) if a in ("dir-symlink-chain",
-                                                            "symlink-then-write") else a
-                for a in sorted(_hostile_members(Path("/x/victim")))]
+# docker untars chrooted into the ADD destination: symlink-then-write lands inside it.
+_ADD_ATTACKS = sorted(_hostile_members(Path("/x/victim")))
 
 
 @pytest.mark.parametrize("attack", _ADD_ATTACKS)
