@@ -271,6 +271,10 @@ def test_site_serves_under_pybuild_run(built: Pybuild) -> None:
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz")
         check_site(f"http://127.0.0.1:{port}")
+        built("stop", name)
+        assert "Exited" in built("ps", "-a").stdout
+        built("rm", name)
+        assert name not in built("ps", "-a").stdout
     finally:
         built("rm", "-f", name, check=False)
 
@@ -338,3 +342,21 @@ def test_demo_script_runs_twice(tmp_path: Path, base_tar: Path) -> None:
         check_site("http://127.0.0.1:8000")
     finally:
         pb("rm", "-f", "django-app", check=False)
+
+
+def test_pushed_to_a_registry_and_run_by_docker(built: Pybuild, docker: Docker) -> None:
+    """`pybuild push` to a local registry; Docker pulls that reference and runs the site."""
+    from engines import registry_server
+
+    with registry_server() as addr:
+        built("push", "django-test", f"{addr}/examples/django:1")
+        docker("pull", f"{addr}/examples/django:1")
+        port = free_port()
+        cid = docker("run", "-d", "--network=host", f"{addr}/examples/django:1", "gunicorn",
+                     "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                     "mysite.wsgi").stdout.strip()
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/healthz")
+            check_site(f"http://127.0.0.1:{port}")
+        finally:
+            docker("rm", "-f", cid, check=False)
