@@ -249,7 +249,9 @@ class Solver:
         elif st.base == "scratch":
             self.progress.vertex_started(vid, name)
             self.progress.vertex_done(vid)
-            state = StageState(st, {"Env": [DEFAULT_PATH]}, [], [], [], EMPTY_KEY, None)
+            # BuildKit's empty image: default PATH and WorkingDir "/"
+            state = StageState(st, {"Env": [DEFAULT_PATH], "WorkingDir": "/"}, [], [], [],
+                               EMPTY_KEY, None)
         else:
             ref = parse_reference(st.base)
             # BuildKit names the step by the normalised reference, with a tag only if given
@@ -332,7 +334,7 @@ class Solver:
             s.author = e.name
             self._meta(s, f"MAINTAINER {e.name}")
         elif isinstance(e, ins.Expose):
-            ports = [_port(p, i.line) for p in e.ports]
+            ports = [q for p in e.ports for q in _ports(p, i.line)]
             exposed = cfg.get("ExposedPorts") or {}
             for p in ports:
                 exposed[p] = {}
@@ -823,13 +825,17 @@ def _with_heredocs(command: str, heredocs: list[Any]) -> str:
     return body
 
 
-def _port(p: str, line: int) -> str:
+def _ports(p: str, line: int) -> list[str]:
+    """`80`, `80/udp`, `7000-7002/tcp` → docker's port keys; a range is expanded."""
     port, _, proto = p.partition("/")
     proto = (proto or "tcp").lower()
-    if proto not in ("tcp", "udp", "sctp") or not port or not all(
-            c.isdigit() or c == "-" for c in port):
+    lo, _, hi = port.partition("-")
+    if proto not in ("tcp", "udp", "sctp") or not lo.isdigit() or (hi and not hi.isdigit()):
         raise DockerfileError(f"invalid containerPort: {p}", line)
-    return f"{port}/{proto}"
+    first, last = int(lo), int(hi or lo)
+    if not 0 < first <= last <= 65535:
+        raise DockerfileError(f"invalid containerPort: {p}", line)
+    return [f"{n}/{proto}" for n in range(first, last + 1)]
 
 
 def _mkdir_p(rootfs: Path, path: str, uid: int, gid: int) -> None:
