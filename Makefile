@@ -4,7 +4,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 APT_PACKAGES := runc crun skopeo umoci docker-registry busybox-static mmdebstrap \
-	buildah podman docker.io containerd iproute2 curl ca-certificates apache2-utils
+	buildah podman docker.io containerd iproute2 curl ca-certificates apache2-utils \
+	openssl python3-pip
 STAMP := .make-stamps
 
 .PHONY: demo test deps apt pip clean
@@ -24,7 +25,8 @@ $(STAMP)/apt: Makefile
 pip: $(STAMP)/pip
 $(STAMP)/pip: pyproject.toml
 	@mkdir -p $(STAMP)
-	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+	PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install -q --disable-pip-version-check \
+		--root-user-action=ignore -e '.[test]'
 	@touch $@
 
 test: deps
