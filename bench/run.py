@@ -118,7 +118,7 @@ def run_scenario(scn: Scenario, bench: Bench, runs: int, only: set[str] | None) 
         "load": {"uptime_before": up_before, "uptime_after": up_after,
                  "loadavg_before": [round(x, 2) for x in load_before],
                  "loadavg_after": [round(x, 2) for x in load_after]},
-        "buildah_isolation": bench.buildah_isolation_used(),
+        "buildah_isolation": bench.buildah_isolation_used() if "buildah" in tools else None,
         "machine": machine_facts(bench.workdir),
     }
 
