@@ -74,6 +74,7 @@ Dockerfile:4
    3 |     RUN echo hello && echo world
    4 | >>> RUN echo out; exit 3
    5 |     RUN echo never
+   6 |     
 --------------------
 Dockerfile:4: process "/bin/sh -c echo out; exit 3" did not complete successfully: exit code: 3
 """

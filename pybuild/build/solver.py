@@ -502,7 +502,7 @@ class Solver:
                 vid = self._current_vid
                 status = runtime.run(spec, lambda data: self.progress.vertex_log(vid, data))
             if status != 0:
-                raise StepError(f"process {json.dumps(' '.join(argv))} did not complete "
+                raise StepError(f"process {hist.go_quote(' '.join(argv))} did not complete "
                                 f"successfully: exit code: {status}", raw.line, status)
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
@@ -732,7 +732,7 @@ class Solver:
             return raw.original
 
     def _excerpt(self, raw: Any) -> SourceExcerpt:
-        return SourceExcerpt(self.opts.dockerfile_name, self.text.splitlines(),
+        return SourceExcerpt(self.opts.dockerfile_name, self.text.split("\n"),
                              raw.line, getattr(raw, "end_line", raw.line))
 
     def _timestamp(self) -> str:

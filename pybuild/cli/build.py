@@ -61,8 +61,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NeedsRootError("building needs root (overlay mounts and runc): run pybuild as root")
     progress = make_progress(mode)
-    if progress.__class__.__name__.lower().startswith("plain"):
-        opts.explain = True
+    if type(progress).__name__ in ("PlainProgress", "RawJSONProgress"):
+        opts.explain = True  # logs and event streams always say why a step was rebuilt
     start = time.monotonic()
     try:
         solver = Solver(opts, progress)
