@@ -19,14 +19,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from pybuild.errors import PybuildError
+
+if TYPE_CHECKING:  # rich is imported only by the tty renderer: plain builds start faster
+    from rich.console import RenderableType
+    from rich.text import Text
 
 Clock = Callable[[], float]
 
@@ -644,6 +643,9 @@ class TtyProgress(Progress):
         self._end: float | None = None
         self._errors: list[str] = []
         self._summary: BuildSummary | None = None
+        from rich.console import Console
+        from rich.live import Live
+
         self._console = Console(
             file=stream, force_terminal=True, highlight=False, markup=False, emoji=False, soft_wrap=False
         )
@@ -668,6 +670,9 @@ class TtyProgress(Progress):
 
     def frame(self, width: int, height: int) -> RenderableType:
         """The display for a terminal of this size (what the live view draws each refresh)."""
+        from rich.console import Group
+        from rich.text import Text
+
         with self._lock:
             now = self._end if self._end is not None else self._clock()
             final = self._end is not None
@@ -725,6 +730,8 @@ class TtyProgress(Progress):
 
 def _cropped(text: str, width: int, style: str) -> Text:
     """One screen row that can never wrap."""
+    from rich.text import Text
+
     t = Text(text, style=style, no_wrap=True, overflow="ellipsis")
     t.truncate(width, overflow="ellipsis")
     return t
@@ -732,6 +739,8 @@ def _cropped(text: str, width: int, style: str) -> Text:
 
 def _aligned(left: str, right: str, width: int, style: str) -> Text:
     """A row with `right` flush to the terminal's right edge and `left` cut to fit."""
+    from rich.text import Text
+
     room = width - len(right) - 1
     if room < 12:
         return _cropped(left, width, style)
@@ -753,6 +762,9 @@ def _transfer_row(tr: _Transfer, width: int, now: float) -> Text:
 
 def _summary_table(s: BuildSummary, width: int) -> RenderableType:
     """The tty summary: key facts, then the largest layers with the step that made each."""
+    from rich.console import Group
+    from rich.table import Table
+
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold", no_wrap=True)
     facts.add_column(overflow="fold")

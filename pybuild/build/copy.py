@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import requests
-
 from pybuild.context import PatternMatcher, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.layer import extract_archive, is_archive, resolve_in_root
@@ -289,6 +287,8 @@ def _parse_checksum(checksum: str, line: int | None) -> tuple[str, str]:
 
 def _download(url: str, out: Path, checksum: tuple[str, str] | None, line: int | None) -> None:
     """Fetch `url` into `out` (mode 0600, mtime from Last-Modified), verifying `checksum`."""
+    import requests  # only ADD <url> needs it: keep it off every build's start-up
+
     h = hashlib.new(checksum[0] if checksum else "sha256")
     try:
         with requests.get(url, stream=True, timeout=(30, 300)) as resp:

@@ -73,7 +73,9 @@ class BuildOptions:
     pull: bool = False
     cache_from: list[Any] = field(default_factory=list)
     cache_to: list[Any] = field(default_factory=list)
-    registry: Any = None  # a RegistryClient, made by the CLI with the user's TLS/insecure flags
+    # Makes the RegistryClient with the user's TLS/insecure flags; called only when a build
+    # talks to a registry, so local builds never import the HTTP stack.
+    registry: Any = None
 
 
 @dataclass
@@ -134,6 +136,7 @@ class Solver:
         self.steps_run = 0
         self.steps_cached = 0
         self.timings: list[dict[str, Any]] = []
+        self._registry_client: Any = None
         self._vid = 0
         self._now = self._timestamp()
 
@@ -179,7 +182,7 @@ class Solver:
         self.cache = Cache(store)
         self.remote: dict[str, tuple[Any, Record]] = {}
         for spec in self.opts.cache_from:
-            for key, rec in remote_cache.load(store, spec, self.opts.registry).items():
+            for key, rec in remote_cache.load(store, spec, self._client(None)).items():
                 self.remote.setdefault(key, (spec, rec))
         runtime.cleanup_stale()  # kill orphaned containers first, then unmount their rootfs
         self.snaps.cleanup_stale()
@@ -301,12 +304,15 @@ class Solver:
         self.progress.vertex_done(vid)
         return imagemod.load(self.store, desc.digest)
 
-    def _client(self, vid: str) -> Any:
-        """The user's registry client, reporting transfers on vertex `vid`."""
-        from pybuild.registry import RegistryClient
+    def _client(self, vid: str | None) -> Any:
+        """The user's registry client (made once), reporting transfers on vertex `vid`."""
+        if self._registry_client is None:
+            from pybuild.registry import RegistryClient
 
-        client = self.opts.registry or RegistryClient()
-        client.progress = lambda label, cur, total: self.progress.transfer(vid, label, cur, total)
+            self._registry_client = self.opts.registry() if self.opts.registry else RegistryClient()
+        client = self._registry_client
+        client.progress = None if vid is None else (
+            lambda label, cur, total: self.progress.transfer(vid, label, cur, total))
         return client
 
     # ----- dispatch ----------------------------------------------------------------
