@@ -201,3 +201,21 @@ def test_sigkill_mid_build_then_rebuild_reuses_committed_steps(busybox: Pybuild,
     assert result["[2/3] RUN echo one > /one"] == "CACHED"
     mounts = Path("/proc/mounts").read_text()
     assert str(busybox.root) not in mounts  # the killed build's overlay was cleaned up
+
+
+def test_bind_mounted_content_is_part_of_the_key(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = ctx_with(tmp_path, "FROM busybox AS src\nCOPY v.txt /out/v.txt\n"
+                             "FROM busybox\n"
+                             "RUN --mount=type=bind,from=src,source=/out,target=/in cat /in/v.txt > /from-stage\n"
+                             "RUN --mount=type=bind,source=v.txt,target=/v.txt cat /v.txt > /from-context\n",
+                   {"v.txt": "one\n"})
+    busybox("build", "-t", "bind", str(ctx))
+    (ctx / "v.txt").write_text("two\n")
+    result = build(busybox, ctx, "-t", "bind")
+    stage_run = next(v for k, v in result.items() if "/from-stage" in k)
+    context_run = next(v for k, v in result.items() if "/from-context" in k)
+    assert stage_run == "bind mount /in: its source changed"
+    assert context_run == ("an earlier step changed; bind mount /v.txt: files changed v.txt "
+                           "(content)")
+    out = busybox("run", "--rm", "bind", "cat", "/from-stage", "/from-context").stdout
+    assert out == "two\ntwo\n"

@@ -138,8 +138,10 @@ def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:
     new_files = inputs.get("files")
     if isinstance(old_files, dict) and isinstance(new_files, dict) and old_files != new_files:
         reasons.append(_files_changed(old_files, new_files))
+    reasons.extend(_binds_changed(prev.inputs.get("bind_sources") or [],
+                                  inputs.get("bind_sources") or []))
     for name in sorted(set(prev.inputs) | set(inputs)):
-        if name in ("files", "base"):
+        if name in ("files", "base", "bind_sources"):
             continue
         old, new = prev.inputs.get(name), inputs.get(name)
         if old == new:
@@ -158,6 +160,25 @@ _LABELS = {"argv": "command", "args": "build arg", "env": "env", "cwd": "working
            "user": "user", "network": "network", "mounts": "mounts", "dest": "destination",
            "chown": "--chown", "chmod": "--chmod", "sources": "sources", "from": "source",
            "path": "path", "exclude": "--exclude", "heredocs": "heredoc"}
+
+
+def _binds_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
+    """What changed behind RUN --mount=type=bind mounts, per target."""
+    if len(old) != len(new):
+        return ["bind mounts changed"] if old != new else []
+    out = []
+    for o, n in zip(old, new):
+        if o == n:
+            continue
+        where = f"bind mount {n.get('target')}"
+        if isinstance(o.get("files"), dict) and isinstance(n.get("files"), dict) \
+                and o.get("source") == n.get("source"):
+            out.append(f"{where}: {_files_changed(o['files'], n['files'])}")
+        elif o.get("from") != n.get("from") and o.get("source") == n.get("source"):
+            out.append(f"{where}: its source changed")
+        else:
+            out.append(f"{where} changed")
+    return out
 
 
 def _files_changed(old: dict[str, str], new: dict[str, str]) -> str:

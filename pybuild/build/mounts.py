@@ -69,7 +69,8 @@ def parse_secret_flag(spec: str) -> SecretSource:
 
 
 def cache_key_of(mount: Any) -> dict[str, Any]:
-    """What of a mount definition belongs in the step's cache key (never contents)."""
+    """The mount's definition for the step's cache key: never cache-mount contents or
+    secret values. (What a bind mount shows is keyed separately, by the solver.)"""
     return {k: v for k, v in sorted(vars(mount).items()) if v not in (None, False, "", [])}
 
 

@@ -181,6 +181,7 @@ class Solver:
         self.snaps = Snapshotter(store)
         self.cache = Cache(store)
         self.remote: dict[str, tuple[Any, Record]] = {}
+        self.remote_layers: dict[str, tuple[Any, Record]] = {}
         for spec in self.opts.cache_from:
             for key, rec in remote_cache.load(store, spec, self._client(None)).items():
                 self.remote.setdefault(key, (spec, rec))
@@ -487,6 +488,7 @@ class Solver:
                            if k in s.from_arg and k not in PROXY_ARGS},
                   "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "",
                   "network": network, "mounts": [cache_key_of(m) for m in mounts],
+                  "bind_sources": self._bind_sources(mounts, raw.line),
                   "security": raw.security or ""}
         display = self._display(s, raw)
         created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
@@ -568,6 +570,26 @@ class Solver:
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
 
+    def _bind_sources(self, mounts: list[Any], line: int) -> list[Any]:
+        """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them.
+
+        From the context, the content digest of the mounted files; from a stage or an
+        image, that stage's key or the image's digest (which pin its content).
+        """
+        out: list[Any] = []
+        for m in mounts:
+            if (m.type or "bind").lower() != "bind":
+                continue
+            if m.from_:
+                out.append({"target": m.target, "source": m.source or "/",
+                            "from": self._source_key(m.from_, line)})
+            else:
+                src = (m.source or "/").lstrip("/") or "."
+                paths = self.ctx.resolve_sources([src], line)
+                out.append({"target": m.target, "source": m.source or "/",
+                            "files": self.ctx.manifest(paths)})
+        return out
+
     def _fs_step(self, s: StageState, raw: Any, display: str, inputs: dict[str, Any],
                  do: Any, created_by: str | None = None) -> None:
         """One cached filesystem step: look up, else mount, run `do`, commit."""
@@ -598,6 +620,7 @@ class Solver:
         if self.opts.explain:
             self.progress.explain(vid, explain(self.cache.previous(slot), parent, inputs))
         try:
+            self._fetch_layers(s.layers, vid)
             lowers = self.snaps.ensure(s.layers, s.diff_ids)
             with self.snaps.mount(lowers) as active:
                 do(active)
@@ -632,17 +655,27 @@ class Solver:
                           "comment": hist.COMMENT})
 
     def _lookup(self, key: str, vid: str) -> Record | None:
-        """A local record, or one offered by --cache-from (its layer fetched now)."""
+        """A local record, or one offered by --cache-from.
+
+        A remote record's layer is downloaded only when something needs its bytes: a step
+        that runs on top of it, a COPY --from it, or the exported image (`_fetch_layers`).
+        """
         rec = self.cache.lookup(key)
         if rec is not None or key not in self.remote:
             return rec
         spec, remote = self.remote[key]
-        remote_cache.fetch_layer(self.store, spec, remote, self._client(vid))
-        now = time.time()
         rec = Record(remote.key, remote.parent, "", remote.description, remote.layer,
-                     remote.diff_id, remote.chain_id, remote.inputs, now, now)
-        self.cache.put(rec)
+                     remote.diff_id, remote.chain_id, remote.inputs, remote.created, time.time())
+        self.remote_layers[rec.layer.digest] = (spec, rec)
         return rec
+
+    def _fetch_layers(self, layers: list[Descriptor], vid: str | None) -> None:
+        """Download the --cache-from layers among `layers` that the store lacks yet."""
+        for d in layers:
+            if d.digest in self.remote_layers and not self.store.has_blob(d.digest):
+                spec, rec = self.remote_layers.pop(d.digest)
+                remote_cache.fetch_layer(self.store, spec, rec, self._client(vid))
+                self.cache.put(rec)  # a record only once its blob is in the store
 
     def _skip_cache(self, s: StageState) -> bool:
         if self.opts.no_cache:
@@ -674,6 +707,7 @@ class Solver:
         else:
             img = self._resolve_image(parse_reference(name), 0)
             layers, diff_ids = img.layers, img.diff_ids
+        self._fetch_layers(layers, None)
         lowers = self.snaps.ensure(layers, diff_ids)
         with self.snaps.mount(lowers, readonly=True) as active:
             yield active.rootfs
@@ -696,6 +730,7 @@ class Solver:
             config["author"] = s.author
         vid = self._vertex()
         self.progress.vertex_started(vid, "exporting to image")
+        self._fetch_layers(s.layers, vid)
         manifest = imagemod.write(self.store, config, s.layers)
         image_id = manifest_config_digest(self.store, manifest)
         with self.store.lock():
@@ -713,6 +748,7 @@ class Solver:
             self.progress.vertex_started(vid, f"exporting cache to {spec.ref} (mode={spec.mode})")
             records = s.records if spec.mode == "min" else [
                 r for st in self.states.values() for r in st.records]
+            self._fetch_layers([r.layer for r in records], vid)
             remote_cache.export(self.store, spec, records, self._client(vid))
             self.progress.vertex_done(vid)
         return result
