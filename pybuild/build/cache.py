@@ -89,11 +89,14 @@ class Cache:
                  rec.layer.media_type, rec.layer.size, rec.diff_id, rec.chain_id,
                  json.dumps(rec.inputs, sort_keys=True), rec.created, rec.last_used, rec.hits))
 
-    def previous(self, slot: str) -> Record | None:
-        """The latest record of the same step position, to explain a miss."""
+    def previous(self, slot: str, parent: str) -> Record | None:
+        """What to explain a miss against: the latest build of the same step position, or
+        else (a first build from this context) the latest step built on the same parent."""
         row = self.db.execute(
             "SELECT * FROM cache_records WHERE slot = ? ORDER BY created DESC LIMIT 1",
-            (slot,)).fetchone()
+            (slot,)).fetchone() or self.db.execute(
+            "SELECT * FROM cache_records WHERE parent = ? ORDER BY created DESC LIMIT 1",
+            (parent,)).fetchone()
         return _record(row) if row else None
 
     def all(self) -> list[Record]:

@@ -618,7 +618,7 @@ class Solver:
             self._append_layer(s, rec.layer, rec.diff_id, created_by, key, rec.created)
             return
         if self.opts.explain:
-            self.progress.explain(vid, explain(self.cache.previous(slot), parent, inputs))
+            self.progress.explain(vid, explain(self.cache.previous(slot, parent), parent, inputs))
         try:
             self._fetch_layers(s.layers, vid)
             lowers = self.snaps.ensure(s.layers, s.diff_ids)
