@@ -49,3 +49,15 @@ def table(headers: list[str], rows: list[Sequence[Any]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def unpack_for_builds(store: Any, name: str) -> None:
+    """Extract an image's layers into snapshots now, as `docker pull`/`import` do, so the
+    first build FROM it does not pay for it. Needs root (whiteouts are device nodes)."""
+    if os.geteuid() != 0:
+        return
+    from pybuild import image
+    from pybuild.snapshot import Snapshotter
+
+    img = image.load(store, name)
+    Snapshotter(store).ensure(img.layers, img.diff_ids)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pybuild.cli.common import open_store
+from pybuild.cli.common import open_store, unpack_for_builds
 from pybuild.errors import PybuildError
 
 
@@ -57,6 +57,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     ref = parse_reference(args.image)
     desc = _with_progress(args, f"pull {ref.canonical}",
                           lambda c: registry.pull(store, ref.canonical, client=c))
+    unpack_for_builds(store, desc.digest)
     print(f"Digest: {desc.digest}")
     print(f"Status: Downloaded image for {ref.familiar}")
     return 0
