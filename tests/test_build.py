@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Pybuild, no_leaks, store_snapshot  # noqa: F401
+from conftest import Pybuild, store_snapshot
 
 pytestmark = pytest.mark.root
 
@@ -370,3 +370,68 @@ def test_not_root_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     err = capsys.readouterr().err
     assert err == "error: building needs root (overlay mounts and runc): run pybuild as root\n"
     assert not (tmp_path / "s").exists()
+
+
+def test_network_none_zstd_and_platform(busybox: Pybuild, tmp_path: Path) -> None:
+    write(tmp_path / "ctx", {"Dockerfile": """
+        FROM busybox
+        RUN --network=none ip -o link | cut -d: -f2 | tr -d ' ' > /links-none
+        RUN ip -o link | wc -l > /links-host
+        """})
+    busybox("build", "-t", "net", "--compression", "zstd", str(tmp_path / "ctx"))
+    out = unpack(busybox.root, "net", tmp_path / "rootfs")
+    assert (out / "links-none").read_text().split() == ["lo"]
+    assert int((out / "links-host").read_text()) >= 1
+    layers = json.loads(busybox("inspect", "net").stdout)[0]["Manifest"]["layers"]
+    assert [d["mediaType"] for d in layers[1:]] == ["application/vnd.oci.image.layer.v1.tar+zstd"] * 2
+    bad = busybox("build", "--platform", "linux/s390x", str(tmp_path / "ctx"), check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("error: platform linux/s390x is not supported")
+
+
+def test_unreadable_context_file(busybox: Pybuild, tmp_path: Path) -> None:
+    # Root reads any regular file, so the source that cannot be read is a FIFO (which must
+    # not hang the build either).
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nCOPY pipe /s\n"})
+    os.mkfifo(ctx / "pipe")
+    before = store_snapshot(busybox.root)
+    proc = busybox("build", str(ctx), check=False, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Dockerfile:2: ")
+    assert store_snapshot(busybox.root) == before
+
+
+def test_umoci_unpack_of_oci_save_matches_the_build(busybox: Pybuild, tmp_path: Path) -> None:
+    import shutil
+    if shutil.which("umoci") is None:
+        pytest.skip("umoci is not installed (apt-get install umoci)")
+    write(tmp_path / "ctx", {"Dockerfile": """
+        FROM busybox
+        COPY a /data/a
+        RUN mkdir -p /d/e && echo x > /d/e/f && ln -s /data/a /d/link && rm -rf /tmp && rm /bin/vi
+        """, "a": "alpha\n"})
+    busybox("build", "-t", "u", str(tmp_path / "ctx"))
+    busybox("save", "--format", "oci", "u", "-o", str(tmp_path / "u.tar"))
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "u.tar"), "-C", str(layout)], check=True)
+    index = json.loads((layout / "index.json").read_text())
+    ref = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{ref}", str(tmp_path / "bundle")],
+                   check=True, capture_output=True)
+    ours = unpack(busybox.root, "u", tmp_path / "ours")
+
+    def tree(root: Path) -> dict[str, tuple]:
+        out = {}
+        for dirpath, dirs, files in os.walk(root):
+            for name in dirs + files:
+                p = Path(dirpath) / name
+                st = os.lstat(p)
+                kind = stat.S_IFMT(st.st_mode)
+                content = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (
+                    p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+                out[str(p.relative_to(root))] = (kind, stat.S_IMODE(st.st_mode), st.st_uid,
+                                                 st.st_gid, content)
+        return out
+
+    assert tree(tmp_path / "bundle" / "rootfs") == tree(ours)

@@ -715,6 +715,7 @@ class Solver:
     # ----- export --------------------------------------------------------------------
     def _export(self, s: StageState) -> BuildResult:
         cfg = {k: v for k, v in s.config.items() if v not in (None, {}, [])}
+        cfg.setdefault("OnBuild", None)  # BuildKit writes it even when empty (no omitempty)
         if self.opts.labels:
             cfg["Labels"] = {**(cfg.get("Labels") or {}), **self.opts.labels}
         _fill_times(s.history[s.own_history:], self._now)
