@@ -379,6 +379,14 @@ class BuildContext:
         The last component is returned unresolved so the copier names the result after it
         (BuildKit follows that symlink for content but keeps the name).
         """
+        try:
+            return self._resolve_sources(patterns, line)
+        except DockerfileError:
+            raise
+        except PybuildError as e:  # a symlink loop, a path that cannot be read
+            raise DockerfileError(f"failed to compute cache key: {e}", line) from None
+
+    def _resolve_sources(self, patterns: list[str], line: int) -> list[Path]:
         out: list[Path] = []
         for written in patterns:
             # An absolute source is relative to the context root, where ".." stops (BuildKit):
