@@ -514,7 +514,9 @@ def cleanup_stale() -> None:
     if os.geteuid() != 0 or not STATE_DIR.is_dir():
         return
     for binary in _installed_runtimes():
-        if not state_root(binary).is_dir():
+        root = state_root(binary)
+        # the runtime keeps one directory per container: none means nothing to list
+        if not root.is_dir() or not any(e.name.startswith(ID_PREFIX) for e in os.scandir(root)):
             continue
         listing = _runtime_cli(binary, "list", "-f", "json")
         try:

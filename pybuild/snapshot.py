@@ -8,11 +8,11 @@ that form, so it becomes the snapshot of the new chain id by a rename: no re-ext
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +24,11 @@ from pybuild import layer
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.store import Descriptor, Store
 
-# Overlay mount options live in one page; beyond this we stack lowers in a bind tree.
+# Overlay mount options live in one page.
 _MAX_MOUNT_DATA = 4000
+_MNT_DETACH = 2
+# the process's own symbols include libc's mount(2)/umount2(2)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
@@ -154,12 +157,18 @@ class Snapshotter:
                     f"workdir={os.path.relpath(a.dir / 'work', self.store.root)}")
         if len(opts) > _MAX_MOUNT_DATA:
             raise PybuildError(f"image has too many layers to mount ({len(lowers)})")
-        res = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", opts + ",index=off,xino=off",
-             str(a.rootfs)],
-            cwd=self.store.root, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise PybuildError(f"overlay mount failed: {res.stderr.strip()}")
+        # mount(2) directly: no mount(8) process per step. Relative lowerdirs resolve
+        # against our working directory, so chdir to the store for the call.
+        cwd = os.getcwd()
+        os.chdir(self.store.root)
+        try:
+            ret = _libc.mount(b"overlay", os.fsencode(a.rootfs), b"overlay", 0,
+                              (opts + ",index=off,xino=off").encode())
+            err = ctypes.get_errno()
+        finally:
+            os.chdir(cwd)
+        if ret != 0:
+            raise PybuildError(f"overlay mount failed: {os.strerror(err)}")
 
     def commit(self, a: Active, parent_diff_ids: list[str], *, compression: str = "gzip",
                source_date_epoch: int | None = None) -> tuple[Descriptor, str]:
@@ -245,11 +254,11 @@ def _locked(path: Path) -> bool:
 
 
 def _umount(path: Path) -> None:
+    """umount(2); lazily (MNT_DETACH) if something still holds it busy."""
     if not os.path.ismount(path):
         return
-    res = subprocess.run(["umount", str(path)], capture_output=True, text=True)
-    if res.returncode != 0 and os.path.ismount(path):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    if _libc.umount2(os.fsencode(path), 0) != 0 and os.path.ismount(path):
+        _libc.umount2(os.fsencode(path), _MNT_DETACH)
 
 
 def _du(path: Path) -> int:
