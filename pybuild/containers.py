@@ -40,6 +40,7 @@ from typing import BinaryIO
 from pybuild import image as imagemod
 from pybuild import runtime
 from pybuild.build.users import resolve_user
+from pybuild.liveness import process_start
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.layer import resolve_in_root
 from pybuild.snapshot import Active, Snapshotter, chain_ids
@@ -176,21 +177,12 @@ def parse_time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of a process: a pid plus this identifies it across pid reuse."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()[19]
-
-
 def _me() -> list[str]:
-    return [str(os.getpid()), _process_start(os.getpid()) or ""]
+    return [str(os.getpid()), process_start(os.getpid()) or ""]
 
 
 def _owner_alive(c: Container) -> bool:
-    return len(c.owner) == 2 and _process_start(int(c.owner[0])) == c.owner[1]
+    return len(c.owner) == 2 and process_start(int(c.owner[0])) == c.owner[1]
 
 
 def list_containers(store: Store) -> list[Container]:

@@ -10,7 +10,6 @@ its name, so a valid blob a tag needs is never touched.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from pybuild import layer, runtime
 from pybuild.build.cache import Cache
+from pybuild.liveness import lock_held
 from pybuild.errors import PybuildError
 from pybuild.snapshot import Snapshotter
 from pybuild.store import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Store
@@ -135,28 +135,13 @@ def _tag_problem(store: Store, desc: Descriptor, corrupt: set[str]) -> tuple[str
     return problem, needed
 
 
-def _lock_held(path: Path) -> bool:
-    """True if a live process holds an flock on `path` (how pybuild marks work in progress)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def _stale_mounts(store: Store) -> tuple[list[Path], bool]:
     """Mount directories of dead builds, and whether a live build holds one right now."""
     mounts = store.root / "mounts"
     stale: list[Path] = []
     live = False
     for d in sorted(mounts.iterdir()) if mounts.is_dir() else []:
-        if _lock_held(d / "lock"):
+        if lock_held(d / "lock"):
             live = True
         else:
             stale.append(d)

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pybuild.liveness import process_start
 from pybuild.errors import NeedsRootError, PybuildError
 
 STATE_DIR = Path("/run/pybuild")
@@ -342,19 +343,10 @@ def _runtime_cli(binary: str, *args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.CompletedProcess(argv, -1, b"", b"")
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of a process (field 22 of /proc/PID/stat): a pid plus this is unique."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()[19]
-
-
 def _write_owner(bundle: Path) -> None:
     """Record which pybuild process runs this container, for `cleanup_stale`."""
     tmp = bundle / ".owner.tmp"
-    tmp.write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
+    tmp.write_text(f"{os.getpid()} {process_start(os.getpid())}\n")
     os.replace(tmp, bundle / "owner")
 
 
@@ -373,7 +365,7 @@ def is_stale(cid: str) -> bool:
         return False
     except ValueError:
         return True
-    return _process_start(int(pid)) != start
+    return process_start(int(pid)) != start
 
 
 @contextmanager

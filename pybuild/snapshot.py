@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pybuild import layer
 from pybuild.errors import NeedsRootError, PybuildError
+from pybuild.liveness import lock_held, tree_size
 from pybuild.store import Descriptor, Store
 
 # Overlay mount options live in one page.
@@ -217,7 +218,7 @@ class Snapshotter:
                 if fd is not None:
                     os.close(fd)
         for tmp in self.dir.glob("tmp-*"):
-            if not _locked(tmp / ".lock"):
+            if not lock_held(tmp / ".lock"):
                 shutil.rmtree(tmp, ignore_errors=True)
         return n
 
@@ -228,7 +229,7 @@ class Snapshotter:
             if d.name in ("empty",) or d.name.startswith("tmp-"):
                 continue
             if f"sha256:{d.name}" not in keep:
-                freed += _du(d)
+                freed += tree_size(d)
                 if not dry_run:
                     # Out of sight first: a kill mid-delete must not leave a "done" snapshot
                     # with files missing.
@@ -238,35 +239,9 @@ class Snapshotter:
         return freed
 
 
-def _locked(path: Path) -> bool:
-    """Whether a live process holds the flock on `path` (a missing file is not locked)."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def _umount(path: Path) -> None:
     """umount(2); lazily (MNT_DETACH) if something still holds it busy."""
     if not os.path.ismount(path):
         return
     if _libc.umount2(os.fsencode(path), 0) != 0 and os.path.ismount(path):
         _libc.umount2(os.fsencode(path), _MNT_DETACH)
-
-
-def _du(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total

@@ -10,7 +10,6 @@ rewritten atomically under an exclusive cross-process lock.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from pybuild.errors import PybuildError
+from pybuild.liveness import lock_held
 from pybuild.reference import parse_reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -404,7 +404,10 @@ class Store:
         if self._db is None:
             conn = sqlite3.connect(self.root / "pybuild.db", timeout=60.0, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            # Switching to WAL needs the database to itself and does not wait on the busy
+            # timeout: two first builds at once would fail. The store lock serialises it.
+            with self.lock():
+                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             self._db = conn
         return self._db
@@ -517,34 +520,17 @@ class Store:
             try:
                 ours = entry.name.startswith(_TEMP_PREFIX) and entry.is_file(follow_symlinks=False)
                 if ours:
-                    if _is_locked(path):
+                    if lock_held(path):
                         continue
                     path.unlink()
                 elif now - entry.stat(follow_symlinks=False).st_mtime > _STALE_SECONDS \
-                        and not _is_locked(path):
+                        and not lock_held(path):
                     if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(path, ignore_errors=True)
                     else:
                         path.unlink()
             except FileNotFoundError:
                 continue  # another process cleaned it first
-
-
-def _is_locked(path: Path) -> bool:
-    """True if some process holds an flock on `path` (its owner is alive)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)
-    return False
 
 
 def _mount_points_under(base: Path) -> list[Path]:

@@ -64,7 +64,8 @@ class Cache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.db: sqlite3.Connection = store.db
-        self.db.executescript(_SCHEMA)
+        with store.lock():  # schema changes, like the WAL switch, are serialised
+            self.db.executescript(_SCHEMA)
 
     def lookup(self, key: str) -> Record | None:
         """A record whose layer blob is still in the store, or None."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pybuild.errors import DockerfileError, PybuildError
+from pybuild.liveness import process_start
 from pybuild.runtime import Mount
 
 SECRETS_DIR = Path("/run/pybuild/secrets")
@@ -208,14 +209,7 @@ class MountPreparer:
 
 
 def _owner_tag() -> str:
-    return f"{os.getpid()}.{_process_start(os.getpid())}"
-
-
-def _process_start(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "gone"
+    return f"{os.getpid()}.{process_start(os.getpid())}"
 
 
 def cleanup_stale_secrets() -> None:
@@ -225,7 +219,7 @@ def cleanup_stale_secrets() -> None:
     for f in SECRETS_DIR.iterdir():
         owner = f.name.split("-", 1)[0]
         pid, _, start = owner.partition(".")
-        if not pid.isdigit() or _process_start(int(pid)) != start:
+        if not pid.isdigit() or str(process_start(int(pid))) != start:
             _unlink(str(f))
 
 

@@ -8,7 +8,6 @@ snapshots nothing needs any more. Whatever a tagged image needs is never removed
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from pybuild import image as imagemod
 from pybuild.build.cache import Cache, Record
 from pybuild.errors import PybuildError
+from pybuild.liveness import tree_size
 from pybuild.snapshot import Snapshotter, chain_ids
 from pybuild.store import Store
 
@@ -76,7 +76,7 @@ def cache_mounts(store: Store) -> list[CacheMount]:
             continue
         cid = (d / "id").read_text() if (d / "id").exists() else d.name
         st = (d / "data").stat()
-        out.append(CacheMount(cid, d, du(d / "data"), st.st_mtime))
+        out.append(CacheMount(cid, d, tree_size(d / "data"), st.st_mtime))
     return out
 
 
@@ -188,14 +188,3 @@ def prune(store: Store, *, all: bool = False, until: float | None = None,
             report.mounts_freed += m.size
             shutil.rmtree(m.path, ignore_errors=True)
     return report
-
-
-def du(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
