@@ -453,9 +453,9 @@ class Solver:
         inputs = {"op": "mkdir", "path": path, "user": user}
 
         def do(active: Any) -> None:
-            uid, gid = (0, 0)
-            if user:
-                uid, gid, _ = resolve_user(active.rootfs, user)
+            # BuildKit creates it as a file operation owned like `--chown=USER`: a bare
+            # uid with no passwd entry gets that number as its gid too.
+            uid, gid = resolve_chown(active.rootfs, user) if user else (0, 0)
             _mkdir_p(active.rootfs, path, uid, gid)
 
         self._fs_step(s, e, self._display(s, e), inputs, do, created_by=f"WORKDIR {path}")
