@@ -102,6 +102,10 @@ def _meta_args(meta: list[ins.Arg], lex: ShellLex, build_args: dict[str, str]) -
                     env[name] = lex.expand(default, env)
                 except DockerfileError as e:
                     raise DockerfileError(e.message, instr.line) from None
+            else:
+                # BuildKit (Docker 20.10): a global `ARG TARGETPLATFORM` with no value
+                # shadows the automatic platform value, so stages see it unset.
+                env.pop(name, None)
     return env
 
 
