@@ -153,7 +153,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = cs.add_parser("ls", parents=[common], help="list cache records",
                       description="One row per cache record (and cache mount): step, size, "
                                   "age, hits, and the tagged images that use its layer.")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="a table (default) or JSON with full ids, digests and ISO times")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="until=DURATION, since=DURATION, description=TEXT, used=true|false, "
                         "type=regular|exec.cachemount (repeatable)")
@@ -162,7 +163,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = cs.add_parser("du", parents=[common], help="disk usage of the cache",
                       description="Total size of cached layers, how much tagged images share, "
                                   "how much a prune could free, and cache mounts.")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="a table (default) or JSON (bytes)")
     p.set_defaults(func=cmd_du)
 
     p = cs.add_parser("inspect", parents=[common], help="show one cache record",

@@ -107,7 +107,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--entrypoint", help="override the image's ENTRYPOINT (drops its CMD)")
     r.add_argument("-w", "--workdir", help="working directory inside the container")
     r.add_argument("-u", "--user", help="user[:group] or uid[:gid]")
-    r.add_argument("image", metavar="IMAGE")
+    r.add_argument("image", metavar="IMAGE", help="tag or image ID to run")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD",
                    help="command and arguments (replace the image's CMD)")
     r.set_defaults(func=cmd_run)
@@ -122,7 +122,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     lg = sub.add_parser("logs", parents=[common], help="show a container's output",
                         description="Print what a container wrote to stdout and stderr.")
     lg.add_argument("-f", "--follow", action="store_true", help="follow until the container stops")
-    lg.add_argument("container", metavar="CONTAINER")
+    lg.add_argument("container", metavar="CONTAINER", help="name or ID (a unique prefix)")
     lg.set_defaults(func=cmd_logs)
 
     s = sub.add_parser("stop", parents=[common], help="stop running containers",
@@ -130,11 +130,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "SIGKILL after the grace period.")
     s.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS",
                    help="seconds to wait before killing (default 10)")
-    s.add_argument("containers", nargs="+", metavar="CONTAINER")
+    s.add_argument("containers", nargs="+", metavar="CONTAINER", help="names or IDs")
     s.set_defaults(func=cmd_stop)
 
     rm = sub.add_parser("rm", parents=[common], help="remove containers",
                         description="Remove stopped containers (running ones with -f).")
     rm.add_argument("-f", "--force", action="store_true", help="kill a running container first")
-    rm.add_argument("containers", nargs="+", metavar="CONTAINER")
+    rm.add_argument("containers", nargs="+", metavar="CONTAINER", help="names or IDs")
     rm.set_defaults(func=cmd_rm)

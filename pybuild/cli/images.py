@@ -112,8 +112,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     i = sub.add_parser("import", parents=[common], help="import a rootfs tarball as a one-layer image",
                        description="Make a one-layer image from a root filesystem tarball "
                                    "(plain, gzip, xz or zstd), e.g. from mmdebstrap.")
-    i.add_argument("tarball")
-    i.add_argument("tag")
+    i.add_argument("tarball", metavar="TARBALL",
+                   help="root filesystem tarball (plain, .gz, .xz or .zst)")
+    i.add_argument("tag", metavar="NAME[:TAG]", help="name for the image (default tag latest)")
     i.set_defaults(func=cmd_import)
 
     im = sub.add_parser("images", parents=[common], help="list tagged images",
@@ -123,24 +124,27 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     ins = sub.add_parser("inspect", parents=[common], help="show an image as JSON",
                          description="Print the manifest and config of images (by tag or ID).")
-    ins.add_argument("names", nargs="+", metavar="IMAGE")
+    ins.add_argument("names", nargs="+", metavar="IMAGE",
+                     help="tag, image ID (or a unique prefix), or manifest digest")
     ins.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("tag", parents=[common], help="add a name to an image",
                        description="Create the tag TARGET that refers to SOURCE.")
-    t.add_argument("source", metavar="SOURCE")
-    t.add_argument("target", metavar="TARGET")
+    t.add_argument("source", metavar="SOURCE", help="existing tag or image ID")
+    t.add_argument("target", metavar="TARGET", help="new name[:tag]")
     t.set_defaults(func=cmd_tag)
 
     r = sub.add_parser("rmi", parents=[common], help="remove image tags",
                        description="Remove tags; blobs are freed by `pybuild cache prune`.")
-    r.add_argument("names", nargs="+", metavar="IMAGE")
+    r.add_argument("names", nargs="+", metavar="IMAGE", help="tags to remove")
     r.set_defaults(func=cmd_rmi)
 
     s = sub.add_parser("save", parents=[common], help="write images to an archive",
                        description="Save images as a docker-archive (for `docker load` / "
                                    "`podman load`) or an OCI archive.")
-    s.add_argument("names", nargs="+", metavar="IMAGE")
-    s.add_argument("-o", "--output", required=True, metavar="FILE")
-    s.add_argument("--format", choices=["docker", "oci"], default="docker")
+    s.add_argument("names", nargs="+", metavar="IMAGE", help="tags or image IDs to save")
+    s.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="archive to write (replaced atomically)")
+    s.add_argument("--format", choices=["docker", "oci"], default="docker",
+                   help="docker-archive for docker/podman load (default) or an OCI archive")
     s.set_defaults(func=cmd_save)

@@ -106,7 +106,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pull", parents=[common], help="pull an image from a registry",
                        description="Pull an image (the host's platform from a multi-platform "
                                    "list) into the store and tag it.")
-    p.add_argument("image", metavar="NAME[:TAG|@DIGEST]")
+    p.add_argument("image", metavar="NAME[:TAG|@DIGEST]",
+                   help="reference to pull (docker's normalisation: busybox = "
+                        "docker.io/library/busybox:latest)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_tls_flags(p)
     p.set_defaults(func=cmd_pull)
@@ -116,8 +118,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "(`pybuild push myapp localhost:5000/myapp:1.0`). Blobs the "
                                    "registry has are skipped, blobs in another repository of "
                                    "it are mounted.")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("destination", nargs="?", metavar="DESTINATION")
+    p.add_argument("image", metavar="IMAGE", help="local tag or image ID")
+    p.add_argument("destination", nargs="?", metavar="DESTINATION",
+                   help="registry reference to push to (default: IMAGE's own name)")
     p.add_argument("--chunked", action="store_true",
                    help="upload layers in chunks (PATCH) instead of one request each")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -127,8 +130,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("login", parents=[common], help="log in to a registry",
                        description="Check credentials against a registry and save them in "
                                    "~/.docker/config.json (as docker login does).")
-    p.add_argument("server", metavar="SERVER")
-    p.add_argument("-u", "--username")
+    p.add_argument("server", metavar="SERVER", help="registry host[:port]")
+    p.add_argument("-u", "--username", help="user name (asked for when missing)")
     p.add_argument("-p", "--password", help="password (prefer --password-stdin)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add_tls_flags(p)
@@ -136,5 +139,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("logout", parents=[common], help="log out from a registry",
                        description="Remove saved credentials for a registry.")
-    p.add_argument("server", metavar="SERVER")
+    p.add_argument("server", metavar="SERVER", help="registry host[:port]")
     p.set_defaults(func=cmd_logout)
