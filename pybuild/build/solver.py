@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import posixpath
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -442,12 +443,13 @@ class Solver:
 
     # ----- filesystem steps -----------------------------------------------------------
     def _workdir(self, s: StageState, e: Any) -> None:
+        # BuildKit keeps an absolute path as written (a trailing "/" stays in the config
+        # and history) and joins a relative one onto the previous WORKDIR, cleaned.
         path = e.path
         if not path.startswith("/"):
-            path = os.path.join(s.config.get("WorkingDir") or "/", path)
-        path = os.path.normpath(path)
-        if path.startswith("//"):
-            path = path[1:]
+            path = posixpath.normpath(posixpath.join("/", s.config.get("WorkingDir") or "/", path))
+            if path.startswith("//"):
+                path = path[1:]
         s.config["WorkingDir"] = path
         user = s.config.get("User") or ""
         inputs = {"op": "mkdir", "path": path, "user": user}
