@@ -102,7 +102,6 @@ class StageState:
     arg_decls: list[str] = field(default_factory=list)  # every ARG name, in order, repeats kept
     own_history: int = -1  # index of the first history entry this build made
 
-
     def __post_init__(self) -> None:
         if self.own_history < 0:
             self.own_history = len(self.history)
@@ -528,7 +527,7 @@ class Solver:
                                   "link": bool(e.link)}
         heredocs = list(e.heredocs or [])
         urls = [x for x in e.sources if is_add and _is_url(x)]
-        local = [x for x in e.sources if x not in urls and not _is_heredoc_ref(x, heredocs)]
+        local = [x for x in e.sources if x not in urls]  # heredoc files come separately
         if heredocs:
             inputs["heredocs"] = [[h.name, h.content] for h in heredocs]
         if urls:
@@ -828,10 +827,6 @@ def _is_fs_step(i: Any) -> bool:
 
 def _is_url(s: str) -> bool:
     return s.startswith(("http://", "https://"))
-
-
-def _is_heredoc_ref(src: str, heredocs: list[Any]) -> bool:
-    return any(src.lstrip("<-").strip("'\"") == h.name for h in heredocs) and src.startswith("<<")
 
 
 def _heredoc_script(command: str, heredocs: list[Any]) -> str | None:
