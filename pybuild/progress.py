@@ -176,7 +176,13 @@ def excerpt_window(excerpt: SourceExcerpt) -> list[tuple[int, str, bool]] | None
 
 
 def error_block(name: str, tail: list[str], excerpt: SourceExcerpt | None) -> str:
-    """The text BuildKit prints under a failed step, up to (not including) the ERROR line."""
+    """The text BuildKit prints under a failed step, up to (not including) the ERROR line.
+
+    Nothing when there is nothing to show (a failed pull or push: no output, no
+    Dockerfile line): the one-line error says it all.
+    """
+    if not tail and excerpt is None:
+        return ""
     out = ["------", f" > {escape(name)}:", *tail, "------"]
     window = excerpt_window(excerpt) if excerpt is not None else None
     if excerpt is not None and window is not None:
