@@ -674,8 +674,8 @@ def _healthcheck(node: Node) -> Healthcheck:
         if not re.fullmatch(r"[+-]?[0-9]+", value) or abs(int(value)) >= 2 ** 31:
             raise _err(node, f'strconv.ParseInt: parsing {go_quote(value)}: invalid syntax')
         retries = int(value)
-        if retries < 0:
-            raise _err(node, f"--retries cannot be negative ({retries})")
+        if retries < 1:  # Docker 20.10's frontend; later ones allow 0
+            raise _err(node, f"--retries must be at least 1 (not {retries})")
     return Healthcheck(test=test, retries=retries, **durations, **_common(node))
 
 
