@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -332,3 +333,43 @@ def test_cases_are_well_formed() -> None:
             for src in meta.get("secrets", {}).values():
                 assert (CASES_DIR / name / src).is_file(), name
 
+
+
+# ----- what docker rejects, pybuild rejects (and the reverse) ---------------------------------
+BORDERLINE = [
+    "FROM scratch\nEXPOSE 0\n", "FROM scratch\nEXPOSE 70000\n", "FROM scratch\nEXPOSE 80-70\n",
+    "FROM scratch\nEXPOSE abc\n", "FROM scratch\nEXPOSE 80/xyz\n", "FROM scratch\nEXPOSE 80/TCP\n",
+    "FROM scratch\nSTOPSIGNAL FOO\n", "FROM scratch\nSTOPSIGNAL 999\n",
+    "FROM scratch\nSTOPSIGNAL SIGRTMIN+3\n", "FROM scratch\nUSER\n", "FROM scratch\nENV A\n",
+    "FROM scratch\nENV =x\n", "FROM scratch\nLABEL a\n", "FROM scratch\nVOLUME []\n",
+    "FROM scratch\nARG =x\n", "FROM scratch\nCMD []\n", "FROM scratch\nSHELL sh -c\n",
+    "FROM scratch\nSHELL []\n", "FROM scratch\nHEALTHCHECK CMD\n",
+    "FROM scratch\nHEALTHCHECK --interval=0s CMD x\n", "FROM scratch\nHEALTHCHECK --retries=0 CMD x\n",
+    "FROM scratch\nHEALTHCHECK --interval=1ns CMD x\n", "FROM scratch\nONBUILD FROM x\n",
+    "FROM scratch AS 1bad\n", "FROM scratch AS Good_Name-1.2\n",
+    "FROM scratch as a\nFROM scratch as A\n", "FROM scratch extra\n", "FROM scratch AS\n",
+    "FROM scratch\nCOPY onlyone\n", "FROM scratch\nCOPY --chmod=999 a b\n",
+    "FROM scratch\nWORKDIR /a b\n", "FROM scratch\nUSER a b\n", "FROM scratch\nENV A=1 B\n",
+    "FROM scratch\nBOGUS x\n", "FROM scratch\nCOPY --frm=x a b\n", "",
+]
+
+
+def test_rejects_what_docker_rejects(docker_side: DockerSide, tmp_path: Path) -> None:
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    disagree = []
+    for n, text in enumerate(BORDERLINE):
+        ctx = tmp_path / f"c{n}"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(text)
+        (ctx / "a").write_text("a")
+        docker = subprocess.run([str(DOCKER_CLIENT), "-H", docker_side.engine.host, "build", "-q",
+                                 "--network=host", str(ctx)], capture_output=True, text=True,
+                                env=env, timeout=120)
+        ours = subprocess.run([sys.executable, "-m", "pybuild", "build", "--check", str(ctx)],
+                              capture_output=True, text=True, timeout=60)
+        if (docker.returncode == 0) != (ours.returncode == 0):
+            disagree.append(f"{text!r}: docker rc={docker.returncode}, pybuild rc={ours.returncode}"
+                            f" {ours.stderr.strip()[:120]}")
+        if ours.returncode != 0:
+            assert "Traceback" not in ours.stderr and ours.stderr.count("\n") == 1, ours.stderr
+    assert disagree == []

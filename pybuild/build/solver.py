@@ -870,11 +870,11 @@ def _ports(p: str, line: int) -> list[str]:
     port, _, proto = p.partition("/")
     proto = (proto or "tcp").lower()
     lo, _, hi = port.partition("-")
-    if proto not in ("tcp", "udp", "sctp") or not lo.isdigit() or (hi and not hi.isdigit()):
-        raise DockerfileError(f"invalid containerPort: {p}", line)
+    if proto not in ("tcp", "udp", "sctp"):
+        raise DockerfileError(f"Invalid proto: {proto}", line)
+    if not lo.isdigit() or (hi and not hi.isdigit()) or not int(lo) <= int(hi or lo) <= 65535:
+        raise DockerfileError(f"Invalid containerPort: {port}", line)
     first, last = int(lo), int(hi or lo)
-    if not 0 < first <= last <= 65535:
-        raise DockerfileError(f"invalid containerPort: {p}", line)
     return [f"{n}/{proto}" for n in range(first, last + 1)]
 
 

@@ -623,8 +623,43 @@ def _arg(node: Node) -> Arg:
     pairs: list[tuple[str, str | None]] = []
     for a in args:
         name, has_value, value = a.partition("=")
+        if not name:
+            raise _err(node, "ARG names can not be blank")
         pairs.append((name, value if has_value else None))
     return Arg(args=pairs, **_common(node))
+
+
+_SIGNALS = frozenset("""ABRT ALRM BUS CHLD CLD CONT FPE HUP ILL INT IO IOT KILL PIPE POLL PROF
+PWR QUIT SEGV STKFLT STOP SYS TERM TRAP TSTP TTIN TTOU URG USR1 USR2 VTALRM WINCH XCPU XFSZ
+RTMIN RTMAX""".split())
+
+
+def _check_signal(node: Node, sig: str) -> str:
+    """Docker's signal.ParseSignal: a number, or a name with or without SIG (RTMIN+n too)."""
+    if "$" in sig or sig.isdigit():
+        return sig
+    name = sig.upper().removeprefix("SIG")
+    base, plus, offset = name.partition("+")
+    base, minus, moffset = base.partition("-") if not plus else (base, "", "")
+    if base in _SIGNALS and (not (plus or minus) or (base.startswith("RT") and
+                                                     (offset or moffset).isdigit())):
+        return sig
+    raise _err(node, f"Invalid signal: {sig}")
+
+
+def _check_ports(node: Node, ports: list[str]) -> list[str]:
+    """Docker's nat.ParsePortSpec on what can be checked before expansion."""
+    for p in ports:
+        if "$" in p:
+            continue
+        port, _, proto = p.partition("/")
+        if proto and proto.lower() not in ("tcp", "udp", "sctp"):
+            raise _err(node, f"Invalid proto: {proto}")
+        lo, dash, hi = port.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or int(lo) > 65535 \
+                or (dash and (int(hi) > 65535 or int(hi) < int(lo))):
+            raise _err(node, f"Invalid containerPort: {port}")
+    return ports
 
 
 def _pairs(node: Node, word: str) -> list[tuple[str, str]]:
@@ -663,9 +698,7 @@ def _healthcheck(node: Node) -> Healthcheck:
                 nanos = parse_duration(value)
             except ValueError as e:
                 raise _err(node, str(e)) from None
-            if nanos < 0:
-                raise _err(node, f"Interval {go_quote(flag)} cannot be negative")
-            if 0 < nanos < 1_000_000:
+            if nanos < 1_000_000:  # an explicit 0s too (Docker 20.10)
                 raise _err(node, f"Interval {go_quote(flag)} cannot be less than 1ms")
         durations[flag.replace("-", "_")] = nanos
     retries = 0
@@ -727,9 +760,11 @@ _BUILDERS: dict[str, Callable[[Node], Instruction]] = {
     "cmd": _cmd(Cmd), "entrypoint": _cmd(Entrypoint),
     "workdir": lambda n: Workdir(path=_exactly_one(n, "WORKDIR"), **_common(n)),
     "user": lambda n: User(user=_exactly_one(n, "USER"), **_common(n)),
-    "expose": lambda n: Expose(ports=list(_at_least_one(n, "EXPOSE")), **_common(n)),
+    "expose": lambda n: Expose(ports=_check_ports(n, list(_at_least_one(n, "EXPOSE"))),
+                               **_common(n)),
     "volume": _volume,
-    "stopsignal": lambda n: StopSignal(signal=_exactly_one(n, "STOPSIGNAL"), **_common(n)),
+    "stopsignal": lambda n: StopSignal(signal=_check_signal(n, _exactly_one(n, "STOPSIGNAL")),
+                                       **_common(n)),
     "healthcheck": _healthcheck, "onbuild": _onbuild, "shell": _shell,
     "maintainer": lambda n: Maintainer(name=_exactly_one(n, "MAINTAINER"), **_common(n)),
 }
