@@ -351,6 +351,13 @@ BORDERLINE = [
     "FROM scratch\nCOPY onlyone\n", "FROM scratch\nCOPY --chmod=999 a b\n",
     "FROM scratch\nWORKDIR /a b\n", "FROM scratch\nUSER a b\n", "FROM scratch\nENV A=1 B\n",
     "FROM scratch\nBOGUS x\n", "FROM scratch\nCOPY --frm=x a b\n", "",
+    "FROM scratch\nENV A=\"unterminated\n", "FROM scratch\nENV A=${\n", "FROM scratch\nENV A=${B\n",
+    "FROM scratch AS unused\nENV A=\"open\nFROM scratch\nLABEL a=b\n",
+    "FROM scratch\nEXPOSE 127.0.0.1:80:80\n", "FROM scratch\nEXPOSE :80\n",
+    "FROM scratch\nENV A=${B:-${C:-d}}\n", "FROM scratch\nCMD [\"a\",]\n",
+    "FROM scratch\nVOLUME [\"/a\" \"/b\"]\n", "FROM scratch\nHEALTHCHECK NONE extra\n",
+    "FROM scratch\nSTOPSIGNAL sigterm\n", "# escape=x\nFROM scratch\n",
+    "FROM scratch\nRUN []\n", "FROM a\nFROM scratch AS a\n",
 ]
 
 

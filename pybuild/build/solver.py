@@ -866,8 +866,9 @@ def _with_heredocs(command: str, heredocs: list[Any]) -> str:
 
 
 def _ports(p: str, line: int) -> list[str]:
-    """`80`, `80/udp`, `7000-7002/tcp` → docker's port keys; a range is expanded."""
-    port, _, proto = p.partition("/")
+    """`80`, `80/udp`, `7000-7002/tcp` → docker's port keys; a range is expanded. An
+    `ip:hostPort:` prefix is accepted and ignored, as docker's EXPOSE does."""
+    port, _, proto = p.rpartition(":")[2].partition("/")
     proto = (proto or "tcp").lower()
     lo, _, hi = port.partition("-")
     if proto not in ("tcp", "udp", "sctp"):

@@ -585,6 +585,8 @@ def _run(node: Node) -> Run:
     if security is not None and security not in ("sandbox", "insecure"):
         raise _err(node, f"unsupported security mode {go_quote(security)}")
     mounts = [parse_mount(spec, node.start_line, None) for spec in flags.get("mount", [])]
+    if node.json and not node.args:
+        raise _err(node, "RUN: arguments are required")
     return Run(command=_command(node), exec_form=node.json, mounts=mounts, network=network,
                security=security, heredocs=list(node.heredocs), **_common(node))
 
@@ -652,7 +654,7 @@ def _check_ports(node: Node, ports: list[str]) -> list[str]:
     for p in ports:
         if "$" in p:
             continue
-        port, _, proto = p.partition("/")
+        port, _, proto = p.rpartition(":")[2].partition("/")  # ip:hostPort:containerPort
         if proto and proto.lower() not in ("tcp", "udp", "sctp"):
             raise _err(node, f"Invalid proto: {proto}")
         lo, dash, hi = port.partition("-")

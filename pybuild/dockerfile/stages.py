@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import platform as _platform
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pybuild.dockerfile import instructions as ins
@@ -131,6 +132,36 @@ class _Resolver:
         return self.by_name(ref)
 
 
+class _AnyValue(Mapping[str, str]):
+    """An environment in which every variable is set: expanding against it can only fail on
+    syntax (a missing `}`, an open quote), never on a value the base image may provide."""
+
+    def __getitem__(self, key: str) -> str:
+        return "x"
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _check_syntax(instr: ins.Instruction, lex: ShellLex) -> None:
+    """Word-expansion syntax errors fail the plan, as BuildKit fails before building.
+
+    Only the lexer's own errors count here; a value check (a uid that is not a number)
+    needs the real values and happens when the step is dispatched.
+    """
+    try:
+        instr.expand(lex, _AnyValue())
+    except DockerfileError as e:
+        if e.message.startswith("failed to process"):
+            raise
+
+
 def plan(df: Dockerfile, build_args: dict[str, str], target: str | None) -> BuildPlan:
     """The stages needed for `target` (default: the last stage), in Dockerfile order."""
     lex = ShellLex(df.escape)
@@ -161,6 +192,9 @@ def plan(df: Dockerfile, build_args: dict[str, str], target: str | None) -> Buil
         target_stage = all_stages[-1]
     needed = _closure(all_stages, target_stage.index)
     stages = [s for s in all_stages if s.index in needed]
+    for stage in stages:  # BuildKit converts every needed stage before running any
+        for instr in stage.instructions:
+            _check_syntax(instr, lex)
     consumed = {name for a in meta for name, _ in a.args}
     for st in stages:
         consumed |= {name for i in st.instructions if isinstance(i, ins.Arg) for name, _ in i.args}

@@ -134,16 +134,24 @@ def test_expansion_error_in_step_points_at_its_line() -> None:
     assert workdir.expand(ShellLex(), {"A": "/a"}).path == "/a"  # type: ignore[attr-defined]
 
 
+def test_unset_variable_with_required_modifier_fails_on_expand() -> None:
+    instr = plan("FROM scratch\nCOPY ${a:?unset!} /\n").target.instructions[-1]
+    with pytest.raises(DockerfileError) as info:
+        instr.expand(ShellLex(), {})
+    assert (info.value.message, info.value.line) == ('failed to process "${a:?unset!}": a: unset!', 2)
+
+
 @pytest.mark.parametrize("text,message,line", [
     ("FROM scratch\n\n\nWORKDIR \"/a\n", "failed to process \"\\\"/a\": unexpected end of statement "
      "while looking for matching double-quote", 4),
-    ("FROM scratch\nCOPY ${a:?unset!} /\n", "failed to process \"${a:?unset!}\": a: unset!", 2),
     ("FROM scratch\nENV A=${B\n", "failed to process \"${B\": syntax error: missing '}'", 2),
+    ("FROM scratch AS a\nFROM scratch\nENV A=\"open\n", "failed to process \"\\\"open\": unexpected end of "
+     "statement while looking for matching double-quote", 3),
 ])
-def test_bad_expansion(text: str, message: str, line: int) -> None:
-    instr = plan(text).target.instructions[-1]
+def test_expansion_syntax_errors_fail_the_plan(text: str, message: str, line: int) -> None:
+    # BuildKit converts every stage before running anything, so these fail up front
     with pytest.raises(DockerfileError) as info:
-        instr.expand(ShellLex(), {})
+        plan(text)
     assert (info.value.message, info.value.line) == (message, line)
 
 
