@@ -544,7 +544,9 @@ class Solver:
             inputs["files"] = self.ctx.manifest(paths)
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)
-        created_by = f"{word} {' '.join(list(raw.sources) + [raw.dest])} # buildkit"
+        # history shows the words after expansion, flags dropped (BuildKit's wording)
+        words = list(e.sources) + [e.dest] if not heredocs else list(raw.sources) + [raw.dest]
+        created_by = f"{word} {' '.join(words)} # buildkit"
 
         def do(active: Any) -> None:
             owner = resolve_chown(active.rootfs, e.chown) if e.chown else None
