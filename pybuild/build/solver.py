@@ -326,8 +326,8 @@ class Solver:
         cfg = s.config
         if isinstance(e, ins.Env):
             for k, v in e.pairs:
-                cfg["Env"] = [x for x in cfg.get("Env") or [] if x.partition("=")[0] != k] + [f"{k}={v}"]
-                s.vars.pop(k, None)
+                cfg["Env"] = _set_env(cfg.get("Env") or [], k, v)
+                s.vars.pop(k, None)  # the step env moves it last (llb's AddOrReplace)
                 s.vars[k] = v
                 s.from_arg.discard(k)
             self._meta(s, "ENV " + " ".join(f"{k}={v}" for k, v in e.pairs))
@@ -790,6 +790,16 @@ class Solver:
             return datetime.fromtimestamp(self.opts.source_date_epoch, tz=timezone.utc) \
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
         return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _set_env(env: list[str], key: str, value: str) -> list[str]:
+    """The image config replaces a variable in place, or appends it (BuildKit's addEnv)."""
+    out = list(env)
+    for i, item in enumerate(out):
+        if item.partition("=")[0] == key:
+            out[i] = f"{key}={value}"
+            return out
+    return out + [f"{key}={value}"]
 
 
 def _fill_times(history: list[dict[str, Any]], now: str) -> None:
