@@ -613,8 +613,18 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
         if not store.has_blob(d.digest):
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
                                f"(run verify)")
-    sources = {d.digest: [repo for repo in known_repositories(store, r.registry, d.digest)
-                          if repo != r.repository] for d in blobs}
+    _send_blobs(client, t, store, blobs, chunked)
+    digest = client.put_manifest(t, r.tag or "latest", body, media_type)
+    _record(store, r.registry, r.repository, [d.digest for d in blobs])
+    return digest
+
+
+def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[Descriptor],
+                chunked: bool) -> None:
+    """Each blob the registry lacks: mounted from another repository it is known to be in,
+    else uploaded; 4 at a time. Blobs already there are skipped (HEAD)."""
+    sources = {d.digest: [repo for repo in known_repositories(store, t.ref.registry, d.digest)
+                          if repo != t.ref.repository] for d in blobs}
 
     def send(d: Descriptor, abort: threading.Event) -> str:
         if abort.is_set():
@@ -625,9 +635,6 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
         return client.upload_blob(t, store, d, sources[d.digest], chunked)
 
     _parallel(blobs, send)
-    digest = client.put_manifest(t, r.tag or "latest", body, media_type)
-    _record(store, r.registry, r.repository, [d.digest for d in blobs])
-    return digest
 
 
 # ---- login -----------------------------------------------------------------------------
@@ -687,17 +694,7 @@ def push_artifact(store: Store, dest: str, config: Descriptor, layers: list[Desc
     r = parse_reference(dest)
     t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
     blobs = list({d.digest: d for d in [config, *layers]}.values())
-    sources = {d.digest: [repo for repo in known_repositories(store, r.registry, d.digest)
-                          if repo != r.repository] for d in blobs}
-
-    def send(d: Descriptor, abort: threading.Event) -> str:
-        if abort.is_set():
-            raise t.fail("cancelled after another transfer failed")
-        if client.blob_exists(t, d.digest):
-            return "exists"
-        return client.upload_blob(t, store, d, sources[d.digest], False)
-
-    _parallel(blobs, send)
+    _send_blobs(client, t, store, blobs, False)
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_dict(),
                 "layers": [d.to_dict() for d in layers]}
     body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
