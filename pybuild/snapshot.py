@@ -126,11 +126,16 @@ class Snapshotter:
         if os.geteuid() != 0:
             raise NeedsRootError("building needs root: overlay mounts and runc require it (run with sudo)")
         sid = uuid.uuid4().hex[:16]
-        d = self.mounts_dir / sid
-        for sub in ("upper", "work", "merged"):
-            (d / sub).mkdir(parents=True)
-        lock = os.open(d / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        # Set up under a temporary name with the lock already held, then renamed: a mount
+        # dir under its real name always carries a live lock or is stale, never in between.
+        tmp = self.mounts_dir / f".new-{sid}"
+        tmp.mkdir()
+        lock = os.open(tmp / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for sub in ("upper", "work", "merged"):
+            (tmp / sub).mkdir()
+        d = self.mounts_dir / sid
+        os.rename(tmp, d)
         active = Active(sid, d, list(lowers), readonly)
         try:
             self.mount_overlay(active)
@@ -199,24 +204,17 @@ class Snapshotter:
         """Unmount and remove mounts left by killed pybuild processes; returns how many."""
         n = 0
         for d in self.mounts_dir.iterdir() if self.mounts_dir.exists() else []:
-            try:
-                fd = os.open(d / "lock", os.O_RDWR)
-            except OSError:
-                fd = None
-                if time.time() - d.stat().st_mtime < 60:
-                    continue  # being set up by a live build: its lock comes next
-            try:
-                if fd is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue  # a live process owns it
-                _umount(d / "merged")
+            if lock_held(d / "lock"):
+                continue  # a live process owns it
+            if d.name.startswith(".new-"):
+                # never mounted; only a creator between mkdir and its lock has no lock file
+                if not (d / "lock").exists() and time.time() - d.stat().st_mtime < 60:
+                    continue
                 shutil.rmtree(d, ignore_errors=True)
-                n += 1
-            finally:
-                if fd is not None:
-                    os.close(fd)
+                continue
+            _umount(d / "merged")
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
         for tmp in self.dir.glob("tmp-*"):
             if not lock_held(tmp / ".lock"):
                 shutil.rmtree(tmp, ignore_errors=True)
