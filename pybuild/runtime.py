@@ -20,6 +20,7 @@ import signal
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -436,6 +437,9 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
                  "--log-format", "json", "run", "--bundle", str(bundle), cid],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 start_new_session=True)  # Ctrl-C reaches us only; we decide how to stop it
+            # who runs it: a killed pybuild's `runc run` may still be creating the container,
+            # and cleanup_stale must stop it before it can (see _stop_orphaned_runtimes)
+            (bundle / "runtime").write_text(f"{proc.pid} {process_start(proc.pid)}\n")
             assert proc.stdout is not None
             _pump(proc.stdout.fileno(), on_output)
             status = proc.wait()
@@ -497,6 +501,26 @@ def _installed_runtimes() -> list[str]:
     return list(dict.fromkeys(p for p in found if p))
 
 
+def _stop_orphaned_runtimes() -> None:
+    """Kill the `runc run` of every bundle whose pybuild is gone, before looking at runc's
+    containers: otherwise it could finish creating one after the cleanup."""
+    if not BUNDLES_DIR.is_dir():
+        return
+    for bundle in BUNDLES_DIR.iterdir():
+        if not bundle.name.startswith(ID_PREFIX) or not is_stale(bundle.name):
+            continue
+        try:
+            pid, start = (bundle / "runtime").read_text().split()
+        except (OSError, ValueError):
+            continue
+        if process_start(int(pid)) != start:
+            continue
+        _kill_group(int(pid))
+        deadline = time.monotonic() + _KILL_TIMEOUT
+        while process_start(int(pid)) == start and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 def cleanup_stale() -> None:
     """Delete containers and bundles left by a pybuild that was killed (SIGKILL, crash).
 
@@ -505,6 +529,7 @@ def cleanup_stale() -> None:
     """
     if os.geteuid() != 0 or not STATE_DIR.is_dir():
         return
+    _stop_orphaned_runtimes()
     for binary in _installed_runtimes():
         root = state_root(binary)
         # the runtime keeps one directory per container: none means nothing to list
