@@ -533,15 +533,15 @@ class Solver:
         if urls:
             inputs["urls"] = urls
             inputs["checksum"] = getattr(e, "checksum", None) or ""
-        source_view = None
+        context_paths: list[Path] = []
         if e.from_:
-            source_view = e.from_
             inputs["from"] = self._source_key(e.from_, raw.line)
             inputs["sources"] = local
         elif local:
-            paths = self.ctx.resolve_sources(local, raw.line)
+            # resolved once: the key's file digests and the copy read the same paths
+            context_paths = self.ctx.resolve_sources(local, raw.line)
             inputs["sources"] = local
-            inputs["files"] = self.ctx.manifest(paths)
+            inputs["files"] = self.ctx.manifest(context_paths)
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)
         # history shows the words after expansion, flags dropped (BuildKit's wording)
@@ -557,19 +557,17 @@ class Solver:
             if urls:
                 add_urls(active.rootfs, urls, dest, workdir, getattr(e, "checksum", None),
                          owner, chmod, raw.line)
-            if local:
-                if source_view is not None:
-                    with self._view(source_view) as root:
-                        paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
-                        copy_into(active.rootfs, CopyRequest(
-                            paths, root, dest, workdir, owner, chmod, list(e.exclude or []),
-                            bool(e.parents), is_add, raw.line, keep_owner=True))
-                else:
-                    paths = self.ctx.resolve_sources(local, raw.line)
+            if local and e.from_:
+                with self._view(e.from_) as root:
+                    paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
                     copy_into(active.rootfs, CopyRequest(
-                        paths, self.ctx.root, dest, workdir, owner, chmod,
-                        list(e.exclude or []), bool(e.parents), is_add, raw.line,
-                        ignore=self.ctx.matcher))
+                        paths, root, dest, workdir, owner, chmod, list(e.exclude or []),
+                        bool(e.parents), is_add, raw.line, keep_owner=True))
+            elif local:
+                copy_into(active.rootfs, CopyRequest(
+                    context_paths, self.ctx.root, dest, workdir, owner, chmod,
+                    list(e.exclude or []), bool(e.parents), is_add, raw.line,
+                    ignore=self.ctx.matcher))
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
 
