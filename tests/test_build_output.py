@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
-import pty
 import re
-import select
-import struct
-import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import Pybuild
-from test_progress import final_screen
+from test_progress import final_screen, spawn_in_pty
 
 pytestmark = pytest.mark.root
 
@@ -116,31 +109,10 @@ def test_big_and_binary_output_do_not_break_plain(busybox: Pybuild, tmp_path: Pa
 
 
 def run_pty(args: list[str], width: int = 80, height: int = 30) -> str:
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "PYBUILD_PROGRESS")}
     env["TERM"] = "xterm-256color"
-    proc = subprocess.Popen([sys.executable, "-m", "pybuild", *args], stdin=slave, stdout=slave,
-                            stderr=slave, env=env, start_new_session=True)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1.0)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    proc.wait(timeout=60)
-    return out.decode("utf-8", "replace")
+    _status, raw = spawn_in_pty([sys.executable, "-m", "pybuild", *args], env, width, height, 300)
+    return raw.decode("utf-8", "replace")
 
 
 def test_tty_screen_at_the_end(busybox: Pybuild, tmp_path: Path) -> None:

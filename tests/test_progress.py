@@ -461,21 +461,16 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_in_pty(tmp_path: Path, scenario: str, width: int = 60, height: int = 40,
-               env: dict[str, str] | None = None) -> tuple[str, str]:
-    """Run CHILD with a pty of the given size as its terminal; returns (raw output, snapshots)."""
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    snaps = tmp_path / f"snap-{scenario}.txt"
+def spawn_in_pty(argv: list[str], env: dict[str, str], width: int, height: int,
+                 timeout: float) -> tuple[int, bytes]:
+    """Run argv with a pty of the given size as its terminal; (exit status, raw output)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-    child_env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
-    child_env.update({"TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}, **(env or {}))
-    proc = subprocess.Popen([sys.executable, str(script), str(snaps), scenario], stdin=slave,
-                            stdout=slave, stderr=slave, env=child_env, start_new_session=True)
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
     os.close(slave)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 1.0)
@@ -495,8 +490,21 @@ def run_in_pty(tmp_path: Path, scenario: str, width: int = 60, height: int = 40,
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode("utf-8", "replace"), snaps.read_text()
+    return proc.returncode, b"".join(chunks)
+
+
+def run_in_pty(tmp_path: Path, scenario: str, width: int = 60, height: int = 40,
+               env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Run CHILD with a pty of the given size as its terminal; returns (raw output, snapshots)."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    snaps = tmp_path / f"snap-{scenario}.txt"
+    child_env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    child_env.update({"TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}, **(env or {}))
+    status, raw = spawn_in_pty([sys.executable, str(script), str(snaps), scenario], child_env,
+                               width, height, 120)
+    assert status == 0, raw.decode(errors="replace")
+    return raw.decode("utf-8", "replace"), snaps.read_text()
 
 
 def final_screen(raw: str, width: int) -> list[str]:
