@@ -39,7 +39,7 @@ from typing import BinaryIO
 
 from pybuild import image as imagemod
 from pybuild import runtime
-from pybuild.build.users import resolve_user
+from pybuild.solver.users import resolve_user
 from pybuild.liveness import process_start
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.layer import resolve_in_root

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pybuild import layer, runtime
-from pybuild.build.cache import Cache
+from pybuild.solver.cache import Cache
 from pybuild.liveness import lock_held
 from pybuild.errors import PybuildError
 from pybuild.snapshot import Snapshotter

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pybuild.build.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
 from pybuild.context import BuildContext
 from pybuild.errors import DockerfileError
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pybuild.build.users import resolve_chown, resolve_user
+from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.errors import PybuildError
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh

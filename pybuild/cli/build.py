@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pybuild.build.remote_cache import parse_cache_spec
+from pybuild.solver.remote_cache import parse_cache_spec
 from pybuild.cli.common import key_values, open_store
 from pybuild.cli.registry import add_tls_flags, client_from_args
 from pybuild.errors import NeedsRootError, PybuildError
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pybuild.build.mounts import parse_secret_flag
-    from pybuild.build.solver import BuildOptions, Solver, summary_of
+    from pybuild.solver.mounts import parse_secret_flag
+    from pybuild.solver.solver import BuildOptions, Solver, summary_of
     from pybuild.dockerfile import stages
     from pybuild.progress import make_progress
 
@@ -30,7 +30,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"
     name = args.file if args.file else "Dockerfile"
     if args.platform:
-        from pybuild.build.solver import host_arch
+        from pybuild.solver.solver import host_arch
 
         wanted = args.platform.split(",")
         if any(p.strip() not in (f"linux/{host_arch()}", host_arch()) for p in wanted):

@@ -36,7 +36,7 @@ def _filters(values: list[str] | None) -> dict[str, list[str]]:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from pybuild.build.usage import parse_duration, usage
+    from pybuild.solver.usage import parse_duration, usage
 
     u = usage(open_store(args))
     f = _filters(args.filter)
@@ -83,7 +83,7 @@ def _cut(s: str, n: int) -> str:
 
 
 def cmd_du(args: argparse.Namespace) -> int:
-    from pybuild.build.usage import usage
+    from pybuild.solver.usage import usage
 
     u = usage(open_store(args))
     if args.format == "json":
@@ -101,7 +101,7 @@ def cmd_du(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pybuild.build.cache import Cache
+    from pybuild.solver.cache import Cache
 
     store = open_store(args)
     cache = Cache(store)
@@ -124,7 +124,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from pybuild.build.usage import parse_duration, parse_size, prune
+    from pybuild.solver.usage import parse_duration, parse_size, prune
 
     f = _filters(args.filter)
     unknown = set(f) - {"until", "type"}

@@ -225,7 +225,7 @@ def test_kill_cache_prune(fx: Fixture, tmp_path: Path) -> None:
         for d in store.iter_blobs():
             os.utime(store.blob_path(d), (old, old))
 
-    code = ("import sys; from pybuild.store import Store; from pybuild.build.usage import prune; "
+    code = ("import sys; from pybuild.store import Store; from pybuild.solver.usage import prune; "
             "prune(Store(sys.argv[1]), all=True)")
     _aux_kills(fx, tmp_path, "cache prune --all",
                lambda root, out: [sys.executable, "-c", code, str(root)], prepare=prepare)

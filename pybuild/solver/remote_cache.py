@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pybuild.build.cache import Record
+from pybuild.solver.cache import Record
 from pybuild.errors import PybuildError
 from pybuild.store import Descriptor, Store
 

@@ -25,13 +25,13 @@ from typing import Any
 
 from pybuild import image as imagemod
 from pybuild import runtime
-from pybuild.build import history as hist
-from pybuild.build import remote_cache
-from pybuild.build.cache import Cache, Record, compute_key, explain
-from pybuild.build.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
-from pybuild.build.mounts import (MountPreparer, SecretSource, cache_key_of,
+from pybuild.solver import history as hist
+from pybuild.solver import remote_cache
+from pybuild.solver.cache import Cache, Record, compute_key, explain
+from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+from pybuild.solver.mounts import (MountPreparer, SecretSource, cache_key_of,
                                   cleanup_stale_secrets)
-from pybuild.build.users import resolve_chown, resolve_user
+from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.context import BuildContext
 from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
 from pybuild.errors import DockerfileError, PybuildError, StepError

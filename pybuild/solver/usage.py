@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pybuild import image as imagemod
-from pybuild.build.cache import Cache, Record
+from pybuild.solver.cache import Cache, Record
 from pybuild.errors import PybuildError
 from pybuild.liveness import tree_size
 from pybuild.snapshot import Snapshotter, chain_ids
