@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
+from pybuild import fs
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.fs import resolve_in_root
 
@@ -307,6 +308,13 @@ def _walk(directory: Path, rel: str, filters: list[tuple[PatternMatcher, str]]) 
                 yield child, st
 
 
+def _lstat_mode(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
 def file_sha256(path: Path, st: os.stat_result) -> str:
     """sha256 of a regular file's bytes, memoised by (dev, inode, size, mtime, ctime)."""
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -364,10 +372,37 @@ class BuildContext:
         """Present in the context BuildKit would receive: not ignored, or a re-included parent."""
         if not self.is_ignored(rel):
             return True
-        path = self.root / rel
-        if not self.matcher.exclusions or not path.is_dir() or path.is_symlink():
+        if not self.matcher.exclusions:
+            return False
+        path = fs.resolve_in_root(self.root, rel, follow_last=False)
+        if not stat.S_ISDIR(_lstat_mode(path)):
             return False
         return next(walk_visible(path, [(self.matcher, rel + "/")]), None) is not None
+
+    def _sent(self, rel: str) -> bool:
+        """Whether `rel` reaches a file of the context as sent: the path as written and the
+        file its links lead to (inside the context) are both visible. A link to an ignored
+        file is dangling in the context BuildKit receives."""
+        if rel == ".":
+            return True
+        if not self._visible(rel):
+            return False
+        real = "/".join(fs.components(self.root, rel)) or "."
+        return real == "." or self._visible(real)
+
+    def resolve_mount_source(self, source: str, line: int) -> Path:
+        """The host path a `RUN --mount=type=bind` of the context shows at `source`: resolved
+        inside the context (links followed as the context root sees them, `..` stopped at
+        it), and present in the context as sent, else "not found"."""
+        rel = go_clean(source).lstrip("/") or "."
+        try:
+            path = fs.resolve_in_root(self.root, rel)
+            sent = self._sent(rel) and os.path.lexists(path)
+        except PybuildError as e:
+            raise DockerfileError(f"failed to compute cache key: {e}", line) from None
+        if not sent:
+            raise DockerfileError(f'failed to compute cache key: "/{rel if rel != "." else ""}": not found', line)
+        return path
 
     def resolve_sources(self, patterns: list[str], line: int) -> list[Path]:
         """COPY/ADD sources as host paths below the root, wildcards expanded and sorted.
@@ -400,7 +435,7 @@ class BuildContext:
             if has_wildcards(cleaned):
                 matches = self._expand(cleaned, written, line)
             else:
-                if cleaned != "." and (not os.path.lexists(resolve_in_root(self.root, cleaned)) or not self._visible(cleaned)):
+                if cleaned != "." and (not os.path.lexists(resolve_in_root(self.root, cleaned)) or not self._sent(cleaned)):
                     raise DockerfileError(f'failed to compute cache key: "/{cleaned}": not found', line)
                 matches = [cleaned]
             for rel in matches:
@@ -429,7 +464,7 @@ class BuildContext:
             if not regexes[0].fullmatch(name):
                 continue
             child = f"{rel}/{name}" if rel else name
-            if not self._visible(child):
+            if not self._sent(child):
                 continue
             if len(regexes) == 1:
                 found.append(child)

@@ -29,8 +29,8 @@ from pybuild.solver import history as hist
 from pybuild.solver import remote_cache
 from pybuild.solver.cache import Cache, Record, compute_key, explain
 from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
-from pybuild.solver.mounts import (MountPreparer, SecretSource, cache_key_of,
-                                  cleanup_stale_secrets)
+from pybuild.solver.mounts import (MountPreparer, SecretSource, bind_key,
+                                  cleanup_stale_secrets, mounts_key)
 from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.context import BuildContext
 from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
@@ -487,8 +487,10 @@ class Solver:
                   "args": {k: v for k, v in s.vars.items()
                            if k in s.from_arg and k not in PROXY_ARGS},
                   "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "",
-                  "network": network, "mounts": [cache_key_of(m) for m in mounts],
-                  "bind_sources": self._bind_sources(mounts, raw.line),
+                  "network": network,
+                  "mounts": mounts_key(mounts, cfg.get("WorkingDir") or "/",
+                                       lambda name: self._source_key(name, raw.line)),
+                  "bind_sources": self._bind_sources(mounts, cfg.get("WorkingDir") or "/", raw.line),
                   "security": raw.security or ""}
         display = self._display(s, raw)
         created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
@@ -498,8 +500,8 @@ class Solver:
             uid, gid, groups = resolve_user(active.rootfs, cfg.get("User") or "root") \
                 if cfg.get("User") else (0, 0, [])
             cwd = cfg.get("WorkingDir") or "/"
-            preparer = MountPreparer(self.store.root, self.opts.context, self.opts.secrets,
-                                     self._view)
+            preparer = MountPreparer(self.store.root, self.ctx, self.opts.secrets, self._view,
+                                     lambda name: self._source_key(name, raw.line))
             with preparer.prepare(mounts, cwd, raw.line) as prep, \
                     _script_mount(script, argv) as script_mounts:
                 host, _stubs = runtime.host_mounts(active.rootfs)
@@ -570,25 +572,10 @@ class Solver:
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
 
-    def _bind_sources(self, mounts: list[Any], line: int) -> list[Any]:
-        """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them.
-
-        From the context, the content digest of the mounted files; from a stage or an
-        image, that stage's key or the image's digest (which pin its content).
-        """
-        out: list[Any] = []
-        for m in mounts:
-            if (m.type or "bind").lower() != "bind":
-                continue
-            if m.from_:
-                out.append({"target": m.target, "source": m.source or "/",
-                            "from": self._source_key(m.from_, line)})
-            else:
-                src = (m.source or "/").lstrip("/") or "."
-                paths = self.ctx.resolve_sources([src], line)
-                out.append({"target": m.target, "source": m.source or "/",
-                            "files": self.ctx.manifest(paths)})
-        return out
+    def _bind_sources(self, mounts: list[Any], workdir: str, line: int) -> list[Any]:
+        """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them."""
+        return [bind_key(m, workdir, self.ctx, lambda name: self._source_key(name, line), line)
+                for m in mounts if (m.type or "bind").lower() == "bind"]
 
     def _fs_step(self, s: StageState, raw: Any, display: str, inputs: dict[str, Any],
                  do: Any, created_by: str | None = None) -> None:
