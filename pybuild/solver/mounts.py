@@ -198,7 +198,7 @@ class MountPreparer:
             try:
                 os.rename(tmp, data)
             except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
+                fs.remove_tree(tmp, ignore_errors=True)
         sharing = (m.sharing or "shared").lower()
         source = data
         if sharing in ("locked", "private"):
@@ -212,7 +212,7 @@ class MountPreparer:
                 except BlockingIOError:
                     # In use: a private mount gets a fresh directory of its own.
                     source = Path(tempfile.mkdtemp(dir=self.cache_root))
-                    stack.callback(shutil.rmtree, source, True)
+                    stack.callback(fs.remove_tree, source, ignore_errors=True)
         opts = ["rbind", "ro" if m.readonly else "rw"]
         return Mount(target, "bind", str(source), opts)
 
@@ -242,7 +242,7 @@ class MountPreparer:
     def _scratch(self, stack: ExitStack) -> Path:
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
-        stack.callback(shutil.rmtree, tmp, True)
+        stack.callback(fs.remove_tree, tmp, ignore_errors=True)
         return tmp
 
     def _context_view(self, stack: ExitStack, source: str | None, line: int, copy: bool) -> Path:
