@@ -163,7 +163,8 @@ def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:
 _LABELS = {"argv": "command", "args": "build arg", "env": "env", "cwd": "working dir",
            "user": "user", "network": "network", "mounts": "mounts", "dest": "destination",
            "chown": "--chown", "chmod": "--chmod", "sources": "sources", "from": "source",
-           "path": "path", "exclude": "--exclude", "heredocs": "heredoc"}
+           "path": "path", "exclude": "--exclude", "heredocs": "heredoc", "urls": "URLs",
+           "downloads": "downloaded content", "checksum": "--checksum"}
 
 
 def _binds_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:

@@ -28,7 +28,8 @@ from pybuild import runtime
 from pybuild.solver import history as hist
 from pybuild.solver import remote_cache
 from pybuild.solver.cache import Cache, Record, compute_key, explain
-from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+from pybuild.solver.copy import (CopyRequest, add_urls, copy_into, fetch_urls,
+                                 write_heredoc_files)
 from pybuild.solver.mounts import (MountPreparer, SecretSource, bind_key,
                                   cleanup_stale_secrets, mounts_key)
 from pybuild.solver.users import resolve_chown, resolve_user
@@ -531,9 +532,13 @@ class Solver:
         local = [x for x in e.sources if x not in urls]  # heredoc files come separately
         if heredocs:
             inputs["heredocs"] = [[h.name, h.content] for h in heredocs]
+        fetched: list[Any] = []
         if urls:
             inputs["urls"] = urls
             inputs["checksum"] = getattr(e, "checksum", None) or ""
+            if not inputs["checksum"]:  # keyed on what the server sends now (revalidated)
+                fetched = fetch_urls(self.store.root / "http-cache", urls, None, raw.line)
+                inputs["downloads"] = [f.key() for f in fetched]
         context_paths: list[Path] = []
         if e.from_:
             inputs["from"] = self._source_key(e.from_, raw.line)
@@ -556,8 +561,9 @@ class Solver:
                 write_heredoc_files(active.rootfs, [(h.name, h.content) for h in heredocs],
                                     dest, workdir, owner, chmod)
             if urls:
-                add_urls(active.rootfs, urls, dest, workdir, getattr(e, "checksum", None),
-                         owner, chmod, raw.line)
+                got = fetched or fetch_urls(self.store.root / "http-cache", urls,
+                                            getattr(e, "checksum", None), raw.line)
+                add_urls(active.rootfs, got, dest, workdir, owner, chmod, raw.line)
             if local and e.from_:
                 with self._view(e.from_) as root:
                     paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
