@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from conftest import Pybuild
-from pybuild.solver.copy import fetch_url
 from test_cache import build, ctx_with
+
+from pybuild.solver.copy import fetch_url
 
 
 @dataclass
@@ -40,7 +40,7 @@ def origin() -> Iterator[Origin]:
     state = Origin()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             inm = self.headers.get("If-None-Match", "")
             ims = self.headers.get("If-Modified-Since", "")
             fresh = (state.etag and inm == state.tag()) or (not state.etag and ims == state.modified)
