@@ -46,7 +46,7 @@ RUN --mount=id=pip,target=/cache/,type=cache,sharing=locked  --mount=target=/b,s
 RUN --network=none --mount=source=./a.txt,target=/a.txt cat /a.txt > /a
 RUN --mount=type=tmpfs,size=1m,target=/scratch echo "$FLAVOUR" > /flavour
 
-COPY --chown=1:1 --chmod=644 a.txt /x
+COPY --chown=1:1 --chmod=644 ./a.txt /x
 WORKDIR /w
 RUN echo done > done
 """

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pybuild.context import go_clean
 from pybuild.errors import PybuildError
 from pybuild.store import Descriptor, Store
 
@@ -35,6 +36,12 @@ CREATE TABLE IF NOT EXISTS cache_records (
 );
 CREATE INDEX IF NOT EXISTS cache_records_slot ON cache_records(slot, created);
 """
+
+
+def key_path(path: str) -> str:
+    """A source path as its key holds it: what it names, not how it is written
+    ("a.txt", "./a.txt" and "/a.txt" are one context file)."""
+    return go_clean("/" + path)
 
 
 def compute_key(parent: str, inputs: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from pybuild import image as imagemod
 from pybuild import runtime
 from pybuild.solver import history as hist
 from pybuild.solver import remote_cache
-from pybuild.solver.cache import Cache, Record, compute_key, explain
+from pybuild.solver.cache import Cache, Record, compute_key, explain, key_path
 from pybuild.solver.copy import (CopyRequest, add_urls, copy_into, fetch_urls,
                                  write_heredoc_files)
 from pybuild.solver.mounts import (MountPreparer, SecretSource, bind_key,
@@ -542,11 +542,11 @@ class Solver:
         context_paths: list[Path] = []
         if e.from_:
             inputs["from"] = self._source_key(e.from_, raw.line)
-            inputs["sources"] = local
+            inputs["sources"] = [key_path(x) for x in local]
         elif local:
             # resolved once: the key's file digests and the copy read the same paths
             context_paths = self.ctx.resolve_sources(local, raw.line)
-            inputs["sources"] = local
+            inputs["sources"] = [key_path(x) for x in local]
             inputs["files"] = self.ctx.manifest(context_paths)
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)

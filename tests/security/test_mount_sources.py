@@ -179,3 +179,16 @@ def test_writes_to_context_binds_never_reach_the_context(busybox: Pybuild, tmp_p
     busybox("build", str(ctx), timeout=TIMEOUT)
     assert (ctx / "app.txt").read_text() == "app\n" and (ctx / "Dockerfile").exists()
     assert os.stat(ctx / "app.txt").st_mode == mode
+
+
+def test_cache_ids_never_name_a_path(busybox: Pybuild, tmp_path: Path, victim: Path) -> None:
+    """A cache id becomes a directory only through its hash: `../..` or an absolute id
+    names nothing on the host."""
+    evil = f"../../../../../../..{victim.parent}"
+    ctx = _ctx(tmp_path, f"FROM busybox\nRUN --mount=type=cache,target=/c,id={evil} "
+                         "echo planted > /c/victim && ls /c > /seen\n"
+                         f"RUN --mount=type=cache,target=/d,id={victim.parent} ls /d > /seen2\n")
+    busybox("build", str(ctx), timeout=TIMEOUT)
+    _untouched(victim)
+    names = sorted(p.name for p in (busybox.root / "cache-mounts").iterdir())
+    assert len(names) == 2 and all(len(n) == 32 and set(n) <= set("0123456789abcdef") for n in names)
