@@ -406,12 +406,17 @@ class BuildContext:
         since COPY copies the target's content under the link's name.
         """
         out: dict[str, str] = {}
-        for path in paths:
-            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        for written in paths:
+            rel = os.path.relpath(written, self.root).replace(os.sep, "/")
+            # the parents resolved inside the root (a link among them is never followed
+            # on the host), the last component as it is
+            path = self.root if rel == "." else fs.resolve_in_root(self.root, rel, follow_last=False)
             try:
                 top_st = os.lstat(path)
             except FileNotFoundError:
                 continue
+            if path != self.root / rel:
+                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
             if stat.S_ISLNK(top_st.st_mode):
                 self._record(out, rel, path, top_st)
                 path = resolve_in_root(self.root, rel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -277,3 +278,23 @@ def test_rootfs_sources_resolve_links_inside(tmp_path: Path) -> None:
     assert not view.is_ignored("usr"), "a rootfs has no .dockerignore"
     assert rels(view, view.resolve_sources(["/usr/bin/python"], 1)) == ["usr/bin/python"]
     assert rels(view, view.resolve_sources(["/usr/bin/*"], 1)) == ["usr/bin/python"]
+
+
+def test_manifest_resolves_parent_links_inside_the_context(tmp_path: Path) -> None:
+    """`COPY link/victim` with link -> /HOST: the key hashes the context's file at that
+    path, never the host's (whose marker must not decide the key)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "victim").write_text("HOST\n")
+    root = tmp_path / "ctx"
+    mirror = root.joinpath(*host.parts[1:])
+    mirror.mkdir(parents=True)
+    (mirror / "victim").write_text("inside\n")
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    os.symlink(str(host), root / "link")
+    ctx = BuildContext(root, root / "Dockerfile")
+    paths = ctx.resolve_sources(["link/victim"], 2)
+    manifest = ctx.manifest(paths)
+    inside = hashlib.sha256(b"inside\n").hexdigest()
+    assert [v.split()[-1] for v in manifest.values()] == [inside]
+    assert hashlib.sha256(b"HOST\n").hexdigest() not in str(manifest)
