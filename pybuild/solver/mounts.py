@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -190,7 +191,7 @@ class MountPreparer:
                     if not seed.is_dir():
                         raise DockerfileError(f"cache mount source {_clean_abs(m.source)} is not a directory", line)
                     os.rmdir(tmp)
-                    shutil.copytree(seed, tmp, symlinks=True)
+                    _copy_tree(seed, tmp, line)
             os.chmod(tmp, _mode(m.mode, 0o755))
             os.chown(tmp, int(m.uid or 0), int(m.gid or 0))
             base.mkdir(parents=True, exist_ok=True)
@@ -232,10 +233,7 @@ class MountPreparer:
         if rw:
             tmp = self._scratch(stack)
             dst = tmp / "src"
-            if src.is_dir():
-                shutil.copytree(src, dst, symlinks=True)
-            else:
-                shutil.copy2(src, dst)
+            _copy_tree(src, dst, line)
             return Mount(target, "bind", str(dst), ["rbind", "rw"])
         return Mount(target, "bind", str(src), ["rbind", "ro"])
 
@@ -347,6 +345,16 @@ def _in_root_source(root: Path, source: str | None, line: int) -> Path:
     if not os.path.lexists(path):
         raise DockerfileError(f"failed to compute cache key: \"{clean}\": not found", line)
     return path
+
+
+def _copy_tree(src: Path, dst: Path, line: int) -> None:
+    """`cp -a` (links copied as links, owners, modes, times, xattrs kept): it walks any
+    depth, where shutil.copytree recurses."""
+    proc = subprocess.run(["cp", "-a", "--", str(src), str(dst)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise DockerfileError(f"cannot copy the mount source: {lines[-1][:300] if lines else 'cp failed'}", line)
 
 
 def _make_dir(path: Path, st: os.stat_result) -> None:

@@ -18,6 +18,8 @@ import pytest
 from conftest import Pybuild, store_snapshot
 from test_cache import build
 
+from pybuild import fs
+from pybuild.solver import mounts
 from security import test_context_attacks as attacks
 
 pytestmark = pytest.mark.root
@@ -192,3 +194,38 @@ def test_cache_ids_never_name_a_path(busybox: Pybuild, tmp_path: Path, victim: P
     _untouched(victim)
     names = sorted(p.name for p in (busybox.root / "cache-mounts").iterdir())
     assert len(names) == 2 and all(len(n) == 32 and set(n) <= set("0123456789abcdef") for n in names)
+
+
+def test_scratch_copies_walk_any_depth(tmp_path: Path) -> None:
+    """The scratch copy of a `rw` bind (and a cache seed) is `cp -a`: any depth, links kept."""
+    src = tmp_path / "src"
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.symlink("/etc/passwd", "link", dir_fd=fd)
+    os.close(fd)
+    try:
+        mounts._copy_tree(src, tmp_path / "dst", 3)
+        bottom = (tmp_path / "dst").joinpath(*["d"] * 1500)
+        assert os.readlink(os.path.relpath(bottom / "link")) == "/etc/passwd"
+    finally:
+        fs.remove_tree(src)
+        fs.remove_tree(tmp_path / "dst")
+
+
+@pytest.mark.xfail(strict=True, reason="a 1,200-deep RUN tree needs the iterative layer "
+                   "writer (trust-store's part of issue 11); remove this mark when it lands")
+def test_rw_bind_of_a_deep_stage_tree(busybox: Pybuild, tmp_path: Path) -> None:
+    """A scratch copy for a `rw` bind walks any depth (no recursion in pybuild)."""
+    ctx = _ctx(tmp_path, "FROM busybox AS s\n"
+               "RUN mkdir /deep && cd /deep && i=0; while [ $i -lt 1200 ]; do mkdir d && cd d; "
+               "i=$((i+1)); done; echo bottom > f\n"
+               "FROM busybox\n"
+               "RUN --mount=type=bind,from=s,source=/deep,target=/m,rw "
+               "find /m -name f | wc -l > /count && echo top > /m/new\n"
+               "RUN test \"$(cat /count)\" = 1\n")
+    busybox("build", str(ctx), timeout=TIMEOUT)
