@@ -10,6 +10,8 @@ per (registry, scopes) until it expires, so a pull of many layers asks once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import base64
 import contextlib
 import json
@@ -21,10 +23,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
 from pybuild.errors import PybuildError
+from pybuild.transport import Limits, Pace, TransferError, read_capped
 
 # docker keeps Docker Hub credentials under its historic index URL.
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
@@ -33,7 +37,10 @@ _HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _DEFAULT_TOKEN_SECONDS = 60
 # Renew a token this long before it expires, so it does not lapse mid-request.
 _EXPIRY_MARGIN = 5.0
-_TOKEN_TIMEOUT = (30.0, 60.0)
+_TOKEN_BODY_MAX = 1 << 20  # a token answer is a few KiB of JSON
+_TOKEN_MAX_SECONDS = 86400.0
+# RFC 6750's b64token: what may follow "Bearer " in a header.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
 _CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
 
@@ -109,7 +116,7 @@ def _same_registry(key: str, registry: str) -> bool:
     return host == registry or (host in _HUB_HOSTS and registry in _HUB_HOSTS)
 
 
-def load_config(path: Path) -> dict:
+def load_config(path: Path) -> dict[str, Any]:
     """The docker config as a dict ({} when there is none); PybuildError if it is corrupt."""
     try:
         data = json.loads(path.read_text())
@@ -122,7 +129,7 @@ def load_config(path: Path) -> dict:
     return data
 
 
-def _write_config(path: Path, data: dict) -> None:
+def _write_config(path: Path, data: dict[str, Any]) -> None:
     """Atomically write the config with mode 0600: it holds passwords."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -243,9 +250,9 @@ class AuthProvider:
                     return _from_helper(helper, registry)
         store = config.get("credsStore")
         if isinstance(store, str) and store:
-            creds = _from_helper(store, registry)
-            if creds is not None:
-                return creds
+            from_store = _from_helper(store, registry)
+            if from_store is not None:
+                return from_store
         auths = config.get("auths")
         if isinstance(auths, dict):
             # An exact key wins over a URL form of the same host.
@@ -269,9 +276,11 @@ class Authenticator:
     (registry, scopes) and reused until shortly before it expires.
     """
 
-    def __init__(self, session: requests.Session, provider: AuthProvider) -> None:
+    def __init__(self, session: requests.Session, provider: AuthProvider,
+                 limits: Limits | None = None) -> None:
         self._session = session
         self._provider = provider
+        self._limits = limits or Limits.from_env()
         self._tokens: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
         self._creds: dict[str, Credentials | None] = {}
         self._lock = threading.Lock()
@@ -319,10 +328,26 @@ class Authenticator:
         params += [("scope", s) for s in scopes]
         if creds:
             params.append(("account", creds.username))
+        scheme = urlsplit(realm).scheme.lower()
+        if scheme not in ("http", "https") or not urlsplit(realm).netloc:
+            shown = realm if len(realm) <= 80 else realm[:77] + "..."
+            raise AuthError(f"{registry} names the token realm {shown!r}: only http and https "
+                            f"realms are used")
+        what = f"the token answer of {realm} for {registry}"
         try:
-            resp = self._session.get(realm, params=params, timeout=_TOKEN_TIMEOUT,
-                                     verify=self._session.verify,
+            resp = self._session.get(realm, params=params, timeout=self._limits.timeout,
+                                     verify=self._session.verify, stream=True,
+                                     allow_redirects=False,
                                      auth=(creds.username, creds.password) if creds else None)
+            with resp:
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    raise AuthError(f"token server {realm} for {registry} redirected "
+                                    f"(to {resp.headers.get('Location', 'nowhere')[:80]!r}): "
+                                    f"not followed")
+                raw = read_capped(resp, _TOKEN_BODY_MAX, Pace(self._limits, what),
+                                  truncate=resp.status_code != 200)
+        except TransferError as e:
+            raise AuthError(str(e)) from None
         except requests.RequestException as e:
             raise AuthError(f"cannot get a token for {registry} from {realm}: "
                             f"{type(e).__name__}") from None
@@ -333,13 +358,22 @@ class Authenticator:
         if resp.status_code != 200:
             raise AuthError(f"token server {realm} for {registry} answered "
                             f"{resp.status_code} {resp.reason}")
+        token: object = None
+        lifetime = float(_DEFAULT_TOKEN_SECONDS)
         try:
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-            lifetime = float(body.get("expires_in") or _DEFAULT_TOKEN_SECONDS)
-        except (ValueError, AttributeError, TypeError):
-            token = None
-            lifetime = 0.0
+            body = json.loads(raw)
+            if isinstance(body, dict):
+                token = body.get("token") or body.get("access_token")
+                expires = body.get("expires_in")
+                if isinstance(expires, (int, float)) and not isinstance(expires, bool) \
+                        and expires > 0:
+                    lifetime = min(float(expires), _TOKEN_MAX_SECONDS)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise AuthError(f"token server {realm} for {registry} answered something that is "
+                            f"not JSON") from None
         if not isinstance(token, str) or not token:
             raise AuthError(f"token server {realm} for {registry} returned no token")
+        if len(token) > 65536 or not _TOKEN_RE.match(token):
+            raise AuthError(f"token server {realm} for {registry} returned a token that is not "
+                            f"a bearer token (RFC 6750)")
         return token, lifetime

@@ -99,7 +99,7 @@ def _show(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:77] + "...")
 
 
-def _str(doc: dict, key: str, what: str, *, required: bool = False) -> str | None:
+def _str(doc: dict[str, Any], key: str, what: str, *, required: bool = False) -> str | None:
     value = doc.get(key)
     if value is None:
         if required:
@@ -120,7 +120,7 @@ def _size(value: object, what: str, limit: int) -> int:
     return value
 
 
-def parse_json(body: bytes, what: str) -> dict:
+def parse_json(body: bytes, what: str) -> dict[str, Any]:
     """`body` as a JSON object; DocumentError if it is not JSON or not an object."""
     try:
         doc = json.loads(body)
@@ -170,10 +170,9 @@ def parse_descriptor(value: object, what: str, *, media_types: frozenset[str] | 
         raise DocumentError(f"{what}: size is missing")
     size = _size(value["size"], what, limit)
     annotations = value.get("annotations")
-    if annotations is not None:
-        if not isinstance(annotations, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
-            raise DocumentError(f"{what}: annotations must be an object of strings")
+    if annotations is not None and (not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+        raise DocumentError(f"{what}: annotations must be an object of strings")
     platform = parse_platform(value.get("platform"), what)
     return Descriptor(media_type, digest, size, annotations or None, platform or None)
 
@@ -203,7 +202,7 @@ class ImageConfig:
     everything in it that pybuild uses has been checked.
     """
 
-    doc: dict
+    doc: dict[str, Any]
     os: str | None
     architecture: str | None
     variant: str | None
@@ -219,7 +218,7 @@ class ImageConfig:
         return out
 
 
-def _schema(doc: dict, what: str) -> None:
+def _schema(doc: dict[str, Any], what: str) -> None:
     version = doc.get("schemaVersion")
     if version == 1:
         raise DocumentError(f"{what}: Docker image manifest schema 1 is not supported "
@@ -229,7 +228,7 @@ def _schema(doc: dict, what: str) -> None:
         raise DocumentError(f"{what}: schemaVersion must be 2, not {version!r}")
 
 
-def _list(doc: dict, key: str, what: str) -> list:
+def _list(doc: dict[str, Any], key: str, what: str) -> list[Any]:
     value = doc.get(key)
     if value is None:
         return []
@@ -238,7 +237,7 @@ def _list(doc: dict, key: str, what: str) -> list:
     return value
 
 
-def kind_of(doc: dict, declared: str | None = None) -> str:
+def kind_of(doc: dict[str, Any], declared: str | None = None) -> str:
     """The media type a document is: its own mediaType, else the declared one, else sniffed."""
     media_type = doc.get("mediaType")
     if isinstance(media_type, str) and media_type:
@@ -250,7 +249,7 @@ def kind_of(doc: dict, declared: str | None = None) -> str:
     return OCI_MANIFEST
 
 
-def parse_index_doc(doc: dict, what: str) -> Index:
+def parse_index_doc(doc: dict[str, Any], what: str) -> Index:
     _schema(doc, what)
     media_type = kind_of(doc, OCI_INDEX)
     if media_type not in INDEX_TYPES:
@@ -260,7 +259,7 @@ def parse_index_doc(doc: dict, what: str) -> Index:
     return Index(media_type, entries)
 
 
-def parse_manifest_doc(doc: dict, what: str, *, artifact: bool = False) -> Manifest:
+def parse_manifest_doc(doc: dict[str, Any], what: str, *, artifact: bool = False) -> Manifest:
     """An image manifest; `artifact` allows any config and layer media types (the cache)."""
     _schema(doc, what)
     media_type = kind_of(doc, OCI_MANIFEST)
@@ -306,7 +305,7 @@ _CONFIG_STRINGS = ("User", "WorkingDir", "StopSignal", "Hostname", "Domainname")
 _CONFIG_OBJECTS = ("ExposedPorts", "Volumes", "Healthcheck")
 
 
-def parse_config_doc(doc: dict, what: str) -> ImageConfig:
+def parse_config_doc(doc: dict[str, Any], what: str) -> ImageConfig:
     os_ = _str(doc, "os", what)
     arch = _str(doc, "architecture", what)
     variant = _str(doc, "variant", what)

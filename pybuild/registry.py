@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -310,7 +310,7 @@ class RegistryClient:
             with resp:
                 what = f"the answer of registry {t.registry} to {method} {urlsplit(url).path}"
                 try:
-                    body = read_capped(resp, _SMALL_BODY, Pace(self.limits, what),
+                    body = b"" if method == "HEAD" else read_capped(resp, _SMALL_BODY, Pace(self.limits, what),
                                        truncate=resp.status_code not in (200, 201, 202))
                 except TransferError as e:
                     raise t.fail(str(e)) from None
@@ -640,7 +640,7 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _platform_string(p: dict | None) -> str:
+def _platform_string(p: dict[str, Any] | None) -> str:
     p = p or {}
     out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
     return out + (f"/{p['variant']}" if p.get("variant") else "")
@@ -704,7 +704,7 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Des
     t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
     body, media_type, digest, doc = client.get_manifest(t, r.ref)
     index: tuple[bytes, str, str] | None = None
-    platform: dict | None = None
+    platform: dict[str, Any] | None = None
     if isinstance(doc, Index):
         index = (body, media_type, digest)
         chosen = _choose_platform(t, doc)
@@ -845,7 +845,7 @@ def push_artifact(store: Store, dest: str, config: Descriptor, layers: list[Desc
 
 
 def fetch_artifact(store: Store, ref: str, *, client: RegistryClient | None = None
-                   ) -> tuple[dict, list[Descriptor]] | None:
+                   ) -> tuple[dict[str, Any], list[Descriptor]] | None:
     """The config document and layer list of the artifact at `ref`; None if it is absent.
 
     Only the config blob is downloaded; layers are fetched on demand with `fetch_blobs`.

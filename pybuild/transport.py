@@ -54,7 +54,7 @@ class Limits:
         return (self.connect_timeout, self.read_timeout)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Limits":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
         env = os.environ if env is None else env
         values: dict[str, float] = {}
         for name, field in (("PYBUILD_REGISTRY_TIMEOUT", "read_timeout"),
