@@ -615,8 +615,13 @@ def _record(store: Store, registry: str, repository: str, digests: list[str]) ->
 
 
 def known_repositories(store: Store, registry: str, digest: str) -> list[str]:
-    """Repositories of `registry` this store pulled `digest` from or pushed it to."""
-    _ensure_table(store)
+    """Repositories of `registry` this store pulled `digest` from or pushed it to.
+
+    Only reads: a push that fails before its first transfer leaves the store untouched."""
+    if not (store.root / "pybuild.db").exists() or store.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'registry_blobs'"
+            ).fetchone() is None:
+        return []
     rows = store.db.execute("SELECT repository FROM registry_blobs WHERE registry = ? AND "
                             "digest = ? ORDER BY repository", (registry, digest))
     return [r[0] for r in rows]

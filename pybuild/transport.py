@@ -16,6 +16,7 @@ PYBUILD_REGISTRY_RATE_WINDOW.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -128,6 +129,10 @@ def iter_body(resp: requests.Response, pace: Pace) -> Iterator[bytes]:
             raise TransferError(f"{pace.what}: the body is not in its declared "
                                 f"Content-Encoding") from None
         except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError, OSError) as e:
+            m = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", str(e))
+            if m:
+                raise Truncated(f"the body ended after {m.group(1)} bytes, {m.group(2)} short "
+                                f"of its Content-Length") from None
             if "IncompleteRead" in str(e) or "incomplete" in str(e).lower():
                 raise Truncated("the body ended before its Content-Length") from None
             raise requests.exceptions.ChunkedEncodingError(str(e)) from None
