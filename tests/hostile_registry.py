@@ -114,7 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     @property
-    def registry(self) -> "HostileRegistry":
+    def registry(self) -> HostileRegistry:
         return self.server.owner  # type: ignore[attr-defined, no-any-return]
 
     def _answer(self) -> None:
@@ -167,9 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += len(piece)
                 if r.cut is not None and sent >= r.cut:
                     return
-                if r.rate:
-                    if reg.stopping.wait(len(piece) / r.rate):
-                        return
+                if r.rate and reg.stopping.wait(len(piece) / r.rate):
+                    return
             if not r.endless:
                 return
 
