@@ -390,7 +390,8 @@ class RegistryClient:
             except DocumentError as e:
                 raise t.fail(str(e)) from None
         url = f"/v2/{t.ref.repository}/manifests/{reference}"
-        what = f"manifest {reference} from {t.registry}"
+        what = (f"manifest {reference}" if ":" in reference
+                else f"the manifest of tag {reference!r}") + f" from {t.registry}"
 
         def fetch() -> tuple[requests.Response, bytes]:
             resp = self._send(t, "GET", url, headers={"Accept": ACCEPT_MANIFESTS}, stream=True)

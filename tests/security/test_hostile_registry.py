@@ -418,3 +418,42 @@ def test_push_of_altered_blob_fails_at_once(root: Pybuild, reg: HostileRegistry,
     path.write_bytes(bytes(data))
     refused(root, ["push", "-q", "--chunked", "bb", reg.ref("bb", "1")], "in the store hashes to")
     assert not _completed_uploads(reg, img.layers[0].digest)
+
+
+# ---- FROM and the store's own readers use the same checks ---------------------------------
+
+def test_from_hostile_image_names_the_line(root: Pybuild, reg: HostileRegistry,
+                                           tmp_path: Any) -> None:
+    reg.serve_image("app", "1", make_image(config={"config": {"Env": 5}}))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"# a base from a hostile registry\nFROM {reg.ref('app', '1')}\n")
+    before = store_snapshot(root.root)
+    proc = root("build", "--progress", "quiet", str(ctx), check=False, timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Dockerfile:2: failed to resolve base image"), proc.stderr
+    assert "config.Env must be a list of strings, not a number" in last
+    assert store_snapshot(root.root) == before
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("config", {"Env": "PATH=/bin"}, "config.Env must be a list of strings, not a string"),
+    ("rootfs", "layers", "rootfs must be an object, not a string"),
+    ("rootfs", {"type": "layers", "diff_ids": ["sha256:../../x"]}, "is not a digest"),
+])
+def test_bad_document_in_the_store_is_one_clear_error(root: Pybuild, field: str, value: Any,
+                                                      fragment: str) -> None:
+    """A store written by another tool (or damaged): inspect, push and build FROM it say
+    what is wrong instead of a traceback."""
+    store = Store(root.root)
+    cfg = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+           field: value}
+    config = store.put_bytes(canonical(cfg), "application/vnd.oci.image.config.v1+json")
+    manifest = store.put_bytes(canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                          "config": config.to_dict(), "layers": []}), OCI_MANIFEST)
+    store.set_tag("bad", manifest)
+    store.close()
+    refused(root, ["inspect", "bad"], fragment)
+    refused(root, ["push", "-q", "bad", "127.0.0.1:1/bad:1"], fragment)
