@@ -328,9 +328,13 @@ class Authenticator:
         params += [("scope", s) for s in scopes]
         if creds:
             params.append(("account", creds.username))
-        scheme = urlsplit(realm).scheme.lower()
-        if scheme not in ("http", "https") or not urlsplit(realm).netloc:
-            shown = realm if len(realm) <= 80 else realm[:77] + "..."
+        shown = realm if len(realm) <= 80 else realm[:77] + "..."
+        try:
+            parts = urlsplit(realm)
+            _ = parts.port
+        except ValueError:
+            raise AuthError(f"{registry} names the token realm {shown!r}: not a valid URL") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise AuthError(f"{registry} names the token realm {shown!r}: only http and https "
                             f"realms are used")
         what = f"the token answer of {realm} for {registry}"
@@ -348,7 +352,7 @@ class Authenticator:
                                   truncate=resp.status_code != 200)
         except TransferError as e:
             raise AuthError(str(e)) from None
-        except requests.RequestException as e:
+        except (requests.RequestException, ValueError) as e:
             raise AuthError(f"cannot get a token for {registry} from {realm}: "
                             f"{type(e).__name__}") from None
         self.token_requests += 1

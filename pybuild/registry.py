@@ -20,9 +20,10 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 
 from pybuild import image as _image
 from pybuild.auth import (DOCKER_HUB_AUTH_KEY, AuthError, Authenticator, AuthProvider,
@@ -36,7 +37,7 @@ from pybuild.reference import DOCKER_HUB_API_HOST, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES, OCI_INDEX,
                            OCI_MANIFEST, Descriptor, Store, canonical_json)
 from pybuild.transport import (REDIRECT_STATUSES, Limits, Pace, TransferError, Truncated,
-                               iter_body, read_capped, redirect_target)
+                               http_url, iter_body, read_capped, redirect_target)
 
 ProgressFn = Callable[[str, int, int | None], None]
 T = TypeVar("T")
@@ -252,6 +253,10 @@ class RegistryClient:
                     raise t.fail(problem) from None
                 time.sleep(_BACKOFF * 2 ** (attempt - 1))
                 attempt += 1
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                # A URL, header or encoding requests refuses (a hostile Location, say).
+                text = str(e) if len(str(e)) <= 160 else str(e)[:157] + "..."
+                raise t.fail(f"registry {t.registry}: {type(e).__name__}: {text}") from None
 
     def _challenge(self, t: _Target) -> Challenge | None:
         """GET /v2/ once per registry: None if open, else the challenge to answer."""
@@ -291,9 +296,16 @@ class RegistryClient:
         origin = urlsplit(url).netloc
         hops = 0
         while True:
-            resp = self.session.request(method, url, headers=headers, data=data, params=params,
-                                        stream=True, timeout=self.limits.timeout,
-                                        verify=self.session.verify, allow_redirects=False)
+            try:
+                resp = self.session.request(method, url, headers=headers, data=data,
+                                            params=params, stream=True,
+                                            timeout=self.limits.timeout,
+                                            verify=self.session.verify, allow_redirects=False)
+            except ValueError as e:  # requests parses a redirect's Location even unfollowed
+                if isinstance(e, requests.RequestException):
+                    raise
+                raise t.fail(f"registry {t.registry} ({method} {urlsplit(url).path}): "
+                             f"{e} in its answer") from None
             if resp.status_code not in REDIRECT_STATUSES or method not in ("GET", "HEAD"):
                 break
             resp.close()
@@ -338,7 +350,9 @@ class RegistryClient:
             except AuthError as e:
                 raise t.fail(str(e) if not e.unauthorized
                              else f"unauthorized: authentication required for {t.repo}") from None
-            if value:
+            if value and urlsplit(url).netloc == urlsplit(self.base_url(t.registry)).netloc:
+                # Credentials go to the registry itself only, never to an upload Location
+                # or redirect on another host (docker's authorizer matches the host too).
                 sent["Authorization"] = value
             resp = self._request(t, method, url, headers=sent, data=data, params=params,
                                  stream=stream)
@@ -503,6 +517,12 @@ class RegistryClient:
         if sent and sent != digest:
             raise t.fail(f"registry {t.registry} stored {what} as {sent}, expected {digest}")
 
+    def _location(self, t: _Target, base: str, location: str) -> str:
+        try:
+            return http_url(base, location, f"registry {t.registry} opened an upload at")
+        except TransferError as e:
+            raise t.fail(str(e)) from None
+
     def upload_blob(self, t: _Target, store: Store, desc: Descriptor, mount_from: list[str],
                     chunked: bool) -> str:
         """Mount or upload one blob; returns "mounted" or "uploaded"."""
@@ -528,10 +548,7 @@ class RegistryClient:
                 location = resp.headers.get("Location")
             if not location:
                 raise t.fail(f"registry {t.registry} opened an upload without a Location")
-            location = urljoin(self.base_url(t.registry) + "/", location)
-            if urlsplit(location).scheme not in ("http", "https"):
-                raise t.fail(f"registry {t.registry} opened an upload at {location[:80]!r}: "
-                             f"only http and https are used")
+            location = self._location(t, self.base_url(t.registry) + "/", location)
             check_stored_blob(store, desc)
             with store.open_blob(desc.digest) as f:
                 if chunked:
@@ -548,7 +565,8 @@ class RegistryClient:
                         if resp.status_code == 404:
                             raise t.fail(f"{_error_text(resp)}: upload of {label} vanished")
                         offset += len(chunk)
-                        location = urljoin(location, resp.headers.get("Location") or location)
+                        location = self._location(t, location,
+                                                  resp.headers.get("Location") or location)
                         self._report(label, offset, desc.size)
                     resp = self._send(t, "PUT", _with_query(location, digest=desc.digest),
                                       ok=(201,), data=b"", headers={"Content-Length": "0"})

@@ -162,18 +162,29 @@ def read_capped(resp: requests.Response, limit: int, pace: Pace, *,
     return bytes(out)
 
 
+def http_url(base: str, location: str, what: str) -> str:
+    """`location` resolved against `base`; TransferError unless it is a valid http(s) URL."""
+    shown = location if len(location) <= 80 else location[:77] + "..."
+    try:
+        target = urljoin(base, location)
+        parts = urlsplit(target)
+        _ = parts.port  # raises for a port that is not a number
+    except ValueError:
+        raise TransferError(f"{what} {shown!r}: not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise TransferError(f"{what} {shown!r}: only http and https redirects are followed"
+                            if "redirect" in what else
+                            f"{what} {shown!r}: only http and https URLs are used")
+    return target
+
+
 def redirect_target(url: str, resp: requests.Response, hops: int, limits: Limits,
                     what: str) -> str:
     """Where a 3xx answer to `url` points; TransferError for a loop or a non-HTTP target."""
     location = resp.headers.get("Location")
     if not location:
         raise TransferError(f"{what}: answered {resp.status_code} without a Location")
-    target = urljoin(url, location)
-    scheme = urlsplit(target).scheme.lower()
-    if scheme not in ("http", "https"):
-        shown = target if len(target) <= 80 else target[:77] + "..."
-        raise TransferError(f"{what}: redirected to {shown!r}: only http and https "
-                            f"redirects are followed")
+    target = http_url(url, location, f"{what}: redirected to")
     if hops >= limits.max_redirects:
         raise TransferError(f"{what}: stopped after {limits.max_redirects} redirects "
                             f"(last to {target})")
