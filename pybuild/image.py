@@ -26,12 +26,11 @@ from isal import isal_zlib
 
 from pybuild import layer, oci_documents
 from pybuild.errors import PybuildError
+from pybuild.oci_documents import OCI_CONFIG
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
                            BlobWriter, Descriptor, Store, canonical_json)
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_LAYER = layer.MEDIA_TYPES["none"]
 OCI_LAYER_GZIP = layer.MEDIA_TYPES["gzip"]
 OCI_LAYER_ZSTD = layer.MEDIA_TYPES["zstd"]
@@ -174,8 +173,11 @@ def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
             seen.add(desc.digest)
             yield desc
         elif desc.media_type in INDEX_TYPES and store.has_blob(desc.digest):
-            for m in store.read_json(desc.digest).get("manifests") or []:
-                d = Descriptor.from_dict(m)
+            try:
+                index = oci_documents.parse_index(store.read_bytes(desc.digest), desc.digest)
+            except PybuildError:
+                continue  # a bad index hides only itself from an ID lookup
+            for d in index.manifests:
                 if d.media_type in MANIFEST_TYPES and d.digest not in seen:
                     seen.add(d.digest)
                     yield d

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pybuild.errors import PybuildError
+from pybuild.layer import MEDIA_TYPES
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, MANIFEST_TYPES,
                            OCI_INDEX, OCI_MANIFEST, Descriptor)
 
@@ -40,9 +41,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 LAYER_TYPES = frozenset({
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
+    *MEDIA_TYPES.values(),  # the OCI tar, tar+gzip and tar+zstd types pybuild writes
     "application/vnd.docker.image.rootfs.diff.tar",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "application/vnd.docker.image.rootfs.diff.tar.zstd",
