@@ -174,6 +174,10 @@ class _ProgressReader:
         return self._f.tell()
 
 
+def _no_netrc(r: requests.PreparedRequest) -> requests.PreparedRequest:
+    return r
+
+
 class RegistryClient:
     """An HTTP session to registries: TLS choice, auth challenges and tokens, retries.
 
@@ -192,6 +196,9 @@ class RegistryClient:
         self.auth = auth or AuthProvider()
         self.limits = limits or Limits.from_env()
         self.session = requests.Session()
+        # A session-level auth keeps requests from reading ~/.netrc: those passwords must
+        # not go to whatever host a registry names as its token realm or redirect target.
+        self.session.auth = _no_netrc
         # session.verify is passed on every request: requests lets REQUESTS_CA_BUNDLE
         # override a session's own verify, which would silently drop tls_ca.
         if tls_ca is not None:

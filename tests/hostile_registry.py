@@ -122,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         with reg.lock:
             reg.requests.append((self.command, self.path))
+            if self.headers.get("Authorization"):
+                reg.authorizations.append((self.path, self.headers["Authorization"]))
         length = int(self.headers.get("Content-Length") or 0)
         if length and self.command in ("PUT", "PATCH", "POST"):
             self.rfile.read(length)
@@ -188,6 +190,7 @@ class HostileRegistry(_Server):
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[tuple[str, str]] = []  # (path, Authorization) as sent
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, tuple[bytes, str]] = {}
         self.overrides: dict[tuple[str, str], Reply] = {}

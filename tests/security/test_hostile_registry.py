@@ -373,6 +373,20 @@ def test_token_answer_trickles(root: Pybuild, reg: HostileRegistry) -> None:
          env={"PYBUILD_REGISTRY_MIN_RATE": "100", "PYBUILD_REGISTRY_RATE_WINDOW": "1"})
 
 
+def test_netrc_passwords_never_leave(root: Pybuild, reg: HostileRegistry,
+                                    tmp_path: Any) -> None:
+    """requests would add ~/.netrc credentials for the realm's host: pybuild sends only
+    what the docker config gives it (here: nothing)."""
+    reg.serve_image("app", "1", make_image())
+    _bearer(reg)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine 127.0.0.1 login alice password s3cret\n")
+    (home / ".netrc").chmod(0o600)
+    root("pull", "-q", reg.ref("app", "1"), env={"HOME": str(home)}, timeout=TIMEOUT)
+    assert reg.authorizations and all(v == "Bearer t0k3n" for _p, v in reg.authorizations)
+
+
 def test_token_flow_works(root: Pybuild, reg: HostileRegistry) -> None:
     """The control: a sane token answer pulls."""
     reg.serve_image("app", "1", make_image())
