@@ -471,3 +471,25 @@ def test_bad_document_in_the_store_is_one_clear_error(root: Pybuild, field: str,
     store.close()
     refused(root, ["inspect", "bad"], fragment)
     refused(root, ["push", "-q", "bad", "127.0.0.1:1/bad:1"], fragment)
+
+
+def test_credentials_stay_on_the_registry_host(root: Pybuild, reg: HostileRegistry,
+                                               busybox_tar: Any) -> None:
+    """An upload Location on another host gets the blob but not the registry's token."""
+    root("import", str(busybox_tar), "bb")
+    _bearer(reg)
+    elsewhere = f"http://localhost:{reg.port}/elsewhere/u1"
+    reg.overrides[("POST", "/v2/bb/blobs/uploads/")] = Reply(202, b"", {"Location": elsewhere})
+
+    def answer(method: str, path: str) -> Reply | None:
+        if method == "PUT" and (path.startswith("/elsewhere/") or "/manifests/" in path):
+            return Reply(201, b"")
+        return None
+
+    reg.handler = answer
+    root("push", "-q", "bb", reg.ref("bb", "1"), timeout=TIMEOUT)
+    puts = [p for m, p in reg.requests if m == "PUT" and p.startswith("/elsewhere/")]
+    assert len(puts) == 2  # config and layer
+    sent_auth = {p for p, _v in reg.authorizations}
+    assert not [p for p in puts if p in sent_auth]
+    assert any(p.startswith("/v2/bb/") for p in sent_auth)
