@@ -493,3 +493,37 @@ def test_credentials_stay_on_the_registry_host(root: Pybuild, reg: HostileRegist
     sent_auth = {p for p, _v in reg.authorizations}
     assert not [p for p in puts if p in sent_auth]
     assert any(p.startswith("/v2/bb/") for p in sent_auth)
+
+
+MALFORMED: dict[str, tuple[Reply, str]] = {
+    "location bad ipv6": (Reply(302, b"", {"Location": "http://[::1"}), "Invalid IPv6 URL"),
+    "location javascript": (Reply(302, b"", {"Location": "javascript:alert(1)"}),
+                            "only http and https redirects are followed"),
+    "location empty": (Reply(302, b"", {"Location": ""}), "answered 302 without a Location"),
+    "gzip garbage": (Reply(200, b"garbage!!", {"Content-Encoding": "gzip",
+                                               "Content-Type": OCI_MANIFEST}),
+                     "not in its declared Content-Encoding"),
+    "status 999": (Reply(999, b""), "answered 999"),
+    "json nesting bomb": (Reply(200, b"[" * 200000, {"Content-Type": OCI_MANIFEST}),
+                          "is not valid JSON"),
+    "NaN version": (Reply(200, b'{"schemaVersion":NaN}', {"Content-Type": OCI_MANIFEST}),
+                    "schemaVersion must be 2, not nan"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_answer_is_one_line(root: Pybuild, reg: HostileRegistry, case: str) -> None:
+    reply, fragment = MALFORMED[case]
+    reg.overrides[("GET", "/v2/app/manifests/1")] = reply
+    pull(root, reg.ref("app", "1"), fragment)
+
+
+@pytest.mark.parametrize("realm,fragment", [
+    ("http://[::1", "not a valid URL"), ("http://127.0.0.1:99999/x", "not a valid URL"),
+    ("ftp://127.0.0.1/x", "only http and https realms"), ("//127.0.0.1/y", "only http and https"),
+])
+def test_malformed_realm_is_one_line(root: Pybuild, reg: HostileRegistry, realm: str,
+                                     fragment: str) -> None:
+    reg.serve_image("app", "1", make_image())
+    _bearer(reg, realm)
+    pull(root, reg.ref("app", "1"), fragment)
