@@ -90,6 +90,16 @@ class Pace:
         self.start = self._window_start = time.monotonic()
         self._window_bytes = 0
 
+    def silence(self) -> float:
+        """How long the next read may wait for a byte before a limit is broken anyway."""
+        limits = self.limits
+        wait = limits.read_timeout
+        if limits.min_rate:
+            wait = min(wait, limits.rate_window)
+        if limits.deadline:
+            wait = min(wait, limits.deadline - (time.monotonic() - self.start))
+        return max(wait, 0.05)
+
     def check(self, n: int) -> None:
         """`n` more bytes arrived (0: none yet); TransferError if a limit is broken."""
         now = time.monotonic()
@@ -116,14 +126,20 @@ def iter_body(resp: requests.Response, pace: Pace) -> Iterator[bytes]:
     as Truncated.
     """
     raw = resp.raw
+    # A silent server must meet the deadline and the rate too: each read waits only as
+    # long as those allow (the connection's socket, reached through urllib3's response).
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
     pace.check(0)
     while True:
         try:
+            if sock is not None:
+                sock.settimeout(pace.silence())
             chunk = raw.read1(_READ, decode_content=True)
         except urllib3.exceptions.IncompleteRead as e:
             raise Truncated(f"the body ended after {e.partial} bytes, "
                             f"{e.expected} short of its Content-Length") from None
         except urllib3.exceptions.ReadTimeoutError:
+            pace.check(0)  # TransferError when the silence broke the rate or the deadline
             raise requests.exceptions.ReadTimeout("read timed out") from None
         except urllib3.exceptions.DecodeError:
             raise TransferError(f"{pace.what}: the body is not in its declared "

@@ -62,7 +62,7 @@ class Reply:
     `rate` (bytes/s) trickles the body; `length` overrides the Content-Length header
     (None: the true length, -1: none, chunked-free: the body just ends at close);
     `endless` repeats the body for ever (until the client goes away); `cut` closes the
-    connection after that many body bytes.
+    connection after that many body bytes; `delay` is silence after the headers.
     """
 
     status: int = 200
@@ -72,6 +72,7 @@ class Reply:
     length: int | None = None
     endless: bool = False
     cut: int | None = None
+    delay: float = 0.0  # silence between the headers and the body
 
 
 @dataclass
@@ -157,6 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_body(self, r: Reply) -> None:
         reg = self.registry
+        if r.delay and reg.stopping.wait(r.delay):
+            return
         sent = 0
         step = max(1, int(r.rate)) if r.rate else 1 << 16
         while not reg.stopping.is_set():

@@ -321,6 +321,16 @@ def test_trickling_manifest_hits_the_minimum_rate(root: Pybuild, reg: HostileReg
          env={"PYBUILD_REGISTRY_MIN_RATE": "100", "PYBUILD_REGISTRY_RATE_WINDOW": "1"})
 
 
+def test_silent_blob_hits_the_minimum_rate(root: Pybuild, reg: HostileRegistry) -> None:
+    """Headers, then nothing: the read timeout alone (300 s, three tries) would hold the
+    pull for 15 minutes; the rate window ends it."""
+    img = reg.serve_image("app", "1", make_image())
+    reg.overrides[("GET", f"/v2/app/blobs/{sha256(img.layer)}")] = Reply(
+        200, img.layer, delay=600)
+    pull(root, reg.ref("app", "1"), "arrived at 0 B/s",
+         env={"PYBUILD_REGISTRY_MIN_RATE": "100", "PYBUILD_REGISTRY_RATE_WINDOW": "2"})
+
+
 def test_slow_blob_hits_the_deadline(root: Pybuild, reg: HostileRegistry) -> None:
     """Fast enough for the minimum rate, but longer than the overall deadline."""
     img = reg.serve_image("app", "1", make_image({"big": os.urandom(20000)}))
