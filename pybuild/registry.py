@@ -7,6 +7,11 @@ a rerun reuses. A push sends blobs the registry lacks (HEAD first), mounts those
 holds in another repository (a table in the store's SQLite database remembers which blob
 came from or went to which repository), and puts the manifest last, byte for byte as
 stored, so its digest is the one the user sees locally.
+
+Nothing a registry sends is trusted: documents are checked by `oci_documents` before any
+field is used (and before any blob is written), digests are verified in their own
+algorithm, and every body is read under `transport`'s limits (size, deadline, minimum
+rate; redirects only to http/https, at most 10).
 """
 
 from __future__ import annotations
