@@ -45,7 +45,7 @@ class Limits:
 
     connect_timeout: float = 30.0
     read_timeout: float = 300.0     # the longest silence on a connection
-    deadline: float = 7200.0        # the longest one body (blob, manifest, token) may take
+    deadline: float = 21600.0       # the longest one body (blob, manifest, token) may take
     min_rate: float = 1024.0        # bytes per second, averaged over rate_window
     rate_window: float = 60.0
     max_redirects: int = 10         # Go's http.Client (docker, containerd) stops at 10
