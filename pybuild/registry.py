@@ -458,11 +458,12 @@ class RegistryClient:
     # ---- blobs ----------------------------------------------------------------------
 
     def _download(self, t: _Target, desc: Descriptor, abort: threading.Event,
-                  write: Callable[[bytes], object]) -> None:
+                  write: Callable[[bytes], object], *, hashed: bool = False) -> None:
         """Stream one blob to `write`, checked as it comes: no byte beyond its size, a
         Content-Length that agrees with the descriptor, the deadline and minimum rate, and
-        at the end its size and its digest in the descriptor's own algorithm. `write` must
-        not publish anything before this returns (a store writer commits after)."""
+        at the end its size and its digest in the descriptor's own algorithm (`hashed`: the
+        sink verifies the digest itself, a sha256 store writer). `write` must not publish
+        anything before this returns (a store writer commits after)."""
         label = _short(desc.digest)
         url = f"/v2/{t.ref.repository}/blobs/{desc.digest}"
         what = f"blob {desc.digest} from {t.registry}"
@@ -475,7 +476,7 @@ class RegistryClient:
                     declared.strip() != str(desc.size):
                 raise t.fail(f"{what} is announced as {declared.strip()[:20]} bytes "
                              f"(Content-Length), its descriptor says {desc.size}: not stored")
-            h = hasher(desc.digest)
+            h = None if hashed else hasher(desc.digest)
             size = 0
             try:
                 for chunk in iter_body(resp, Pace(self.limits, what)):
@@ -484,16 +485,18 @@ class RegistryClient:
                     size += len(chunk)
                     if size > desc.size:
                         raise t.fail(f"{what} is larger than its {desc.size} bytes: not stored")
-                    h.update(chunk)
+                    if h is not None:
+                        h.update(chunk)
                     write(chunk)
                     self._report(label, size, desc.size)
             except TransferError as e:
                 raise t.fail(str(e)) from None
             if size != desc.size:
                 raise Truncated(f"blob {desc.digest} ended after {size} of {desc.size} bytes")
-            got = f"{desc.digest.split(':', 1)[0]}:{h.hexdigest()}"
-            if got != desc.digest:
-                raise t.fail(f"{what} does not match its digest (got {got}): not stored")
+            if h is not None:
+                got = f"{desc.digest.split(':', 1)[0]}:{h.hexdigest()}"
+                if got != desc.digest:
+                    raise t.fail(f"{what} does not match its digest (got {got}): not stored")
 
     def fetch_blob(self, t: _Target, store: Store, desc: Descriptor,
                    abort: threading.Event) -> None:
@@ -502,7 +505,12 @@ class RegistryClient:
 
         def download() -> None:
             with store.writer(expected_digest=desc.digest) as w:
-                self._download(t, desc, abort, w.write)
+                # The writer hashes (sha256) as it writes: one hash pass, checked by commit.
+                self._download(t, desc, abort, w.write, hashed=True)
+                got = w.digest
+                if got != desc.digest:
+                    raise t.fail(f"blob {desc.digest} from {t.registry} does not match its "
+                                 f"digest (got {got}): not stored")
                 w.commit(desc.media_type)
 
         self._report(label, 0, desc.size)
