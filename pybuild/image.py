@@ -24,14 +24,13 @@ from typing import IO, Any, BinaryIO, cast
 import zstandard
 from isal import isal_zlib
 
-from pybuild import layer
+from pybuild import layer, oci_documents
 from pybuild.errors import PybuildError
+from pybuild.oci_documents import OCI_CONFIG
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
                            BlobWriter, Descriptor, Store, canonical_json)
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_LAYER = layer.MEDIA_TYPES["none"]
 OCI_LAYER_GZIP = layer.MEDIA_TYPES["gzip"]
 OCI_LAYER_ZSTD = layer.MEDIA_TYPES["zstd"]
@@ -131,11 +130,10 @@ def write(store: Store, config: dict[str, Any], layers: list[Descriptor]) -> Des
 
 # ---- lookup ---------------------------------------------------------------------------
 
-def _select_platform(store: Store, index: dict[str, Any], what: str) -> Descriptor:
+def _select_platform(store: Store, index: oci_documents.Index, what: str) -> Descriptor:
     """The host's manifest from an index (docker's choice when pulling a multi-arch tag)."""
     host = host_platform()
-    entries = [Descriptor.from_dict(m) for m in index.get("manifests") or []]
-    entries = [e for e in entries if e.media_type in MANIFEST_TYPES]
+    entries = [e for e in index.manifests if e.media_type in MANIFEST_TYPES]
     for want_variant in (True, False):
         for e in entries:
             p = e.platform or {}
@@ -152,16 +150,19 @@ def _from_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
     """Read an image from a manifest or index descriptor."""
     if not store.has_blob(desc.digest):
         raise PybuildError(f"{what}: manifest {desc.digest} is missing from the store")
-    doc = store.read_json(desc.digest)
-    media_type = doc.get("mediaType") or desc.media_type
-    if media_type in INDEX_TYPES or ("manifests" in doc and "config" not in doc):
-        return _from_descriptor(store, _select_platform(store, doc, what), what)
-    if "config" not in doc:
-        raise PybuildError(f"{what}: {desc.digest} is not an image manifest")
-    config_desc = Descriptor.from_dict(doc["config"])
+    # Checked as documents first (pybuild/oci_documents.py): a store written by another
+    # tool, or damaged, gives one clear error, not a traceback in a later build.
+    body = store.read_bytes(desc.digest)
+    parsed = oci_documents.parse_document(body, f"{what}: manifest {desc.digest}", desc.media_type)
+    if isinstance(parsed, oci_documents.Index):
+        return _from_descriptor(store, _select_platform(store, parsed, what), what)
+    config_desc = parsed.config
     if not store.has_blob(config_desc.digest):
         raise PybuildError(f"{what}: config {config_desc.digest} is missing from the store")
-    return Image(desc, doc, config_desc, store.read_json(config_desc.digest))
+    config = oci_documents.parse_config(store.read_bytes(config_desc.digest),
+                                        f"{what}: config {config_desc.digest}")
+    oci_documents.check_image(parsed, config, f"{what}")
+    return Image(desc, oci_documents.parse_json(body, what), config_desc, config.doc)
 
 
 def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
@@ -172,8 +173,11 @@ def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
             seen.add(desc.digest)
             yield desc
         elif desc.media_type in INDEX_TYPES and store.has_blob(desc.digest):
-            for m in store.read_json(desc.digest).get("manifests") or []:
-                d = Descriptor.from_dict(m)
+            try:
+                index = oci_documents.parse_index(store.read_bytes(desc.digest), desc.digest)
+            except PybuildError:
+                continue  # a bad index hides only itself from an ID lookup
+            for d in index.manifests:
                 if d.media_type in MANIFEST_TYPES and d.digest not in seen:
                     seen.add(d.digest)
                     yield d
@@ -233,7 +237,10 @@ def load(store: Store, name_or_id: str) -> Image:
                 raise
     if ref is not None:
         if ref.digest:
-            if store.has_blob(ref.digest):
+            pinned = store.resolve_tag(ref.familiar)  # a pull by name@digest tags it so
+            if pinned is not None and not ref.digest.startswith("sha256:"):
+                return _from_descriptor(store, pinned, what)  # sha512: the store is sha256
+            if ref.digest.startswith("sha256:") and store.has_blob(ref.digest):
                 doc = store.read_json(ref.digest)
                 size = store.blob_path(ref.digest).stat().st_size
                 media_type = doc.get("mediaType") or OCI_MANIFEST
