@@ -612,7 +612,7 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     for d in blobs:
         if not store.has_blob(d.digest):
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
-                               f"(run verify)")
+                               f"(run `pybuild doctor`)")
     _send_blobs(client, t, store, blobs, chunked)
     digest = client.put_manifest(t, r.tag or "latest", body, media_type)
     _record(store, r.registry, r.repository, [d.digest for d in blobs])
