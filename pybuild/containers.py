@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pybuild import image as imagemod
 from pybuild import runtime
@@ -170,7 +170,7 @@ def _container_lock(store: Store, cid: str) -> Iterator[bool]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_time(stamp: str) -> datetime:
@@ -340,7 +340,7 @@ def _merge_env(base: list[str], extra: list[str]) -> list[str]:
     return out
 
 
-def process_args(config: dict, command: list[str], entrypoint: str | None) -> list[str]:
+def process_args(config: dict[str, Any], command: list[str], entrypoint: str | None) -> list[str]:
     """Entrypoint + Cmd by docker's rules: CMD args replace Cmd; --entrypoint replaces
     Entrypoint and drops the image's Cmd; `--entrypoint ""` clears it."""
     if entrypoint is not None:
@@ -460,7 +460,7 @@ def create(store: Store, opts: RunOptions, *, runtime_name: str | None = None) -
     return c
 
 
-def _write_bundle(cdir: Path, rootfs: Path, c: Container, config: dict, opts: RunOptions) -> None:
+def _write_bundle(cdir: Path, rootfs: Path, c: Container, config: dict[str, Any], opts: RunOptions) -> None:
     user_spec = opts.user if opts.user is not None else str(config.get("User") or "")
     uid, gid, groups = resolve_user(rootfs, user_spec) if user_spec else (0, 0, [])
     workdir = opts.workdir or str(config.get("WorkingDir") or "/")
@@ -847,7 +847,7 @@ def human_duration(seconds: float) -> str:
 
 def status_text(c: Container, now: datetime | None = None) -> str:
     """STATUS as docker ps shows it: Up 5 seconds, Exited (0) 3 minutes ago, Created."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if c.status == "running":
         return f"Up {human_duration((now - parse_time(c.started or c.created)).total_seconds())}"
     if c.status == "exited":

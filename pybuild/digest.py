@@ -37,7 +37,7 @@ class Digest:
 
     @classmethod
     def parse(cls, value: Any, what: str = "digest", *, algorithms: tuple[str, ...] = ("sha256", "sha512")
-              ) -> "Digest":
+              ) -> Digest:
         """Parse `value`; PybuildError naming `what` unless it is `algo:hex` of a listed algorithm."""
         m = _RE.match(value) if isinstance(value, str) else None
         if m is None or m.group(1) not in algorithms or len(m.group(2)) != ALGORITHMS[m.group(1)]:
@@ -49,7 +49,7 @@ class Digest:
         return cls(m.group(1), m.group(2))
 
     @classmethod
-    def sha256(cls, value: Any, what: str = "digest") -> "Digest":
+    def sha256(cls, value: Any, what: str = "digest") -> Digest:
         """Parse a digest that must be sha256 (blob names, diff_ids, chain ids)."""
         return cls.parse(value, what, algorithms=("sha256",))
 
