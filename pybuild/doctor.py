@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pybuild import layer, runtime
+from pybuild import fs, layer, runtime
 from pybuild.solver.cache import Cache
 from pybuild.liveness import lock_held
 from pybuild.errors import PybuildError
@@ -188,45 +188,40 @@ def _expected_type(member: tarfile.TarInfo) -> tuple[str, int | None]:
     return name, None
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SKIP = object()
 
 
-def _lstat_in(root_fd: int, rel: str) -> os.stat_result | object | None:
-    """lstat of `rel` inside the snapshot open at `root_fd`, never leaving it.
-
-    Every directory on the way is opened with O_NOFOLLOW relative to its parent, so a
-    symlink in the layer (`x -> /etc`) is never followed onto the host. None if the entry
-    is missing; _SKIP if a component on the way is a symlink or not a directory (the
-    entry cannot be compared there, which says nothing against the snapshot).
+def _lstat_in(root: Path, root_fd: int, rel: str) -> os.stat_result | object | None:
+    """lstat of `rel` where the extractor put it: resolved inside the snapshot's fs root
+    (its own symlinks followed as that root sees them, never onto the host), then each
+    directory opened with O_NOFOLLOW. None if the entry is missing; _SKIP if the path
+    cannot be resolved at all (a symlink loop): that says nothing against the snapshot.
     """
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        return _SKIP
-    fd = root_fd
     try:
-        for part in parts[:-1]:
-            try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                return None
-            except OSError:
-                return _SKIP  # ELOOP (a symlink), ENOTDIR, EACCES: nothing to follow
-            if fd != root_fd:
-                os.close(fd)
-            fd = nfd
-        try:
-            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return _SKIP
+        parts = fs.components(root, rel, follow_last=False)
+    except fs.NotADirectory:
+        return None
+    except fs.PathError:
+        return _SKIP
+    if not parts:
+        return _SKIP
+    try:
+        dfd = fs.open_dir(root_fd, parts[:-1])
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _SKIP  # swapped for a symlink meanwhile: nothing to follow
+    try:
+        return os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _SKIP
     finally:
-        if fd != root_fd:
-            os.close(fd)
+        os.close(dfd)
 
 
-def _snapshot_gap(fs: Path, blob: Path) -> str | None:
+def _snapshot_gap(fs_root: Path, blob: Path) -> str | None:
     """Why a snapshot does not hold its layer (say, a prune killed mid-delete), else None.
 
     Only names, types and file sizes are compared: enough to see a partial extraction or
@@ -235,7 +230,7 @@ def _snapshot_gap(fs: Path, blob: Path) -> str | None:
     missing = 0
     first = ""
     try:
-        fs_fd = os.open(fs, _DIR_FLAGS)
+        fs_fd = os.open(fs_root, fs.DIR_FLAGS)
     except OSError as e:
         return f"its fs directory cannot be opened ({e.strerror})"
     try:
@@ -244,9 +239,9 @@ def _snapshot_gap(fs: Path, blob: Path) -> str | None:
                 rel, kind = _expected_type(member)
                 if rel in (".", "") or rel.startswith("../"):
                     continue
-                found = _lstat_in(fs_fd, rel)
+                found = _lstat_in(fs_root, fs_fd, rel)
                 if found is _SKIP:
-                    continue  # below a symlink or non-directory of the snapshot itself
+                    continue  # unresolvable in the snapshot (a symlink loop)
                 st = found if isinstance(found, os.stat_result) else None
                 size_ok = kind != stat.S_IFREG or not member.isreg() or st is None \
                     or st.st_size == member.size
