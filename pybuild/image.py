@@ -67,8 +67,19 @@ class Image:
 
     @property
     def diff_ids(self) -> list[str]:
-        """Digests of the uncompressed layers, base first."""
-        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+        """Digests of the uncompressed layers, base first (as claimed: Snapshotter verifies).
+
+        PybuildError if the config's rootfs is not an object or diff_ids not a list."""
+        rootfs = self.config.get("rootfs")
+        if rootfs is None:
+            return []
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if diff_ids is None and isinstance(rootfs, dict):
+            return []
+        if not isinstance(diff_ids, list):
+            raise PybuildError(f"image config {self.config_desc.digest}: rootfs.diff_ids is "
+                               f"not a list")
+        return list(diff_ids)
 
 
 def host_platform() -> dict[str, str]:

@@ -215,3 +215,12 @@ def test_config_blob_named_by_a_path_is_refused(registry: HostileRegistry, pybui
     assert "invalid digest" in line
     _assert_untouched(victim)
 
+
+
+@pytest.mark.parametrize("rootfs", ["layers", {"type": "layers", "diff_ids": "sha256:x"}])
+def test_rootfs_of_the_wrong_type_is_one_line(registry: HostileRegistry, pybuild: Pybuild,
+                                              rootfs: object) -> None:
+    registry.image("evil/rootfs", "1", [tar_bytes(("f", "file", b"x"))], config={"rootfs": rootfs})
+    line = _one_line_error(pybuild("pull", f"{registry.addr}/evil/rootfs:1", check=False))
+    assert "rootfs" in line
+    assert pybuild("images", "-q").stdout.strip() == ""
