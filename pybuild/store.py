@@ -544,8 +544,9 @@ class Store:
         path = self.blob_path(digest)
 
         def unreadable(why: str) -> PybuildError:
-            return PybuildError(f"{media_type or 'document'} {digest} cannot be read ({why}); "
-                                f"nothing it may refer to is deleted: run `pybuild doctor`")
+            kind = "index" if media_type in INDEX_TYPES else "manifest"
+            return PybuildError(f"{kind} {digest} cannot be read ({why}); nothing it may "
+                                f"refer to is deleted: run `pybuild doctor`")
 
         try:
             if not strict and path.stat().st_size > 4 * _CHUNK:
@@ -605,10 +606,13 @@ class Store:
         """Every digest reachable from the tags and from `keep` (manifests are followed).
 
         PybuildError if a tagged document cannot be read (see _children)."""
-        roots: list[tuple[str | None, str]] = [
-            (d.media_type, d.digest) for d in self.list_tags().values()]
-        roots += [(None, check_digest(k)) for k in keep]
-        return self._walk_reachable(roots)
+        seen: set[str] = set()
+        for name, d in sorted(self.list_tags().items()):
+            try:
+                seen |= self._walk_reachable([(d.media_type, d.digest)])
+            except PybuildError as e:
+                raise PybuildError(f"tag {name}: {e}") from None
+        return seen | self._walk_reachable([(None, check_digest(k)) for k in keep])
 
     def gc(self, keep: Iterable[str] = (), *, min_age: float = 0.0) -> GCResult:
         """Delete blobs reachable neither from a tag nor from `keep`; report what was freed.

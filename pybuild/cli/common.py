@@ -52,7 +52,7 @@ def table(headers: list[str], rows: Sequence[Sequence[Any]]) -> None:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def unpack_for_builds(store: Any, name: str) -> None:
+def unpack_for_builds(store: Any, name: str, label: str | None = None) -> None:
     """Check an image's layers against its config and extract them into snapshots now, as
     `docker pull`/`import` do, so the first build FROM it does not pay for it.
 
@@ -63,15 +63,20 @@ def unpack_for_builds(store: Any, name: str) -> None:
     from pybuild import image
     from pybuild.snapshot import Snapshotter, check_layers
 
-    img = image.load(store, name)
-    check_layers(img.layers, img.diff_ids)
-    snaps = Snapshotter(store)
-    if os.geteuid() != 0:
-        for desc, diff_id in zip(img.layers, img.diff_ids):
-            snaps.verify_layer(desc, diff_id)
-        return
-    snaps.cleanup_work_dirs()  # what a killed pull or import left behind
-    snaps.ensure(img.layers, img.diff_ids)
+    try:
+        img = image.load(store, name)
+        check_layers(img.layers, img.diff_ids)
+        snaps = Snapshotter(store)
+        if os.geteuid() != 0:
+            for desc, diff_id in zip(img.layers, img.diff_ids):
+                snaps.verify_layer(desc, diff_id)
+            return
+        snaps.cleanup_work_dirs()  # what a killed pull or import left behind
+        snaps.ensure(img.layers, img.diff_ids)
+    except PybuildError as e:
+        if label is None:
+            raise
+        raise PybuildError(f"{label}: {e}") from None
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     tag = parse_reference(args.tag).familiar
     with writing_image(store, tag):
         desc = image.import_rootfs(store, src, tag)
-        unpack_for_builds(store, desc.digest)
+        unpack_for_builds(store, desc.digest, f"import {args.tarball}")
     print(store.read_json(desc.digest)["config"]["digest"])
     return 0
 

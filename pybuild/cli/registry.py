@@ -58,7 +58,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     with writing_image(store, ref.familiar):
         desc = _with_progress(args, f"pull {ref.canonical}",
                               lambda c: registry.pull(store, ref.canonical, client=c))
-        unpack_for_builds(store, desc.digest)
+        unpack_for_builds(store, desc.digest, f"pull {ref.familiar}")
     print(f"Digest: {desc.digest}")
     print(f"Status: Downloaded image for {ref.familiar}")
     return 0
