@@ -410,9 +410,15 @@ class Store:
             index = json.loads(self.index_path.read_bytes())
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PybuildError(f"{self.index_path} is corrupt: {e}") from None
+        if not isinstance(index, dict):
+            raise PybuildError(f"{self.index_path} is corrupt: not a JSON object")
         index.setdefault("manifests", [])
+        if not isinstance(index["manifests"], list) or \
+                not all(isinstance(m, dict) for m in index["manifests"]):
+            raise PybuildError(f"{self.index_path} is corrupt: manifests is not a list of "
+                               f"descriptors")
         return dict(index)
 
     def _write_index(self, index: dict[str, Any]) -> None:

@@ -57,13 +57,14 @@ def tagged_layers(store: Store) -> tuple[dict[str, list[str]], set[str]]:
     users: dict[str, list[str]] = {}
     chains: set[str] = set()
     for name in store.list_tags():
-        try:
+        try:  # an image that cannot be read has no snapshots to keep (gc keeps its blobs)
             img = imagemod.load(store, name)
+            layers, image_chains = img.layers, chain_ids(img.diff_ids)
         except PybuildError:
             continue
-        for d in img.layers:
+        for d in layers:
             users.setdefault(d.digest, []).append(name)
-        chains.update(chain_ids(img.diff_ids))
+        chains.update(image_chains)
     return users, chains
 
 

@@ -22,7 +22,8 @@ from pybuild.snapshot import chain_ids
 from pybuild.solver import remote_cache
 from pybuild.solver.cache import Cache
 from pybuild.store import Store
-from security.hostile import OCI_CONFIG, OCI_LAYER_GZIP, HostileRegistry, sha256, tar_bytes
+from security.hostile import (OCI_CONFIG, OCI_LAYER_GZIP, HostileRegistry, one_line_error, sha256,
+                              tar_bytes)
 
 BACKDOOR = b"#!/bin/sh\necho owned\n"
 
@@ -44,14 +45,6 @@ def _assert_untouched(victim: Path) -> None:
     assert sorted(p.name for p in victim.iterdir()) == ["keep"]
     assert (victim / "keep").read_text() == "host content"
 
-
-def _one_line_error(proc: object) -> str:
-    err = proc.stderr  # type: ignore[attr-defined]
-    assert proc.returncode != 0, proc  # type: ignore[attr-defined]
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _snapshot_names(root: Path) -> list[str]:
@@ -89,7 +82,7 @@ def test_diff_id_naming_a_host_directory_is_refused(registry: HostileRegistry, t
     target = str(victim) if shape == "absolute" else os.path.relpath(victim, pybuild.root / "snapshots")
     registry.image("evil/paths", "1", [tar_bytes(("planted", "file", b"x"))],
                    diff_ids=[f"sha256:{target}"])
-    line = _one_line_error(pybuild("pull", f"{registry.addr}/evil/paths:1", check=False))
+    line = one_line_error(pybuild("pull", f"{registry.addr}/evil/paths:1", check=False))
     assert "invalid diff_id #1" in line
     _assert_untouched(victim)
     assert pybuild("images", "-q").stdout.strip() == ""  # no tag of the refused image
@@ -109,7 +102,7 @@ def test_claimed_diff_id_is_verified_before_a_snapshot_is_filed(registry: Hostil
     registry.image("evil/backdoor", "1", [tar_bytes(("bin", "dir", None),
                                                     ("bin/backdoor", "file", BACKDOOR))],
                    diff_ids=[busybox_diff_id])
-    line = _one_line_error(pybuild("pull", f"{registry.addr}/evil/backdoor:1", check=False))
+    line = one_line_error(pybuild("pull", f"{registry.addr}/evil/backdoor:1", check=False))
     assert "does not match the image config" in line and busybox_diff_id in line
     assert _snapshot_names(pybuild.root) == []
     assert pybuild("images", "-q").stdout.strip() == ""
@@ -120,7 +113,7 @@ def test_claimed_diff_id_is_verified_before_a_snapshot_is_filed(registry: Hostil
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN test ! -e /bin/backdoor\n")
     pybuild("build", "-t", "clean", str(ctx))
     # and with busybox already there, the same hostile image is still refused
-    line = _one_line_error(pybuild("pull", f"{registry.addr}/evil/backdoor:1", check=False))
+    line = one_line_error(pybuild("pull", f"{registry.addr}/evil/backdoor:1", check=False))
     assert "does not match the image config" in line
     assert "evil" not in pybuild("images").stdout
     assert pybuild("doctor").returncode == 0
@@ -133,7 +126,7 @@ def test_layer_and_diff_id_counts_must_agree(registry: HostileRegistry, pybuild:
     tars = [tar_bytes((f"f{i}", "file", b"x")) for i in range(layers)]
     claimed = [sha256(t) for t in tars] + ["sha256:" + "0" * 64] * 2
     registry.image("evil/count", "1", tars, diff_ids=claimed[:diff_ids])
-    line = _one_line_error(pybuild("pull", f"{registry.addr}/evil/count:1", check=False))
+    line = one_line_error(pybuild("pull", f"{registry.addr}/evil/count:1", check=False))
     assert f"image has {layers} layers but its config lists {diff_ids} diff_ids" in line
     assert pybuild("images", "-q").stdout.strip() == ""
 
@@ -211,7 +204,7 @@ def test_config_blob_named_by_a_path_is_refused(registry: HostileRegistry, pybui
     victim = _victim(tmp_path)
     registry.manifest("evil/cfg", "1", {"mediaType": OCI_CONFIG, "digest": f"sha256:{victim}",
                                          "size": 2}, [])
-    line = _one_line_error(pybuild("pull", f"{registry.addr}/evil/cfg:1", check=False))
+    line = one_line_error(pybuild("pull", f"{registry.addr}/evil/cfg:1", check=False))
     assert "invalid digest" in line
     _assert_untouched(victim)
 
@@ -221,6 +214,6 @@ def test_config_blob_named_by_a_path_is_refused(registry: HostileRegistry, pybui
 def test_rootfs_of_the_wrong_type_is_one_line(registry: HostileRegistry, pybuild: Pybuild,
                                               rootfs: object) -> None:
     registry.image("evil/rootfs", "1", [tar_bytes(("f", "file", b"x"))], config={"rootfs": rootfs})
-    line = _one_line_error(pybuild("pull", f"{registry.addr}/evil/rootfs:1", check=False))
+    line = one_line_error(pybuild("pull", f"{registry.addr}/evil/rootfs:1", check=False))
     assert "rootfs" in line
     assert pybuild("images", "-q").stdout.strip() == ""

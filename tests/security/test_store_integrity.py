@@ -23,15 +23,8 @@ from conftest import REPO, Pybuild, require_build_tools
 from pybuild import layer
 from pybuild.errors import PybuildError
 from pybuild.store import Store
-from security.hostile import HostileRegistry, tar_bytes
+from security.hostile import HostileRegistry, one_line_error, tar_bytes
 
-
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode != 0, proc
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def _image_blobs(pb: Pybuild, name: str) -> list[Path]:
@@ -50,7 +43,7 @@ def test_prune_refuses_when_a_tagged_manifest_is_unreadable(pybuild: Pybuild,
     manifest, *rest = _image_blobs(pybuild, "busybox")
     kept = {p: p.read_bytes() for p in rest}
     manifest.write_bytes(manifest.read_bytes()[:40])  # a torn manifest: not JSON any more
-    line = _one_line_error(pybuild("cache", "prune", "--all", check=False))
+    line = one_line_error(pybuild("cache", "prune", "--all", check=False))
     assert "cannot be read" in line and "pybuild doctor" in line
     assert {p: p.read_bytes() for p in rest if p.exists()} == kept
     # the way out is the one the line names: doctor --repair drops the broken tag, then
@@ -135,10 +128,10 @@ def test_import_that_fails_unpacking_leaves_tags_as_they_were(pybuild: Pybuild,
     pybuild("import", str(busybox_tar), "base")
     before = pybuild("inspect", "base").stdout
     bad = _bad_rootfs(tmp_path / "bad.tar")
-    line = _one_line_error(pybuild("import", str(bad), "base", check=False))
+    line = one_line_error(pybuild("import", str(bad), "base", check=False))
     assert "hardlink" in line
     assert pybuild("inspect", "base").stdout == before  # the old image is still "base"
-    _one_line_error(pybuild("import", str(bad), "fresh", check=False))
+    one_line_error(pybuild("import", str(bad), "fresh", check=False))
     assert "fresh" not in pybuild("images").stdout
 
 
@@ -162,7 +155,7 @@ def test_root_that_is_not_a_store_is_refused_and_untouched(tmp_path: Path, what:
     before = sorted(str(p.relative_to(host)) for p in host.rglob("*"))
     pb = Pybuild(host)
     for args in (["images"], ["doctor"], ["cache", "ls"]):
-        line = _one_line_error(pb(*args, check=False))
+        line = one_line_error(pb(*args, check=False))
         assert "is not a pybuild store" in line
     assert sorted(str(p.relative_to(host)) for p in host.rglob("*")) == before
     assert old.read_text() == "precious"
@@ -252,7 +245,7 @@ def test_damaged_database_is_one_line_and_doctor_rebuilds_it(busybox: Pybuild, t
     conn.close()
     _damage(busybox.root / "pybuild.db", how)
     for args in (["cache", "ls"], ["build", "-t", "app", str(ctx)], ["cache", "prune", "--all"]):
-        line = _one_line_error(busybox(*args, check=False))
+        line = one_line_error(busybox(*args, check=False))
         assert "pybuild.db" in line and "pybuild doctor --repair" in line, line
     doctor = busybox("doctor", check=False)
     assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
@@ -281,7 +274,7 @@ def test_save_refuses_a_damaged_blob(pybuild: Pybuild, busybox_tar: Path, tmp_pa
         layer_path.write_bytes(data[:-20] + bytes(b ^ 0xFF for b in data[-20:]))
     out = tmp_path / "out"
     out.mkdir()
-    line = _one_line_error(pybuild("save", "--format", fmt, "-o", str(out / "a.tar"), "busybox",
+    line = one_line_error(pybuild("save", "--format", fmt, "-o", str(out / "a.tar"), "busybox",
                                    check=False))
     assert layer_path.name in line and "pybuild doctor" in line
     assert list(out.iterdir()) == []
@@ -323,3 +316,14 @@ def test_unreadable_manifest_does_not_stop_images_listing(pybuild: Pybuild, busy
     assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
     assert "broken-tag: busybox:latest" in doctor.stdout
 
+
+
+@pytest.mark.parametrize("text", ['[1]', '{"manifests": "x"}', '{"manifests": ["x"]}', '\xff'])
+def test_index_json_of_the_wrong_shape_is_one_line(pybuild: Pybuild, text: str) -> None:
+    pybuild("images")
+    (pybuild.root / "index.json").write_bytes(text.encode("latin-1"))
+    line = one_line_error(pybuild("images", check=False))
+    assert "index.json is corrupt" in line
+    doctor = pybuild("doctor", check=False)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
+    assert "corrupt-index: index.json" in doctor.stdout
