@@ -27,6 +27,7 @@ from isal import isal_zlib
 from pybuild import layer, oci_documents
 from pybuild.errors import PybuildError
 from pybuild.oci_documents import OCI_CONFIG
+from pybuild.snapshot import check_layers
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
                            BlobWriter, Descriptor, Store, canonical_json)
@@ -65,8 +66,19 @@ class Image:
 
     @property
     def diff_ids(self) -> list[str]:
-        """Digests of the uncompressed layers, base first."""
-        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+        """Digests of the uncompressed layers, base first (as claimed: Snapshotter verifies).
+
+        PybuildError if the config's rootfs is not an object or diff_ids not a list."""
+        rootfs = self.config.get("rootfs")
+        if rootfs is None:
+            return []
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if diff_ids is None and isinstance(rootfs, dict):
+            return []
+        if not isinstance(diff_ids, list):
+            raise PybuildError(f"image config {self.config_desc.digest}: rootfs.diff_ids is "
+                               f"not a list")
+        return list(diff_ids)
 
 
 def host_platform() -> dict[str, str]:
@@ -443,27 +455,46 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
 
 
+def _damaged(digest: str, why: str) -> PybuildError:
+    return PybuildError(f"blob {digest} {why}: the store is damaged (run `pybuild doctor`)")
+
+
 def _add_blob(tar: tarfile.TarFile, store: Store, name: str, desc: Descriptor) -> None:
+    """Copy a blob into the archive, verified: its size and digest must be what it is named."""
     with store.open_blob(desc.digest) as f:
-        tar.addfile(_tar_info(name, os.fstat(f.fileno()).st_size), f)
+        size = os.fstat(f.fileno()).st_size
+        if size != desc.size:
+            raise _damaged(desc.digest, f"has {size} bytes, its descriptor says {desc.size}")
+        h = hashlib.sha256()
+        try:
+            tar.addfile(_tar_info(name, size), layer._Tee(f, h.update))
+        except OSError as e:
+            raise _damaged(desc.digest, f"cannot be read ({e})") from None
+        if "sha256:" + h.hexdigest() != desc.digest:
+            raise _damaged(desc.digest, f"hashes to sha256:{h.hexdigest()}")
 
 
 def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
                             layer_desc: Descriptor, diff_id: str) -> None:
-    """Add a layer as a plain tar, verifying it against the config's diff_id."""
+    """Add a layer as a plain tar, verifying the blob's digest and the config's diff_id."""
     with tempfile.TemporaryFile(dir=store.tmp_dir) as tmp, store.open_blob(layer_desc.digest) as blob:
         h = hashlib.sha256()
+        packed = hashlib.sha256()
+        tee = layer._Tee(blob, packed.update)
         try:
-            src = layer.open_decompressed(blob)
+            src = layer.open_decompressed(tee)  # type: ignore[arg-type]
             while chunk := src.read(_CHUNK):
                 h.update(chunk)
                 tmp.write(chunk)
-        except (OSError, PybuildError) as e:
-            raise PybuildError(f"cannot read layer {layer_desc.digest}: {e} "
-                               f"(the store is damaged: run verify)") from None
+            while tee.read(_CHUNK):
+                pass  # bytes after the compressed stream count for the blob's digest
+        except (OSError, EOFError, PybuildError) as e:
+            raise _damaged(layer_desc.digest, f"cannot be read ({e})") from None
         if "sha256:" + h.hexdigest() != diff_id:
             raise PybuildError(f"layer {layer_desc.digest} does not match its diff_id {diff_id}: "
-                               f"the store is damaged (run verify)")
+                               f"the image is damaged (run `pybuild doctor`)")
+        if "sha256:" + packed.hexdigest() != layer_desc.digest:
+            raise _damaged(layer_desc.digest, f"hashes to sha256:{packed.hexdigest()}")
         size = tmp.tell()
         tmp.seek(0)
         tar.addfile(_tar_info(name, size), tmp)
@@ -479,9 +510,10 @@ def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
                                                         format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             img = entry.image
-            if len(img.layers) != len(img.diff_ids):
-                raise PybuildError(f"image {img.id}: {len(img.layers)} layers but "
-                                   f"{len(img.diff_ids)} diff_ids")
+            try:
+                check_layers(img.layers, img.diff_ids)
+            except PybuildError as e:
+                raise PybuildError(f"image {img.id}: {e}") from None
             config_name = img.id.split(":", 1)[1] + ".json"
             if config_name not in written:
                 _add_blob(tar, store, config_name, img.config_desc)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pybuild.cli.common import human, open_store, table, unpack_for_builds
+from pybuild.cli.common import human, open_store, table, unpack_for_builds, writing_image
 from pybuild.errors import PybuildError
 
 
@@ -21,8 +21,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not src.is_file():
         raise PybuildError(f"{args.tarball}: no such file")
     store = open_store(args)
-    desc = image.import_rootfs(store, src, parse_reference(args.tag).familiar)
-    unpack_for_builds(store, desc.digest)
+    tag = parse_reference(args.tag).familiar
+    with writing_image(store, tag):
+        desc = image.import_rootfs(store, src, tag)
+        unpack_for_builds(store, desc.digest, f"import {args.tarball}")
     print(store.read_json(desc.digest)["config"]["digest"])
     return 0
 

@@ -600,7 +600,7 @@ class Solver:
         created_by = created_by or display
         self.progress.vertex_started(vid, name)
         started = time.monotonic()
-        rec = None if self._skip_cache(s) else self._lookup(key, vid)
+        rec = None if self._skip_cache(s) else self._lookup(key, vid, s.diff_ids)
         if rec is not None:
             self.progress.vertex_cached(vid)
             self.timings.append({"step": name, "cached": True,
@@ -647,7 +647,7 @@ class Solver:
         s.history.append({"created": self._format_time(created), "created_by": created_by,
                           "comment": hist.COMMENT})
 
-    def _lookup(self, key: str, vid: str) -> Record | None:
+    def _lookup(self, key: str, vid: str, parent_diff_ids: list[str]) -> Record | None:
         """A local record, or one offered by --cache-from.
 
         A remote record's layer is downloaded only when something needs its bytes: a step
@@ -657,18 +657,25 @@ class Solver:
         if rec is not None or key not in self.remote:
             return rec
         spec, remote = self.remote[key]
+        # The record's own chain id is not trusted: it is what our diff_ids make it.
+        chain_id = chain_ids(parent_diff_ids + [remote.diff_id])[-1]
         rec = Record(remote.key, remote.parent, "", remote.description, remote.layer,
-                     remote.diff_id, remote.chain_id, remote.inputs, remote.created, time.time())
+                     remote.diff_id, chain_id, remote.inputs, remote.created, time.time())
         self.remote_layers[rec.layer.digest] = (spec, rec)
         return rec
 
     def _fetch_layers(self, layers: list[Descriptor], vid: str | None) -> None:
         """Download the --cache-from layers among `layers` that the store lacks yet."""
         for d in layers:
-            if d.digest in self.remote_layers and not self.store.has_blob(d.digest):
+            if d.digest in self.remote_layers:
                 spec, rec = self.remote_layers.pop(d.digest)
-                remote_cache.fetch_layer(self.store, spec, rec, self._client(vid))
-                self.cache.put(rec)  # a record only once its blob is in the store
+                if not self.store.has_blob(d.digest):
+                    remote_cache.fetch_layer(self.store, spec, rec, self._client(vid))
+                try:  # the record's diff_id is a claim: its layer must hash to it
+                    self.snaps.verify_layer(rec.layer, rec.diff_id)
+                except PybuildError as e:
+                    raise PybuildError(f"--cache-from {spec.ref}: record {rec.key}: {e}") from None
+                self.cache.put(rec)  # a record only once its blob is in the store, verified
 
     def _skip_cache(self, s: StageState) -> bool:
         if self.opts.no_cache:
