@@ -46,3 +46,9 @@ class StepError(DockerfileError):
 
 class NeedsRootError(PybuildError):
     """Building needs root (overlay mounts, runc)."""
+
+
+class Cancelled(PybuildError):
+    """The build was cancelled (Ctrl-C, SIGTERM, or a sibling step failed)."""
+
+    exit_code = 130

@@ -11,6 +11,7 @@ stored, so its digest is the one the user sees locally.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import ipaddress
 import json
@@ -300,6 +301,13 @@ class RegistryClient:
             raise _ServerError(resp)
         raise t.fail(f"{_error_text(resp)}: {method} {urlsplit(url).path} answered "
                      f"{resp.status_code}")
+
+    def with_progress(self, progress: ProgressFn | None) -> "RegistryClient":
+        """This client (same session, auth and tokens) reporting to `progress`: one per
+        call, so concurrent pulls of a build each report on their own vertex."""
+        view = copy.copy(self)
+        view.progress = progress
+        return view
 
     def _report(self, label: str, current: int, total: int | None) -> None:
         if self.progress is not None:

@@ -227,7 +227,9 @@ class Store:
         self._lock_depth = 0
         self._lock_fd: int | None = None
         self._thread_lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._db_lock = threading.Lock()
+        self._dbs: list[sqlite3.Connection] = []
         try:
             for d in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -400,8 +402,11 @@ class Store:
 
     @property
     def db(self) -> sqlite3.Connection:
-        """This Store's SQLite connection (root/pybuild.db, WAL); tables belong to their users."""
-        if self._db is None:
+        """This thread's SQLite connection to root/pybuild.db (WAL); tables belong to their
+        users. One connection per thread: the solver's steps run on several threads, and a
+        connection shared by them would interleave their transactions."""
+        conn: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if conn is None:
             conn = sqlite3.connect(self.root / "pybuild.db", timeout=60.0, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 60000")
             # Switching to WAL needs the database to itself and does not wait on the busy
@@ -409,14 +414,18 @@ class Store:
             with self.lock():
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            self._db = conn
-        return self._db
+            self._local.db = conn
+            with self._db_lock:
+                self._dbs.append(conn)
+        return conn
 
     def close(self) -> None:
-        """Close the database connection, if one was opened."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close every database connection this Store opened (one per thread)."""
+        with self._db_lock:
+            conns, self._dbs = self._dbs, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
 
     # ---- maintenance ------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         source_date_epoch=epoch, explain=args.explain, pull=args.pull,
         cache_from=[parse_cache_spec(v, "--cache-from") for v in args.cache_from or []],
         cache_to=[parse_cache_spec(v, "--cache-to") for v in args.cache_to or []],
-        registry=lambda: client_from_args(args))
+        registry=lambda: client_from_args(args), jobs=args.jobs, allow=list(args.allow or []))
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
     if args.check:
@@ -144,6 +144,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="use build cache exported to a registry (repeatable)")
     b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
                    help="export the build cache to a registry (mode=max: every stage)")
+    b.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
+                   help="steps that run at once: independent stages build in parallel "
+                        "(default: the number of CPUs)")
+    b.add_argument("--allow", action="append", metavar="ENTITLEMENT",
+                   help="grant an entitlement: security.insecure lets RUN --security=insecure "
+                        "run privileged (repeatable)")
     add_tls_flags(b)
     b.set_defaults(func=cmd_build)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
