@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -302,7 +302,7 @@ class RegistryClient:
         raise t.fail(f"{_error_text(resp)}: {method} {urlsplit(url).path} answered "
                      f"{resp.status_code}")
 
-    def with_progress(self, progress: ProgressFn | None) -> "RegistryClient":
+    def with_progress(self, progress: ProgressFn | None) -> RegistryClient:
         """This client (same session, auth and tokens) reporting to `progress`: one per
         call, so concurrent pulls of a build each report on their own vertex."""
         view = copy.copy(self)
@@ -321,7 +321,7 @@ class RegistryClient:
 
         def fetch() -> requests.Response:
             resp = self._send(t, "GET", url, headers={"Accept": ACCEPT_MANIFESTS})
-            resp.content  # read the body inside the retry: a drop mid-body is retried
+            _ = resp.content  # read the body inside the retry: a drop mid-body is retried
             return resp
 
         resp = self._retrying(t, fetch)
@@ -513,13 +513,13 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _platform_string(p: dict | None) -> str:
+def _platform_string(p: dict[str, Any] | None) -> str:
     p = p or {}
     out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
     return out + (f"/{p['variant']}" if p.get("variant") else "")
 
 
-def _choose_platform(t: _Target, index: dict) -> Descriptor:
+def _choose_platform(t: _Target, index: dict[str, Any]) -> Descriptor:
     """The linux/<host arch> entry of a manifest list, preferring the host's variant."""
     host = _image.host_platform()
     entries: list[Descriptor] = []
@@ -568,7 +568,7 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Des
     t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
     body, media_type, digest = client.get_manifest(t, r.ref)
     index: tuple[bytes, str, str] | None = None
-    platform: dict | None = None
+    platform: dict[str, Any] | None = None
     if media_type in INDEX_TYPES:
         index = (body, media_type, digest)
         chosen = _choose_platform(t, json.loads(body))
@@ -712,7 +712,7 @@ def push_artifact(store: Store, dest: str, config: Descriptor, layers: list[Desc
 
 
 def fetch_artifact(store: Store, ref: str, *, client: RegistryClient | None = None
-                   ) -> tuple[dict, list[Descriptor]] | None:
+                   ) -> tuple[dict[str, Any], list[Descriptor]] | None:
     """The config document and layer list of the artifact at `ref`; None if it is absent.
 
     Only the config blob is downloaded; layers are fetched on demand with `fetch_blobs`.

@@ -76,15 +76,15 @@ def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
 
 
-TWO_STAGES = """\
+TWO_STAGES = f"""\
 FROM scratch AS a
 RUN sleep 0.3 && echo a > /a
 FROM scratch AS b
 RUN sleep 0.3 && echo b > /b
 FROM scratch
-COPY --from=a --chown={me} /a /a
-COPY --from=b --chown={me} /b /b
-""".format(me=ME)
+COPY --from=a --chown={ME} /a /a
+COPY --from=b --chown={ME} /b /b
+"""
 
 
 # ----- keys ---------------------------------------------------------------------------
@@ -185,8 +185,8 @@ def test_a_stage_used_twice_is_built_once(env: Env) -> None:
     df = ("FROM scratch AS base\nRUN echo b > /b\n"
           "FROM base AS x\nRUN echo x > /x\n"
           "FROM base AS y\nRUN echo y > /y\n"
-          "FROM scratch\nCOPY --from=base --chown={me} /b /b1\nCOPY --from=x --chown={me} /x /x\n"
-          "COPY --from=y --chown={me} /y /y\n").format(me=ME)
+          f"FROM scratch\nCOPY --from=base --chown={ME} /b /b1\nCOPY --from=x --chown={ME} /x /x\n"
+          f"COPY --from=y --chown={ME} /y /y\n")
     env.build(df, jobs=4)
     scripts = [s.args[-1] for s in env.workers[-1].runs]
     assert sorted(scripts) == ["echo b > /b", "echo x > /x", "echo y > /y"]
@@ -195,14 +195,14 @@ def test_a_stage_used_twice_is_built_once(env: Env) -> None:
 def test_an_identical_op_in_two_stages_runs_once(env: Env) -> None:
     df = ("FROM scratch AS a\nRUN sleep 0.2 && echo same > /s\n"
           "FROM scratch AS b\nRUN sleep 0.2 && echo same > /s\n"
-          "FROM scratch\nCOPY --from=a --chown={me} /s /a\nCOPY --from=b --chown={me} /s /b\n"
-          ).format(me=ME)
+          f"FROM scratch\nCOPY --from=a --chown={ME} /s /a\nCOPY --from=b --chown={ME} /s /b\n"
+          )
     r, _ = env.build(df, jobs=4)
     assert len(env.workers[-1].runs) == 1
     assert (r.steps_run, r.steps_cached) == (3, 1)
 
 
-DIAMOND = """\
+DIAMOND = f"""\
 FROM scratch AS root
 RUN echo root > /root
 FROM root AS left
@@ -214,9 +214,9 @@ RUN echo left2 > /left2
 FROM right AS right2
 RUN sleep 0.1 && echo right2 > /right2
 FROM scratch
-COPY --from=left2 --chown={me} / /l/
-COPY --from=right2 --chown={me} / /r/
-""".format(me=ME)
+COPY --from=left2 --chown={ME} / /l/
+COPY --from=right2 --chown={ME} / /r/
+"""
 
 
 def test_image_is_the_same_whatever_the_schedule(tmp_path: Path) -> None:
@@ -231,8 +231,8 @@ def test_image_is_the_same_whatever_the_schedule(tmp_path: Path) -> None:
 def test_a_failing_step_cancels_its_running_siblings(env: Env) -> None:
     df = ("FROM scratch AS slow\nRUN sleep 30\n"
           "FROM scratch AS bad\nRUN sleep 0.2 && exit 3\n"
-          "FROM scratch\nCOPY --from=slow --chown={me} / /s\nCOPY --from=bad --chown={me} / /b\n"
-          ).format(me=ME)
+          f"FROM scratch\nCOPY --from=slow --chown={ME} / /s\nCOPY --from=bad --chown={ME} / /b\n"
+          )
     started = time.monotonic()
     with pytest.raises(StepError) as e:
         env.build(df, jobs=2)
@@ -244,8 +244,8 @@ def test_a_failing_step_cancels_its_running_siblings(env: Env) -> None:
 def test_cancel_stops_every_running_step(env: Env) -> None:
     df = ("FROM scratch AS a\nRUN sleep 30 && echo a > /a\n"
           "FROM scratch AS b\nRUN sleep 30 && echo b > /b\n"
-          "FROM scratch\nCOPY --from=a --chown={me} / /a\nCOPY --from=b --chown={me} / /b\n"
-          ).format(me=ME)
+          f"FROM scratch\nCOPY --from=a --chown={ME} / /a\nCOPY --from=b --chown={ME} / /b\n"
+          )
     (env.ctx / "Dockerfile").write_text(df)
     solver = Solver(BuildOptions(context=env.ctx, dockerfile=env.ctx / "Dockerfile", jobs=2),
                     Recorder(), worker=env.worker)
