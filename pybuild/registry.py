@@ -32,7 +32,8 @@ from pybuild.auth import (DOCKER_HUB_AUTH_KEY, AuthError, Authenticator, AuthPro
                           Challenge, Credentials, erase_credentials, parse_challenges,
                           store_credentials)
 from pybuild.errors import PybuildError
-from pybuild.reference import DOCKER_HUB_API_HOST, Reference, parse_reference
+from pybuild.platforms import choose_host, host_platform, platform_string
+from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, MANIFEST_TYPES,
                            OCI_INDEX, OCI_MANIFEST, Descriptor, Store)
 
@@ -49,7 +50,6 @@ _BACKOFF = 0.5  # seconds before the second try; doubled for each further one
 _TIMEOUT = (30.0, 300.0)  # connect, read
 _MANIFEST_MAX = 4 << 20  # distribution's own limit on manifest size
 _CHUNK = 1 << 20
-_HUB_NAMES = frozenset({"docker.io", "index.docker.io", DOCKER_HUB_API_HOST})
 
 
 class _ServerError(Exception):
@@ -513,15 +513,9 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _platform_string(p: dict[str, Any] | None) -> str:
-    p = p or {}
-    out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
-    return out + (f"/{p['variant']}" if p.get("variant") else "")
-
-
 def _choose_platform(t: _Target, index: dict[str, Any]) -> Descriptor:
     """The linux/<host arch> entry of a manifest list, preferring the host's variant."""
-    host = _image.host_platform()
+    host = host_platform()
     entries: list[Descriptor] = []
     for m in index.get("manifests") or []:
         try:
@@ -530,13 +524,10 @@ def _choose_platform(t: _Target, index: dict[str, Any]) -> Descriptor:
             raise t.fail(f"malformed manifest list: {e}") from None
         if d.media_type in MANIFEST_TYPES:
             entries.append(d)
-    for want_variant in (True, False):
-        for d in entries:
-            p = d.platform or {}
-            if p.get("os") == host["os"] and p.get("architecture") == host["architecture"] \
-                    and (not want_variant or p.get("variant") == host.get("variant")):
-                return d
-    available = ", ".join(sorted({_platform_string(d.platform) for d in entries})) or "none"
+    chosen = choose_host(entries)
+    if chosen is not None:
+        return chosen
+    available = ", ".join(sorted({platform_string(d.platform) for d in entries})) or "none"
     raise PybuildError(f"no image for {host['os']}/{host['architecture']} in {t.display} "
                        f"(available: {available})")
 
@@ -654,7 +645,7 @@ def _registry_host(registry: str) -> str:
         if host.startswith(prefix):
             host = host[len(prefix):]
     host = host.split("/", 1)[0]
-    if not host or host in _HUB_NAMES or registry == DOCKER_HUB_AUTH_KEY:
+    if not host or host in DOCKER_HUB_HOSTS or registry == DOCKER_HUB_AUTH_KEY:
         return "docker.io"
     return host
 

@@ -23,7 +23,6 @@ import stat
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -109,8 +108,7 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
         raise PybuildError("nothing to run: the command is empty")
     if not spec.cwd.startswith("/"):
         raise PybuildError(f"working directory must be absolute, got {spec.cwd!r}")
-    if spec.network not in ("host", "none"):
-        raise PybuildError(f"unsupported network mode {spec.network!r}: use host or none")
+    check_network(spec.network)
     for m in spec.mounts:
         if not m.destination.startswith("/"):
             raise PybuildError(f"mount destination must be absolute, got {m.destination!r}")
@@ -218,7 +216,7 @@ def _hosts_file(hostname: str) -> Path:
     path = STATE_DIR / "etc" / f"hosts-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         tmp.write_text(content)
         tmp.chmod(0o644)
         os.replace(tmp, path)
@@ -304,8 +302,17 @@ def _ensure_cwd(rootfs: Path, cwd: str) -> None:
 
 
 def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise NeedsRootError("running build steps needs root (runc, mounts): run pybuild as root")
+    NeedsRootError.require("running build steps")
+
+
+NETWORK_MODES = ("host", "none")
+
+
+def check_network(mode: str) -> str:
+    """The one check of a network mode for a step or container: host or none."""
+    if mode not in NETWORK_MODES:
+        raise PybuildError(f"unsupported network mode {mode!r}: use host or none")
+    return mode
 
 
 def find_runtime(runtime: str | None = None) -> str:

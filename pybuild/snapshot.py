@@ -123,8 +123,7 @@ class Snapshotter:
     @contextmanager
     def mount(self, lowers: list[Path], *, readonly: bool = False) -> Iterator[Active]:
         """Mount lowers (bottom first) with a fresh upper; always unmounted on exit."""
-        if os.geteuid() != 0:
-            raise NeedsRootError("building needs root: overlay mounts and runc require it (run with sudo)")
+        NeedsRootError.require("building")
         sid = uuid.uuid4().hex[:16]
         # Set up under a temporary name with the lock already held, then renamed: a mount
         # dir under its real name always carries a live lock or is stale, never in between.

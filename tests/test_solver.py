@@ -19,7 +19,8 @@ from fake_worker import FakeWorker, wait_until
 from pybuild.errors import Cancelled, DockerfileError, StepError
 from pybuild.progress import Progress, _Vertex
 from pybuild.solver import ops
-from pybuild.solver.solver import BuildOptions, BuildResult, Solver, host_arch
+from pybuild.platforms import host_arch
+from pybuild.solver.solver import BuildOptions, BuildResult, Solver
 from pybuild.store import Store
 
 ME = f"{os.getuid()}:{os.getgid()}"

@@ -30,10 +30,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"
     name = args.file if args.file else "Dockerfile"
     if args.platform:
-        from pybuild.solver.solver import host_arch
+        from pybuild.platforms import host_arch, is_host
 
-        wanted = args.platform.split(",")
-        if any(p.strip() not in (f"linux/{host_arch()}", host_arch()) for p in wanted):
+        if not all(is_host(p) for p in args.platform.split(",")):
             raise PybuildError(f"platform {args.platform} is not supported: pybuild builds for the "
                                f"host platform linux/{host_arch()} only")
     sde = os.environ.get("SOURCE_DATE_EPOCH")
@@ -58,8 +57,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         plan = _check(opts)
         print(stages.describe(plan))
         return 0
-    if os.geteuid() != 0:
-        raise NeedsRootError("building needs root (overlay mounts and runc): run pybuild as root")
+    NeedsRootError.require("building")
     progress = make_progress(mode)
     if type(progress).__name__ in ("PlainProgress", "RawJSONProgress"):
         opts.explain = True  # logs and event streams always say why a step was rebuilt

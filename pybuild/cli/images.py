@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pybuild.cli.common import human, open_store, table, unpack_for_builds
+from pybuild.cli.common import open_store, table, unpack_for_builds
 from pybuild.errors import PybuildError
+from pybuild.units import human_size
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         size = sum(d.size for d in img.layers)
         rows.append((repo, tag, img.config_desc.digest.split(":")[1][:12],
-                     img.config.get("created", "")[:19].replace("T", " "), human(size)))
+                     img.config.get("created", "")[:19].replace("T", " "), human_size(size)))
     if args.quiet:
         for r in rows:
             print(r[2])

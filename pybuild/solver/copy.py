@@ -7,7 +7,6 @@ name, never through it: a hostile symlink in an image cannot redirect a write ou
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import os
 import posixpath
@@ -295,6 +294,8 @@ def _download(url: str, out: Path, checksum: tuple[str, str] | None, line: int |
     mtime = time.time()
     if modified:
         try:
+            import email.utils  # only ADD of a URL needs it
+
             mtime = email.utils.parsedate_to_datetime(modified).timestamp()
         except (TypeError, ValueError):
             pass

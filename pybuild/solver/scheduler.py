@@ -19,13 +19,41 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pybuild.errors import Cancelled
 
 T = TypeVar("T")
+
+
+class Future(Generic[T]):
+    """The result of a vertex, once it is there (concurrent.futures' would import logging
+    and more on every warm build for the three methods used here)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def set_result(self, result: T) -> None:
+        self._result = result
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> T:
+        """The result, or the vertex's exception raised; TimeoutError if not done in time."""
+        if not self._done.wait(timeout):
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
 
 _POLL = 0.05  # seconds between looks at the cancel event while waiting
 

@@ -17,12 +17,10 @@ import functools
 import hashlib
 import itertools
 import json
-import platform
 import posixpath
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
@@ -36,6 +34,7 @@ from pybuild.context import BuildContext
 from pybuild.dockerfile import ShellLex, parse, stages
 from pybuild.dockerfile import instructions as ins
 from pybuild.errors import Cancelled, DockerfileError, PybuildError, StepError
+from pybuild.platforms import host_arch, is_host
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
 from pybuild.snapshot import chain_ids
@@ -44,7 +43,7 @@ from pybuild.solver import ops, remote_cache
 from pybuild.solver.cache import Cache, Record, explain
 from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
 from pybuild.solver.mounts import MountPreparer, SecretSource, cache_key_of
-from pybuild.solver.scheduler import Scheduler
+from pybuild.solver.scheduler import Future, Scheduler
 from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.solver.worker import RealWorker, Snapshot, Worker
 from pybuild.store import Descriptor, Store
@@ -59,9 +58,6 @@ LINK_PARENT = ops.digest_of({"v": ops.KEY_VERSION, "source": "link"})
 ENTITLEMENTS = ("security.insecure",)
 
 
-def host_arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
 
 
 @dataclass
@@ -245,8 +241,7 @@ class Solver:
         if not st.platform:
             return
         host = f"linux/{host_arch()}"
-        wanted = st.platform.strip().lower()
-        if wanted not in (host, host_arch(), f"{host}/v8" if host_arch() == "arm64" else host):
+        if not is_host(st.platform):
             raise DockerfileError(f"FROM --platform={st.platform}: pybuild builds for the host "
                                   f"platform {host} only (no multi-platform builds yet)",
                                   st.from_line)
@@ -543,8 +538,10 @@ class Solver:
         network = (raw.network or self.opts.network or "host").lower()
         if network == "default":
             network = self.opts.network or "host"
-        if network not in ("host", "none"):
-            raise DockerfileError(f"unsupported network mode {network!r} (host or none)", raw.line)
+        try:
+            runtime.check_network(network)
+        except PybuildError as e:
+            raise DockerfileError(str(e), raw.line) from None
         security = (raw.security or "sandbox").lower()
         mounts = [m.expand(self.lex, env_map) if hasattr(m, "expand") else m for m in raw.mounts]
         op = ops.Exec(argv=tuple(argv),
@@ -720,7 +717,11 @@ class Solver:
                  inputs: dict[str, Any], slot: str, step: str, link: bool) -> Record:
         """Run a step that missed the cache on a fresh snapshot; record it."""
         if self.opts.explain:
-            self.progress.explain(vid, explain(self.cache.previous(step), parent, inputs))
+            prev = self.cache.previous(step)
+            reason = explain(prev, parent, inputs)
+            if prev is not None and prev.key == key and self._skip_cache(s):
+                reason = "--no-cache" if self.opts.no_cache else "--no-cache-filter"
+            self.progress.explain(vid, reason)
         layers, diff_ids = ([], []) if link else (s.layers, s.diff_ids)
         try:
             with self.sched.slot():
