@@ -154,12 +154,12 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
 
 
 def _kernel_caps() -> list[str]:
-    """The capabilities this kernel has (runc refuses names it does not know)."""
-    try:
-        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    except (OSError, ValueError):
-        last = ALL_CAPS.index("CAP_AUDIT_READ")
-    return ALL_CAPS[:last + 1]
+    """Every capability we can hand on: those in our own bounding set (a root inside
+    another container may lack some; runc fails a step asking for them)."""
+    status = Path("/proc/self/status").read_text()
+    bound = int(next(line.split()[1] for line in status.splitlines()
+                     if line.startswith("CapBnd:")), 16)
+    return [name for i, name in enumerate(ALL_CAPS) if bound >> i & 1]
 
 
 def _nofile_limit() -> int:

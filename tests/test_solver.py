@@ -143,8 +143,10 @@ def test_copy_link_key_does_not_depend_on_what_is_below(env: Env) -> None:
     r, progress = env.build(df.format(n=2))
     assert r.steps_run == 1
     assert "[3/3] COPY --link --chown=" + ME + " f /f" in progress.cached
-    # and the files still land on top of the stage
+    # and the files still land on top of the stage; what follows depends on both
     env.build(df.format(n=2) + "RUN echo x > /x\n")
+    r, progress = env.build(df.format(n=3) + "RUN echo x > /x\n")
+    assert r.steps_run == 2  # RUN echo 3 and the RUN after the linked COPY, not the COPY
     snap = env.workers[-1]
     seen = {rel for c in snap.contents.values() for rel in c}
     assert {"n", "f", "x"} <= seen

@@ -175,6 +175,11 @@ def compute_key(parent: str, inputs: dict[str, Any]) -> str:
     return digest_of({"v": KEY_VERSION, "parent": parent, "inputs": inputs})
 
 
+def merge_key(below: str, layer: str) -> str:
+    """The key of a filesystem made of `below` with a linked layer (COPY --link) on top."""
+    return digest_of({"v": KEY_VERSION, "merge": [below, layer]})
+
+
 # ----- step identity ------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepId:

@@ -673,6 +673,9 @@ class Solver:
         parent = LINK_PARENT if link else s.key
         inputs = ops.recorded_inputs(op, None if link else s.base)
         key = ops.compute_key(parent, inputs)
+        # what later steps build on: a linked layer's own key knows nothing of the layers
+        # below it, the stage's filesystem after it does (BuildKit's merge of the two)
+        chain_key = ops.merge_key(s.key, key) if link else key
         step = self._step_id(s)
         slot = hashlib.sha256(step.encode()).hexdigest()
         created_by = created_by or display
@@ -694,7 +697,7 @@ class Solver:
             with self._lock:
                 self.steps_cached += 1
             s.records.append(rec)
-            self._append_layer(s, rec.layer, rec.diff_id, created_by, key, rec.created)
+            self._append_layer(s, rec.layer, rec.diff_id, created_by, chain_key, rec.created)
             return
         try:
             rec = self._execute(s, raw, vid, name, op, do, key, parent, inputs, slot, step, link)
@@ -710,7 +713,7 @@ class Solver:
         with self._lock:
             self.steps_run += 1
         self._timing(name, False, started)
-        self._append_layer(s, rec.layer, rec.diff_id, created_by, key, rec.created)
+        self._append_layer(s, rec.layer, rec.diff_id, created_by, chain_key, rec.created)
 
     def _execute(self, s: StageState, raw: Any, vid: str, name: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], key: str, parent: str,
