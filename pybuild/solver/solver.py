@@ -206,7 +206,9 @@ class Solver:
         for spec in self.opts.cache_from:
             for key, rec in remote_cache.load(store, spec, self._client(None)).items():
                 self.remote.setdefault(key, (spec, rec))
-        self.worker.cleanup_stale()
+        # what killed builds left goes, alongside the cache lookups; waited for before
+        # this build mounts anything (`_cleanup_once`)
+        self.sched.once(("cleanup",), self.worker.cleanup_stale)
         state = self._stage(plan.target.index)
         return self._export(state)
 
@@ -728,6 +730,7 @@ class Solver:
         layers, diff_ids = ([], []) if link else (s.layers, s.diff_ids)
         try:
             with self.sched.slot():
+                self._cleanup_once()
                 self._fetch_layers(layers, vid)
                 with self.worker.prepare(layers, diff_ids) as snap:
                     do(snap, vid)
@@ -749,6 +752,11 @@ class Solver:
                      step=step)
         self.cache.put(rec)
         return rec
+
+    def _cleanup_once(self) -> None:
+        """What killed builds left (containers, mounts, secrets) is gone before this build
+        mounts anything; started with the build, it overlaps the cache lookups."""
+        self.sched.wait(self.sched.once(("cleanup",), self.worker.cleanup_stale))
 
     def _timing(self, name: str, cached: bool, started: float) -> None:
         with self._lock:
@@ -825,6 +833,7 @@ class Solver:
             img = self._resolve_image(parse_reference(name), 0)
             layers, diff_ids = img.layers, img.diff_ids
         self._fetch_layers(layers, None)
+        self._cleanup_once()
         with self.worker.prepare(layers, diff_ids, readonly=True) as snap:
             yield snap.rootfs
 
@@ -832,6 +841,7 @@ class Solver:
     def _stage_view(self, s: StageState) -> Iterator[Path]:
         """A read-only view of the stage being built, as it is now."""
         self._fetch_layers(s.layers, None)
+        self._cleanup_once()
         with self.worker.prepare(list(s.layers), list(s.diff_ids), readonly=True) as snap:
             yield snap.rootfs
 
