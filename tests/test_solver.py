@@ -292,3 +292,12 @@ def test_host_platform_and_insecure_with_allow_work(env: Env) -> None:
                      allow=["security.insecure"])
     assert r.steps_run == 2
     assert [s.privileged for s in env.workers[-1].runs] == [True, False]
+
+
+def test_one_job_never_deadlocks_on_a_mounted_stage(env: Env) -> None:
+    df = ("FROM scratch AS a\nRUN echo a > /a\n"
+          "FROM scratch AS b\nRUN --mount=type=bind,from=a,source=/a,target=/x echo b > /b\n"
+          "FROM b\nRUN --mount=type=bind,from=a,target=/y echo c > /c\n")
+    r, _ = env.build(df, jobs=1)
+    assert r.steps_run == 3
+    assert env.workers[-1].peak == 1

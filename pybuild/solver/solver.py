@@ -545,6 +545,7 @@ class Solver:
         except PybuildError as e:
             raise DockerfileError(str(e), raw.line) from None
         security = (raw.security or "sandbox").lower()
+        self._check_flags(raw)  # again: ONBUILD triggers were not there at preflight
         mounts = [m.expand(self.lex, env_map) if hasattr(m, "expand") else m for m in raw.mounts]
         op = ops.Exec(argv=tuple(argv),
                       env=tuple((k, v) for k, v in s.vars.items() if k not in s.from_arg),
@@ -581,6 +582,7 @@ class Solver:
 
     def _copy(self, s: StageState, e: Any, raw: Any) -> None:
         is_add = isinstance(e, ins.Add)
+        self._check_flags(raw)
         cfg = s.config
         workdir = cfg.get("WorkingDir") or "/"
         dest = e.dest
