@@ -37,14 +37,11 @@ from pybuild.errors import Cancelled, DockerfileError, PybuildError, StepError
 from pybuild.platforms import host_arch, is_host
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
-from pybuild.snapshot import chain_ids
 from pybuild.solver import history as hist
 from pybuild.solver import ops, remote_cache
 from pybuild.solver.cache import Cache, Record, explain
-from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
 from pybuild.solver.mounts import MountPreparer, SecretSource, cache_key_of
 from pybuild.solver.scheduler import Future, Scheduler
-from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.solver.worker import RealWorker, Snapshot, Worker
 from pybuild.store import Descriptor, Store
 
@@ -514,6 +511,8 @@ class Solver:
         op = ops.Mkdir(path, user)
 
         def do(snap: Snapshot, vid: str) -> None:
+            from pybuild.solver.users import resolve_chown
+
             # BuildKit creates it as a file operation owned like `--chown=USER`: a bare
             # uid with no passwd entry gets that number as its gid too.
             uid, gid = resolve_chown(snap.rootfs, user) if user else (0, 0)
@@ -560,6 +559,8 @@ class Solver:
                               argv)
 
         def do(snap: Snapshot, vid: str) -> None:
+            from pybuild.solver.users import resolve_user
+
             uid, gid, groups = resolve_user(snap.rootfs, cfg.get("User") or "root") \
                 if cfg.get("User") else (0, 0, [])
             cwd = cfg.get("WorkingDir") or "/"
@@ -614,10 +615,16 @@ class Solver:
         # A --chown by name still reads the stage's passwd/group.
         link_owner: tuple[int, int] | None = None
         if e.link and e.chown:
+            from pybuild.solver.users import resolve_chown
+
             with self._stage_view(s) as root:
                 link_owner = resolve_chown(root, e.chown)
 
         def do(snap: Snapshot, vid: str) -> None:
+            # what only a step that runs needs: a warm build never imports it
+            from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+            from pybuild.solver.users import resolve_chown
+
             if e.link:
                 owner = link_owner
             else:
@@ -748,6 +755,8 @@ class Solver:
         except PybuildError as err:
             self.progress.vertex_error(vid, str(err), self._excerpt(raw))
             raise DockerfileError(str(err), raw.line) from None
+        from pybuild.snapshot import chain_ids
+
         now = time.time()
         chain_id = chain_ids(s.diff_ids + [diff_id])[-1]
         rec = Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now,

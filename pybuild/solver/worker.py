@@ -12,10 +12,13 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pybuild import runtime
 from pybuild.store import Descriptor, Store
+
+if TYPE_CHECKING:
+    from pybuild.snapshot import Snapshotter
 
 
 class Snapshot(Protocol):
@@ -54,10 +57,17 @@ class RealWorker:
     """overlayfs snapshots (snapshot.py), runc (runtime.py), the layer writer (layer.py)."""
 
     def __init__(self, store: Store) -> None:
-        from pybuild.snapshot import Snapshotter
-
         self.store = store
-        self.snaps = Snapshotter(store)
+        self._snaps: Snapshotter | None = None
+
+    @property
+    def snaps(self) -> Snapshotter:
+        """Made on first use: a build that only hits the cache never loads ctypes for mount(2)."""
+        if self._snaps is None:
+            from pybuild.snapshot import Snapshotter
+
+            self._snaps = Snapshotter(self.store)
+        return self._snaps
 
     def prepare(self, layers: list[Descriptor], diff_ids: list[str], *,
                 readonly: bool = False) -> AbstractContextManager[Snapshot]:
