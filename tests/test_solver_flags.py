@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Pybuild, store_snapshot
+from test_cache import ctx_with
 from pybuild.platforms import host_arch
-
-
-def _ctx(tmp_path: Path, dockerfile: str) -> Path:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir(exist_ok=True)
-    (ctx / "Dockerfile").write_text(dockerfile)
-    return ctx
 
 
 def _cap_eff(out: str) -> int:
@@ -30,7 +24,7 @@ def _cap_eff(out: str) -> int:
 
 def test_insecure_runs_privileged_only_when_allowed(busybox: Pybuild, tmp_path: Path,
                                                     no_leaks: None) -> None:
-    ctx = _ctx(tmp_path, "FROM busybox\nRUN --security=insecure grep CapEff /proc/self/status\n"
+    ctx = ctx_with(tmp_path, "FROM busybox\nRUN --security=insecure grep CapEff /proc/self/status\n"
                          "RUN grep CapEff /proc/self/status\n")
     before = store_snapshot(busybox.root)
     refused = busybox("build", str(ctx), check=False)
@@ -48,10 +42,10 @@ def test_insecure_runs_privileged_only_when_allowed(busybox: Pybuild, tmp_path: 
 
 
 def test_from_platform(busybox: Pybuild, tmp_path: Path) -> None:
-    ctx = _ctx(tmp_path, f"FROM --platform=linux/{host_arch()} busybox\nRUN true\n")
+    ctx = ctx_with(tmp_path, f"FROM --platform=linux/{host_arch()} busybox\nRUN true\n")
     busybox("build", str(ctx))
     other = "s390x" if host_arch() != "s390x" else "amd64"
-    ctx = _ctx(tmp_path, f"ARG P=linux/{other}\nFROM --platform=$P busybox\nRUN true\n")
+    ctx = ctx_with(tmp_path, f"ARG P=linux/{other}\nFROM --platform=$P busybox\nRUN true\n")
     refused = busybox("build", str(ctx), check=False)
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
@@ -60,7 +54,7 @@ def test_from_platform(busybox: Pybuild, tmp_path: Path) -> None:
 
 
 def test_add_keep_git_dir_is_refused(busybox: Pybuild, tmp_path: Path) -> None:
-    ctx = _ctx(tmp_path, "FROM busybox\nADD --keep-git-dir=true https://example.invalid/r.git /r\n")
+    ctx = ctx_with(tmp_path, "FROM busybox\nADD --keep-git-dir=true https://example.invalid/r.git /r\n")
     refused = busybox("build", str(ctx), check=False)
     assert refused.returncode == 1
     assert "Dockerfile:2: ADD --keep-git-dir applies to git sources" in refused.stderr
@@ -76,7 +70,7 @@ def _logs(out: str, step: str) -> list[str]:
 def test_copy_link_is_its_own_layer(busybox: Pybuild, tmp_path: Path, no_leaks: None) -> None:
     df = ("FROM busybox\nRUN echo {n} > /n && ln -s /real /app && mkdir /real\n"
           "COPY --link hello.txt /app/\nRUN cat /n /app/hello.txt && ls -ld /app | cut -c1\n")
-    ctx = _ctx(tmp_path, df.format(n=1))
+    ctx = ctx_with(tmp_path, df.format(n=1))
     (ctx / "hello.txt").write_text("hello\n")
     first = busybox("build", "--progress", "plain", str(ctx)).stderr
     # the layer was made on an empty filesystem: /app is a directory in it, and it wins
@@ -91,6 +85,6 @@ def test_copy_link_is_its_own_layer(busybox: Pybuild, tmp_path: Path, no_leaks: 
 
 @pytest.mark.parametrize("jobs", ["0", "x"])
 def test_jobs_must_be_a_positive_number(busybox: Pybuild, tmp_path: Path, jobs: str) -> None:
-    ctx = _ctx(tmp_path, "FROM busybox\n")
+    ctx = ctx_with(tmp_path, "FROM busybox\n")
     bad = busybox("build", "--jobs", jobs, str(ctx), check=False)
     assert bad.returncode == 2 and "--jobs" in bad.stderr
