@@ -301,3 +301,12 @@ def test_one_job_never_deadlocks_on_a_mounted_stage(env: Env) -> None:
     r, _ = env.build(df, jobs=1)
     assert r.steps_run == 3
     assert env.workers[-1].peak == 1
+
+
+def test_a_long_chain_of_stages_needs_no_recursion(env: Env) -> None:
+    """Each stage waits for its base on its own thread: 400 stages deep is no stack."""
+    lines = ["FROM scratch AS s0", "RUN echo 0 > /f"]
+    for i in range(1, 400):
+        lines += [f"FROM s{i - 1} AS s{i}", f"ENV N={i}"]
+    r, _ = env.build("\n".join(lines) + "\n", jobs=2)
+    assert r.steps_run == 1
