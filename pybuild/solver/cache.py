@@ -95,9 +95,16 @@ class Cache:
         return rec
 
     def hit(self, key: str) -> None:
+        self.hits([key])
+
+    def hits(self, keys: list[str]) -> None:
+        """Count a use of each record, in one transaction (a warm build's only write)."""
+        if not keys:
+            return
+        now = time.time()
         with self.db:
-            self.db.execute("UPDATE cache_records SET hits = hits + 1, last_used = ? WHERE key = ?",
-                            (time.time(), key))
+            self.db.executemany("UPDATE cache_records SET hits = hits + 1, last_used = ? "
+                                "WHERE key = ?", [(now, k) for k in keys])
 
     def put(self, rec: Record) -> None:
         with self.db:

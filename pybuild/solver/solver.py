@@ -148,6 +148,7 @@ class Solver:
         self._vids = itertools.count(1)
         self._lock = threading.Lock()
         self._ops: dict[str, Future[Record]] = {}  # ops running now, by key: each runs once
+        self._hits: list[str] = []
         self._now = self._timestamp()
         self.sched = Scheduler(opts.jobs)
 
@@ -183,7 +184,11 @@ class Solver:
     def build(self, store: Store) -> BuildResult:
         """Build the target; call after load(), which touches nothing on disk."""
         with store.gc_lock(shared=True):
-            return self.sched.run("build", lambda: self._build(store))
+            try:
+                return self.sched.run("build", lambda: self._build(store))
+            finally:
+                if self._hits:
+                    self.cache.hits(self._hits)
 
     def _build(self, store: Store) -> BuildResult:
         plan = self.plan
@@ -670,9 +675,12 @@ class Solver:
                             "files": self.ctx.manifest(paths)})
         return out
 
+    @functools.cached_property
+    def _paths(self) -> tuple[str, str]:
+        return str(self.opts.context.resolve()), str(self.opts.dockerfile.resolve())
+
     def _step_id(self, s: StageState) -> str:
-        return ops.StepId(str(self.opts.context.resolve()), str(self.opts.dockerfile.resolve()),
-                          s.stage.name or str(s.stage.index), s.step).text()
+        return ops.StepId(*self._paths, s.stage.name or str(s.stage.index), s.step).text()
 
     def _fs_step(self, s: StageState, raw: Any, display: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], created_by: str | None = None,
@@ -704,8 +712,8 @@ class Solver:
         if rec is not None:
             self.progress.vertex_cached(vid)
             self._timing(name, True, started)
-            self.cache.hit(key)
             with self._lock:
+                self._hits.append(key)  # counted once, at the end of the build
                 self.steps_cached += 1
             s.records.append(rec)
             self._append_layer(s, rec.layer, rec.diff_id, created_by, chain_key, rec.created)
