@@ -143,7 +143,7 @@ def _read(store: Store, cid: str) -> Container | None:
 def _write(store: Store, c: Container) -> None:
     """Atomically replace state.json, so a reader never sees half a record."""
     path = _state_file(store, c.id)
-    tmp = path.with_name(f".state.{os.getpid()}.tmp")
+    tmp = path.with_name(f".state.{secrets.token_hex(8)}.tmp")  # unique per writer thread
     tmp.write_text(json.dumps(asdict(c), indent=1))
     os.replace(tmp, path)
 

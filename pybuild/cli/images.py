@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     for n in args.names:
         image.load(store, n)  # a clear error before anything is written
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         if args.format == "oci":
             image.save_oci_archive(store, args.names, tmp)
