@@ -29,10 +29,10 @@ import requests
 
 from pybuild.errors import PybuildError
 from pybuild.transport import Limits, Pace, TransferError, read_capped
+from pybuild.reference import DOCKER_HUB_HOSTS
 
 # docker keeps Docker Hub credentials under its historic index URL.
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
-_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 # The distribution spec's default when a token response has no expires_in.
 _DEFAULT_TOKEN_SECONDS = 60
 # Renew a token this long before it expires, so it does not lapse mid-request.
@@ -100,7 +100,7 @@ def default_config_path() -> Path:
 
 def config_key(registry: str) -> str:
     """The key docker files a registry's credentials under."""
-    return DOCKER_HUB_AUTH_KEY if registry in _HUB_HOSTS else registry
+    return DOCKER_HUB_AUTH_KEY if registry in DOCKER_HUB_HOSTS else registry
 
 
 def _hostname(key: str) -> str:
@@ -113,7 +113,7 @@ def _hostname(key: str) -> str:
 
 def _same_registry(key: str, registry: str) -> bool:
     host = _hostname(key)
-    return host == registry or (host in _HUB_HOSTS and registry in _HUB_HOSTS)
+    return host == registry or (host in DOCKER_HUB_HOSTS and registry in DOCKER_HUB_HOSTS)
 
 
 def load_config(path: Path) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from pybuild.liveness import process_start
 from pybuild.snapshot import Active, Snapshotter, chain_ids
 from pybuild.solver.users import resolve_user
 from pybuild.store import Store
+from pybuild.units import human_duration as human_duration
 
 RUNC_ID_PREFIX = "pybuild-run-"
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -142,7 +143,7 @@ def _read(store: Store, cid: str) -> Container | None:
 def _write(store: Store, c: Container) -> None:
     """Atomically replace state.json, so a reader never sees half a record."""
     path = _state_file(store, c.id)
-    tmp = path.with_name(f".state.{os.getpid()}.tmp")
+    tmp = path.with_name(f".state.{secrets.token_hex(8)}.tmp")  # unique per writer thread
     tmp.write_text(json.dumps(asdict(c), indent=1))
     os.replace(tmp, path)
 
@@ -810,34 +811,6 @@ def stream_logs(store: Store, c: Container, out: BinaryIO, *, follow: bool = Fal
 
 
 # ---------------------------------------------------------------------------- display
-def human_duration(seconds: float) -> str:
-    """docker's HumanDuration: "Less than a second", "About a minute", "3 hours"."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(round(seconds / 3600))
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // (24 * 7)} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // (24 * 30)} months"
-    return f"{hours // (24 * 365)} years"
-
-
 def status_text(c: Container, now: datetime | None = None) -> str:
     """STATUS as docker ps shows it: Up 5 seconds, Exited (0) 3 minutes ago, Created."""
     now = now or datetime.now(UTC)

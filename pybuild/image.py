@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import io
 import os
-import platform as _platform
 import re
 import tarfile
 import tempfile
@@ -21,16 +20,15 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-import zstandard
-from isal import isal_zlib
 
 from pybuild import layer, oci_documents
 from pybuild.errors import PybuildError
 from pybuild.oci_documents import OCI_CONFIG
 from pybuild.snapshot import check_layers
+from pybuild.platforms import choose_host, host_platform
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
-                           BlobWriter, Descriptor, Store, canonical_json)
+                           Descriptor, Store, canonical_json)
 
 OCI_LAYER = layer.MEDIA_TYPES["none"]
 OCI_LAYER_GZIP = layer.MEDIA_TYPES["gzip"]
@@ -38,9 +36,6 @@ OCI_LAYER_ZSTD = layer.MEDIA_TYPES["zstd"]
 CONTAINERD_NAME = "io.containerd.image.name"
 # docker's default PATH for Linux images (system.DefaultPathEnv).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-         "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
-         "i686": "386", "i386": "386"}
 _CHUNK = 1 << 20
 _HEX_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
 
@@ -79,17 +74,6 @@ class Image:
             raise PybuildError(f"image config {self.config_desc.digest}: rootfs.diff_ids is "
                                f"not a list")
         return list(diff_ids)
-
-
-def host_platform() -> dict[str, str]:
-    """The OCI platform of this machine ({"architecture": "amd64", "os": "linux"})."""
-    machine = _platform.machine().lower()
-    plat = {"architecture": _ARCH.get(machine, machine), "os": "linux"}
-    if plat["architecture"] == "arm64":
-        plat["variant"] = "v8"
-    elif plat["architecture"] == "arm":
-        plat["variant"] = "v7"
-    return plat
 
 
 def created_timestamp() -> str:
@@ -146,12 +130,9 @@ def _select_platform(store: Store, index: oci_documents.Index, what: str) -> Des
     """The host's manifest from an index (docker's choice when pulling a multi-arch tag)."""
     host = host_platform()
     entries = [e for e in index.manifests if e.media_type in MANIFEST_TYPES]
-    for want_variant in (True, False):
-        for e in entries:
-            p = e.platform or {}
-            if p.get("os") == host["os"] and p.get("architecture") == host["architecture"] and \
-                    (not want_variant or p.get("variant") == host.get("variant")):
-                return e
+    chosen = choose_host(entries)
+    if chosen is not None:
+        return chosen
     if len(entries) == 1 and not entries[0].platform:
         return entries[0]
     raise PybuildError(f"{what}: no matching manifest for {host['os']}/{host['architecture']} "
@@ -270,51 +251,6 @@ def load(store: Store, name_or_id: str) -> Image:
 
 # ---- layers as plain tar streams ------------------------------------------------------
 
-class _LayerSink:
-    """Compresses a tar stream into a BlobWriter while hashing it (diff_id) in one pass.
-
-    The compressor is fed fixed-size chunks, so its output never depends on how the tar
-    writer happened to slice its writes.
-    """
-
-    def __init__(self, out: BlobWriter, compression: str) -> None:
-        self._out = out
-        self._hash = hashlib.sha256()
-        self._buf = bytearray()
-        self._comp: Any
-        # The same settings as pybuild.layer, so an imported layer looks like a built one.
-        if compression == "gzip":
-            # gzip container, mtime 0, no file name: the header depends on nothing.
-            self._comp = isal_zlib.compressobj(layer.GZIP_LEVEL, isal_zlib.DEFLATED, 31)
-        elif compression == "zstd":
-            self._comp = zstandard.ZstdCompressor(level=layer.ZSTD_LEVEL, threads=layer.ZSTD_THREADS,
-                                                  write_checksum=True).compressobj()
-        elif compression == "none":
-            self._comp = None
-        else:
-            raise PybuildError(f"unknown compression {compression!r} (use gzip, zstd or none)")
-
-    def write(self, data: bytes) -> int:
-        self._hash.update(data)
-        self._buf += data
-        while len(self._buf) >= layer.CHUNK:
-            self._emit(bytes(self._buf[:layer.CHUNK]))
-            del self._buf[:layer.CHUNK]
-        return len(data)
-
-    def _emit(self, chunk: bytes) -> None:
-        self._out.write(self._comp.compress(chunk) if self._comp else chunk)
-
-    def finish(self) -> str:
-        """Flush the compressor; returns the diff_id."""
-        if self._buf:
-            self._emit(bytes(self._buf))
-            self._buf.clear()
-        if self._comp:
-            self._out.write(self._comp.flush())
-        return "sha256:" + self._hash.hexdigest()
-
-
 def _clean_member_name(name: str, what: str) -> str:
     """A tar path relative to the root, without ./ or /; PybuildError for `..` escapes."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -323,7 +259,7 @@ def _clean_member_name(name: str, what: str) -> str:
     return "/".join(parts)
 
 
-def _normalise_tar(src: BinaryIO, sink: _LayerSink, what: str) -> None:
+def _normalise_tar(src: BinaryIO, sink: layer.LayerSink, what: str) -> None:
     """Copy a tar stream, normalising headers: relative names, numeric owners, int mtimes.
 
     Entry order is kept (the input is streamed, not buffered); xattrs are kept.
@@ -377,9 +313,14 @@ def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = 
     except OSError as e:
         raise PybuildError(f"{what}: {e.strerror}") from None
     with raw, store.writer() as w:
-        sink = _LayerSink(w, compression)
-        _normalise_tar(layer.open_decompressed(raw), sink, what)
-        diff_id = sink.finish()
+        # the writer of built layers: an imported layer is compressed like a built one
+        sink = layer.LayerSink(w, compression)
+        try:
+            _normalise_tar(layer.open_decompressed(raw), sink, what)
+        except BaseException:
+            sink.abort()
+            raise
+        diff_id = sink.close().diff_id
         layer_desc = w.commit(media_type)
     created = created_timestamp()
     config = empty_config()

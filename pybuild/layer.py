@@ -94,7 +94,7 @@ def _compressor(compression: str) -> _Compressor:
     raise PybuildError(f"unknown layer compression {compression!r} (use gzip, zstd or none)")
 
 
-class _Sink:
+class LayerSink:
     """Tar bytes in: hashed (diff_id), compressed in fixed chunks, hashed again (digest).
 
     Compression, the second hash and the output write run in a worker thread fed through
@@ -267,9 +267,9 @@ def _xattrs(path: bytes, follow: bool = False) -> tuple[list[tuple[bytes, bytes]
 
 
 class _TarWriter:
-    """Walks an upperdir and streams its tar into a _Sink."""
+    """Walks an upperdir and streams its tar into a LayerSink."""
 
-    def __init__(self, sink: _Sink, epoch: int | None) -> None:
+    def __init__(self, sink: LayerSink, epoch: int | None) -> None:
         self._sink = sink
         self._epoch = epoch
         self._links: dict[tuple[int, int], bytes] = {}
@@ -376,7 +376,7 @@ def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
     The same tree gives the same digest anywhere: sorted entries, integer (optionally
     clamped) mtimes, numeric owners only, no header field that depends on the host.
     """
-    sink = _Sink(out, compression)
+    sink = LayerSink(out, compression)
     try:
         _TarWriter(sink, source_date_epoch).walk(os.fsencode(src), b"")
         sink.write(b"\0" * (2 * BLOCK))

@@ -16,6 +16,7 @@ rate; redirects only to http/https, at most 10).
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 import threading
@@ -38,9 +39,10 @@ from pybuild.errors import PybuildError
 from pybuild.oci_documents import (MAX_CONFIG, MAX_MANIFEST, DocumentError, ImageConfig, Index,
                                    Manifest, check_digest, check_image, digest_of, hasher,
                                    kind_of, parse_config, parse_document)
-from pybuild.reference import DOCKER_HUB_API_HOST, Reference, parse_reference
-from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES, OCI_INDEX,
-                           OCI_MANIFEST, Descriptor, Store, canonical_json)
+from pybuild.platforms import choose_host, host_platform, platform_string
+from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
+from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES,
+                           OCI_INDEX, OCI_MANIFEST, Descriptor, Store, canonical_json)
 from pybuild.transport import (REDIRECT_STATUSES, Limits, Pace, TransferError, Truncated,
                                http_url, iter_body, read_capped, redirect_target)
 
@@ -54,7 +56,6 @@ TRIES = 3
 _BACKOFF = 0.5  # seconds before the second try; doubled for each further one
 _SMALL_BODY = 1 << 20  # any other answer (errors, upload replies) is read up to this
 _CHUNK = 1 << 20
-_HUB_NAMES = frozenset({"docker.io", "index.docker.io", DOCKER_HUB_API_HOST})
 
 
 class _ServerError(Exception):
@@ -396,6 +397,13 @@ class RegistryClient:
         raise t.fail(f"{_error_text(resp)}: {method} {urlsplit(url).path} answered "
                      f"{resp.status_code}")
 
+    def with_progress(self, progress: ProgressFn | None) -> RegistryClient:
+        """This client (same session, auth and tokens) reporting to `progress`: one per
+        call, so concurrent pulls of a build each report on their own vertex."""
+        view = copy.copy(self)
+        view.progress = progress
+        return view
+
     def _report(self, label: str, current: int, total: int | None) -> None:
         if self.progress is not None:
             self.progress(label, current, total)
@@ -684,23 +692,14 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _platform_string(p: dict[str, Any] | None) -> str:
-    p = p or {}
-    out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
-    return out + (f"/{p['variant']}" if p.get("variant") else "")
-
-
 def _choose_platform(t: _Target, index: Index) -> Descriptor:
     """The linux/<host arch> entry of a manifest list, preferring the host's variant."""
-    host = _image.host_platform()
+    host = host_platform()
     entries = [d for d in index.manifests if d.media_type in MANIFEST_TYPES]
-    for want_variant in (True, False):
-        for d in entries:
-            p = d.platform or {}
-            if p.get("os") == host["os"] and p.get("architecture") == host["architecture"] \
-                    and (not want_variant or p.get("variant") == host.get("variant")):
-                return d
-    available = ", ".join(sorted({_platform_string(d.platform) for d in entries})) or "none"
+    chosen = choose_host(entries)
+    if chosen is not None:
+        return chosen
+    available = ", ".join(sorted({platform_string(d.platform) for d in entries})) or "none"
     raise PybuildError(f"no image for {host['os']}/{host['architecture']} in {t.display} "
                        f"(available: {available})")
 
@@ -831,7 +830,7 @@ def _registry_host(registry: str) -> str:
         if host.startswith(prefix):
             host = host[len(prefix):]
     host = host.split("/", 1)[0]
-    if not host or host in _HUB_NAMES or registry == DOCKER_HUB_AUTH_KEY:
+    if not host or host in DOCKER_HUB_HOSTS or registry == DOCKER_HUB_AUTH_KEY:
         return "docker.io"
     return host
 

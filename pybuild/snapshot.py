@@ -61,6 +61,14 @@ def layer_diff_id(store: Store, desc: Descriptor) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def verify_layer(store: Store, desc: Descriptor, diff_id: str) -> None:
+    """PybuildError unless the stored blob `desc` has the diff_id `diff_id`."""
+    str(Digest.sha256(diff_id, "diff_id"))
+    actual = layer_diff_id(store, desc)
+    if actual != diff_id:
+        raise _mismatch(desc, diff_id, actual)
+
+
 def check_layers(layers: list[Descriptor], diff_ids: list[str]) -> None:
     """One diff_id per layer, each a valid digest; else one clear line (as containerd)."""
     if len(layers) != len(diff_ids):
@@ -147,10 +155,7 @@ class Snapshotter:
 
     def verify_layer(self, desc: Descriptor, diff_id: str) -> None:
         """PybuildError unless the stored blob `desc` has the diff_id `diff_id`."""
-        str(Digest.sha256(diff_id, "diff_id"))
-        actual = layer_diff_id(self.store, desc)
-        if actual != diff_id:
-            raise _mismatch(desc, diff_id, actual)
+        verify_layer(self.store, desc, diff_id)
 
     def _extract(self, desc: Descriptor, diff_id: str, chain_id: str) -> None:
         final = self._dir(chain_id)
@@ -189,8 +194,7 @@ class Snapshotter:
     @contextmanager
     def mount(self, lowers: list[Path], *, readonly: bool = False) -> Iterator[Active]:
         """Mount lowers (bottom first) with a fresh upper; always unmounted on exit."""
-        if os.geteuid() != 0:
-            raise NeedsRootError("building needs root: overlay mounts and runc require it (run with sudo)")
+        NeedsRootError.require("building")
         sid = uuid.uuid4().hex[:16]
         # Set up under a temporary name with the lock already held, then renamed: a mount
         # dir under its real name always carries a live lock or is stale, never in between.
@@ -216,31 +220,35 @@ class Snapshotter:
     def mount_overlay(self, a: Active) -> None:
         """Mount `a` at a.rootfs; the caller owns unmounting (containers outlive pybuild)."""
         lowers = list(reversed(a.lowers)) or [self._empty]
-        # Short relative paths keep many layers within one page of mount data.
-        rel = [os.path.relpath(p, self.store.root) for p in lowers]
-        lowerdir = ":".join(rel)
-        if a.readonly:
-            if len(lowers) == 1:
-                opts = f"lowerdir={lowerdir}:{os.path.relpath(self._empty, self.store.root)}"
-            else:
-                opts = f"lowerdir={lowerdir}"
-        else:
-            opts = (f"lowerdir={lowerdir},upperdir={os.path.relpath(a.upper, self.store.root)},"
-                    f"workdir={os.path.relpath(a.dir / 'work', self.store.root)}")
+        if a.readonly and len(lowers) == 1:
+            lowers.append(self._empty)  # overlay wants two lowers without an upper
+        opts = self._overlay_options(a, [os.path.abspath(p) for p in lowers])
+        if len(opts) > _MAX_MOUNT_DATA:
+            # Absolute snapshot paths are long: short links in the mount's own dir keep
+            # many layers within one page of mount data, with no chdir (other threads
+            # resolve relative paths at the same time).
+            links = a.dir / "l"
+            links.mkdir(exist_ok=True)
+            short = []
+            for i, p in enumerate(lowers):
+                os.symlink(p.resolve(), links / f"{i:x}")
+                short.append(str((links / f"{i:x}").absolute()))
+            opts = self._overlay_options(a, short)
         if len(opts) > _MAX_MOUNT_DATA:
             raise PybuildError(f"image has too many layers to mount ({len(lowers)})")
-        # mount(2) directly: no mount(8) process per step. Relative lowerdirs resolve
-        # against our working directory, so chdir to the store for the call.
-        cwd = os.getcwd()
-        os.chdir(self.store.root)
-        try:
-            ret = _libc.mount(b"overlay", os.fsencode(a.rootfs), b"overlay", 0,
-                              (opts + ",index=off,xino=off").encode())
-            err = ctypes.get_errno()
-        finally:
-            os.chdir(cwd)
+        # mount(2) directly: no mount(8) process per step.
+        ret = _libc.mount(b"overlay", os.fsencode(a.rootfs), b"overlay", 0,
+                          (opts + ",index=off,xino=off").encode())
+        err = ctypes.get_errno()
         if ret != 0:
             raise PybuildError(f"overlay mount failed: {os.strerror(err)}")
+
+    @staticmethod
+    def _overlay_options(a: Active, lowers: list[str]) -> str:
+        opts = "lowerdir=" + ":".join(lowers)
+        if not a.readonly:
+            opts += f",upperdir={a.upper.absolute()},workdir={(a.dir / 'work').absolute()}"
+        return opts
 
     def commit(self, a: Active, parent_diff_ids: list[str], *, compression: str = "gzip",
                source_date_epoch: int | None = None) -> tuple[Descriptor, str]:

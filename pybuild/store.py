@@ -318,8 +318,10 @@ class Store:
         self._lock_depth = 0
         self._lock_fd: int | None = None
         self._thread_lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
         _check_is_store(self.root)
+        self._local = threading.local()
+        self._db_lock = threading.Lock()
+        self._dbs: list[sqlite3.Connection] = []
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             # The marker first: a directory holding gc.lock is a store (see _check_is_store).
@@ -348,7 +350,11 @@ class Store:
         return BlobWriter(self, expected_digest)
 
     def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
-        """Store `data` as one blob."""
+        """Store `data` as one blob (nothing written when the store has it already: a warm
+        build's config and manifest cost no temp file and no fsync)."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self.blob_path(digest).is_file():
+            return Descriptor(media_type, digest, len(data))
         with self.writer() as w:
             w.write(data)
             return w.commit(media_type)
@@ -431,6 +437,8 @@ class Store:
                            {**(desc.annotations or {}), REF_NAME: tag}, desc.platform)
         with self.lock():
             index = self._read_index()
+            if entry.to_dict() in index["manifests"]:
+                return  # already so: an unchanged rebuild rewrites nothing
             index["manifests"] = [m for m in index["manifests"]
                                   if (m.get("annotations") or {}).get(REF_NAME) != tag]
             index["manifests"].append(entry.to_dict())
@@ -502,8 +510,12 @@ class Store:
 
     @property
     def db(self) -> sqlite3.Connection:
-        """This Store's SQLite connection (root/pybuild.db, WAL); tables belong to their users."""
-        if self._db is None:
+        """This thread's SQLite connection to root/pybuild.db (WAL); tables belong to their
+        users. One connection per thread: the solver's steps run on several threads, and a
+        connection shared by them would interleave their transactions. A file that is not a
+        usable database is one clear error (`pybuild doctor --repair` rebuilds it)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if conn is None:
             path = self.root / "pybuild.db"
             problem = db_problem_quick(path)
             try:
@@ -520,19 +532,22 @@ class Store:
                     except BaseException:
                         conn.close()
                         raise
-                    self._db = conn
             except sqlite3.DatabaseError as e:
                 problem = f"cannot be used ({e})"
-            if problem is not None:
-                raise damaged_db_error(path, problem)
-        assert self._db is not None
-        return self._db
+            if problem is not None or conn is None:
+                raise damaged_db_error(path, problem or "cannot be opened")
+            self._local.db = conn
+            with self._db_lock:
+                self._dbs.append(conn)
+        return conn
 
     def close(self) -> None:
-        """Close the database connection, if one was opened."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close every database connection this Store opened (one per thread)."""
+        with self._db_lock:
+            conns, self._dbs = self._dbs, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
 
     # ---- maintenance ------------------------------------------------------------------
 

@@ -360,3 +360,16 @@ def test_pushed_to_a_registry_and_run_by_docker(built: Pybuild, docker: Docker) 
             check_site(f"http://127.0.0.1:{port}")
         finally:
             docker("rm", "-f", cid, check=False)
+
+
+def test_same_image_with_any_jobs(built: Pybuild, context: Path, tmp_path: Path) -> None:
+    """Both stages scheduled one after the other or at once: the same image, byte for
+    byte, every time. (The steps hit the cache here: pip's output is not reproducible;
+    tests/test_scheduling.py builds a six-stage diamond cold with --jobs 1 and 4.)"""
+    digests = []
+    for i, jobs in enumerate(("1", "4", "1", "4")):
+        meta = tmp_path / f"meta-{i}.json"
+        built("build", "--jobs", jobs, "--metadata-file", str(meta), "-t", "django-test",
+              *secret_args(), str(context), timeout=900)
+        digests.append(json.loads(meta.read_text())["containerimage.digest"])
+    assert len(set(digests)) == 1, digests

@@ -35,15 +35,6 @@ def key_values(values: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def human(n: float) -> str:
-    """Decimal sizes as docker prints them: 1.14MB, 98B."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{int(n)}B" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n}"
-
-
 def table(headers: list[str], rows: Sequence[Sequence[Any]]) -> None:
     """Left-aligned columns separated by three spaces, like docker's tables."""
     cells = [headers] + [[str(c) for c in r] for r in rows]

@@ -6,11 +6,13 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
-from pybuild.cli.common import human, open_store, table, unpack_for_builds, writing_image
+from pybuild.cli.common import open_store, table, unpack_for_builds, writing_image
 from pybuild.errors import PybuildError
+from pybuild.units import human_size
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         size = sum(d.size for d in img.layers)
         rows.append((repo, tag, img.config_desc.digest.split(":")[1][:12],
-                     img.config.get("created", "")[:19].replace("T", " "), human(size)))
+                     img.config.get("created", "")[:19].replace("T", " "), human_size(size)))
     if args.quiet:
         for r in rows:
             print(r[2])
@@ -97,7 +99,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     for n in args.names:
         image.load(store, n)  # a clear error before anything is written
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         if args.format == "oci":
             image.save_oci_archive(store, args.names, tmp)

@@ -7,7 +7,6 @@ name, never through it: a hostile symlink in an image cannot redirect a write ou
 
 from __future__ import annotations
 
-import email.utils
 import fcntl
 import hashlib
 import json
@@ -401,6 +400,8 @@ def add_urls(rootfs: Path, fetched: list[Fetched], dest: str, workdir: str,
             shutil.copyfile(f.path, out)
             mtime = time.time()
             if f.last_modified:
+                import email.utils  # only ADD of a URL needs it
+
                 try:
                     mtime = email.utils.parsedate_to_datetime(f.last_modified).timestamp()
                 except (TypeError, ValueError):

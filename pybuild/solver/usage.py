@@ -18,6 +18,7 @@ from pybuild.errors import PybuildError
 from pybuild.liveness import remove_tree, tree_size
 from pybuild.snapshot import Snapshotter, chain_ids
 from pybuild.store import Store
+from pybuild.units import parse_filter_duration
 
 
 @dataclass
@@ -102,19 +103,10 @@ def usage(store: Store) -> Usage:
 
 def parse_duration(text: str) -> float:
     """`24h`, `30m`, `90s`, `7d`, or combinations like `1h30m` (Go-style) → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    total, num = 0.0, ""
-    for ch in text.strip():
-        if ch.isdigit() or ch == ".":
-            num += ch
-        elif ch in units and num:
-            total += float(num) * units[ch]
-            num = ""
-        else:
-            raise PybuildError(f"invalid duration {text!r} (examples: 24h, 30m, 1h30m, 7d)")
-    if num:
-        raise PybuildError(f"invalid duration {text!r}: missing unit (s, m, h, d)")
-    return total
+    try:
+        return parse_filter_duration(text)
+    except ValueError:
+        raise PybuildError(f"invalid duration {text!r} (examples: 24h, 30m, 1h30m, 7d)") from None
 
 
 def parse_size(text: str) -> int:
