@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -206,7 +206,7 @@ def _container_lock(store: Store, cid: str) -> Iterator[bool]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_time(stamp: str) -> datetime:
@@ -1264,7 +1264,7 @@ def human_duration(seconds: float) -> str:
 def status_text(c: Container, now: datetime | None = None) -> str:
     """STATUS as docker ps shows it: Up 5 seconds (healthy), Exited (0) 3 minutes ago,
     Restarting (1) 2 seconds ago, Created."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if c.status == "running":
         up = f"Up {human_duration((now - parse_time(c.started or c.created)).total_seconds())}"
         if c.health:

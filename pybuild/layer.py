@@ -22,12 +22,16 @@ import stat
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import IO, BinaryIO, Protocol, cast
+from collections.abc import Callable, Iterator
 
 import zstandard
 from isal import isal_zlib
 
 from pybuild.errors import PybuildError
+
+# isal's stubs do not say that its error is an exception class.
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
 
 MEDIA_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -101,7 +105,7 @@ class _Sink:
 
     _DEPTH = 8  # chunks in flight: bounds memory to ~8 MiB
 
-    def __init__(self, out: BinaryIO, compression: str) -> None:
+    def __init__(self, out: BlobSink, compression: str) -> None:
         self._out = out
         self._comp = _compressor(compression)
         self._media_type = MEDIA_TYPES[compression]
@@ -163,6 +167,17 @@ class _Sink:
             self._worker.join()
 
 
+class BlobSink(Protocol):
+    """Where a compressed layer goes: a store BlobWriter or any binary file."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+def _pax_sort_key(record: bytes) -> bytes:
+    """PAX records sort by `key=value`, after the length prefix."""
+    return record.partition(b" ")[2]
+
+
 def _pax_record(key: bytes, value: bytes) -> bytes:
     """One `LEN key=value\\n` record; LEN counts its own digits."""
     body = b" " + key + b"=" + value + b"\n"
@@ -210,13 +225,14 @@ def _header(name: bytes, typeflag: bytes, st_mode: int, uid: int, gid: int, size
     for key, (value, limit) in numeric.items():
         if not 0 <= value <= limit:
             records.append(_pax_record(key, str(value).encode()))
-    for key, value in xattrs or []:
-        records.append(_pax_record(b"SCHILY.xattr." + key, value))
+    for xkey, xvalue in xattrs or []:
+        records.append(_pax_record(b"SCHILY.xattr." + xkey, xvalue))
     if dev[0] > 0o7777777 or dev[1] > 0o7777777:
         raise PybuildError(f"{os.fsdecode(name)}: device number {dev} cannot be stored in a tar")
     out = b""
     if records:
-        pax = b"".join(sorted(records, key=lambda r: r.split(b" ", 1)[1]))
+        ordered: list[bytes] = sorted(records, key=_pax_sort_key)
+        pax = b"".join(ordered)
         out = _ustar(b"././@PaxHeader", b"x", 0o644, 0, 0, len(pax), 0) + pax + _pad(len(pax))
     clip = {b"uid": uid, b"gid": gid, b"size": size, b"mtime": mtime}
     for key, (value, limit) in numeric.items():
@@ -332,7 +348,7 @@ class _TarWriter:
         self._sink.write(_pad(size))
 
 
-def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip",
+def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
                 source_date_epoch: int | None = None) -> LayerInfo:
     """Tar `src` (an overlay upperdir or any directory) into `out`, compressed, in one pass.
 
@@ -438,7 +454,7 @@ class _DecompressReader(io.RawIOBase):
         if kind == "zstd":
             self._frames = _ZstdFrames()
             self._zreader = zstandard.ZstdDecompressor().stream_reader(
-                _Tee(src, self._frames.feed), read_across_frames=True)
+                cast(IO[bytes], _Tee(src, self._frames.feed)), read_across_frames=True)
         else:
             self._dec = self._new()
 
@@ -455,7 +471,7 @@ class _DecompressReader(io.RawIOBase):
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         try:
             data = self._read(len(b))
-        except (isal_zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
+        except (_ISAL_ERROR, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
             raise _corrupt(str(e) or type(e).__name__) from e
         b[:len(data)] = data
         return len(data)
@@ -488,7 +504,7 @@ class _DecompressReader(io.RawIOBase):
                 else:
                     self._done = True
             if out:
-                return out
+                return cast(bytes, out)
         return b""
 
 
@@ -502,7 +518,7 @@ class _Tee(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int = -1) -> bytes:
         data = self._src.read(n if n >= 0 else CHUNK)
         self._cb(data)
         return data
@@ -549,8 +565,8 @@ def open_decompressed(f: BinaryIO) -> BinaryIO:
     src = io.BufferedReader(_Prefixed(head, f), CHUNK)
     for magic, kind in _MAGICS:
         if head.startswith(magic):
-            return io.BufferedReader(_DecompressReader(src, kind), CHUNK)  # type: ignore[arg-type]
-    return src  # type: ignore[return-value]
+            return io.BufferedReader(_DecompressReader(src, kind), CHUNK)
+    return src
 
 
 class _Counted:

@@ -9,6 +9,8 @@ a RUN (checked against docker 20.10's BuildKit on this machine): see docs/runtim
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 import json
 import os
@@ -84,7 +86,7 @@ class RunSpec:
     tty: bool = False
 
 
-def build_spec(spec: RunSpec) -> dict:
+def build_spec(spec: RunSpec) -> dict[str, Any]:
     """The OCI runtime spec for `spec`, without a container id: reusable by `runc create`."""
     if not spec.args:
         raise PybuildError("nothing to run: the command is empty")
@@ -98,7 +100,7 @@ def build_spec(spec: RunSpec) -> dict:
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.network == "none":
         namespaces.append({"type": "network"})  # the runtime brings lo up in it
-    user: dict = {"uid": spec.uid, "gid": spec.gid}
+    user: dict[str, Any] = {"uid": spec.uid, "gid": spec.gid}
     nofile = _nofile_limit()
     if spec.additional_gids:
         user["additionalGids"] = list(spec.additional_gids)
@@ -144,9 +146,9 @@ def _nofile_limit() -> int:
     return min(NOFILE_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def _default_mounts() -> list[dict]:
+def _default_mounts() -> list[dict[str, Any]]:
     """The kernel filesystems every container gets, with BuildKit's options."""
-    def mount(dest: str, typ: str, source: str, options: list[str]) -> dict:
+    def mount(dest: str, typ: str, source: str, options: list[str]) -> dict[str, Any]:
         return {"destination": dest, "type": typ, "source": source, "options": options}
     return [
         mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -696,7 +696,7 @@ class Solver:
         if idx is not None:
             return "stage " + self._stage(idx).key
         img = self._resolve_image(parse_reference(name), line)
-        return "image " + img.manifest_desc.digest
+        return "image " + str(img.manifest_desc.digest)
 
     @contextmanager
     def _view(self, name: str) -> Iterator[Path]:
@@ -771,9 +771,9 @@ class Solver:
     def _display(self, s: StageState, raw: Any) -> str:
         """A step's name as BuildKit shows it: the original text, variables it knows filled in."""
         try:
-            return self.display_lex.expand(raw.original, s.env_map())
+            return str(self.display_lex.expand(raw.original, s.env_map()))
         except DockerfileError:
-            return raw.original
+            return str(raw.original)
 
     def _excerpt(self, raw: Any) -> SourceExcerpt:
         return SourceExcerpt(self.opts.dockerfile_name, self.text.split("\n"),
@@ -785,9 +785,9 @@ class Solver:
     def _format_time(self, t: float) -> str:
         """RFC 3339 in UTC; SOURCE_DATE_EPOCH replaces every time when set."""
         if self.opts.source_date_epoch is not None:
-            return datetime.fromtimestamp(self.opts.source_date_epoch, tz=timezone.utc) \
+            return datetime.fromtimestamp(self.opts.source_date_epoch, tz=UTC) \
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
-        return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _set_env(env: list[str], key: str, value: str) -> list[str]:
@@ -822,7 +822,7 @@ def _fill_times(history: list[dict[str, Any]], now: str) -> None:
 
 
 def manifest_config_digest(store: Store, manifest: Descriptor) -> str:
-    return store.read_json(manifest.digest)["config"]["digest"]
+    return str(store.read_json(manifest.digest)["config"]["digest"])
 
 
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:
@@ -846,7 +846,7 @@ def _heredoc_script(command: str, heredocs: list[Any]) -> str | None:
     word = command.strip().lstrip("<").lstrip("-").strip("'\"")
     if not command.strip().startswith("<<") or word != heredocs[0].name:
         return None
-    return heredocs[0].data
+    return str(heredocs[0].data)
 
 
 @contextmanager
