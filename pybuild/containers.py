@@ -246,6 +246,13 @@ def find(store: Store, ref: str) -> Container:
     return matches[0]
 
 
+def find_or_none(store: Store, ref: str) -> Container | None:
+    try:
+        return find(store, ref)
+    except PybuildError:
+        return None
+
+
 def chain_ids_in_use(store: Store) -> set[str]:
     """Snapshots under existing containers' rootfs: a snapshot prune must keep them."""
     return {chain for c in list_containers(store) for chain in c.chain_ids}
@@ -620,7 +627,11 @@ def _bring_up(store: Store, c: Container) -> list[socket.socket]:
                 ns["path"] = path
         (cdir / "config.json").write_text(json.dumps(oci, indent=1))
         return []
-    mappings, held = netmod.hold([netmod.PortMapping(**p) for p in c.ports])
+    wanted = [netmod.PortMapping(**p) for p in c.ports]
+    netmod.check_free(wanted, [m for other in list_containers(store)
+                               if other.id != c.id and other.status == "running" and other.attachment
+                               for m in netmod.Attachment(**other.attachment).port_mappings()])
+    mappings, held = netmod.hold(wanted)
     try:
         att = netmod.attach(store.root, c.id, c.name, c.network, c.aliases, mappings, c.dns)
         with _container_lock(store, c.id) as present:
@@ -714,7 +725,7 @@ def run_foreground(store: Store, c: Container, stdout: BinaryIO, stderr: BinaryI
     prober = _HealthProber(store, c.id)
     proc = subprocess.Popen(
         [binary, "--root", str(_runc_root(binary)), "--log", str(cdir / "runtime.log"),
-         "--log-format", "json", "run", "--pid-file", str(pid_file), "--bundle", str(cdir),
+         "--log-format", "json", "run", "--keep", "--pid-file", str(pid_file), "--bundle", str(cdir),
          c.runc_id],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True)  # terminal signals reach us; we decide what the container gets
@@ -867,7 +878,11 @@ def start_detached(store: Store, c: Container) -> Container:
     if "error" in reply:
         raise StartError(reply["error"])
     if "pid" not in reply:
-        raise PybuildError(f"the container monitor failed: see {cdir / 'monitor.log'}")
+        try:
+            lines = (cdir / "monitor.log").read_text(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            lines = []
+        raise PybuildError(f"the container monitor failed: {lines[-1] if lines else 'no reply'}")
     return _read(store, c.id) or c
 
 
@@ -896,17 +911,20 @@ def _run_detached_once(store: Store, c: Container) -> int | str:
 
 
 def _wait_child(pid: int) -> int:
-    """Reap children (we are a subreaper: orphans land here too) until `pid` exits."""
+    """Wait for the container's process (reparented to us, the subreaper).
+
+    Only that pid: a wait for any child would steal the exit status of the health
+    probes' `runc exec`, which another thread is waiting for.
+    """
     while True:
         try:
-            reaped, wstatus = os.waitpid(-1, 0)
+            _reaped, wstatus = os.waitpid(pid, 0)
         except ChildProcessError:
             return LOST_EXIT_CODE  # cannot happen while it is our child; be safe
         except InterruptedError:
             continue
-        if reaped == pid:
-            status = os.waitstatus_to_exitcode(wstatus)
-            return 128 - status if status < 0 else status
+        status = os.waitstatus_to_exitcode(wstatus)
+        return 128 - status if status < 0 else status
 
 
 def _await_restart(store: Store, cid: str, status: int, delay: float) -> bool:

@@ -27,6 +27,7 @@ from pybuild.network._etc import (
 )
 from pybuild.network._ports import (
     PortMapping,
+    check_free,
     describe,
     exposed_ports,
     hold,
@@ -42,6 +43,7 @@ __all__ = [
     "PortMapping",
     "attach",
     "available",
+    "check_free",
     "create_network",
     "describe",
     "detach",

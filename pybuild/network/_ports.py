@@ -84,6 +84,17 @@ def merge(explicit: list[PortMapping], exposed: list[PortMapping]) -> list[PortM
     return out
 
 
+def check_free(wanted: list[PortMapping], in_use: list[PortMapping]) -> None:
+    """Refuse a host port another container publishes: its rules stay in place while it
+    runs, even when its owner (who held the socket) was killed."""
+    for w in wanted:
+        for u in in_use:
+            same_ip = not w.host_ip or not u.host_ip or w.host_ip == u.host_ip
+            if w.host_port and same_ip and (w.host_port, w.protocol) == (u.host_port, u.protocol):
+                raise PybuildError(f"Bind for {w.host_ip or '0.0.0.0'}:{w.host_port} failed: "
+                                   "port is already allocated")
+
+
 def hold(mappings: list[PortMapping]) -> tuple[list[PortMapping], list[socket.socket]]:
     """Bind every host port (a free one where none was asked); the sockets reserve them.
 
