@@ -876,6 +876,8 @@ def start_detached(store: Store, c: Container) -> Container:
     except json.JSONDecodeError:
         reply = {}
     if "error" in reply:
+        if reply.get("network"):  # a refused port or network: the process never ran
+            raise PybuildError(reply["error"])
         raise StartError(reply["error"])
     if "pid" not in reply:
         try:
