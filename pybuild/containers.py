@@ -912,21 +912,46 @@ def _run_detached_once(store: Store, c: Container) -> int | str:
     return int((cdir / "pid").read_text().strip())
 
 
-def _wait_child(pid: int) -> int:
-    """Wait for the container's process (reparented to us, the subreaper).
+class _Reaper:
+    """Exit statuses of the monitor's children, all reaped by one thread.
 
-    Only that pid: a wait for any child would steal the exit status of the health
-    probes' `runc exec`, which another thread is waiting for.
+    The monitor is a subreaper: besides the container's process, the orphans of every
+    `runc exec` of a health probe become its children, and a container's init cannot
+    finish exiting while a zombie of its pid namespace waits to be reaped. So the main
+    thread reaps every child (`wait(-1)`), and a probe thread gets its `runc exec`'s
+    status from here instead of waiting for it itself.
     """
-    while True:
-        try:
-            _reaped, wstatus = os.waitpid(pid, 0)
-        except ChildProcessError:
-            return LOST_EXIT_CODE  # cannot happen while it is our child; be safe
-        except InterruptedError:
-            continue
-        status = os.waitstatus_to_exitcode(wstatus)
-        return 128 - status if status < 0 else status
+
+    def __init__(self) -> None:
+        self._statuses: dict[int, int] = {}
+        self._cond = threading.Condition()
+
+    def reap_until(self, pid: int) -> int:
+        """Reap children until `pid` exits; its status (128+signal when killed)."""
+        while True:
+            try:
+                reaped, wstatus = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return LOST_EXIT_CODE  # cannot happen while it is our child; be safe
+            except InterruptedError:
+                continue
+            status = os.waitstatus_to_exitcode(wstatus)
+            status = 128 - status if status < 0 else status
+            if reaped == pid:
+                return status
+            with self._cond:
+                self._statuses[reaped] = status
+                self._cond.notify_all()
+
+    def status_of(self, pid: int, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while pid not in self._statuses:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._statuses.pop(pid)
 
 
 def _await_restart(store: Store, cid: str, status: int, delay: float) -> bool:
@@ -986,9 +1011,10 @@ def _monitor(root: Path, cid: str, ready_fd: int) -> int:
                 _report(ready_fd, {"pid": outcome})
                 first = False
             began = time.monotonic()
-            prober = _HealthProber(store, cid)
+            reaper = _Reaper()
+            prober = _HealthProber(store, cid, reaper)
             prober.start()
-            status = _wait_child(outcome)
+            status = reaper.reap_until(outcome)
             prober.stop()
             current = _read(store, cid)
             if current is None or not restartmod.should_restart(
@@ -1009,8 +1035,8 @@ def _monitor(root: Path, cid: str, ready_fd: int) -> int:
 class _HealthProber:
     """Runs a container's HEALTHCHECK in a thread of the process that owns the container."""
 
-    def __init__(self, store: Store, cid: str) -> None:
-        self.store, self.cid = store, cid
+    def __init__(self, store: Store, cid: str, reaper: _Reaper | None = None) -> None:
+        self.store, self.cid, self.reaper = store, cid, reaper
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -1035,7 +1061,7 @@ class _HealthProber:
                 return
             start = _now()
             since = time.monotonic() - began
-            code, output = _probe(self.store, c, config)
+            code, output = _probe(self.store, c, config, self.reaper)
             with _container_lock(self.store, self.cid) as present:
                 cur = _read(self.store, self.cid) if present else None
                 if cur is None or cur.status != "running" or self._stop.is_set():
@@ -1047,26 +1073,56 @@ class _HealthProber:
                 _write(self.store, cur)
 
 
-def _probe(store: Store, c: Container, config: healthmod.HealthConfig) -> tuple[int, str]:
-    """One probe through `runc exec`; docker's -1 and message when it times out."""
+def _probe(store: Store, c: Container, config: healthmod.HealthConfig,
+           reaper: _Reaper | None) -> tuple[int, str]:
+    """One probe through `runc exec`; docker's -1 and message when it times out.
+
+    In the monitor, the probe's status comes from the monitor's reaper (see _Reaper).
+    """
     argv = healthmod.probe_argv(config.test)
     pid_file = container_dir(store, c.id) / f"probe.{threading.get_ident()}.pid"
     cmd = _exec_argv(c, argv, pid_file=pid_file)
+    deadline = time.monotonic() + config.timeout_s
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = b""
+    timed_out = False
     try:
-        out, _ = proc.communicate(timeout=config.timeout_s)
-        return proc.returncode, out.decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        try:
-            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        proc.kill()
-        proc.communicate()
-        return -1, f"Health check exceeded timeout ({config.timeout_s:g}s)"
+        fd = proc.stdout.fileno()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, _READ_SIZE)
+            if not chunk:
+                break
+            output += chunk
+        if timed_out:
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+            proc.kill()
+        left = max(deadline - time.monotonic(), 0) + _RECORD_TIMEOUT
+        if reaper is not None:
+            status = reaper.status_of(proc.pid, left)
+        else:
+            try:
+                status = proc.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                status = None
+        proc.returncode = status if status is not None else -1  # nobody else waits for it
     finally:
+        proc.stdout.close()
         pid_file.unlink(missing_ok=True)
+    if timed_out:
+        return -1, f"Health check exceeded timeout ({config.timeout_s:g}s)"
+    return (status if status is not None else -1), output.decode(errors="replace")
 
 
 def _exec_argv(c: Container, argv: list[str], *, pid_file: Path | None = None, tty: bool = False,
