@@ -19,7 +19,6 @@ build containers that `runtime.cleanup_stale` reaps.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import json
 import os
 import re
@@ -46,7 +45,7 @@ from pybuild import network as netmod
 from pybuild import restart as restartmod
 from pybuild import runtime
 from pybuild.solver.users import resolve_user
-from pybuild.liveness import process_start
+from pybuild.liveness import exclusive, process_start
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.layer import resolve_in_root
 from pybuild.snapshot import Active, Snapshotter, chain_ids
@@ -184,24 +183,13 @@ def _write(store: Store, c: Container) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path`: serialises state changes between processes."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextmanager
 def _container_lock(store: Store, cid: str) -> Iterator[bool]:
     """Lock one container; yields False when it was removed meanwhile."""
     d = container_dir(store, cid)
     if not d.is_dir():
         yield False
         return
-    with _locked(d / "lock"):
+    with exclusive(d / "lock"):
         yield d.is_dir()
 
 
@@ -515,7 +503,7 @@ def create(store: Store, opts: RunOptions, *, runtime_name: str | None = None,
     cid = secrets.token_hex(32)
     root = containers_dir(store)
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".lock"):  # names are claimed under one lock
+    with exclusive(root / ".lock"):  # names are claimed under one lock
         existing = list_containers(store)
         names = {c.name: c for c in existing}
         name = opts.name.removeprefix("/") if opts.name else generate_name(set(names))

@@ -8,7 +8,6 @@ detach. Every change happens under one flock, so two `pybuild run` never get one
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import json
 import os
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pybuild.errors import PybuildError
+from pybuild.liveness import exclusive
 
 DEFAULT_NETWORK = "pybuild"
 DEFAULT_SUBNET = "10.88.0.0/16"
@@ -64,12 +64,8 @@ def locked(root: Path) -> Iterator[None]:
     """The one lock for network records and leases of a store."""
     d = networks_dir(root)
     d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive(d / ".lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _atomic_write(path: Path, data: object) -> None:
