@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from container_fixtures import Netns
 from conftest import REPO, Pybuild, require_build_tools
 from engines import Docker, docker_engine, free_port
 
@@ -277,6 +279,32 @@ def test_site_serves_under_pybuild_run(built: Pybuild) -> None:
         assert name not in built("ps", "-a").stdout
     finally:
         built("rm", "-f", name, check=False)
+
+
+def test_site_on_the_bridge_with_a_published_port(built: Pybuild, netns: Netns) -> None:
+    """What `make demo` runs: the default bridge, -p 127.0.0.1:8000:8000, the image's own
+    HEALTHCHECK probed; inside a namespace of the test's, as every network test."""
+    def pb(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*netns.prefix, sys.executable, "-m", "pybuild", "--root",
+                               str(built.root), *args], capture_output=True, text=True,
+                              check=True, cwd=REPO, timeout=120)
+
+    pb("run", "-d", "--name", "demo", "-p", "127.0.0.1:8000:8000", "django-test")
+    try:
+        deadline = time.monotonic() + 60
+        while netns.fetch("http://127.0.0.1:8000/healthz") != "ok":
+            assert time.monotonic() < deadline, "the published port did not answer"
+            time.sleep(0.5)
+        assert "Hello from pybuild" in (netns.fetch("http://127.0.0.1:8000/") or "")
+        assert "127.0.0.1:8000->8000/tcp" in pb("ps").stdout
+        assert "--dport 8000 -j DNAT --to-destination 10.88.0.2:8000" in netns.iptables()
+        # HEALTHCHECK --interval=15s --start-period=20s: healthy after the first probe
+        while "(healthy)" not in pb("ps").stdout:
+            assert time.monotonic() < deadline + 30, pb("inspect", "demo").stdout
+            time.sleep(1)
+    finally:
+        pb("rm", "-f", "demo")
+    assert netns.link_names() == ["lo"]
 
 
 def _steps(plain_output: str) -> dict[str, bool]:
