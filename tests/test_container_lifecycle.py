@@ -4,6 +4,8 @@ restart, wait, kill: real runc, real cgroups, checked in the cgroup files themse
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import time
 
 import pytest
@@ -183,6 +185,12 @@ def test_restart_policies(cli: Cli) -> None:
     doc = cli.inspect("loop")
     assert doc["State"]["Status"] == "exited" and doc["RestartCount"] == count
     assert doc["HostConfig"]["RestartPolicy"] == {"Name": "always", "MaximumRetryCount": 0}
+    # attached: the first run's output and exit status; the policy goes on behind it
+    res = cli("run", "--name", "fg", "--restart", "on-failure:1", "busybox", "sh", "-c",
+              "echo once; exit 5", check=False)
+    assert res.returncode == 5 and res.stdout.startswith("once\n")
+    wait_for(lambda: cli.inspect("fg")["RestartCount"] == 1
+             and cli.inspect("fg")["State"]["Status"] == "exited", "the restart behind it")
 
 
 # ----------------------------------------------------------------------------- lifecycle
@@ -199,6 +207,12 @@ def test_exec_start_restart_wait_kill(cli: Cli, tmp_path) -> None:
     assert out == "dev /tmp 1000:1000\n"
     res = cli("exec", "svc", "sh", "-c", "exit 4", check=False)
     assert res.returncode == 4
+    res = cli("exec", "-it", "svc", "tty", check=False)
+    assert (res.returncode, res.stderr) == (1, "error: the input device is not a TTY\n")
+    tty = subprocess.run(["script", "-qec", shlex.join(cli.argv("exec", "-it", "svc", "tty")),
+                          "/dev/null"], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert tty.stdout.strip().endswith("/dev/pts/0"), tty
     assert cli("kill", "-s", "HUP", "svc").stdout == "svc\n"
     assert cli("wait", "svc").stdout == "7\n"
     assert cli("logs", "svc").stdout == "up\nhup\n"

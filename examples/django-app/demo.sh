@@ -13,8 +13,9 @@ name=django-app
 url=http://127.0.0.1:8000/
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
-# The console script when pip installed it, else the package straight from this checkout.
-if command -v pybuild >/dev/null 2>&1; then
+# The console script when pip installed it, else (or with PYBUILD_DEMO_CHECKOUT=1, as the
+# tests do) the package straight from this checkout.
+if [[ -z ${PYBUILD_DEMO_CHECKOUT:-} ]] && command -v pybuild >/dev/null 2>&1; then
     pb=(pybuild)
 else
     pb=(env "PYTHONPATH=$here/../..${PYTHONPATH:+:$PYTHONPATH}" python3 -m pybuild)

@@ -71,6 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             containers.start_detached(store, c)
             print(c.id)
             return 0
+        if c.restart_policy != "no":
+            # restarts need the monitor: follow its log until the first exit, as docker's
+            # CLI stays attached only to the first run (the policy goes on after we return)
+            containers.start_detached(store, c)
+            containers.stream_logs(store, c, sys.stdout.buffer, follow=True)
+            return containers.wait(store, c)
         sys.stdout.flush()
         sys.stderr.flush()
         return containers.run_foreground(store, c, sys.stdout.buffer, sys.stderr.buffer)
@@ -188,7 +194,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     env = [f"{k}={v}" for k, v in key_values(args.env, "environment variable").items()]
     argv = containers.exec_argv(store, c, list(args.command), tty=args.tty, env=env,
                                 user=args.user, workdir=args.workdir)
-    if args.tty and not sys.stdin.isatty():
+    if args.tty and args.interactive and not sys.stdin.isatty():
         raise PybuildError("the input device is not a TTY")
     sys.stdout.flush()
     stdin = None if args.interactive else subprocess.DEVNULL
