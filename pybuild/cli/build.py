@@ -88,7 +88,29 @@ def cmd_build(args: argparse.Namespace) -> int:
             digest = registry.push(store, tag, tag, client=client_from_args(args))
             print(f"pushed {tag}: {digest}", file=sys.stderr)
     progress.result_line(result.image_id)
+    _advice_line(args, opts, result, mode)
     return 0
+
+
+def _advice_line(args: argparse.Namespace, opts: Any, result: Any, mode: str) -> None:
+    """One line of `pybuild advise` after a build (not in quiet or rawjson output)."""
+    if mode in ("quiet", "rawjson"):
+        return
+    from pybuild import advise
+
+    try:
+        text = _read_dockerfile(opts)
+        found = advise.advise(open_store(args), result.image_id, dockerfile=text,
+                              dockerfile_name=opts.dockerfile_name, context=Path(opts.context))
+    except PybuildError as e:
+        print(f"advice: not available: {e}", file=sys.stderr)
+        return
+    line = found.summary()
+    if found.items:
+        line = line.replace(f"`pybuild advise {result.image_id}`",
+                            f"`pybuild advise {(result.tags or [result.image_id])[0]}"
+                            f" --context {opts.context}`")
+    print(line, file=sys.stderr)
 
 
 def _read_dockerfile(opts: Any) -> str:
