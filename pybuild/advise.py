@@ -243,7 +243,9 @@ class _Where:
 
     def __call__(self, index: int) -> tuple[str, int | None]:
         layer = self.layers[index]
-        what = layer.created_by[:70] + ("…" if len(layer.created_by) > 70 else "")
+        made = re.sub(r"^RUN (\|\d+ (\S+=\S* )+)?/bin/sh -c ", "RUN ", layer.created_by)
+        made = made.removesuffix(" # buildkit")
+        what = made[:60] + ("…" if len(made) > 60 else "")
         text = f"layer {index + 1}" + (f" ({what})" if what else "")
         if layer.line:
             text = f"{self.filename}:{layer.line}, {text}"
@@ -259,6 +261,10 @@ def _top_dirs(paths: list[tuple[str, int]], limit: int = 3) -> str:
     return ", ".join(f"{d} {human_size(s)}" for d, s in top)
 
 
+def _files(n: int) -> str:
+    return f"{n} file{'s' if n != 1 else ''}"
+
+
 def _wasted(hidden: list[tuple[str, int, int, int]], where: _Where) -> list[Item]:
     groups: dict[tuple[int, int], list[tuple[str, int]]] = defaultdict(list)
     for path, size, written, hidden_by in hidden:
@@ -272,8 +278,8 @@ def _wasted(hidden: list[tuple[str, int, int, int]], where: _Where) -> list[Item
         h_text, _ = where(hidden_by)
         items.append(Item(
             "wasted-bytes",
-            f"{len(paths)} files written in {w_text} are overwritten or deleted in {h_text}, "
-            f"yet still ship ({_top_dirs(paths)})",
+            f"{_files(len(paths))} written here {'are' if len(paths) != 1 else 'is'} overwritten "
+            f"or deleted in {h_text}, yet still ship ({_top_dirs(paths)})",
             w_text, human_size(total),
             "make and remove them in the same RUN, or build them in another stage and COPY "
             "--from only the result",
@@ -319,7 +325,7 @@ def _leftovers(alive: dict[str, tuple[int, int]], where: _Where) -> list[Item]:
             continue
         label, fix = meta[kind]
         text, line = where(layer)
-        items.append(Item(kind, f"{label} in {text} ({len(paths)} files: {_top_dirs(paths, 2)})",
+        items.append(Item(kind, f"{label}: {_files(len(paths))} ({_top_dirs(paths, 2)})",
                           text, human_size(total), fix, bytes=total, layer=layer + 1, line=line))
     return items
 
