@@ -125,7 +125,7 @@ def read_layer(fileobj: Any, index: int, created_by: str) -> Layer:
                     files[path] = m.size
                 else:
                     files.pop(path, None)
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, PybuildError) as e:
         raise PybuildError(f"layer {index + 1} cannot be read: {e}") from None
     return Layer(index, created_by, files, deleted, opaque)
 
@@ -325,6 +325,10 @@ def _leftovers(alive: dict[str, tuple[int, int]], where: _Where) -> list[Item]:
             continue
         label, fix = meta[kind]
         text, line = where(layer)
+        if kind == "bytecode" and not where.layers[layer].created_by.startswith(("COPY", "ADD")):
+            label = "Python bytecode written while building"
+            fix = ("ENV PYTHONDONTWRITEBYTECODE=1 before the step that runs Python, or delete "
+                   "the __pycache__ directories in that RUN")
         items.append(Item(kind, f"{label}: {_files(len(paths))} ({_top_dirs(paths, 2)})",
                           text, human_size(total), fix, bytes=total, layer=layer + 1, line=line))
     return items
@@ -345,7 +349,11 @@ def _cache_order(records: list[dict[str, Any]], chain: list[dict[str, Any] | Non
             continue
         runs = sorted(by_slot[rec["slot"]], key=lambda r: r["created"])
         own = _own_inputs(rec["inputs"])
-        reruns = [r for r in runs if _own_inputs(r["inputs"]) == own]
+        above = by_key.get(rec["parent"])
+        # the same instruction under the same instruction: another Dockerfile that had a
+        # step at this position is not this step's history
+        reruns = [r for r in runs if _own_inputs(r["inputs"]) == own
+                  and _same_step(by_key.get(r["parent"]), above)]
         if len(reruns) < 2:
             continue
         culprits = []
@@ -360,8 +368,9 @@ def _cache_order(records: list[dict[str, Any]], chain: list[dict[str, Any] | Non
         if not culprits:
             continue
         seconds = sum(durations) / len(durations) if durations else 0.0
-        if durations and seconds < 1.0:
-            continue
+        installs = _INSTALL.search(rec["description"]) is not None
+        if (durations and seconds < 1.0) or (not installs and seconds < SLOW_STEP):
+            continue  # a step that uses the sources must re-run; only a slow one is news
         cause = culprits[-1]
         step = re.sub(r"^\[[^\]]*\] ", "", rec["description"])[:60]
         text, line = where(index)
@@ -374,6 +383,20 @@ def _cache_order(records: list[dict[str, Any]], chain: list[dict[str, Any] | Non
             "install), and the rest of the sources after it",
             seconds=round(seconds, 3), layer=index + 1, line=line))
     return items
+
+
+_INSTALL = re.compile(r"\b(pip3?|npm|yarn|pnpm|apt-get|apt|apk|dnf|yum|poetry|uv|bundle|cargo|"
+                      r"composer|gem|go mod)\b.*\b(install|ci|add|sync|fetch|download|wheel)\b")
+SLOW_STEP = 10.0  # seconds: a step this slow that re-runs is worth a look even if it reads sources
+
+
+def _same_step(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    strip = ("base", "files")
+    return a["slot"] == b["slot"] and \
+        {k: v for k, v in a["inputs"].items() if k not in strip} == \
+        {k: v for k, v in b["inputs"].items() if k not in strip}
 
 
 def _own_inputs(inputs: dict[str, Any]) -> str:
@@ -413,7 +436,7 @@ def _config_notes(config: dict[str, Any], where: _Where) -> list[Item]:
                               "pass it at run time (-e) or to the RUN that needs it as "
                               "--mount=type=secret"))
     for h in config.get("history") or []:
-        m = re.match(r"\|\d+ ((?:\S+=\S* )+)", str(h.get("created_by", "")))
+        m = re.match(r"(?:RUN )?\|\d+ ((?:\S+=\S* )+)", str(h.get("created_by", "")))
         for pair in (m.group(1).split() if m else []):
             key = pair.partition("=")[0]
             if is_secret_name(key):

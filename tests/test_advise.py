@@ -1,0 +1,199 @@
+"""`pybuild advise`: per advice kind, an image that shows it and one that does not — real
+builds (runc, overlayfs) read back from the store's layer blobs; SARIF output validated."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pybuild.advise import Layer, clean_name, read_layer, visible_files
+from tests.conftest import Pybuild
+
+DATA = Path(__file__).parent / "data"
+
+
+def advise(pb: Pybuild, image: str, *extra: str) -> dict:
+    return json.loads(pb("advise", image, "--format", "json", *extra).stdout)
+
+
+def kinds(doc: dict) -> list[str]:
+    return [i["kind"] for i in doc["items"]]
+
+
+def build(pb: Pybuild, ctx: Path, tag: str, dockerfile: str) -> str:
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    return pb("build", "-t", tag, str(ctx)).stderr
+
+
+# --- logic, root-free --------------------------------------------------------------------
+
+def _tar(entries: dict[str, bytes | None]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def test_whiteouts_and_overwrites_are_hidden_bytes() -> None:
+    base = read_layer(_tar({"big": b"x" * 100, "dir/": None, "dir/a": b"a" * 10, "keep": b"k"}),
+                      0, "base")
+    top = read_layer(_tar({".wh.big": b"", "dir/.wh..wh..opq": b"", "keep": b"kk"}), 1, "top")
+    alive, hidden = visible_files([base, top])
+    assert sorted(alive) == ["keep"] and alive["keep"] == (1, 2)
+    assert sorted((p, s, w, h) for p, s, w, h in hidden) == [
+        ("big", 100, 0, 1), ("dir/a", 10, 0, 1), ("keep", 1, 0, 1)]
+
+
+def test_names_inside_tars_stay_inside() -> None:
+    assert clean_name("../../etc/passwd") == "etc/passwd"
+    assert clean_name("./a/../b") == "b"
+    assert clean_name("/") is None
+    layer = read_layer(_tar({"../../../escape": b"x"}), 0, "")
+    assert layer.files == {"escape": 1}
+
+
+def test_unreadable_layer_is_one_clear_error() -> None:
+    from pybuild.errors import PybuildError
+
+    with pytest.raises(PybuildError, match="layer 1 cannot be read"):
+        read_layer(io.BytesIO(b"\x1f\x8bnot gzip at all"), 0, "")
+
+
+def test_sarif_is_valid_against_the_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    sarif_pydantic = pytest.importorskip("sarif_pydantic")
+    from pybuild import sarif
+    from pybuild.advise import Item
+    from pybuild.dockerfile import parse
+    from pybuild.dockerfile.checks import evaluate
+
+    schema = json.loads((DATA / "sarif-2.1.0-minimal.schema.json").read_text())
+    text = "FROM scratch as base\nCMD echo hi\nEXPOSE 80/TCP\n"
+    logs = [sarif.from_checks(evaluate(parse(text)), "Dockerfile"),
+            sarif.from_advice([Item("pip-cache", "pip cache", "layer 2", "2.00MB", "--no-cache-dir",
+                                    layer=2, line=3),
+                               Item("runs-as-root", "root", "config", "", "USER")], "Dockerfile")]
+    for log in logs:
+        jsonschema.validate(log, schema)
+        sarif_pydantic.Sarif.model_validate(log)
+    assert len(logs[0]["runs"][0]["results"]) == 3
+    bad = json.loads(json.dumps(logs[0]))
+    bad["runs"][0]["results"][0]["level"] = "fatal"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+# --- real builds ------------------------------------------------------------------------------
+
+def test_wasted_bytes_and_caches(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    out = build(busybox, ctx, "waste", "FROM busybox\n"
+                "RUN head -c 3000000 /dev/urandom > /big && mkdir -p /root/.cache/pip "
+                "&& head -c 2000000 /dev/urandom > /root/.cache/pip/wheel\n"
+                "RUN rm /big\n")
+    assert "advice: " in out and "3.00MB hidden by later layers" in out
+    doc = advise(busybox, "waste", "-f", str(ctx / "Dockerfile"))
+    wasted = next(i for i in doc["items"] if i["kind"] == "wasted-bytes")
+    assert wasted["bytes"] == 3000000 and wasted["line"] == 2 and wasted["layer"] == 2
+    assert "Dockerfile:3, layer 3 (RUN rm /big)" in wasted["what"]
+    pip = next(i for i in doc["items"] if i["kind"] == "pip-cache")
+    assert pip["bytes"] == 2000000 and pip["line"] == 2
+    assert "--no-cache-dir" in pip["fix"]
+    assert doc["wasted"] == 3000000
+    text = busybox("advise", "waste").stdout
+    assert "wasted-bytes: 1 file written here is overwritten or deleted in layer 3" in text
+    # the same work done in one RUN leaves nothing behind
+    build(busybox, ctx, "clean", "FROM busybox\nRUN head -c 3000000 /dev/urandom > /big && "
+          "rm /big\nUSER 1000:1000\n")
+    doc = advise(busybox, "clean")
+    assert kinds(doc) == [] and doc["wasted"] == 0
+    sarif = json.loads(busybox("advise", "waste", "--format", "sarif").stdout)
+    assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= {"wasted-bytes", "pip-cache"}
+
+
+def test_apt_lists_bytecode_compilers(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "pkg" / "__pycache__").mkdir(parents=True)
+    (ctx / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0" * 100)
+    build(busybox, ctx, "left", "FROM busybox\n"
+          "RUN mkdir -p /var/lib/apt/lists /usr/lib/gcc/x86_64-linux-gnu/12 && "
+          "head -c 1500000 /dev/urandom > /var/lib/apt/lists/deb.debian.org_Packages && "
+          "head -c 1200000 /dev/urandom > /usr/lib/gcc/x86_64-linux-gnu/12/cc1\n"
+          "COPY pkg /app/pkg\n")
+    doc = advise(busybox, "left")
+    assert set(kinds(doc)) >= {"apt-lists", "compilers", "bytecode", "runs-as-root"}
+    apt = next(i for i in doc["items"] if i["kind"] == "apt-lists")
+    assert apt["bytes"] == 1500000 and "rm -rf /var/lib/apt/lists/*" in apt["fix"]
+    (ctx / "pkg" / "__pycache__" / "m.cpython-311.pyc").unlink()
+    build(busybox, ctx, "tidy", "FROM busybox\nRUN mkdir -p /var/lib/apt/lists && "
+          "head -c 1500000 /dev/urandom > /var/lib/apt/lists/x && rm -rf /var/lib/apt/lists/*\n"
+          "COPY pkg /app/pkg\nUSER 10001\n")
+    assert kinds(advise(busybox, "tidy")) == []
+
+
+def test_cache_order_from_the_miss_history(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "req.txt").write_text("django\n")
+    pip = "RUN printf '#!/bin/sh\\nsleep 1.2\\n' > /bin/pip && chmod +x /bin/pip\n"
+    slow = f"FROM busybox\n{pip}WORKDIR /app\nCOPY . .\nRUN pip install -r req.txt\nUSER 1000\n"
+    for n in range(3):
+        (ctx / "app.py").write_text(f"print({n})\n")
+        build(busybox, ctx, "order", slow)
+    doc = advise(busybox, "order", "-f", str(ctx / "Dockerfile"))
+    item = next(i for i in doc["items"] if i["kind"] == "cache-order")
+    assert item["line"] == 5 and "re-ran 2 times" in item["what"] and "`COPY . .`" in item["what"]
+    assert item["seconds"] >= 1.0
+    # requirements first: the slow step keeps its cache across edits
+    fast = f"FROM busybox\n{pip}WORKDIR /app\nCOPY req.txt .\nRUN pip install -r req.txt\n" \
+           "COPY . .\nUSER 1000\n"
+    for n in range(3):
+        (ctx / "app.py").write_text(f"print({n + 10})\n")
+        build(busybox, ctx, "order2", fast)
+    assert "cache-order" not in kinds(advise(busybox, "order2"))
+
+
+def test_root_and_secret_notes(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    build(busybox, ctx, "sec", "FROM busybox\nENV API_TOKEN=abc\nARG DB_PASSWORD=x\n"
+          "RUN echo $DB_PASSWORD > /dev/null\n")
+    doc = advise(busybox, "sec")
+    texts = [i["what"] for i in doc["items"]]
+    assert "the container runs as root (no USER)" in texts
+    assert "ENV API_TOKEN is stored in the image config, readable by anyone who has the image" \
+        in texts
+    assert "build arg DB_PASSWORD is recorded in the image history of a RUN step" in texts
+    build(busybox, ctx, "nosec", "FROM busybox\nENV PUBLIC_KEY=abc\nUSER 10001:10001\n")
+    assert kinds(advise(busybox, "nosec")) == []
+
+
+def test_large_context(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "node_modules" / "left-pad").mkdir(parents=True)
+    (ctx / "node_modules" / "left-pad" / "blob").write_bytes(b"\0" * 700_000)
+    build(busybox, ctx, "ctx", "FROM busybox\nUSER 1\n")
+    doc = advise(busybox, "ctx", "--context", str(ctx))
+    item = next(i for i in doc["items"] if i["kind"] == "large-context")
+    assert item["bytes"] == 700_000 and "node_modules" in item["fix"]
+    (ctx / ".dockerignore").write_text("node_modules\n")
+    assert kinds(advise(busybox, "ctx", "--context", str(ctx))) == []
+
+
+def test_bad_input_is_one_line(busybox: Pybuild, tmp_path: Path) -> None:
+    proc = busybox("advise", "nothere", check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    proc = busybox("advise", "busybox", "-f", str(tmp_path / "missing"), check=False)
+    assert proc.returncode == 1 and "failed to read" in proc.stderr
