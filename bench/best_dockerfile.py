@@ -29,7 +29,7 @@ CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 def pybuild(store: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([sys.executable, "-m", "pybuild", "--root", str(store), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     if check and proc.returncode != 0:
         raise SystemExit(f"pybuild {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pybuild.advise import Layer, clean_name, read_layer, visible_files
+from pybuild.advise import clean_name, read_layer, visible_files
 from tests.conftest import Pybuild
 
 DATA = Path(__file__).parent / "data"
