@@ -275,7 +275,19 @@ def _wasted(hidden: list[tuple[str, int, int, int]], where: _Where) -> list[Item
         if total < MIN_BYTES:
             continue
         w_text, line = where(written)
-        h_text, _ = where(hidden_by)
+        h_text, h_line = where(hidden_by)
+        if line is None and h_line is not None:
+            # written by the base image, replaced by a step of this Dockerfile: that step is
+            # where to look (often package databases apt rewrites: little to gain)
+            items.append(Item(
+                "wasted-bytes",
+                f"{_files(len(paths))} of the base image ({w_text}) {'are' if len(paths) != 1 else 'is'}"
+                f" replaced here, so both copies ship ({_top_dirs(paths)})",
+                h_text, human_size(total),
+                "expected for package databases; for anything larger, change it in the base "
+                "image or in a build stage",
+                bytes=total, layer=hidden_by + 1, line=h_line))
+            continue
         items.append(Item(
             "wasted-bytes",
             f"{_files(len(paths))} written here {'are' if len(paths) != 1 else 'is'} overwritten "
@@ -299,7 +311,10 @@ _LEFTOVERS: list[tuple[str, re.Pattern[str], str, str]] = [
     ("npm-cache", re.compile(r"(root|home/[^/]+)/(\.npm/_cacache|\.cache/yarn)/.+|"
                              r"usr/local/share/\.cache/yarn/.+"), "npm/yarn cache",
      "npm ci --cache /tmp/npm && rm -rf /tmp/npm, or --mount=type=cache,target=/root/.npm"),
-    ("bytecode", re.compile(r"(?!(usr/|opt/venv/|opt/[^/]+/lib/)).*__pycache__/.+\.pyc"),
+    # installed packages are compiled on purpose (pip does it); bytecode elsewhere is the
+    # application's, written by a build step or copied from the developer's checkout
+    ("bytecode", re.compile(r"(?!.*(/lib/python[0-9.]*/|/site-packages/|/dist-packages/))"
+                            r"(?!usr/lib/).*__pycache__/.+\.pyc"),
      "Python bytecode copied from the build context",
      "add `**/__pycache__` and `**/*.pyc` to .dockerignore"),
     ("compilers", re.compile(r"usr/(lib|libexec)/gcc/.+|usr/bin/(x86_64-linux-gnu-|aarch64-linux-"
@@ -372,7 +387,7 @@ def _cache_order(records: list[dict[str, Any]], chain: list[dict[str, Any] | Non
         if (durations and seconds < 1.0) or (not installs and seconds < SLOW_STEP):
             continue  # a step that uses the sources must re-run; only a slow one is news
         cause = culprits[-1]
-        step = re.sub(r"^\[[^\]]*\] ", "", rec["description"])[:60]
+        step = _step_text(rec["description"])
         text, line = where(index)
         items.append(Item(
             "cache-order",
@@ -388,6 +403,13 @@ def _cache_order(records: list[dict[str, Any]], chain: list[dict[str, Any] | Non
 _INSTALL = re.compile(r"\b(pip3?|npm|yarn|pnpm|apt-get|apt|apk|dnf|yum|poetry|uv|bundle|cargo|"
                       r"composer|gem|go mod)\b.*\b(install|ci|add|sync|fetch|download|wheel)\b")
 SLOW_STEP = 10.0  # seconds: a step this slow that re-runs is worth a look even if it reads sources
+
+
+def _step_text(description: str) -> str:
+    """A step's name for a sentence: no `[stage n/m]`, no --mount flags, one line, short."""
+    text = re.sub(r"^\[[^\]]*\] ", "", description)
+    text = re.sub(r"\s--mount=\S+", "", " ".join(text.split()))
+    return text[:60] + ("…" if len(text) > 60 else "")
 
 
 def _same_step(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
@@ -413,7 +435,7 @@ def _changed_copy_above(rec: dict[str, Any] | None, by_key: dict[str, dict[str, 
             earlier = [r for r in by_slot.get(rec["slot"], []) if r["created"] < rec["created"]]
             if earlier and max(earlier, key=lambda r: r["created"])["inputs"].get("files") \
                     != rec["inputs"]["files"]:
-                return re.sub(r"^\[[^\]]*\] ", "", rec["description"])[:60]
+                return _step_text(rec["description"])
         rec = by_key.get(rec["parent"])
     return None
 

@@ -264,16 +264,20 @@ class _Recorder(Mapping[str, str]):
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
-        self.missing: list[str] = []
+        self._missing: dict[str, None] = {}
 
     def __getitem__(self, key: str) -> str:
         return self.env[key]
 
     def __contains__(self, key: object) -> bool:
         found = key in self.env
-        if not found and isinstance(key, str) and key not in self.missing:
-            self.missing.append(key)
+        if not found and isinstance(key, str):
+            self._missing[key] = None
         return found
+
+    @property
+    def missing(self) -> list[str]:
+        return list(self._missing)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.env)
@@ -282,28 +286,44 @@ class _Recorder(Mapping[str, str]):
         return len(self.env)
 
 
-def _levenshtein(a: str, b: str) -> int:
+def _levenshtein(a: str, b: str, limit: int) -> int:
+    """Edit distance, or `limit` as soon as it cannot be below it (a band of the matrix)."""
+    if abs(len(a) - len(b)) >= limit:
+        return limit
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        cur = [i] + [limit] * len(b)
+        lo, hi = max(1, i - limit), min(len(b), i + limit)
+        for j in range(lo, hi + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != b[j - 1]))
+        if min(cur[lo - 1:hi + 1]) >= limit:
+            return limit
         prev = cur
-    return prev[-1]
+    return min(prev[-1], limit)
 
 
-def _suggest(word: str, options: list[str]) -> str:
+class _Budget:
+    """Hints cost an edit distance per candidate; a hostile file (thousands of variables, each
+    undefined) would make that quadratic. Past the budget warnings come without hints."""
+
+    def __init__(self, comparisons: int = 50_000) -> None:
+        self.left = comparisons
+
+
+def _suggest(word: str, options: list[str], budget: _Budget | None = None) -> str:
     """BuildKit's suggest.Search: the first option closer than 3 edits (none on an exact
     match: then the word was not the problem)."""
     if len(word) > 128:
         return ""
+    if budget is not None:
+        if budget.left < len(options):
+            return ""
+        budget.left -= len(options)
     best, best_dist = "", 3
     for opt in sorted(options):
         if opt == word:
             return ""
-        if abs(len(opt) - len(word)) >= best_dist:
-            continue
-        dist = _levenshtein(word, opt)
+        dist = _levenshtein(word, opt, best_dist)
         if dist < best_dist:
             best, best_dist = opt, dist
     return best
@@ -338,6 +358,8 @@ class _Checker:
         self.host = host
         self.lex = ShellLex(df.escape)
         self.warnings: list[Warning] = []
+        self._seen: set[tuple[str, str, int]] = set()
+        self.budget = _Budget()
         self.called: list[str] = []
         self.matcher: PatternMatcher | None = None
         if ignore_patterns:
@@ -355,9 +377,9 @@ class _Checker:
         else:
             start, end = node_or_lines
         w = Warning(rule, detail, start, end)
-        if any(x.rule == w.rule and x.detail == w.detail and x.line == w.line
-               for x in self.warnings):
+        if (rule, detail, start) in self._seen:
             return
+        self._seen.add((rule, detail, start))
         self.called.append(rule)
         self.warnings.append(w)
 
@@ -516,7 +538,7 @@ class _Checker:
         for name in rec.missing:
             if name in declared:
                 continue
-            hint = _suggest(name, sorted(declared))
+            hint = _suggest(name, sorted(declared), self.budget)
             detail = f"FROM argument '{name}' is not declared"
             self.warn(cfg, "UndefinedArgInFrom", detail + (f" (did you mean {hint}?)" if hint
                                                            else ""), node)
@@ -679,7 +701,7 @@ class _Checker:
         for name in sorted(missing):
             if name in declared or name in _NON_ENV_ARGS:
                 continue
-            hint = _suggest(name, list(env))
+            hint = _suggest(name, list(env), self.budget)
             self.warn(cfg, "UndefinedVar", f"Usage of undefined variable '${name}'"
                       + (f" (did you mean ${hint}?)" if hint else ""), node)
 
