@@ -197,3 +197,73 @@ def test_bad_input_is_one_line(busybox: Pybuild, tmp_path: Path) -> None:
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     proc = busybox("advise", "busybox", "-f", str(tmp_path / "missing"), check=False)
     assert proc.returncode == 1 and "failed to read" in proc.stderr
+
+
+# --- checks in real builds ----------------------------------------------------------------
+
+def _on_a_terminal(pb: Pybuild, *args: str) -> str:
+    """Run pybuild with its output on a pseudo-terminal (tty mode needs one)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pybuild", "--root", str(pb.root), *args],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, out.decode(errors="replace")
+    return out.decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_build_lists_warnings_in_every_mode(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nCMD echo hi\nEXPOSE 80/TCP\nUSER 1\n")
+    short = ("JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended "
+             "behavior related to OS signals (line 2)")
+    for mode in ("plain", "auto"):
+        out = busybox("build", "--progress", mode, str(ctx))
+        text = out.stdout + out.stderr
+        assert "2 warnings found:\n - " + short in text, (mode, text)
+        assert "ExposeProtoCasing: Defined protocol '80/TCP'" in text
+    text = _on_a_terminal(busybox, "build", "--progress", "tty", str(ctx))
+    assert "2 warnings found:" in text and "JSONArgsRecommended: JSON arguments" in text
+    raw = busybox("build", "--progress", "rawjson", str(ctx))
+    events = [json.loads(line) for line in (raw.stdout + raw.stderr).splitlines()
+              if line.startswith("{")]
+    warnings = [e for e in events if e["type"] == "warning"]
+    assert [w["check"]["ruleName"] for w in warnings] == ["JSONArgsRecommended",
+                                                          "ExposeProtoCasing"]
+    assert warnings[0]["message"] == short
+    assert warnings[0]["check"]["location"]["ranges"][0]["start"]["line"] == 2
+
+
+def test_error_true_fails_before_building(busybox: Pybuild, tmp_path: Path) -> None:
+    from tests.conftest import store_snapshot
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("# check=error=true\nFROM busybox\nCMD echo hi\n"
+                                    "RUN touch /ran\n")
+    before = store_snapshot(busybox.root)
+    proc = busybox("build", "-t", "nope", str(ctx), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.rstrip().endswith("Dockerfile:3: lint violation found for rules: "
+                                         "JSONArgsRecommended")
+    assert "Traceback" not in proc.stderr
+    assert store_snapshot(busybox.root) == before
+    ok = busybox("build", "--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=JSONArgsRecommended",
+                 "-t", "yes", str(ctx))
+    assert "warning" not in ok.stdout + ok.stderr

@@ -1,8 +1,9 @@
-# Step 4: no recommended packages, and the apt lists deleted in the RUN that fetched them.
+# Step 4: no recommended packages; the apt lists and the downloaded .deb files deleted in the
+# RUN that fetched them.
 FROM localhost/debian-python:bookworm
 WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends gcc \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt .
 RUN --mount=type=secret,id=pip-ca,required=false \
     --mount=type=cache,target=/root/.cache/pip \

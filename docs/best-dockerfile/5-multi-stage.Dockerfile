@@ -1,7 +1,7 @@
 # Step 5: build wheels in one stage (compilers would live there), install them in a clean one.
 FROM localhost/debian-python:bookworm AS wheels
 RUN apt-get update && apt-get install -y --no-install-recommends gcc \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/build
 WORKDIR /src
 COPY requirements.txt .
