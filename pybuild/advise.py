@@ -478,7 +478,7 @@ CONTEXT_MIN = 512_000
 
 def _du(path: Path) -> int:
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+    for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
         for f in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, f))

@@ -484,7 +484,7 @@ class _Checker:
     def _meta_env(self, meta: list[tuple[Node, ins.Arg]]) -> tuple[dict[str, str], set[str]]:
         env = platform_args(self._host_machine())
         declared: set[str] = set(env)
-        for node, arg in meta:
+        for _node, arg in meta:
             for name, default in arg.args:
                 declared.add(name)
                 if name in self.build_args:
