@@ -248,6 +248,11 @@ def test_build_lists_warnings_in_every_mode(busybox: Pybuild, tmp_path: Path) ->
                                                           "ExposeProtoCasing"]
     assert warnings[0]["message"] == short
     assert warnings[0]["check"]["location"]["ranges"][0]["start"]["line"] == 2
+    jsonschema = pytest.importorskip("jsonschema")
+    from tests.test_progress import _schema
+
+    for event in events:
+        jsonschema.validate(event, _schema())
 
 
 def test_error_true_fails_before_building(busybox: Pybuild, tmp_path: Path) -> None:
