@@ -71,8 +71,8 @@ class Advice:
         n = len(self.items)
         parts = [f"{human_size(self.wasted)} hidden by later layers",
                  f"{human_size(self.leftover_bytes())} of caches and leftovers"]
-        return (f"advice: {n} item{'s' if n != 1 else ''} ({', '.join(parts)}; efficiency "
-                f"{self.efficiency:.1%})" + (f"; see `pybuild advise {self.image}`" if n else ""))
+        return (f"advice: {n} item{'s' if n != 1 else ''} ({', '.join(parts)})"
+                + (f"; see `pybuild advise {self.image}`" if n else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "size": self.size, "wasted": self.wasted,
@@ -204,23 +204,30 @@ def _records(store: Any) -> list[dict[str, Any]]:
 
 
 def advise(store: Any, name: str, *, dockerfile: str | None = None, dockerfile_name: str =
-           "Dockerfile", context: Path | None = None) -> Advice:
-    """Read the image `name` from the store and say what its layers cost."""
+           "Dockerfile", context: Path | None = None, built_layers_only: bool = False) -> Advice:
+    """Read the image `name` from the store and say what its layers cost.
+
+    `built_layers_only` (the line after a build) skips reading layers no build step of this
+    store made (an imported or pulled base): far less to decompress, and the base's own
+    leftovers are not this Dockerfile's to fix."""
     from pybuild import image as imagemod
     from pybuild.snapshot import chain_ids
 
     img = imagemod.load(store, name)
     descs = img.layers
     history = _history_for_layers(img.config, len(descs))
-    layers = []
-    for i, desc in enumerate(descs):
-        with store.open_blob(desc.digest) as f:
-            layers.append(read_layer(f, i, history[i]))
     records = _records(store)
     by_chain = {}
     for rec in sorted(records, key=lambda r: r["created"]):
         by_chain[rec["chain_id"]] = rec
     chains = chain_ids(img.diff_ids) if len(img.diff_ids) == len(descs) else []
+    layers = []
+    for i, desc in enumerate(descs):
+        if built_layers_only and (i >= len(chains) or chains[i] not in by_chain):
+            layers.append(Layer(i, history[i], {}, [], []))
+            continue
+        with store.open_blob(desc.digest) as f:
+            layers.append(read_layer(f, i, history[i]))
     descriptions = {i: by_chain[c]["description"] for i, c in enumerate(chains) if c in by_chain}
     _lines_for(layers, dockerfile, descriptions)
     alive, hidden = visible_files(layers)

@@ -101,7 +101,8 @@ def _advice_line(args: argparse.Namespace, opts: Any, result: Any, mode: str) ->
     try:
         text = _read_dockerfile(opts)
         found = advise.advise(open_store(args), result.image_id, dockerfile=text,
-                              dockerfile_name=opts.dockerfile_name, context=Path(opts.context))
+                              dockerfile_name=opts.dockerfile_name, context=Path(opts.context),
+                              built_layers_only=True)
     except PybuildError as e:
         print(f"advice: not available: {e}", file=sys.stderr)
         return
