@@ -157,6 +157,11 @@ def parse_call(args: argparse.Namespace) -> Call:
             if key != "format" or value not in FORMATS:
                 raise PybuildError(f"invalid --call option {opt!r}: expected format=text|json|sarif")
             fmt = value
+    allowed = {"build": (), "check": FORMATS, "targets": ("text", "json"), "outline": ("text",)}
+    if fmt is not None and fmt not in allowed[name]:
+        what = "a build" if name == "build" else f"--call {name}"
+        raise PybuildError(f"--format {fmt} does not apply to {what} (it is for --check, "
+                           "--call check and --call targets)")
     return Call(name, fmt or "text")
 
 
