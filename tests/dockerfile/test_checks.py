@@ -359,3 +359,37 @@ def test_call_targets_and_outline(tmp_path: Path) -> None:
     assert "stage 1 app: FROM stage base" in outline.stdout
     bad = _check(tmp_path, text, "--call", "nothing")
     assert bad.returncode == 1 and "invalid --call" in bad.stderr
+
+
+def test_checks_never_crash_on_what_parses() -> None:
+    """Hostile-ish Dockerfiles built from real fragments: evaluate returns a report, always."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pybuild.errors import PybuildError
+
+    lines = st.sampled_from([
+        "FROM scratch", "FROM $X AS Base", "from a as b", "FROM --platform=$P ${I:-x}",
+        "ARG A", "ARG B=$A", "ENV K V", "ENV T_TOKEN=$T", "LABEL a b", "COPY $A $B /",
+        "ADD x /", "ADD https://x/y /", "WORKDIR rel", "WORKDIR /abs", "EXPOSE 1:2/UDP",
+        "EXPOSE ${P}/TCP", "CMD x", "CMD [\"x\"]", "ENTRYPOINT y", "HEALTHCHECK CMD z",
+        "SHELL [\"/bin/bash\", \"-c\"]", "USER root", "RUN apt-get update | tee x",
+        "RUN pip install x", "MAINTAINER m", "ONBUILD RUN x", "# check=skip=all", "COPY \\",
+        "", "VOLUME $V", "STOPSIGNAL $S", "USER $U"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(lines, min_size=1, max_size=12), st.lists(st.sampled_from(
+        ["*", "x", "!y", "**/z"]), max_size=3))
+    def run(body: list[str], ignore: list[str]) -> None:
+        text = "\n".join(body) + "\n"
+        try:
+            df = parse(text)
+        except PybuildError:
+            return
+        report = evaluate(df, ignore_patterns=ignore, image_config=lambda n: BUSYBOX)
+        render_text(report, text, "Dockerfile")
+        json.dumps(render_json(report, text, "Dockerfile"))
+        for w in report.warnings:
+            assert w.rule in RULES and w.line >= 1
+
+    run()
