@@ -360,6 +360,7 @@ class _Checker:
         self.warnings: list[Warning] = []
         self._seen: set[tuple[str, str, int]] = set()
         self.budget = _Budget()
+        self.global_env: dict[str, str] = {}
         self.called: list[str] = []
         self.matcher: PatternMatcher | None = None
         if ignore_patterns:
@@ -423,6 +424,7 @@ class _Checker:
             return error
         self._default_args_in_from(meta, stages)
         global_env, declared = self._meta_env(meta)
+        self.global_env = global_env
         states: dict[int, _StageState] = {}
         for st in stages:
             state = self._stage(st, stages, global_env, declared, states)
@@ -617,13 +619,15 @@ class _Checker:
             if isinstance(instr, ins.Arg):
                 for name, default in instr.args:
                     self._secret(cfg, node, "ARG", name)
-                    declared.add(name)
                     value = self.build_args.get(name)
                     if value is None and default is not None:
-                        if env is not None:
+                        if env is not None:  # `ARG A=$A`: A is not declared yet here
                             value = self._expand_reporting(cfg, node, default, env, declared)
                         else:
                             value = default
+                    elif value is None:
+                        value = self.global_env.get(name)  # a global ARG re-declared
+                    declared.add(name)
                     if value is not None and env is not None and name not in _NON_ENV_ARGS:
                         env[name] = value
             elif isinstance(instr, (ins.Env, ins.Label)):

@@ -96,6 +96,9 @@ CASES: list[tuple[str, str, list[tuple[int, str]], str]] = [
     ("UndefinedVar", "\nFROM scratch\nENV PATH=$PAHT:/tmp/bin\n",
      [(3, "Usage of undefined variable '$PAHT' (did you mean $PATH?)")],
      "\nFROM scratch\nENV PATH=$PATH:/tmp/bin\n"),
+    ("UndefinedVar", "ARG V=1\nFROM scratch\nCOPY $V /\nARG A=$A\n",
+     [(3, "Usage of undefined variable '$V'"), (4, "Usage of undefined variable '$A'")],
+     "ARG V=1\nFROM scratch\nARG V\nCOPY $V /\n"),
     ("MultipleInstructionsDisallowed", ("\nFROM scratch\nENTRYPOINT [\"/myapp\"]\nENTRYPOINT "
      "[\"/myotherapp\"]\nCMD [\"/myapp\"]\nCMD [\"/myotherapp\"]\nHEALTHCHECK CMD [\"/myapp\"]\n"
      "HEALTHCHECK CMD [\"/myotherapp\"]\n"),
