@@ -35,6 +35,7 @@ from pybuild.errors import PybuildError
 from pybuild.progress import human_size
 
 MIN_BYTES = 1_000_000  # smaller findings are noise next to any base image
+BYTECODE_MIN = 50_000  # a few modules' .pyc files are harmless; a checkout's worth is not
 
 
 @dataclass
@@ -343,10 +344,13 @@ def _leftovers(alive: dict[str, tuple[int, int]], where: _Where) -> list[Item]:
     meta = {k: (label, fix) for k, _, label, fix in _LEFTOVERS}
     for (kind, layer), paths in sorted(found.items(), key=lambda kv: -sum(s for _, s in kv[1])):
         total = sum(s for _, s in paths)
-        if total < MIN_BYTES and not (kind == "bytecode" and total > 0):
+        if total < (BYTECODE_MIN if kind == "bytecode" else MIN_BYTES):
             continue
         label, fix = meta[kind]
         text, line = where(layer)
+        if kind == "bytecode" and line is None and not where.layers[layer].created_by.startswith(
+                ("COPY", "ADD", "RUN")):
+            continue  # the base image's own: not this Dockerfile's to fix
         if kind == "bytecode" and not where.layers[layer].created_by.startswith(("COPY", "ADD")):
             label = "Python bytecode written while building"
             fix = ("ENV PYTHONDONTWRITEBYTECODE=1 before the step that runs Python, or delete "

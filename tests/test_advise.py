@@ -127,7 +127,7 @@ def test_wasted_bytes_and_caches(busybox: Pybuild, tmp_path: Path) -> None:
 def test_apt_lists_bytecode_compilers(busybox: Pybuild, tmp_path: Path) -> None:
     ctx = tmp_path / "ctx"
     (ctx / "pkg" / "__pycache__").mkdir(parents=True)
-    (ctx / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0" * 100)
+    (ctx / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0" * 60_000)
     build(busybox, ctx, "left", "FROM busybox\n"
           "RUN mkdir -p /var/lib/apt/lists /usr/lib/gcc/x86_64-linux-gnu/12 && "
           "head -c 1500000 /dev/urandom > /var/lib/apt/lists/deb.debian.org_Packages && "
