@@ -131,10 +131,17 @@ def test_apt_lists_bytecode_compilers(busybox: Pybuild, tmp_path: Path) -> None:
     build(busybox, ctx, "left", "FROM busybox\n"
           "RUN mkdir -p /var/lib/apt/lists /usr/lib/gcc/x86_64-linux-gnu/12 && "
           "head -c 1500000 /dev/urandom > /var/lib/apt/lists/deb.debian.org_Packages && "
-          "head -c 1200000 /dev/urandom > /usr/lib/gcc/x86_64-linux-gnu/12/cc1\n"
+          "head -c 1200000 /dev/urandom > /usr/lib/gcc/x86_64-linux-gnu/12/cc1 && "
+          "mkdir -p /var/cache/apt/archives /root/.npm/_cacache && "
+          "head -c 1100000 /dev/urandom > /var/cache/apt/archives/gcc_12_amd64.deb && "
+          "head -c 1300000 /dev/urandom > /root/.npm/_cacache/index\n"
           "COPY pkg /app/pkg\n")
     doc = advise(busybox, "left")
-    assert set(kinds(doc)) >= {"apt-lists", "compilers", "bytecode", "runs-as-root"}
+    assert sorted(kinds(doc)) == ["apt-archives", "apt-lists", "bytecode", "compilers",
+                                  "npm-cache", "runs-as-root"]
+    sizes = {i["kind"]: i["bytes"] for i in doc["items"]}
+    assert sizes["apt-archives"] == 1100000 and sizes["npm-cache"] == 1300000
+    assert sizes["compilers"] == 1200000 and sizes["bytecode"] == 60000
     apt = next(i for i in doc["items"] if i["kind"] == "apt-lists")
     assert apt["bytes"] == 1500000 and "rm -rf /var/lib/apt/lists/*" in apt["fix"]
     (ctx / "pkg" / "__pycache__" / "m.cpython-311.pyc").unlink()
