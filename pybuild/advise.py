@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pybuild.errors import PybuildError
-from pybuild.progress import human_size
+from pybuild.units import bytes_text as human_size
 
 MIN_BYTES = 1_000_000  # smaller findings are noise next to any base image
 BYTECODE_MIN = 50_000  # a few modules' .pyc files are harmless; a checkout's worth is not

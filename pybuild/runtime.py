@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pybuild import fs
-from pybuild.errors import NeedsRootError, PybuildError
+from pybuild.errors import Cancelled, NeedsRootError, PybuildError
 from pybuild.liveness import process_start
 
 STATE_DIR = Path("/run/pybuild")
@@ -43,6 +43,19 @@ DEFAULT_CAPS = [
     "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]
+# Every capability by number (linux/capability.h); a privileged step gets those the
+# running kernel knows (/proc/sys/kernel/cap_last_cap).
+ALL_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+]
 MASKED_PATHS = [
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -53,7 +66,7 @@ NOFILE_LIMIT = 1048576
 DEFAULT_HOSTNAME = "buildkitsandbox"
 
 _READ_SIZE = 65536
-_SIGNAL_CHECK_MS = 200
+_SIGNAL_CHECK_MS = 100
 _KILL_TIMEOUT = 10.0
 _CLI_TIMEOUT = 30.0
 
@@ -84,6 +97,9 @@ class RunSpec:
     hostname: str = DEFAULT_HOSTNAME
     readonly_rootfs: bool = False
     tty: bool = False
+    # RUN --security=insecure: every capability, all devices, /sys and cgroups writable,
+    # nothing masked (BuildKit's insecure mode, what `docker run --privileged` gives)
+    privileged: bool = False
 
 
 def build_spec(spec: RunSpec) -> dict[str, Any]:
@@ -92,8 +108,7 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
         raise PybuildError("nothing to run: the command is empty")
     if not spec.cwd.startswith("/"):
         raise PybuildError(f"working directory must be absolute, got {spec.cwd!r}")
-    if spec.network not in ("host", "none"):
-        raise PybuildError(f"unsupported network mode {spec.network!r}: use host or none")
+    check_network(spec.network)
     for m in spec.mounts:
         if not m.destination.startswith("/"):
             raise PybuildError(f"mount destination must be absolute, got {m.destination!r}")
@@ -104,6 +119,12 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
     nofile = _nofile_limit()
     if spec.additional_gids:
         user["additionalGids"] = list(spec.additional_gids)
+    caps = _kernel_caps() if spec.privileged else list(DEFAULT_CAPS)
+    mounts = _default_mounts()
+    if spec.privileged:
+        for kernel_fs in mounts:
+            if kernel_fs["destination"] in ("/sys", "/sys/fs/cgroup"):
+                kernel_fs["options"] = [o for o in kernel_fs["options"] if o != "ro"]
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -112,24 +133,33 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
             "args": list(spec.args),
             "env": list(spec.env),
             "cwd": spec.cwd,
-            "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
+            "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": False,
         },
         "root": {"path": str(Path(spec.rootfs).resolve()), "readonly": spec.readonly_rootfs},
         "hostname": spec.hostname,
-        "mounts": _default_mounts() + [
+        "mounts": mounts + [
             {"destination": m.destination, "type": m.type, "source": m.source,
              "options": list(m.options)}
             for m in spec.mounts
         ],
         "linux": {
             "namespaces": namespaces,
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
+            "resources": {"devices": [{"allow": spec.privileged, "access": "rwm"}]},
+            "maskedPaths": [] if spec.privileged else list(MASKED_PATHS),
+            "readonlyPaths": [] if spec.privileged else list(READONLY_PATHS),
         },
     }
+
+
+def _kernel_caps() -> list[str]:
+    """Every capability we can hand on: those in our own bounding set (a root inside
+    another container may lack some; runc fails a step asking for them)."""
+    status = Path("/proc/self/status").read_text()
+    bound = int(next(line.split()[1] for line in status.splitlines()
+                     if line.startswith("CapBnd:")), 16)
+    return [name for i, name in enumerate(ALL_CAPS) if bound >> i & 1]
 
 
 def _nofile_limit() -> int:
@@ -186,7 +216,7 @@ def _hosts_file(hostname: str) -> Path:
     path = STATE_DIR / "etc" / f"hosts-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         tmp.write_text(content)
         tmp.chmod(0o644)
         os.replace(tmp, path)
@@ -272,8 +302,17 @@ def _ensure_cwd(rootfs: Path, cwd: str) -> None:
 
 
 def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise NeedsRootError("running build steps needs root (runc, mounts): run pybuild as root")
+    NeedsRootError.require("running build steps")
+
+
+NETWORK_MODES = ("host", "none")
+
+
+def check_network(mode: str) -> str:
+    """The one check of a network mode for a step or container: host or none."""
+    if mode not in NETWORK_MODES:
+        raise PybuildError(f"unsupported network mode {mode!r}: use host or none")
+    return mode
 
 
 def find_runtime(runtime: str | None = None) -> str:
@@ -360,11 +399,14 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | None = None) -> int:
+def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | None = None,
+        cancel: threading.Event | None = None) -> int:
     """Run `spec` to completion; returns its exit status (128+signal when killed).
 
     Output (stdout and stderr merged, as the process writes it) goes to `on_output` in
     chunks as it arrives. Mount stubs created for `spec.mounts` are removed afterwards.
+    When `cancel` is set (from any thread), the container is killed and deleted within
+    one poll slice and `Cancelled` is raised.
     """
     _require_root()
     if spec.tty:
@@ -401,7 +443,8 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
             # and cleanup_stale must stop it before it can (see _stop_orphaned_runtimes)
             (bundle / "runtime").write_text(f"{proc.pid} {process_start(proc.pid)}\n")
             assert proc.stdout is not None
-            _pump(proc.stdout.fileno(), on_output)
+            if not _pump(proc.stdout.fileno(), on_output, cancel):
+                raise Cancelled("cancelled")
             status = proc.wait()
             return 128 - status if status < 0 else status
         finally:
@@ -411,8 +454,9 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
                 _restore_parents(Path(spec.rootfs), stub_parents)
 
 
-def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:
-    """Pass everything read from `fd` to `on_output` until EOF.
+def _pump(fd: int, on_output: Callable[[bytes], None],
+          cancel: threading.Event | None = None) -> bool:
+    """Pass everything read from `fd` to `on_output` until EOF (True) or `cancel` (False).
 
     The wait is sliced: Python runs signal handlers only in the main thread, and a
     Ctrl-C the kernel hands to another thread (a progress renderer) would otherwise wait
@@ -421,11 +465,13 @@ def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while True:
+        if cancel is not None and cancel.is_set():
+            return False
         if not poller.poll(_SIGNAL_CHECK_MS):
             continue
         chunk = os.read(fd, _READ_SIZE)
         if not chunk:
-            return
+            return True
         on_output(chunk)
 
 

@@ -29,10 +29,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"
     name = args.file if args.file else "Dockerfile"
     if args.platform:
-        from pybuild.solver.solver import host_arch
+        from pybuild.platforms import host_arch, is_host
 
-        wanted = args.platform.split(",")
-        if any(p.strip() not in (f"linux/{host_arch()}", host_arch()) for p in wanted):
+        if not all(is_host(p) for p in args.platform.split(",")):
             raise PybuildError(f"platform {args.platform} is not supported: pybuild builds for the "
                                f"host platform linux/{host_arch()} only")
     sde = os.environ.get("SOURCE_DATE_EPOCH")
@@ -50,14 +49,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         source_date_epoch=epoch, explain=args.explain, pull=args.pull,
         cache_from=[parse_cache_spec(v, "--cache-from") for v in args.cache_from or []],
         cache_to=[parse_cache_spec(v, "--cache-to") for v in args.cache_to or []],
-        registry=lambda: client_from_args(args))
+        registry=lambda: client_from_args(args), jobs=args.jobs, allow=list(args.allow or []))
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
     call = parse_call(args)
     if call.name != "build":
         return _call(call, opts, args)
-    if os.geteuid() != 0:
-        raise NeedsRootError("building needs root (overlay mounts and runc): run pybuild as root")
+    NeedsRootError.require("building")
     progress = make_progress(mode)
     if type(progress).__name__ in ("PlainProgress", "RawJSONProgress"):
         opts.explain = True  # logs and event streams always say why a step was rebuilt
@@ -397,6 +395,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="use build cache exported to a registry (repeatable)")
     b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
                    help="export the build cache to a registry (mode=max: every stage)")
+    b.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
+                   help="steps that run at once: independent stages build in parallel "
+                        "(default: the number of CPUs)")
+    b.add_argument("--allow", action="append", metavar="ENTITLEMENT",
+                   help="grant an entitlement: security.insecure lets RUN --security=insecure "
+                        "run privileged (repeatable)")
     add_tls_flags(b)
     b.set_defaults(func=cmd_build)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
