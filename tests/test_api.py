@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import pybuild
-from tests.conftest import Pybuild, require_build_tools
+from conftest import Pybuild, require_build_tools
 
 
 def test_import_is_light_and_names_are_typed() -> None:
