@@ -40,6 +40,7 @@ class Event:
     message: str = ""       # error text, warning, explanation of a cache miss
     current: int = 0        # bytes so far ("transfer")
     total: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)  # a build check: rule, line, url
 
 
 class _CallbackProgress(Progress):
@@ -59,8 +60,9 @@ class _CallbackProgress(Progress):
         kind: EventKind = "error" if v.state == "error" else ("cached" if v.state == "cached" else "done")
         self._callback(Event(kind, v.vid, v.name, message=v.error or ""))
 
-    def _on_warning(self, message: str) -> None:
-        self._callback(Event("warning", message=message))
+    def _on_warning(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        # a build check's warning carries its rule, line and URL in `detail`
+        self._callback(Event("warning", message=message, detail=dict(detail or {})))
 
     def _on_explain(self, v: Any, reason: str) -> None:
         self._callback(Event("explain", v.vid, v.name, message=reason))
