@@ -94,6 +94,10 @@ class Image:
     def short_id(self) -> str:
         return self.id.split(":", 1)[-1][:12]
 
+    def run(self, command: Iterable[str] | None = None, **options: Any) -> Container:
+        """A container of this image: see `pybuild.run` for the options."""
+        return run(self, command, store=self.store, **options)
+
     @classmethod
     def from_store(cls, store: Store, name: str) -> Image:
         """An image by name, tag or ID prefix; PybuildError when the store has no such image."""
@@ -178,3 +182,134 @@ def save(names: Iterable[str], out: str | os.PathLike[str], *, store: Store | No
     else:
         raise PybuildError(f"unknown archive format {format!r} (docker or oci)")
     return path
+
+
+# ---- containers ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Container:
+    """A container of a store (what `pybuild run` makes); methods read its live state."""
+
+    store: Store
+    id: str
+    name: str
+
+    def _record(self) -> Any:
+        from pybuild import containers
+
+        return containers.refresh(self.store, containers.find(self.store, self.id))
+
+    @property
+    def status(self) -> str:
+        """created, running, restarting or exited."""
+        return str(self._record().status)
+
+    @property
+    def exit_code(self) -> int | None:
+        code = self._record().exit_code
+        return None if code is None else int(code)
+
+    def inspect(self) -> dict[str, Any]:
+        """What `pybuild inspect CONTAINER` prints (docker's shape)."""
+        from pybuild import containers
+
+        return dict(containers.inspect(self.store, self._record()))
+
+    def logs(self) -> bytes:
+        """Everything the container wrote to stdout and stderr so far."""
+        import io
+
+        from pybuild import containers
+
+        buf = io.BytesIO()
+        containers.stream_logs(self.store, self._record(), buf, follow=False)
+        return buf.getvalue()
+
+    def wait(self) -> int:
+        """Block until the container exits; its exit code (`pybuild wait`)."""
+        from pybuild import containers
+
+        return int(containers.wait(self.store, self._record()))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """STOPSIGNAL, then SIGKILL after `timeout` seconds (`pybuild stop`)."""
+        from pybuild import containers
+
+        containers.stop(self.store, self._record(), timeout)
+
+    def remove(self, force: bool = False) -> None:
+        """Delete the container (a running one only with force=True, killed first)."""
+        from pybuild import containers
+
+        containers.remove(self.store, self._record(), force=force)
+
+    def port(self, container_port: int, protocol: str = "tcp") -> tuple[str, int]:
+        """(host address, host port) a published container port is reachable at."""
+        from pybuild import network
+
+        att = self._record().attachment
+        for m in network.Attachment(**att).port_mappings() if att else []:
+            if m.container_port == container_port and m.protocol == protocol:
+                return (m.host_ip or "127.0.0.1", m.host_port)
+        raise PybuildError(f"container {self.name}: port {container_port}/{protocol} is not published")
+
+    def url(self, container_port: int, path: str = "/") -> str:
+        """http://HOST:PORT/path of a published port."""
+        host, port = self.port(container_port)
+        return f"http://{host}:{port}{path}"
+
+    def wait_for_port(self, container_port: int, timeout: float = 30.0) -> None:
+        """Until the published port accepts a TCP connection (or the container exits)."""
+        import socket
+
+        host, port = self.port(container_port)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection((host, port), timeout=1.0):
+                    return
+            except OSError:
+                if self.status == "exited" or time.monotonic() > deadline:
+                    raise PybuildError(f"container {self.name}: nothing answered on {host}:{port} "
+                                       f"within {timeout:g}s (status {self.status})") from None
+                time.sleep(0.2)
+
+
+def run(image: Image | str, command: Iterable[str] | None = None, *, store: Store | None = None,
+        detach: bool = True, name: str | None = None, env: Mapping[str, str] | None = None,
+        ports: Iterable[int | str] = (), network: str | None = None) -> Container:
+    """Start a container of `image`, as `pybuild run [-d]` would; returns it.
+
+    `ports` are container ports (published on a free port of 127.0.0.1) or docker's
+    `[IP:]HOST:CTR[/proto]` strings; with ports the container goes on the default bridge
+    unless `network` says otherwise. With detach=False it runs to the end first.
+    """
+    from pybuild import containers, network as netmod
+
+    if isinstance(image, Image):
+        store = store if store is not None else image.store
+        ref = image.id
+    else:
+        ref = image
+    store = store if store is not None else open_store()
+    publish = [netmod.parse_publish(f"127.0.0.1::{p}" if isinstance(p, int) else p) for p in ports]
+    opts = containers.RunOptions(image=ref, command=list(command or []), name=name,
+                                 env=[f"{k}={v}" for k, v in (env or {}).items()],
+                                 publish=publish)
+    if network is not None:
+        opts.network = network
+    c = containers.create(store, opts)
+    try:
+        if detach:
+            containers.start_detached(store, c)
+        else:
+            import io
+
+            out = io.BytesIO()
+            containers.run_foreground(store, c, out, out)
+    except BaseException:
+        current = containers.find_or_none(store, c.id)
+        if current is not None and current.status == "created":
+            containers.remove(store, current, force=True)
+        raise
+    return Container(store, c.id, c.name)

@@ -61,3 +61,51 @@ def test_errors_are_typed_with_file_and_line(busybox: Pybuild, tmp_path: Path) -
     assert step.value.exit_status == 7 and step.value.line == 2
     with pytest.raises(pybuild.PybuildError, match="not found"):
         pybuild.build(tmp_path / "missing", store=store)
+
+
+# The API runs in-process, so the containers it starts must be started from inside the
+# test's own network namespace: the script runs there (nsenter), as the CLI tests do.
+_CONTAINER_SCRIPT = """
+import json, sys, urllib.request
+import pybuild
+store = pybuild.Store(sys.argv[1])
+img = pybuild.Image.from_store(store, "apiweb")
+web = img.run(["httpd", "-f", "-v", "-p", "8000", "-h", "/www"], ports=[8000], name="apiweb")
+web.wait_for_port(8000, timeout=30)
+body = urllib.request.urlopen(web.url(8000, "/index.html"), timeout=10).read().decode()
+host, port = web.port(8000)
+status = web.status
+web.stop(timeout=5)
+after = web.status
+logs = web.logs().decode(errors="replace")
+web.remove()
+try:
+    web.port(8000)
+    missing = "still there"
+except pybuild.PybuildError as e:
+    missing = str(e)
+done = img.run(["sh", "-c", "echo out; exit 3"], detach=False)
+code = done.exit_code
+done.remove()
+print(json.dumps({"body": body, "host": host, "port": port, "status": status, "after": after,
+                  "logs": logs, "missing": missing, "code": code}))
+"""
+
+
+def test_containers_from_python(cli: object, tmp_path: Path) -> None:
+    import json
+
+    from conftest import REPO
+
+    c = cli  # container_fixtures.Cli: a store with busybox, a namespace, leak checks
+    c.build(tmp_path, "apiweb", "FROM busybox\nRUN mkdir /www && echo hello-api > /www/index.html\n")  # type: ignore[attr-defined]
+    proc = subprocess.run([*c.netns.prefix, sys.executable, "-c", _CONTAINER_SCRIPT,  # type: ignore[attr-defined]
+                           str(c.root)], capture_output=True, text=True, cwd=REPO, timeout=120)  # type: ignore[attr-defined]
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["body"] == "hello-api\n"
+    assert got["host"] == "127.0.0.1" and got["port"] > 0
+    assert got["status"] == "running" and got["after"] == "exited"
+    assert "response:200" in got["logs"]  # httpd -v logs each request to stderr
+    assert "no such container" in got["missing"].lower() or "not found" in got["missing"].lower()
+    assert got["code"] == 3
