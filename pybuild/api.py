@@ -114,13 +114,15 @@ def build(context: str | os.PathLike[str], *, tags: Iterable[str] = (),
           build_args: Mapping[str, str] | None = None, target: str | None = None,
           store: Store | None = None, progress: Callable[[Event], None] | None = None,
           no_cache: bool = False, labels: Mapping[str, str] | None = None, pull: bool = False,
-          network: str = "host") -> Image:
+          network: str = "host", secrets: Mapping[str, str | os.PathLike[str]] | None = None) -> Image:
     """Build `context` (a directory) as `pybuild build` would; returns the image.
 
-    `progress` receives every Event; without it the build is silent. Raises
+    `progress` receives every Event; without it the build is silent. `secrets` maps a
+    secret id to the file `RUN --mount=type=secret,id=ID` reads (never stored in a layer). Raises
     DockerfileError for a Dockerfile mistake (with .filename and .line), StepError when a
     RUN fails (with .exit_status), PybuildError for anything else a user can fix.
     """
+    from pybuild.solver.mounts import parse_secret_flag
     from pybuild.solver.solver import BuildOptions, Solver, summary_of
 
     ctx = Path(context)
@@ -130,7 +132,9 @@ def build(context: str | os.PathLike[str], *, tags: Iterable[str] = (),
     opts = BuildOptions(context=ctx, dockerfile=df,
                         dockerfile_name=str(dockerfile) if dockerfile is not None else "Dockerfile",
                         tags=list(tags), build_args=dict(build_args or {}), target=target,
-                        no_cache=no_cache, labels=dict(labels or {}), pull=pull, network=network)
+                        no_cache=no_cache, labels=dict(labels or {}), pull=pull, network=network,
+                        secrets={sid: parse_secret_flag(f"id={sid},src={os.fspath(src)}")
+                                 for sid, src in (secrets or {}).items()})
     if os.geteuid() != 0:
         raise NeedsRootError("building needs root (overlay mounts and runc): run as root")
     store = store if store is not None else open_store()

@@ -44,7 +44,8 @@ ImageFactory = Callable[..., Any]
 
 @pytest.fixture(scope="session")
 def pybuild_image(pybuild_store: Any) -> ImageFactory:
-    """`pybuild_image(context, dockerfile=None, target=None, build_args=None, tags=())`:
+    """`pybuild_image(context, dockerfile=None, target=None, build_args=None, tags=(),
+    secrets=None)`:
     builds once per distinct call in a session and returns the pybuild.Image."""
     from pybuild.api import build
 
@@ -52,13 +53,15 @@ def pybuild_image(pybuild_store: Any) -> ImageFactory:
 
     def make(context: str | os.PathLike[str] = ".", *, dockerfile: str | None = None,
              target: str | None = None, build_args: Mapping[str, str] | None = None,
-             tags: tuple[str, ...] = ()) -> Any:
+             tags: tuple[str, ...] = (), secrets: Mapping[str, str] | None = None) -> Any:
         _need_root()
         key = (str(Path(context).resolve()), dockerfile, target,
-               tuple(sorted((build_args or {}).items())), tuple(tags))
+               tuple(sorted((build_args or {}).items())), tuple(tags),
+               tuple(sorted((secrets or {}).items())))
         if key not in built:
             built[key] = build(context, dockerfile=dockerfile, target=target,
-                               build_args=build_args, tags=tags, store=pybuild_store)
+                               build_args=build_args, tags=tags, store=pybuild_store,
+                               secrets=secrets)
         return built[key]
 
     return make
