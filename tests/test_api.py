@@ -109,3 +109,24 @@ def test_containers_from_python(cli: object, tmp_path: Path) -> None:
     assert "response:200" in got["logs"]  # httpd -v logs each request to stderr
     assert "no such container" in got["missing"].lower() or "not found" in got["missing"].lower()
     assert got["code"] == 3
+
+
+def test_the_api_page_runs_as_written(cli: object, tmp_path: Path) -> None:
+    """docs/api.md: every ```python block, run in order in one interpreter (inside the
+    test's network namespace), prints exactly the block that follows it."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "api.md").read_text()
+    pairs = re.findall(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", text, re.S)
+    assert len(pairs) == 3
+    marker = "\n#----\n"
+    code = "STORE = __import__('sys').argv[1]\n" + "".join(
+        f"{src}print({marker!r}, end='')\n" for src, _out in pairs)
+    c = cli  # container_fixtures.Cli: a store with busybox, a namespace, leak checks
+    proc = subprocess.run([*c.netns.prefix, sys.executable, "-c", code, str(c.root)],  # type: ignore[attr-defined]
+                          capture_output=True, text=True, cwd=REPO, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    outputs = proc.stdout.split(marker)
+    assert outputs[:3] == [out for _src, out in pairs]
