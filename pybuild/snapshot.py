@@ -153,10 +153,6 @@ class Snapshotter:
         with contextlib.suppress(OSError), open(d / "verified", "a") as f:
             f.write(desc.digest + "\n")
 
-    def verify_layer(self, desc: Descriptor, diff_id: str) -> None:
-        """PybuildError unless the stored blob `desc` has the diff_id `diff_id`."""
-        verify_layer(self.store, desc, diff_id)
-
     def _extract(self, desc: Descriptor, diff_id: str, chain_id: str) -> None:
         final = self._dir(chain_id)
         tmp, lock = self._tmp_dir()
