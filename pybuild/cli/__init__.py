@@ -15,11 +15,11 @@ import traceback
 from typing import Any
 
 from pybuild import __version__
-from pybuild.cli import build, cache, containers, doctor, images, registry
+from pybuild.cli import build, cache, containers, doctor, images, registry, system
 from pybuild.cli.common import DEFAULT_ROOT
 from pybuild.errors import DockerfileError, PybuildError
 
-MODULES = [build, images, registry, cache, containers, doctor]
+MODULES = [build, images, registry, cache, containers, doctor, system]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,11 +34,11 @@ def key_values(values: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def human(n: float) -> str:
-    """Decimal sizes as docker prints them: 1.14MB, 98B."""
+def human(n: float, precision: int = 3) -> str:
+    """Decimal sizes as docker prints them: 1.14MB, 98B (`system df` uses precision 4)."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
-            return f"{int(n)}B" if unit == "B" else f"{n:.3g}{unit}"
+            return f"{int(n)}B" if unit == "B" else f"{n:.{precision}g}{unit}"
         n /= 1000
     return f"{n}"
 
