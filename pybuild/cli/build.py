@@ -41,10 +41,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         epoch = int(sde) if sde else None
     except ValueError:
         raise PybuildError(f"SOURCE_DATE_EPOCH must be an integer, got {sde!r}") from None
+    from pybuild.solver import exporters
+
+    outputs = [exporters.parse_output(v) for v in args.output or []]
+    exporters.check_outputs(outputs, list(args.tag or []))
     mode = "quiet" if args.quiet else (args.progress or os.environ.get("PYBUILD_PROGRESS") or "auto")
     opts = BuildOptions(
         context=context, dockerfile=dockerfile, dockerfile_name=name,
-        tags=list(args.tag or []), build_args=key_values(args.build_arg, "--build-arg"),
+        tags=exporters.store_tags(outputs, list(args.tag or [])), build_args=key_values(args.build_arg, "--build-arg"),
         target=args.target, no_cache=args.no_cache, no_cache_filter=list(args.no_cache_filter or []),
         network=args.network, secrets={s.id: s for s in map(parse_secret_flag, args.secret or [])},
         labels=key_values(args.label, "--label"), compression=args.compression,
@@ -68,6 +72,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         solver = Solver(opts, progress)
         solver.load()
         result = solver.build(open_store(args))
+        if outputs:
+            _export_outputs(args, progress, result, outputs)
         progress.summary(summary_of(result, time.monotonic() - start))
     finally:
         progress.close()
@@ -88,8 +94,32 @@ def cmd_build(args: argparse.Namespace) -> int:
         for tag in result.tags:
             digest = registry.push(store, tag, tag, client=client_from_args(args))
             print(f"pushed {tag}: {digest}", file=sys.stderr)
-    progress.result_line(result.image_id)
+    if not any(o.to_stdout for o in outputs):
+        progress.result_line(result.image_id)
     return 0
+
+
+def _export_outputs(args: argparse.Namespace, progress: Any, result: Any, outputs: list[Any]) -> None:
+    """Hand the built image to the -o exporters (pybuild.solver.exporters)."""
+    from pybuild import image
+    from pybuild.solver import exporters
+
+    store = open_store(args)
+    counter = iter(range(1, 1000))
+
+    def report(title: str) -> Any:
+        vid = f"output-{next(counter)}"
+        progress.vertex_started(vid, title)
+        return lambda: progress.vertex_done(vid)
+
+    def push(name: str) -> str:
+        from pybuild import registry
+
+        return str(registry.push(store, name, name, client=client_from_args(args)))
+
+    for message in exporters.export(store, image.load(store, result.manifest.digest), outputs,
+                                    list(args.tag or []), push=push, report=report):
+        print(message, file=sys.stderr)
 
 
 def _check(opts: Any) -> Any:
@@ -140,6 +170,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--pull", action="store_true",
                    help="always look for a newer base image in its registry")
     b.add_argument("--push", action="store_true", help="push every -t name after the build")
+    b.add_argument("-o", "--output", action="append", metavar="type=TYPE[,dest=PATH][,name=N]",
+                   help="where the result goes (repeatable): type=local,dest=DIR (or just DIR), "
+                        "type=tar,dest=FILE (or - for stdout), type=oci,dest=FILE, "
+                        "type=docker[,dest=FILE], type=image[,name=N][,push=true], "
+                        "type=registry,name=N; default: the store, tagged with -t")
     b.add_argument("--cache-from", action="append", metavar="type=registry,ref=REF",
                    help="use build cache exported to a registry (repeatable)")
     b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
