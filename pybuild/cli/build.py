@@ -17,18 +17,19 @@ from pybuild.errors import NeedsRootError, PybuildError
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from pybuild import sources
+
+    with sources.prepare(args.context, args.file, sys.stdin.buffer) as prep:
+        args.file = prep.name if args.file else None  # what errors call it (never "-")
+        return _build(args, prep.context, prep.dockerfile, prep.name)
+
+
+def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str) -> int:
     from pybuild.solver.mounts import parse_secret_flag
     from pybuild.solver.solver import BuildOptions, Solver, summary_of
     from pybuild.dockerfile import stages
     from pybuild.progress import make_progress
 
-    context = Path(args.context)
-    if not context.is_dir():
-        raise PybuildError(f"unable to prepare context: path {args.context!r} not found")
-    if args.file == "-":
-        raise PybuildError("reading the Dockerfile from stdin (-f -) is not supported")
-    dockerfile = Path(args.file) if args.file else context / "Dockerfile"
-    name = args.file if args.file else "Dockerfile"
     if args.platform:
         from pybuild.solver.solver import host_arch
 
@@ -138,10 +139,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", parents=[common], help="build an image from a Dockerfile",
                        description="Build an image from a Dockerfile and a context directory, "
                                    "as `docker build` does.")
-    b.add_argument("context", help="build context directory")
+    b.add_argument("context", metavar="CONTEXT",
+                   help="build context: a directory, - (a tar on stdin, or a Dockerfile with no "
+                        "context), a git URL (URL#REF:SUBDIR) or an http(s) tarball URL")
     b.add_argument("-t", "--tag", action="append", metavar="NAME[:TAG]",
                    help="name the result (repeatable)")
-    b.add_argument("-f", "--file", metavar="PATH", help="Dockerfile (default: CONTEXT/Dockerfile)")
+    b.add_argument("-f", "--file", metavar="PATH",
+                   help="Dockerfile (default: CONTEXT/Dockerfile; - reads it from stdin; "
+                        "inside the context for remote and stdin contexts)")
     b.add_argument("--build-arg", action="append", metavar="KEY=VALUE",
                    help="set a build-time variable (repeatable)")
     b.add_argument("--target", metavar="STAGE", help="build only up to this stage")
