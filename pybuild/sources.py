@@ -150,7 +150,7 @@ def _git(args: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess[s
                            *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=1800)
     if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
+        detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise PybuildError(f"unable to prepare context: {what}: {detail}")
     return proc
 
