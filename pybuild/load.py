@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import stat
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Any, BinaryIO, cast
 
 from pybuild import layer
@@ -72,6 +76,21 @@ class _Archive:
         self.members: dict[str, _Member] = {}
         self.links: dict[str, str] = {}
         self._in_memory = 0
+        self.layout: Path | None = None  # an OCI layout directory, read file by file on demand
+
+    def _stage_from_layout(self, name: str) -> bool:
+        """Stage `name` of the layout directory; symlinks resolve inside the layout."""
+        assert self.layout is not None
+        path = layer.resolve_in_root(self.layout, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            self._stage(name, f, os.fstat(fd).st_size)
+        return True
 
     def fail(self, problem: str) -> PybuildError:
         return PybuildError(f"{self.what}: {problem}")
@@ -146,6 +165,8 @@ class _Archive:
         cur = self.clean(name)
         for _ in range(_MAX_LINKS):
             if cur in self.members:
+                return self.members[cur]
+            if self.layout is not None and self._stage_from_layout(cur):
                 return self.members[cur]
             if cur not in self.links:
                 break
@@ -263,16 +284,17 @@ def _blob(a: _Archive, desc: Descriptor) -> _Member:
     return m
 
 
-def _oci_images(a: _Archive) -> list[_Image]:
-    """index.json of an OCI image layout in a tar."""
+def _oci_images(a: _Archive, select: Callable[[list[Descriptor]], list[Descriptor]] | None = None
+                ) -> list[_Image]:
+    """index.json of an OCI image layout (in a tar, or a directory); `select` picks entries."""
     index = a.json("index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise a.fail("index.json has no manifests list")
+    if not all(isinstance(e, dict) for e in index["manifests"]):
+        raise a.fail("index.json lists a malformed descriptor")
+    entries = [Descriptor.from_dict(e) for e in index["manifests"]]
     out: list[_Image] = []
-    for entry in index["manifests"]:
-        if not isinstance(entry, dict):
-            raise a.fail("index.json lists a malformed descriptor")
-        desc = Descriptor.from_dict(entry)
+    for desc in select(entries) if select else entries:
         ann = desc.annotations or {}
         name = ann.get(CONTAINERD_NAME) or ""
         if not name and any(c in ann.get(REF_NAME, "") for c in ":/"):
@@ -383,3 +405,41 @@ def _config_digest(store: Store, desc: Descriptor) -> str | None:
         return image.load(store, desc.digest).id
     except PybuildError:
         return None
+
+
+def load_layout(store: Store, layout: Path, tag: str | None, digest: str | None,
+                what: str) -> Descriptor:
+    """The image `tag` (or `digest`, or the only one) of an OCI layout directory, copied
+    into the store untagged with every digest checked; returns its manifest descriptor."""
+    a = _Archive(store, what)
+    a.layout = Path(layout)
+    if not (a.layout / "index.json").is_file():
+        raise a.fail("not an OCI layout (no index.json)")
+
+    def select(entries: list[Descriptor]) -> list[Descriptor]:
+        if digest:
+            found = [e for e in entries if e.digest == digest]
+        elif tag:
+            # OCI's ref.name is the tag ("1.0"); pybuild's own layouts write "name:tag"
+            found = [e for e in entries if (e.annotations or {}).get(REF_NAME) == tag] or [
+                e for e in entries if (e.annotations or {}).get(REF_NAME, "").endswith(":" + tag)]
+        else:
+            found = entries if len(entries) == 1 else [
+                e for e in entries if (e.annotations or {}).get(REF_NAME) == "latest"]
+        if not found:
+            raise a.fail(f"no image {digest or tag or 'latest'} in the layout")
+        return found[:1]
+
+    try:
+        images = _oci_images(a, select)
+        for img in images:
+            img.names = []
+        return _commit_one(store, images[0])
+    finally:
+        a.discard()
+
+
+def _commit_one(store: Store, img: _Image) -> Descriptor:
+    loaded = _commit(store, [img])
+    digest = loaded.manifests[0]
+    return Descriptor(img.manifest_media_type, digest, store.blob_path(digest).stat().st_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,8 +20,13 @@ from pybuild.errors import NeedsRootError, PybuildError
 def cmd_build(args: argparse.Namespace) -> int:
     from pybuild import sources
 
-    with sources.prepare(args.context, args.file, sys.stdin.buffer) as prep:
+    from pybuild.solver import named_contexts
+
+    specs = [named_contexts.parse_build_context(v) for v in args.build_context or []]
+    with contextlib.ExitStack() as stack:
+        prep = stack.enter_context(sources.prepare(args.context, args.file, sys.stdin.buffer))
         args.file = prep.name if args.file else None  # what errors call it (never "-")
+        args.named_contexts = named_contexts.prepare(specs, stack)
         return _build(args, prep.context, prep.dockerfile, prep.name)
 
 
@@ -56,7 +62,7 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         source_date_epoch=epoch, explain=args.explain, pull=args.pull,
         cache_from=[parse_cache_spec(v, "--cache-from") for v in args.cache_from or []],
         cache_to=[parse_cache_spec(v, "--cache-to") for v in args.cache_to or []],
-        registry=lambda: client_from_args(args))
+        registry=lambda: client_from_args(args), contexts=args.named_contexts)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
     if args.check:
@@ -184,6 +190,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="use build cache exported to a registry (repeatable)")
     b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
                    help="export the build cache to a registry (mode=max: every stage)")
+    b.add_argument("--build-context", action="append", metavar="NAME=DIR|docker-image://REF|...",
+                   help="a named context replacing FROM NAME, COPY --from=NAME and --mount "
+                        "from=NAME (repeatable): a directory, docker-image://REF, "
+                        "oci-layout://PATH[:TAG|@DIGEST], a git URL or an http(s) tarball URL")
     add_tls_flags(b)
     b.set_defaults(func=cmd_build)
 

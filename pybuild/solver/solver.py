@@ -31,6 +31,7 @@ from pybuild.solver.cache import Cache, Record, compute_key, explain
 from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
 from pybuild.solver.mounts import (MountPreparer, SecretSource, cache_key_of,
                                   cleanup_stale_secrets)
+from pybuild.solver.named_contexts import NamedContexts
 from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.context import BuildContext
 from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
@@ -77,6 +78,8 @@ class BuildOptions:
     # Makes the RegistryClient with the user's TLS/insecure flags; called only when a build
     # talks to a registry, so local builds never import the HTTP stack.
     registry: Any = None
+    # --build-context NAME=...: pybuild.solver.named_contexts.NamedContext by name
+    contexts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,8 +177,10 @@ class Solver:
         plan = self.plan
         self.store = store
         self.images: dict[str, Any] = {}
+        self.named = NamedContexts(self.opts.contexts, store,
+                                   lambda ref: self._resolve_image(parse_reference(ref), 0))
         for st in plan.stages:  # "load metadata": a missing base fails before any write
-            if st.base_stage is None and st.base != "scratch":
+            if st.base_stage is None and st.base != "scratch" and not self.named.has(st.base):
                 ref = parse_reference(st.base)
                 self.images[ref.familiar] = self._resolve_image(ref, st.from_line)
         self.snaps = Snapshotter(store)
@@ -242,7 +247,7 @@ class Solver:
     def _base(self, st: Any) -> StageState:
         vid = self._vertex()
         name = self._step_name(st, 1, None, f"FROM {st.base}")
-        if st.base_stage is not None:
+        if st.base_stage is not None and not self.named.has(st.base):
             parent = self._stage(st.base_stage)
             self.progress.vertex_started(vid, name)
             self.progress.vertex_done(vid)
@@ -262,7 +267,7 @@ class Solver:
             given = "@" in st.base or ":" in st.base.rsplit("/", 1)[-1]
             name = self._step_name(st, 1, None, f"FROM {ref.canonical if given else ref.full_name}")
             self.progress.vertex_started(vid, name)
-            img = self._resolve_image(ref, st.from_line)
+            img = self.named.image(st.base) or self._resolve_image(ref, st.from_line)
             self.progress.vertex_done(vid)
             cfg = json.loads(json.dumps(img.config.get("config") or {}))
             if not any(e.startswith("PATH=") for e in cfg.get("Env") or []):
@@ -686,12 +691,17 @@ class Solver:
 
     # ----- sources from other stages and images ----------------------------------------
     def _stage_index(self, name: str) -> int | None:
+        if self.named.has(name):
+            return None  # a named context wins over a stage of that name (buildx)
         for st in self.plan.stages:
             if (st.name and st.name.lower() == name.lower()) or str(st.index) == name:
                 return st.index
         return None
 
     def _source_key(self, name: str, line: int) -> str:
+        named = self.named.key(name)
+        if named is not None:
+            return named
         idx = self._stage_index(name)
         if idx is not None:
             return "stage " + self._stage(idx).key
@@ -701,12 +711,16 @@ class Solver:
     @contextmanager
     def _view(self, name: str) -> Iterator[Path]:
         """A read-only mounted view of a stage's or an image's filesystem."""
+        named_dir = self.named.directory(name)
+        if named_dir is not None:
+            yield named_dir  # --build-context NAME=DIR: the directory itself
+            return
         idx = self._stage_index(name)
         if idx is not None:
             st = self._stage(idx)
             layers, diff_ids = st.layers, st.diff_ids
         else:
-            img = self._resolve_image(parse_reference(name), 0)
+            img = self.named.image(name) or self._resolve_image(parse_reference(name), 0)
             layers, diff_ids = img.layers, img.diff_ids
         self._fetch_layers(layers, None)
         lowers = self.snaps.ensure(layers, diff_ids)
