@@ -48,7 +48,7 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         epoch = int(sde) if sde else None
     except ValueError:
         raise PybuildError(f"SOURCE_DATE_EPOCH must be an integer, got {sde!r}") from None
-    from pybuild.solver import exporters
+    from pybuild.solver import exporters, run_options
 
     outputs = [exporters.parse_output(v) for v in args.output or []]
     exporters.check_outputs(outputs, list(args.tag or []))
@@ -62,7 +62,10 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         source_date_epoch=epoch, explain=args.explain, pull=args.pull,
         cache_from=[parse_cache_spec(v, "--cache-from") for v in args.cache_from or []],
         cache_to=[parse_cache_spec(v, "--cache-to") for v in args.cache_to or []],
-        registry=lambda: client_from_args(args), contexts=args.named_contexts)
+        registry=lambda: client_from_args(args), contexts=args.named_contexts,
+        extra_hosts=[run_options.parse_add_host(v) for v in args.add_host or []],
+        ulimits=[run_options.parse_ulimit(v) for v in args.ulimit or []],
+        shm_size=run_options.parse_shm_size(args.shm_size) if args.shm_size else None)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
     if args.check:
@@ -194,6 +197,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="a named context replacing FROM NAME, COPY --from=NAME and --mount "
                         "from=NAME (repeatable): a directory, docker-image://REF, "
                         "oci-layout://PATH[:TAG|@DIGEST], a git URL or an http(s) tarball URL")
+    b.add_argument("--add-host", action="append", metavar="HOST:IP",
+                   help="add a line to /etc/hosts of RUN steps (repeatable); IP may be "
+                        "host-gateway (the host: 127.0.0.1, or PYBUILD_HOST_GATEWAY_IP)")
+    b.add_argument("--ulimit", action="append", metavar="NAME=SOFT[:HARD]",
+                   help="a resource limit for RUN steps, e.g. nofile=1024:2048 (repeatable)")
+    b.add_argument("--shm-size", metavar="SIZE",
+                   help="size of /dev/shm in RUN steps, e.g. 128m (default 64m)")
     add_tls_flags(b)
     b.set_defaults(func=cmd_build)
 

@@ -80,6 +80,10 @@ class BuildOptions:
     registry: Any = None
     # --build-context NAME=...: pybuild.solver.named_contexts.NamedContext by name
     contexts: dict[str, Any] = field(default_factory=dict)
+    # --add-host (host, ip), --ulimit (rlimit type, soft, hard), --shm-size (bytes)
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)
+    ulimits: list[tuple[str, int, int]] = field(default_factory=list)
+    shm_size: int | None = None
 
 
 @dataclass
@@ -496,6 +500,7 @@ class Solver:
                   "network": network, "mounts": [cache_key_of(m) for m in mounts],
                   "bind_sources": self._bind_sources(mounts, raw.line),
                   "security": raw.security or ""}
+        inputs.update(self._run_options())
         display = self._display(s, raw)
         created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
                               argv)
@@ -508,11 +513,13 @@ class Solver:
                                      self._view)
             with preparer.prepare(mounts, cwd, raw.line) as prep, \
                     _script_mount(script, argv) as script_mounts:
-                host, _stubs = runtime.host_mounts(active.rootfs)
+                host, _stubs = runtime.host_mounts(active.rootfs,
+                                                   extra_hosts=self.opts.extra_hosts)
                 spec = runtime.RunSpec(rootfs=active.rootfs, args=argv,
                                        env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
                                        additional_gids=groups, network=network,
-                                       mounts=host + prep.mounts + script_mounts)
+                                       mounts=host + prep.mounts + script_mounts,
+                                       ulimits=self.opts.ulimits, shm_size=self.opts.shm_size)
                 vid = self._current_vid
                 status = runtime.run(spec, lambda data: self.progress.vertex_log(vid, data))
             if status != 0:
@@ -575,6 +582,17 @@ class Solver:
                     ignore=self.ctx.matcher))
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
+
+    def _run_options(self) -> dict[str, Any]:
+        """--add-host, --ulimit, --shm-size: in a RUN's key only when given (old keys stay)."""
+        out: dict[str, Any] = {}
+        if self.opts.extra_hosts:
+            out["extra_hosts"] = [list(h) for h in self.opts.extra_hosts]
+        if self.opts.ulimits:
+            out["ulimits"] = [list(u) for u in self.opts.ulimits]
+        if self.opts.shm_size:
+            out["shm_size"] = self.opts.shm_size
+        return out
 
     def _bind_sources(self, mounts: list[Any], line: int) -> list[Any]:
         """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them.
