@@ -37,13 +37,13 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pybuild import fs, runtime
 from pybuild import image as imagemod
-from pybuild import runtime
-from pybuild.solver.users import resolve_user
-from pybuild.liveness import process_start
 from pybuild.errors import NeedsRootError, PybuildError
-from pybuild.layer import resolve_in_root
+from pybuild.fs import resolve_in_root
+from pybuild.liveness import process_start
 from pybuild.snapshot import Active, Snapshotter, chain_ids
+from pybuild.solver.users import resolve_user
 from pybuild.store import Store
 
 RUNC_ID_PREFIX = "pybuild-run-"
@@ -301,17 +301,10 @@ def _unmount(path: Path) -> None:
 
 def _ensure_workdir(rootfs: Path, workdir: str) -> None:
     """Create a missing working directory, root-owned 0755, as dockerd does."""
-    target = resolve_in_root(rootfs, workdir)
-    if target.exists() and not target.is_dir():
-        raise PybuildError(f"Cannot mkdir: {workdir} is not a directory")
-    missing = []
-    p = target
-    while not p.exists() and p != rootfs:
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o755)
-        os.chmod(d, 0o755)
+    try:
+        fs.mkdir_p(rootfs, workdir)
+    except fs.NotADirectory:
+        raise PybuildError(f"Cannot mkdir: {workdir} is not a directory") from None
 
 
 # ---------------------------------------------------------------------------- create

@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 from pybuild.errors import DockerfileError, PybuildError
-from pybuild.layer import resolve_in_root
+from pybuild.fs import resolve_in_root
 
 # Files whose content hash is already known, keyed by what changes when the content may
 # have: an in-place edit that keeps size and mtime still moves ctime.

@@ -17,8 +17,8 @@ import lzma
 import os
 import queue
 import shutil
-import threading
 import stat
+import threading
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 import zstandard
 from isal import isal_zlib
 
+from pybuild import fs
 from pybuild.errors import PybuildError
 
 # isal's stubs do not say that its error is an exception class.
@@ -46,11 +47,10 @@ BLOCK = 512
 DEFAULT_MAX_SIZE = 64 << 30
 MAX_SPECIAL = 1 << 20   # largest PAX / GNU long-name header accepted (as Go's archive/tar)
 MAX_NAME = 4096         # PATH_MAX
-MAX_SYMLINKS = 40       # as the kernel's ELOOP limit
 OVERLAY_XATTR = "trusted.overlay."
 WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = fs.DIR_FLAGS
 
 
 @dataclass(frozen=True)
@@ -779,88 +779,6 @@ def _read_entries(src: _Counted) -> Iterator[_Entry]:
                      xattrs)
 
 
-# --------------------------------------------------------------------------- path resolution
-
-
-def _clean(path: str) -> list[str] | None:
-    """Lexical clean of an archive name; None when it climbs above its root (as Go's Clean)."""
-    parts: list[str] = []
-    absolute = path.startswith("/")
-    for c in path.split("/"):
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if parts:
-                parts.pop()
-            elif not absolute:
-                return None
-            continue
-        parts.append(c)
-    return parts
-
-
-def _resolve(root: Path, path: str, follow_last: bool) -> list[str]:
-    """Canonical components of `path` inside root: symlinks followed as chroot(root) would."""
-    todo = [c for c in reversed(path.split("/"))]
-    done: list[str] = []
-    links = 0
-    while todo:
-        c = todo.pop()
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if done:
-                done.pop()
-            continue
-        if not todo and not follow_last:
-            done.append(c)
-            break
-        host = os.path.join(root, *done, c)
-        try:
-            st = os.lstat(host)
-        except FileNotFoundError:
-            done.append(c)
-            continue
-        except OSError as e:
-            raise PybuildError(f"cannot resolve {path!r} in {root}: {e.strerror}") from e
-        if not stat.S_ISLNK(st.st_mode):
-            done.append(c)
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise PybuildError(f"cannot resolve {path!r} in {root}: too many levels of symbolic links")
-        target = os.readlink(host)
-        if target.startswith("/"):
-            done = []
-        todo.extend(reversed(target.split("/")))
-    return done
-
-
-def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
-    """The host path of `path` as the container rooted at `root` sees it; never outside root."""
-    return Path(root).joinpath(*_resolve(Path(root), path, follow_last))
-
-
-def _open_dir(root_fd: int, parts: list[str], create: bool) -> int:
-    """An fd for root/parts, walked with O_NOFOLLOW so no symlink can redirect it."""
-    fd = os.dup(root_fd)
-    try:
-        for c in parts:
-            try:
-                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(c, 0o755, dir_fd=fd)
-                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 # --------------------------------------------------------------------------- extraction
 
 
@@ -902,14 +820,14 @@ class _Extractor:
         return PybuildError(f"{self.what} entry {entry.name!r}: {message}")
 
     def _apply(self, entry: _Entry, src: _Counted) -> None:
-        rel = _clean(entry.name)
+        rel = fs.clean(entry.name)
         if rel is None:
             raise self._err(entry, f"path climbs out of the {self.what} root")
         if not rel:
             if entry.type != b"5":
                 raise self._err(entry, "the root can only be a directory")
             self._skip(src, entry.size)
-            fd = _open_dir(self.root_fd, self.base, create=True)
+            fd = fs.open_dir(self.root_fd, self.base, create=True)
             try:
                 self._attrs(entry, fd, dir_later=True)
             finally:
@@ -921,9 +839,9 @@ class _Extractor:
             self._skip(src, entry.size)
             self._whiteout(entry, rel)
             return
-        parent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        parent = fs.components(self.root, "/".join(self.base + rel[:-1]))
         key = tuple(parent + [name])
-        pfd = _open_dir(self.root_fd, parent, create=True)
+        pfd = fs.open_dir(self.root_fd, parent, create=True)
         try:
             try:
                 old: os.stat_result | None = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -957,9 +875,9 @@ class _Extractor:
     def _whiteout(self, entry: _Entry, rel: list[str]) -> None:
         """`.wh.name` / `.wh..wh..opq` per the OCI image spec (overlay or flatten form)."""
         name = rel[-1]
-        parent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        parent = fs.components(self.root, "/".join(self.base + rel[:-1]))
         if name == WH_OPAQUE:
-            pfd = _open_dir(self.root_fd, parent, create=True)
+            pfd = fs.open_dir(self.root_fd, parent, create=True)
             try:
                 if self.mode == "overlay":
                     os.setxattr(f"/proc/self/fd/{pfd}", "trusted.overlay.opaque", b"y")
@@ -976,7 +894,7 @@ class _Extractor:
         key = tuple(parent + [victim])
         if key in self.written:
             return  # a whiteout only hides lower layers, never this layer's own file
-        pfd = _open_dir(self.root_fd, parent, create=True)
+        pfd = fs.open_dir(self.root_fd, parent, create=True)
         try:
             try:
                 old = os.stat(victim, dir_fd=pfd, follow_symlinks=False)
@@ -1007,12 +925,12 @@ class _Extractor:
                     os.close(cfd)
 
     def _hardlink(self, entry: _Entry, pfd: int, name: str, old: os.stat_result | None) -> None:
-        rel = _clean(entry.linkname)
+        rel = fs.clean(entry.linkname)
         if rel is None or not rel:
             raise self._err(entry, f"hardlink target {entry.linkname!r} is outside the {self.what}")
-        tparent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        tparent = fs.components(self.root, "/".join(self.base + rel[:-1]))
         try:
-            tfd = _open_dir(self.root_fd, tparent, create=False)
+            tfd = fs.open_dir(self.root_fd, tparent, create=False)
         except (FileNotFoundError, NotADirectoryError):
             raise self._err(entry, f"hardlink target {entry.linkname!r} does not exist") from None
         try:
@@ -1097,7 +1015,7 @@ class _Extractor:
         for key in sorted(self.dirs, key=len, reverse=True):
             entry = self.dirs[key]
             try:
-                fd = _open_dir(self.root_fd, list(key), create=False)
+                fd = fs.open_dir(self.root_fd, list(key), create=False)
             except OSError:
                 continue  # replaced or removed by a later entry
             try:
@@ -1141,17 +1059,17 @@ def extract_archive(fileobj: BinaryIO, root: Path, dest: str) -> None:
     symlinks resolve inside `dest`, so no entry can reach elsewhere in the image.
     """
     root = Path(root)
-    base = _resolve(root, dest, True)
+    base = fs.components(root, dest)
     root_fd = os.open(root, _DIR_FLAGS)
     try:
-        os.close(_open_dir(root_fd, base, create=True))
+        os.close(fs.open_dir(root_fd, base, create=True))
     except OSError as e:
         raise PybuildError(f"cannot extract an archive into {dest}: {e.strerror}") from None
     finally:
         os.close(root_fd)
     jail = root.joinpath(*base)
     counted = _Counted(open_decompressed(fileobj), _max_size(None))
-    ex = _Extractor(jail, _resolve(jail, "/", True), "plain", "archive")
+    ex = _Extractor(jail, fs.components(jail, "/"), "plain", "archive")
     try:
         ex.run(counted)
     finally:

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pybuild import fs
 from pybuild.context import PatternMatcher, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
-from pybuild.layer import extract_archive, is_archive, resolve_in_root
+from pybuild.fs import resolve_in_root
+from pybuild.layer import extract_archive, is_archive
 
 _CHECKSUM_ALGOS = ("sha256", "sha384", "sha512")
 _CHUNK = 1 << 20
@@ -83,25 +85,10 @@ class _Copier:
     def mkdir_p(self, path: str) -> Path:
         """Create missing directories of a container path: 0755, owned by --chown or root."""
         uid, gid = self.req.chown or (0, 0)
-        current = "/"
-        for comp in [c for c in path.split("/") if c]:
-            current = posixpath.join(current, comp)
-            host = resolve_in_root(self.rootfs, current)
-            if not os.path.lexists(host):
-                # A dangling link resolves to a path whose tail is missing: create that tail
-                # (all of it inside the rootfs, and free of symlinks by construction).
-                walk = self.rootfs
-                for part in host.relative_to(self.rootfs).parts:
-                    walk = walk / part
-                    if not os.path.lexists(walk):
-                        os.mkdir(walk, 0o755)
-                        os.chmod(walk, 0o755)
-                        os.chown(walk, uid, gid, follow_symlinks=False)
-                continue
-            st = os.lstat(host)
-            if not stat.S_ISDIR(st.st_mode):
-                raise DockerfileError(f"cannot create directory {current}: a file is in the way", self.req.line)
-        return resolve_in_root(self.rootfs, path)
+        try:
+            return fs.mkdir_p(self.rootfs, path, uid=uid, gid=gid)
+        except fs.PathError as e:
+            raise DockerfileError(str(e), self.req.line) from None
 
     def copy_source(self, src: Path, dest: str, forced_dir: bool) -> None:
         rel = os.path.relpath(src, self.req.source_root)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import posixpath
 import time
@@ -23,6 +22,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
+from pybuild import fs
 from pybuild import image as imagemod
 from pybuild import runtime
 from pybuild.solver import history as hist
@@ -36,7 +36,6 @@ from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.context import BuildContext
 from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
 from pybuild.errors import DockerfileError, PybuildError, StepError
-from pybuild.layer import resolve_in_root
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
 from pybuild.snapshot import Snapshotter, chain_ids
@@ -923,12 +922,7 @@ def _ports(p: str, line: int) -> list[str]:
 
 def _mkdir_p(rootfs: Path, path: str, uid: int, gid: int) -> None:
     """Create `path` inside rootfs, every new directory owned by uid:gid (as BuildKit)."""
-    cur = "/"
-    for part in [p for p in path.split("/") if p]:
-        cur = os.path.join(cur, part)
-        target = resolve_in_root(rootfs, cur)
-        if not os.path.lexists(target):
-            os.mkdir(target, 0o755)
-            os.chown(target, uid, gid)
-        elif not os.path.isdir(target):
-            raise PybuildError(f"cannot create directory {cur}: a file is in the way")
+    try:
+        fs.mkdir_p(rootfs, path, uid=uid, gid=gid)
+    except fs.NotADirectory:
+        raise PybuildError(f"cannot create directory {path}: a file is in the way") from None
