@@ -23,7 +23,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO, cast
 
-from pybuild import layer
+from pybuild import fs, layer
 from pybuild.errors import PybuildError
 from pybuild.image import OCI_CONFIG, host_platform
 from pybuild.reference import parse_reference
@@ -81,10 +81,9 @@ class _Archive:
     def _stage_from_layout(self, name: str) -> bool:
         """Stage `name` of the layout directory; symlinks resolve inside the layout."""
         assert self.layout is not None
-        path = layer.resolve_in_root(self.layout, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+            fd = fs.open_in_root(self.layout, name)
+        except (OSError, PybuildError):
             return False
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pybuild import layer
+from pybuild import fs, layer
 from pybuild.errors import PybuildError
 
 _GIT_URL = re.compile(r"^(?:https?://\S+?\.git(?:#\S*)?|git://\S+|git@\S+|ssh://\S+|"
@@ -82,7 +82,7 @@ def prepare(context: str, dockerfile: str | None, stdin: BinaryIO) -> Iterator[P
             yield Prepared(root, inline, "Dockerfile")
         elif dockerfile and remote:
             # -f names a file inside a context that came from elsewhere
-            yield Prepared(root, layer.resolve_in_root(root, dockerfile), dockerfile)
+            yield Prepared(root, fs.resolve_in_root(root, dockerfile), dockerfile)
         elif dockerfile:
             yield Prepared(root, Path(dockerfile), dockerfile)
         else:
@@ -182,7 +182,7 @@ def fetch_git(url: str, into: Path) -> Path:
     shutil.rmtree(repo / ".git", ignore_errors=True)
     if not subdir:
         return repo
-    root = layer.resolve_in_root(repo, subdir)
+    root = fs.resolve_in_root(repo, subdir)
     if not root.is_dir():
         raise PybuildError(f"unable to prepare context: {subdir!r} is not a directory in {base}")
     return root
