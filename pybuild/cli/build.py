@@ -27,6 +27,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         prep = stack.enter_context(sources.prepare(args.context, args.file, sys.stdin.buffer))
         args.file = prep.name if args.file else None  # what errors call it (never "-")
         args.named_contexts = named_contexts.prepare(specs, stack)
+        args.agents = None
+        if args.ssh:
+            from pybuild.solver.ssh import Agents, parse_ssh_flag
+
+            args.agents = Agents({s.id: s for s in map(parse_ssh_flag, args.ssh)})
+            stack.callback(args.agents.close)
         return _build(args, prep.context, prep.dockerfile, prep.name)
 
 
@@ -65,7 +71,8 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         registry=lambda: client_from_args(args), contexts=args.named_contexts,
         extra_hosts=[run_options.parse_add_host(v) for v in args.add_host or []],
         ulimits=[run_options.parse_ulimit(v) for v in args.ulimit or []],
-        shm_size=run_options.parse_shm_size(args.shm_size) if args.shm_size else None)
+        shm_size=run_options.parse_shm_size(args.shm_size) if args.shm_size else None,
+        ssh=args.agents)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
     if args.check:
@@ -197,6 +204,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="a named context replacing FROM NAME, COPY --from=NAME and --mount "
                         "from=NAME (repeatable): a directory, docker-image://REF, "
                         "oci-layout://PATH[:TAG|@DIGEST], a git URL or an http(s) tarball URL")
+    b.add_argument("--ssh", action="append", metavar="default|ID=SOCKET|KEY[,...]",
+                   help="forward an ssh agent (or keys) to RUN --mount=type=ssh (repeatable); "
+                        "default is $SSH_AUTH_SOCK")
     b.add_argument("--add-host", action="append", metavar="HOST:IP",
                    help="add a line to /etc/hosts of RUN steps (repeatable); IP may be "
                         "host-gateway (the host: 127.0.0.1, or PYBUILD_HOST_GATEWAY_IP)")

@@ -83,6 +83,7 @@ class BuildOptions:
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)
     shm_size: int | None = None
+    ssh: Any = None  # pybuild.solver.ssh.Agents for --ssh, or None
 
 
 @dataclass
@@ -509,7 +510,7 @@ class Solver:
                 if cfg.get("User") else (0, 0, [])
             cwd = cfg.get("WorkingDir") or "/"
             preparer = MountPreparer(self.store.root, self.opts.context, self.opts.secrets,
-                                     self._view)
+                                     self._view, ssh=self.opts.ssh)
             with preparer.prepare(mounts, cwd, raw.line) as prep, \
                     _script_mount(script, argv) as script_mounts:
                 host, _stubs = runtime.host_mounts(active.rootfs,
