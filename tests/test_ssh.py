@@ -115,3 +115,98 @@ def test_agent_and_key_files_reach_run_steps(busybox: Pybuild, tmp_path: Path,
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN --mount=type=ssh,required=true true\n")
     proc = busybox("build", str(ctx), check=False)
     assert proc.returncode == 1 and "no SSH key 'default' forwarded" in proc.stderr
+
+
+def _tool_tree(dest: Path, binaries: list[str], also: dict[str, str]) -> None:
+    """Host binaries with the shared libraries they load, at their host paths under dest."""
+    for b in binaries:
+        binary = Path(_need(b)).resolve()
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
+                             check=True).stdout
+        files = [binary]
+        for line in out.splitlines():
+            parts = line.split()
+            path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+            if path.startswith("/"):
+                files.append(Path(path))
+        for f in files:
+            target = dest / str(f).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f.resolve(), target)
+    for src, dst in also.items():
+        target = dest / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(src).resolve(), target)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, agent: tuple[str, Path, str]) -> Iterator[int]:
+    """A real sshd on a loopback port, letting the agent's key in as root."""
+    binary = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    if binary is None:
+        pytest.skip("sshd is not installed (apt-get install openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("sshd needs root")
+    from engines import free_port
+
+    d = tmp_path / "sshd"
+    d.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")],
+                   check=True)
+    (d / "authorized_keys").write_text(Path(str(agent[1]) + ".pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation dir
+    port = free_port()
+    proc = subprocess.Popen([binary, "-D", "-e", "-f", "/dev/null", "-p", str(port),
+                             "-o", "ListenAddress=127.0.0.1", "-o", f"HostKey={d / 'host_key'}",
+                             "-o", f"AuthorizedKeysFile={d / 'authorized_keys'}",
+                             "-o", "StrictModes=no", "-o", "UsePAM=no",
+                             "-o", "PasswordAuthentication=no", "-o", f"PidFile={d / 'pid'}",
+                             "-o", "PermitRootLogin=prohibit-password"],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "wb"))
+    try:
+        import socket
+        import time
+
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_git_clone_over_ssh_through_the_forwarded_agent(busybox: Pybuild, tmp_path: Path,
+                                                       agent: tuple[str, Path, str],
+                                                       sshd: int) -> None:
+    """The real use: a private repository cloned in a RUN step with the user's agent."""
+    sock = agent[0]
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@e", HOME=str(tmp_path))
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "secret"]):
+        if cmd[0] == "add":
+            (work / "private.txt").write_text("only with the key\n")
+        subprocess.run(["git", *cmd], cwd=work, env=env, check=True)
+    bare = tmp_path / "private.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], env=env, check=True)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    _tool_tree(ctx / "tools", ["git", "ssh"], {shutil.which("git") or "/usr/bin/git":
+                                               "/usr/lib/git-core/git"})
+    ssh_cmd = (f"ssh -p {sshd} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+               f"-o BatchMode=yes")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nCOPY tools/ /\n"
+        f"RUN --mount=type=ssh GIT_SSH_COMMAND='{ssh_cmd}' "
+        f"git clone -q ssh://root@127.0.0.1:{sshd}{bare} /src\n"
+        "FROM scratch\nCOPY --from=0 /src/private.txt /\n")
+    out = tmp_path / "out"
+    busybox("build", "--ssh", "default", "-o", str(out), str(ctx), env={"SSH_AUTH_SOCK": sock})
+    assert (out / "private.txt").read_text() == "only with the key\n"
+    # without the agent the same step cannot get in
+    proc = busybox("build", "--no-cache", str(ctx), check=False)
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr
