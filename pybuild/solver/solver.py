@@ -765,6 +765,7 @@ class Solver:
         vid = self._vertex()
         self.progress.vertex_started(vid, "exporting to image")
         self._fetch_layers(s.layers, vid)
+        config.update(remote_cache.inline_config(self.opts.cache_to, s.records))
         manifest = imagemod.write(self.store, config, s.layers)
         image_id = manifest_config_digest(self.store, manifest)
         with self.store.lock():
@@ -778,6 +779,8 @@ class Solver:
         result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
                              self.steps_run, self.steps_cached, sizes, self.timings)
         for spec in self.opts.cache_to:
+            if spec.type == "inline":
+                continue  # already in the image config
             vid = self._vertex()
             self.progress.vertex_started(vid, f"exporting cache to {spec.ref} (mode={spec.mode})")
             records = s.records if spec.mode == "min" else [
