@@ -9,6 +9,7 @@ from the layer's tar stream and remembered in the store's database (table layer_
 from __future__ import annotations
 
 import os
+import sqlite3
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +22,22 @@ from pybuild.liveness import tree_size
 from pybuild.store import MANIFEST_TYPES, Descriptor, Store
 
 
-def _table(store: Store) -> None:
-    store.db.execute("CREATE TABLE IF NOT EXISTS layer_sizes "
-                     "(diff_id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
+def _cached(store: Store, diff_id: str) -> int | None:
+    try:
+        store.db.execute("CREATE TABLE IF NOT EXISTS layer_sizes "
+                         "(diff_id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
+        row = store.db.execute("SELECT size FROM layer_sizes WHERE diff_id = ?",
+                               (diff_id,)).fetchone()
+    except sqlite3.Error:
+        return None  # a store we may only read: sizes are computed each time
+    return None if row is None else int(row[0])
 
 
 def content_size(store: Store, desc: Descriptor, diff_id: str) -> int:
     """The extracted size of one layer (docker's SIZE), from the cache or its tar stream."""
-    _table(store)
-    row = store.db.execute("SELECT size FROM layer_sizes WHERE diff_id = ?", (diff_id,)).fetchone()
-    if row is not None:
-        return int(row[0])
+    cached = _cached(store, diff_id)
+    if cached is not None:
+        return cached
     total = 0
     try:
         with store.open_blob(desc.digest) as blob, \
@@ -43,8 +49,11 @@ def content_size(store: Store, desc: Descriptor, diff_id: str) -> int:
                     total += len(m.linkname.encode())
     except (tarfile.TarError, OSError, EOFError, PybuildError) as e:
         raise PybuildError(f"cannot read layer {desc.digest}: {e} (run `pybuild doctor`)") from None
-    with store.db:
-        store.db.execute("INSERT OR REPLACE INTO layer_sizes VALUES (?, ?)", (diff_id, total))
+    try:
+        with store.db:
+            store.db.execute("INSERT OR REPLACE INTO layer_sizes VALUES (?, ?)", (diff_id, total))
+    except sqlite3.Error:
+        pass
     return total
 
 

@@ -34,6 +34,7 @@ CONTAINERD_NAME = "io.containerd.image.name"
 _KEEP_IN_MEMORY = 4 << 20      # members this small are kept for JSON parsing too
 _MEMORY_BUDGET = 64 << 20      # at most this much of the archive is held in memory
 _MAX_LINKS = 40
+_MAX_MEMBERS = 100_000         # docker archives hold a few files per image
 _COMPRESSED = {"gzip": layer.MEDIA_TYPES["gzip"], "zstd": layer.MEDIA_TYPES["zstd"]}
 
 
@@ -117,6 +118,8 @@ class _Archive:
                 elif m.islnk():
                     self.links[name] = self.clean(m.linkname)
                 elif m.isreg():
+                    if len(self.members) >= _MAX_MEMBERS:
+                        raise self.fail(f"more than {_MAX_MEMBERS} files: not an image archive")
                     f = tin.extractfile(m)
                     assert f is not None
                     self._stage(name, f, m.size)

@@ -114,6 +114,15 @@ def test_output_specs_parse_as_buildx_reads_them() -> None:
     assert store_tags([parse_output("type=image,name=x:1")], ["a"]) == ["x:1"]
 
 
+def test_outputs_that_would_clobber_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PybuildError, match="refusing to write over /"):
+        parse_output("type=local,dest=/")
+    with pytest.raises(PybuildError, match="is a directory"):
+        parse_output(f"type=tar,dest={tmp_path}")
+    with pytest.raises(PybuildError, match="is a directory"):
+        parse_output(f"type=docker,dest={tmp_path}")
+
+
 def test_a_bad_output_fails_before_the_build(busybox: Pybuild, tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     before = store_snapshot(busybox.root)

@@ -18,8 +18,11 @@ reach outside DIR). The exporters take plain arguments: the store, the final ima
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import shutil
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -107,10 +110,14 @@ def parse_output(value: str) -> OutputSpec:
     spec.push = push in ("true", "1")
     if typ in ("local", "tar", "oci") and not spec.dest:
         raise PybuildError(f"invalid --output {value!r}: type={typ} needs dest=PATH")
+    if typ == "local" and spec.dest and os.path.realpath(spec.dest) == "/":
+        raise PybuildError(f"invalid --output {value!r}: refusing to write over /")
+    if typ in ("tar", "oci", "docker") and spec.dest and spec.dest != "-" and \
+            os.path.isdir(spec.dest):
+        raise PybuildError(f"invalid --output {value!r}: {spec.dest} is a directory "
+                           f"(type={typ} writes a file; type=local writes a directory)")
     for n in spec.names:
         parse_reference(n)  # a bad name fails before the build
-    if spec.push and not spec.names:
-        pass  # the -t names are pushed; checked in check_outputs
     return spec
 
 
@@ -123,6 +130,9 @@ def check_outputs(outputs: list[OutputSpec], tags: list[str]) -> None:
             raise PybuildError(f"type={o.type} with push needs name=NAME or -t NAME")
         if o.to_stdout and o.type not in ("tar", "oci", "docker"):
             raise PybuildError(f"type={o.type} cannot be written to stdout")
+        if o.to_stdout and sys.stdout.isatty():
+            raise PybuildError("refusing to write a tar archive to a terminal: redirect "
+                               "stdout, or give dest=FILE")
 
 
 def store_tags(outputs: list[OutputSpec], tags: list[str]) -> list[str]:
@@ -218,7 +228,10 @@ def export_filesystem(store: Store, img: imagemod.Image, o: OutputSpec,
             raise PybuildError(f"cannot create output directory {dest}: {e.strerror}") from None
         if not dest.is_dir() or dest.is_symlink() and not dest.resolve().is_dir():
             raise PybuildError(f"output destination {dest} is not a directory")
-        _stream_into(active.rootfs, dest)
+        if any(dest.iterdir()):
+            _stream_into(active.rootfs, dest)  # merging: the extractor replaces what is there
+        else:
+            _copy_tree(active.rootfs, dest)
 
 
 def _stream_into(src: Path, dest: Path) -> None:
@@ -246,6 +259,71 @@ def _stream_into(src: Path, dest: Path) -> None:
         t.join()
     if error:
         raise error[0]
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    """Copy a tree into an empty directory at `cp -a` speed (copy_file_range/sendfile).
+
+    Safe without the extractor's fd walk because every directory written into was made
+    by this function a moment before: nothing in `dest` can be a symlink we did not create
+    from the image, and no write ever goes through one (children of a link are never read).
+    """
+    links: dict[tuple[int, int], str] = {}
+    root = os.geteuid() == 0
+    dirs: list[tuple[str, os.stat_result]] = []
+
+    def attrs(path: str, st: os.stat_result, is_link: bool = False) -> None:
+        if root:
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        for name in os.listxattr(path, follow_symlinks=False) if not is_link else []:
+            if name.startswith("trusted.overlay."):
+                continue
+            with contextlib.suppress(OSError):
+                os.setxattr(os.fspath(path), name, os.getxattr(_src_of[path], name,
+                                                               follow_symlinks=False),
+                            follow_symlinks=False)
+        if not is_link:
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    _src_of: dict[str, str] = {}
+
+    def walk(s: str, d: str) -> None:
+        with os.scandir(s) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            st = e.stat(follow_symlinks=False)
+            target = os.path.join(d, e.name)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                os.mkdir(target, 0o700)
+                walk(e.path, target)
+                dirs.append((target, st))
+                _src_of[target] = e.path
+                continue
+            if st.st_nlink > 1 and not stat.S_ISDIR(mode):
+                first = links.setdefault((st.st_dev, st.st_ino), target)
+                if first != target:
+                    os.link(first, target, follow_symlinks=False)
+                    continue
+            _src_of[target] = e.path
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(e.path), target)
+                attrs(target, st, is_link=True)
+            elif stat.S_ISREG(mode):
+                shutil.copyfile(e.path, target, follow_symlinks=False)
+                attrs(target, st)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+                os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+                attrs(target, st)
+            # sockets cannot be exported (tar cannot hold them either)
+
+    try:
+        walk(str(src), str(dest))
+        for path, st in dirs:  # deepest first: children no longer touch their mtimes
+            attrs(path, st)
+    except OSError as e:
+        raise PybuildError(f"cannot write {e.filename or dest}: {e.strerror}") from None
 
 
 def describe(o: OutputSpec) -> dict[str, Any]:
