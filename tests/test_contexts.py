@@ -31,6 +31,14 @@ def _run(pb: Pybuild, *args: str, stdin: bytes | None = None) -> subprocess.Comp
                           input=stdin, capture_output=True, env=env, timeout=300)
 
 
+def _tarball(path: Path, files: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
 def _files(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
@@ -228,11 +236,7 @@ def test_git_contexts_with_ref_and_subdir(busybox: Pybuild, git_daemon: str, rep
 def test_http_tarball_and_plain_dockerfile_urls(busybox: Pybuild, tmp_path: Path) -> None:
     srv = tmp_path / "srv"
     srv.mkdir()
-    with tarfile.open(srv / "ctx.tar.gz", "w:gz") as t:
-        for name, data in (("Dockerfile", DOCKERFILE.encode()), ("msg.txt", b"from http\n")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
+    _tarball(srv / "ctx.tar.gz", {"Dockerfile": DOCKERFILE.encode(), "msg.txt": b"from http\n"})
     (srv / "Dockerfile.txt").write_text("FROM busybox\nRUN echo plain dockerfile url\n")
     with http_server(srv) as http:
         proc = _build_out(busybox, f"{http}/ctx.tar.gz", tmp_path / "o1")
@@ -260,11 +264,7 @@ def test_same_contexts_as_docker_build(docker, busybox: Pybuild, git_daemon: str
     docker("load", "-i", str(saved))
     srv = tmp_path / "srv"
     srv.mkdir()
-    with tarfile.open(srv / "ctx.tar.gz", "w:gz") as t:
-        for name, data in (("Dockerfile", DOCKERFILE.encode()), ("msg.txt", b"from http\n")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
+    _tarball(srv / "ctx.tar.gz", {"Dockerfile": DOCKERFILE.encode(), "msg.txt": b"from http\n"})
     env = dict(os.environ, DOCKER_BUILDKIT="1")
     with http_server(srv) as http:
         for n, context in enumerate([f"{git_daemon}/repo.git#v1", f"{http}/ctx.tar.gz"]):

@@ -39,18 +39,7 @@ def test_ssh_flag_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def _ssh_add_tree(dest: Path) -> None:
     """/usr/bin/ssh-add and the shared libraries it needs, at their host paths, under dest."""
-    binary = Path(_need("ssh-add")).resolve()
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    files = [binary]
-    for line in out.splitlines():
-        parts = line.split()
-        path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
-        if path.startswith("/"):
-            files.append(Path(path))
-    for f in files:
-        target = dest / str(f).lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f.resolve(), target)
+    _tool_tree(dest, ["ssh-add"], {})
 
 
 @pytest.fixture

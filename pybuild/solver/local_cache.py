@@ -11,50 +11,31 @@ inside DIR.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pybuild import fs
 from pybuild.errors import PybuildError
+from pybuild.image import _atomic_output
 from pybuild.store import OCI_INDEX, OCI_MANIFEST, REF_NAME, Descriptor, Store, canonical_json, check_digest
 
 _MAX_JSON = 16 << 20
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _atomic_output(path) as f:
+        f.write(data)
 
 
 def _copy_blob(store: Store, digest: str, blobs: Path) -> None:
     target = blobs / digest.split(":", 1)[1]
     if target.is_file() and not target.is_symlink():
         return
-    fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".blob-")
-    try:
-        with os.fdopen(fd, "wb") as out, store.open_blob(digest) as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _atomic_output(target) as out, store.open_blob(digest) as src:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
 
 
 def export(store: Store, dest: str, tag: str, config: Descriptor, layers: list[Descriptor]) -> str:
