@@ -56,6 +56,9 @@ def prepare(context: str, dockerfile: str | None, stdin: BinaryIO) -> Iterator[P
     """Resolve the CONTEXT argument and -f; temp dirs are removed when the block ends."""
     if context == "-" and dockerfile == "-":
         raise PybuildError("invalid argument: can't use stdin for both build context and dockerfile")
+    if "-" in (context, dockerfile) and stdin.isatty():
+        raise PybuildError("reading from stdin, but stdin is a terminal: pipe a tar context "
+                           "or a Dockerfile into it")
     with contextlib.ExitStack() as stack:
         def scratch(prefix: str) -> Path:
             d = Path(tempfile.mkdtemp(prefix=prefix))
@@ -160,6 +163,8 @@ def fetch_git(url: str, into: Path) -> Path:
     base, ref, subdir = split_git_url(url)
     if base.startswith(("file:", "ext::", "-")) or "::" in base.split("/")[0]:
         raise PybuildError(f"unable to prepare context: unsupported git URL {base!r}")
+    if ref.startswith("-"):
+        raise PybuildError(f"unable to prepare context: invalid git ref {ref!r}")
     repo = into / "repo"
     repo.mkdir()
     _git(["init", "-q"], repo, "git init")

@@ -124,3 +124,27 @@ def test_url_context_and_errors(busybox: Pybuild, tmp_path: Path) -> None:
         proc = busybox("build", "--build-context", value, str(ctx), check=False)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bind_from_a_stage_or_named_dir_never_follows_links_onto_the_host(
+        busybox: Pybuild, tmp_path: Path) -> None:
+    """A symlink in a stage or a named context resolves inside it: `ln -s /some/host/dir`
+    then `--mount=type=bind,from=...,source=link` must not bind the host's directory."""
+    host = tmp_path / "h"
+    host.mkdir()
+    (host / "f").write_text("from the host\n")
+    named = tmp_path / "named"
+    inside = named / str(host).lstrip("/")
+    inside.mkdir(parents=True)
+    (inside / "f").write_text("from the named context\n")
+    (named / "leak").symlink_to(host)
+    ctx = _ctx(tmp_path, f"FROM busybox AS st\nRUN mkdir -p {host} && echo from the stage > "
+               f"{host}/f && ln -s {host} /leak\n"
+               "FROM busybox\nRUN mkdir /o\n"
+               "RUN --mount=type=bind,from=st,source=leak,target=/x cat /x/f > /o/stage\n"
+               "RUN --mount=type=bind,from=d,source=leak,target=/y cat /y/f > /o/named\n"
+               "FROM scratch\nCOPY --from=1 /o/ /\n")
+    out = tmp_path / "out"
+    busybox("build", "--build-context", f"d={named}", "-o", str(out), str(ctx))
+    assert (out / "stage").read_text() == "from the stage\n"
+    assert (out / "named").read_text() == "from the named context\n"

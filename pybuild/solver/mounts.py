@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pybuild import fs
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.liveness import process_start
 from pybuild.runtime import Mount
@@ -172,7 +173,9 @@ class MountPreparer:
             root = Path(stack.enter_context(self.view(m.from_)))
         else:
             root = self.context_root
-        src = (root / src_rel).resolve() if not m.from_ else root / src_rel
+        # from= a stage, image or named context: its symlinks resolve inside it, never on
+        # the host (a stage's `ln -s /etc leak` must not bind the host's /etc)
+        src = (root / src_rel).resolve() if not m.from_ else fs.resolve_in_root(root, src_rel)
         if not m.from_ and not _inside(src, self.context_root.resolve()):
             raise DockerfileError(f"bind mount source {m.source!r} is outside the build context", line)
         if not os.path.lexists(src):
