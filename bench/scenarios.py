@@ -337,20 +337,39 @@ def _run128(tool: str) -> Callable[[Bench], Case]:
     return make
 
 
+def _adapter(bench: Bench, tool: str, name: str) -> Adapter:
+    """The builder `tool` on its own storage; pybuild keeps its store across cold runs."""
+    if tool == "pybuild":
+        return PybuildAdapter(bench, name, fresh_store=False)
+    if tool == "docker":
+        return DockerAdapter(bench, name)
+    return BuildahAdapter(bench, name)
+
+
 def _django(tool: str, mode: str) -> Callable[[Bench], Case]:
     def make(bench: Bench) -> Case:
         name = f"django-{mode}-{tool}"
         base = (bench.django_base_tar(), DJANGO_REF)
-        adapter: Adapter
-        if tool == "pybuild":
-            adapter = PybuildAdapter(bench, name, fresh_store=False)
-        elif tool == "docker":
-            adapter = DockerAdapter(bench, name)
-        else:
-            adapter = BuildahAdapter(bench, name)
+        adapter = _adapter(bench, tool, name)
         secret = ["--secret", f"id=pip-ca,src={CA_BUNDLE}"] if CA_BUNDLE.is_file() else []
         return BuildCase(adapter, bench.subdir(f"{name}-ctx-"), DJANGO_EXAMPLE, base, mode,
                          secret)
+    return make
+
+
+# Two independent stages and a final stage reading both: a solver that runs ready stages
+# at once takes one sleep, one that walks stages in order takes two.
+TWOSTAGE_DOCKERFILE = (f"FROM {BUSYBOX_REF} AS a\nRUN sleep 3 && echo a > /a\n"
+                       f"FROM {BUSYBOX_REF} AS b\nRUN sleep 3 && echo b > /b\n"
+                       f"FROM {BUSYBOX_REF}\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n")
+
+
+def _twostage(tool: str) -> Callable[[Bench], Case]:
+    def make(bench: Bench) -> Case:
+        name = f"twostage-{tool}"
+        return BuildCase(_adapter(bench, tool, name), bench.subdir(f"{name}-ctx-"),
+                         TWOSTAGE_DOCKERFILE,
+                         (bench.busybox_tar(), BUSYBOX_REF), "cold", [])
     return make
 
 
@@ -362,6 +381,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              "(131 MB), layer committed into the builder's own store; fresh cache each run. "
              "`host` = the same script run directly on the host, no builder (the floor).",
              {**{t: _run128(t) for t in BUILDERS}, "host": HostScriptCase}),
+    Scenario("twostage",
+             "cold build: two independent stages (`RUN sleep 3` each) and a final stage "
+             "with a COPY --from of both; cache emptied before every run",
+             {t: _twostage(t) for t in BUILDERS}),
     Scenario("django-cold",
              "examples/django-app, empty build cache and cache mounts (base image present): "
              "venv + pip wheel from PyPI + pip install + collectstatic",

@@ -46,3 +46,17 @@ class StepError(DockerfileError):
 
 class NeedsRootError(PybuildError):
     """Building needs root (overlay mounts, runc)."""
+
+    @classmethod
+    def require(cls, what: str) -> None:
+        """The one root check: raise unless this process runs as root."""
+        import os
+
+        if os.geteuid() != 0:
+            raise cls(f"{what} needs root (overlay mounts and runc): run pybuild as root")
+
+
+class Cancelled(PybuildError):
+    """The build was cancelled (Ctrl-C, SIGTERM, or a sibling step failed)."""
+
+    exit_code = 130

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import io
 import os
-import platform as _platform
 import re
 import tarfile
 import tempfile
@@ -21,26 +20,22 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-import zstandard
-from isal import isal_zlib
 
-from pybuild import layer
+from pybuild import layer, oci_documents
 from pybuild.errors import PybuildError
+from pybuild.oci_documents import OCI_CONFIG
+from pybuild.snapshot import check_layers
+from pybuild.platforms import choose_host, host_platform
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
-                           BlobWriter, Descriptor, Store, canonical_json)
+                           Descriptor, Store, canonical_json)
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_LAYER = layer.MEDIA_TYPES["none"]
 OCI_LAYER_GZIP = layer.MEDIA_TYPES["gzip"]
 OCI_LAYER_ZSTD = layer.MEDIA_TYPES["zstd"]
 CONTAINERD_NAME = "io.containerd.image.name"
 # docker's default PATH for Linux images (system.DefaultPathEnv).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-         "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
-         "i686": "386", "i386": "386"}
 _CHUNK = 1 << 20
 _HEX_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
 
@@ -66,19 +61,19 @@ class Image:
 
     @property
     def diff_ids(self) -> list[str]:
-        """Digests of the uncompressed layers, base first."""
-        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+        """Digests of the uncompressed layers, base first (as claimed: Snapshotter verifies).
 
-
-def host_platform() -> dict[str, str]:
-    """The OCI platform of this machine ({"architecture": "amd64", "os": "linux"})."""
-    machine = _platform.machine().lower()
-    plat = {"architecture": _ARCH.get(machine, machine), "os": "linux"}
-    if plat["architecture"] == "arm64":
-        plat["variant"] = "v8"
-    elif plat["architecture"] == "arm":
-        plat["variant"] = "v7"
-    return plat
+        PybuildError if the config's rootfs is not an object or diff_ids not a list."""
+        rootfs = self.config.get("rootfs")
+        if rootfs is None:
+            return []
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if diff_ids is None and isinstance(rootfs, dict):
+            return []
+        if not isinstance(diff_ids, list):
+            raise PybuildError(f"image config {self.config_desc.digest}: rootfs.diff_ids is "
+                               f"not a list")
+        return list(diff_ids)
 
 
 def created_timestamp() -> str:
@@ -131,17 +126,13 @@ def write(store: Store, config: dict[str, Any], layers: list[Descriptor]) -> Des
 
 # ---- lookup ---------------------------------------------------------------------------
 
-def _select_platform(store: Store, index: dict[str, Any], what: str) -> Descriptor:
+def _select_platform(store: Store, index: oci_documents.Index, what: str) -> Descriptor:
     """The host's manifest from an index (docker's choice when pulling a multi-arch tag)."""
     host = host_platform()
-    entries = [Descriptor.from_dict(m) for m in index.get("manifests") or []]
-    entries = [e for e in entries if e.media_type in MANIFEST_TYPES]
-    for want_variant in (True, False):
-        for e in entries:
-            p = e.platform or {}
-            if p.get("os") == host["os"] and p.get("architecture") == host["architecture"] and \
-                    (not want_variant or p.get("variant") == host.get("variant")):
-                return e
+    entries = [e for e in index.manifests if e.media_type in MANIFEST_TYPES]
+    chosen = choose_host(entries)
+    if chosen is not None:
+        return chosen
     if len(entries) == 1 and not entries[0].platform:
         return entries[0]
     raise PybuildError(f"{what}: no matching manifest for {host['os']}/{host['architecture']} "
@@ -152,16 +143,19 @@ def _from_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
     """Read an image from a manifest or index descriptor."""
     if not store.has_blob(desc.digest):
         raise PybuildError(f"{what}: manifest {desc.digest} is missing from the store")
-    doc = store.read_json(desc.digest)
-    media_type = doc.get("mediaType") or desc.media_type
-    if media_type in INDEX_TYPES or ("manifests" in doc and "config" not in doc):
-        return _from_descriptor(store, _select_platform(store, doc, what), what)
-    if "config" not in doc:
-        raise PybuildError(f"{what}: {desc.digest} is not an image manifest")
-    config_desc = Descriptor.from_dict(doc["config"])
+    # Checked as documents first (pybuild/oci_documents.py): a store written by another
+    # tool, or damaged, gives one clear error, not a traceback in a later build.
+    body = store.read_bytes(desc.digest)
+    parsed = oci_documents.parse_document(body, f"{what}: manifest {desc.digest}", desc.media_type)
+    if isinstance(parsed, oci_documents.Index):
+        return _from_descriptor(store, _select_platform(store, parsed, what), what)
+    config_desc = parsed.config
     if not store.has_blob(config_desc.digest):
         raise PybuildError(f"{what}: config {config_desc.digest} is missing from the store")
-    return Image(desc, doc, config_desc, store.read_json(config_desc.digest))
+    config = oci_documents.parse_config(store.read_bytes(config_desc.digest),
+                                        f"{what}: config {config_desc.digest}")
+    oci_documents.check_image(parsed, config, f"{what}")
+    return Image(desc, oci_documents.parse_json(body, what), config_desc, config.doc)
 
 
 def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
@@ -172,8 +166,11 @@ def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
             seen.add(desc.digest)
             yield desc
         elif desc.media_type in INDEX_TYPES and store.has_blob(desc.digest):
-            for m in store.read_json(desc.digest).get("manifests") or []:
-                d = Descriptor.from_dict(m)
+            try:
+                index = oci_documents.parse_index(store.read_bytes(desc.digest), desc.digest)
+            except PybuildError:
+                continue  # a bad index hides only itself from an ID lookup
+            for d in index.manifests:
                 if d.media_type in MANIFEST_TYPES and d.digest not in seen:
                     seen.add(d.digest)
                     yield d
@@ -233,7 +230,10 @@ def load(store: Store, name_or_id: str) -> Image:
                 raise
     if ref is not None:
         if ref.digest:
-            if store.has_blob(ref.digest):
+            pinned = store.resolve_tag(ref.familiar)  # a pull by name@digest tags it so
+            if pinned is not None and not ref.digest.startswith("sha256:"):
+                return _from_descriptor(store, pinned, what)  # sha512: the store is sha256
+            if ref.digest.startswith("sha256:") and store.has_blob(ref.digest):
                 doc = store.read_json(ref.digest)
                 size = store.blob_path(ref.digest).stat().st_size
                 media_type = doc.get("mediaType") or OCI_MANIFEST
@@ -251,51 +251,6 @@ def load(store: Store, name_or_id: str) -> Image:
 
 # ---- layers as plain tar streams ------------------------------------------------------
 
-class _LayerSink:
-    """Compresses a tar stream into a BlobWriter while hashing it (diff_id) in one pass.
-
-    The compressor is fed fixed-size chunks, so its output never depends on how the tar
-    writer happened to slice its writes.
-    """
-
-    def __init__(self, out: BlobWriter, compression: str) -> None:
-        self._out = out
-        self._hash = hashlib.sha256()
-        self._buf = bytearray()
-        self._comp: Any
-        # The same settings as pybuild.layer, so an imported layer looks like a built one.
-        if compression == "gzip":
-            # gzip container, mtime 0, no file name: the header depends on nothing.
-            self._comp = isal_zlib.compressobj(layer.GZIP_LEVEL, isal_zlib.DEFLATED, 31)
-        elif compression == "zstd":
-            self._comp = zstandard.ZstdCompressor(level=layer.ZSTD_LEVEL, threads=layer.ZSTD_THREADS,
-                                                  write_checksum=True).compressobj()
-        elif compression == "none":
-            self._comp = None
-        else:
-            raise PybuildError(f"unknown compression {compression!r} (use gzip, zstd or none)")
-
-    def write(self, data: bytes) -> int:
-        self._hash.update(data)
-        self._buf += data
-        while len(self._buf) >= layer.CHUNK:
-            self._emit(bytes(self._buf[:layer.CHUNK]))
-            del self._buf[:layer.CHUNK]
-        return len(data)
-
-    def _emit(self, chunk: bytes) -> None:
-        self._out.write(self._comp.compress(chunk) if self._comp else chunk)
-
-    def finish(self) -> str:
-        """Flush the compressor; returns the diff_id."""
-        if self._buf:
-            self._emit(bytes(self._buf))
-            self._buf.clear()
-        if self._comp:
-            self._out.write(self._comp.flush())
-        return "sha256:" + self._hash.hexdigest()
-
-
 def _clean_member_name(name: str, what: str) -> str:
     """A tar path relative to the root, without ./ or /; PybuildError for `..` escapes."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -304,7 +259,7 @@ def _clean_member_name(name: str, what: str) -> str:
     return "/".join(parts)
 
 
-def _normalise_tar(src: BinaryIO, sink: _LayerSink, what: str) -> None:
+def _normalise_tar(src: BinaryIO, sink: layer.LayerSink, what: str) -> None:
     """Copy a tar stream, normalising headers: relative names, numeric owners, int mtimes.
 
     Entry order is kept (the input is streamed, not buffered); xattrs are kept.
@@ -358,9 +313,14 @@ def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = 
     except OSError as e:
         raise PybuildError(f"{what}: {e.strerror}") from None
     with raw, store.writer() as w:
-        sink = _LayerSink(w, compression)
-        _normalise_tar(layer.open_decompressed(raw), sink, what)
-        diff_id = sink.finish()
+        # the writer of built layers: an imported layer is compressed like a built one
+        sink = layer.LayerSink(w, compression)
+        try:
+            _normalise_tar(layer.open_decompressed(raw), sink, what)
+        except BaseException:
+            sink.abort()
+            raise
+        diff_id = sink.close().diff_id
         layer_desc = w.commit(media_type)
     created = created_timestamp()
     config = empty_config()
@@ -436,27 +396,46 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
 
 
+def _damaged(digest: str, why: str) -> PybuildError:
+    return PybuildError(f"blob {digest} {why}: the store is damaged (run `pybuild doctor`)")
+
+
 def _add_blob(tar: tarfile.TarFile, store: Store, name: str, desc: Descriptor) -> None:
+    """Copy a blob into the archive, verified: its size and digest must be what it is named."""
     with store.open_blob(desc.digest) as f:
-        tar.addfile(_tar_info(name, os.fstat(f.fileno()).st_size), f)
+        size = os.fstat(f.fileno()).st_size
+        if size != desc.size:
+            raise _damaged(desc.digest, f"has {size} bytes, its descriptor says {desc.size}")
+        h = hashlib.sha256()
+        try:
+            tar.addfile(_tar_info(name, size), layer._Tee(f, h.update))
+        except OSError as e:
+            raise _damaged(desc.digest, f"cannot be read ({e})") from None
+        if "sha256:" + h.hexdigest() != desc.digest:
+            raise _damaged(desc.digest, f"hashes to sha256:{h.hexdigest()}")
 
 
 def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
                             layer_desc: Descriptor, diff_id: str) -> None:
-    """Add a layer as a plain tar, verifying it against the config's diff_id."""
+    """Add a layer as a plain tar, verifying the blob's digest and the config's diff_id."""
     with tempfile.TemporaryFile(dir=store.tmp_dir) as tmp, store.open_blob(layer_desc.digest) as blob:
         h = hashlib.sha256()
+        packed = hashlib.sha256()
+        tee = layer._Tee(blob, packed.update)
         try:
-            src = layer.open_decompressed(blob)
+            src = layer.open_decompressed(tee)  # type: ignore[arg-type]
             while chunk := src.read(_CHUNK):
                 h.update(chunk)
                 tmp.write(chunk)
-        except (OSError, PybuildError) as e:
-            raise PybuildError(f"cannot read layer {layer_desc.digest}: {e} "
-                               f"(the store is damaged: run verify)") from None
+            while tee.read(_CHUNK):
+                pass  # bytes after the compressed stream count for the blob's digest
+        except (OSError, EOFError, PybuildError) as e:
+            raise _damaged(layer_desc.digest, f"cannot be read ({e})") from None
         if "sha256:" + h.hexdigest() != diff_id:
             raise PybuildError(f"layer {layer_desc.digest} does not match its diff_id {diff_id}: "
-                               f"the store is damaged (run verify)")
+                               f"the image is damaged (run `pybuild doctor`)")
+        if "sha256:" + packed.hexdigest() != layer_desc.digest:
+            raise _damaged(layer_desc.digest, f"hashes to sha256:{packed.hexdigest()}")
         size = tmp.tell()
         tmp.seek(0)
         tar.addfile(_tar_info(name, size), tmp)
@@ -477,9 +456,10 @@ def write_docker_archive(store: Store, entries: list[_Entry], f: BinaryIO) -> No
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             img = entry.image
-            if len(img.layers) != len(img.diff_ids):
-                raise PybuildError(f"image {img.id}: {len(img.layers)} layers but "
-                                   f"{len(img.diff_ids)} diff_ids")
+            try:
+                check_layers(img.layers, img.diff_ids)
+            except PybuildError as e:
+                raise PybuildError(f"image {img.id}: {e}") from None
             config_name = img.id.split(":", 1)[1] + ".json"
             if config_name not in written:
                 _add_blob(tar, store, config_name, img.config_desc)

@@ -25,7 +25,8 @@ from typing import IO, Any, BinaryIO, cast
 
 from pybuild import fs, layer
 from pybuild.errors import PybuildError
-from pybuild.image import OCI_CONFIG, host_platform
+from pybuild.oci_documents import OCI_CONFIG
+from pybuild.platforms import host_platform
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_MANIFEST, REF_NAME, BlobWriter,
                            Descriptor, Store, canonical_json)

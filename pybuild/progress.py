@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 from collections.abc import Callable
 
 from pybuild.errors import PybuildError
+from pybuild.units import bytes_text as human_size
 
 if TYPE_CHECKING:  # rich is imported only by the tty renderer: plain builds start faster
     from rich.console import RenderableType
@@ -135,17 +136,6 @@ def screen_text(raw: bytes) -> str:
     if "\r" in text:
         text = next((seg for seg in reversed(text.split("\r")) if seg), "")
     return escape(text.expandtabs(8))
-
-
-def human_size(n: int) -> str:
-    """BuildKit's byte format (go `units.Bytes` with %.2f): decimal units, plain B below 1 kB."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
-    if n < 1000:
-        return f"{n}B"
-    i, base = 0, 1
-    while i < len(units) - 1 and n >= base * 1000:
-        i, base = i + 1, base * 1000
-    return f"{n / base:.2f}{units[i]}"
 
 
 def stamp(seconds: float) -> str:

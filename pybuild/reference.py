@@ -15,6 +15,8 @@ DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
 # docker.io is an alias: the API itself is served from this host.
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
+# every name Docker Hub goes by, in references, credentials and API URLs
+DOCKER_HUB_HOSTS = frozenset({DEFAULT_REGISTRY, "index.docker.io", DOCKER_HUB_API_HOST})
 
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[._]|__|[-]+)"

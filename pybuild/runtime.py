@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pybuild import fs
-from pybuild.errors import NeedsRootError, PybuildError
+from pybuild.errors import Cancelled, NeedsRootError, PybuildError
 from pybuild.liveness import process_start
 
 STATE_DIR = Path("/run/pybuild")
@@ -43,6 +43,19 @@ DEFAULT_CAPS = [
     "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]
+# Every capability by number (linux/capability.h); a privileged step gets those the
+# running kernel knows (/proc/sys/kernel/cap_last_cap).
+ALL_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+]
 MASKED_PATHS = [
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -53,7 +66,7 @@ NOFILE_LIMIT = 1048576
 DEFAULT_HOSTNAME = "buildkitsandbox"
 
 _READ_SIZE = 65536
-_SIGNAL_CHECK_MS = 200
+_SIGNAL_CHECK_MS = 100
 _KILL_TIMEOUT = 10.0
 _CLI_TIMEOUT = 30.0
 
@@ -84,9 +97,14 @@ class RunSpec:
     hostname: str = DEFAULT_HOSTNAME
     readonly_rootfs: bool = False
     tty: bool = False
+    # RUN --security=insecure: every capability, all devices, /sys and cgroups writable,
+    # nothing masked (BuildKit's insecure mode, what `docker run --privileged` gives)
+    privileged: bool = False
     # docker build --ulimit (OCI rlimit type, soft, hard) and --shm-size (bytes)
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)
     shm_size: int | None = None
+    # docker build --add-host (host, ip): lines of /etc/hosts (host_mounts)
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)
 
 
 def build_spec(spec: RunSpec) -> dict[str, Any]:
@@ -95,8 +113,7 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
         raise PybuildError("nothing to run: the command is empty")
     if not spec.cwd.startswith("/"):
         raise PybuildError(f"working directory must be absolute, got {spec.cwd!r}")
-    if spec.network not in ("host", "none"):
-        raise PybuildError(f"unsupported network mode {spec.network!r}: use host or none")
+    check_network(spec.network)
     for m in spec.mounts:
         if not m.destination.startswith("/"):
             raise PybuildError(f"mount destination must be absolute, got {m.destination!r}")
@@ -107,6 +124,12 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
     nofile = _nofile_limit()
     if spec.additional_gids:
         user["additionalGids"] = list(spec.additional_gids)
+    caps = _kernel_caps() if spec.privileged else list(DEFAULT_CAPS)
+    mounts = _default_mounts()
+    if spec.privileged:
+        for kernel_fs in mounts:
+            if kernel_fs["destination"] in ("/sys", "/sys/fs/cgroup"):
+                kernel_fs["options"] = [o for o in kernel_fs["options"] if o != "ro"]
     return _with_limits(spec, {
         "ociVersion": "1.0.2",
         "process": {
@@ -115,22 +138,22 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
             "args": list(spec.args),
             "env": list(spec.env),
             "cwd": spec.cwd,
-            "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
+            "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": False,
         },
         "root": {"path": str(Path(spec.rootfs).resolve()), "readonly": spec.readonly_rootfs},
         "hostname": spec.hostname,
-        "mounts": _default_mounts() + [
+        "mounts": mounts + [
             {"destination": m.destination, "type": m.type, "source": m.source,
              "options": list(m.options)}
             for m in spec.mounts
         ],
         "linux": {
             "namespaces": namespaces,
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
+            "resources": {"devices": [{"allow": spec.privileged, "access": "rwm"}]},
+            "maskedPaths": [] if spec.privileged else list(MASKED_PATHS),
+            "readonlyPaths": [] if spec.privileged else list(READONLY_PATHS),
         },
     })
 
@@ -148,6 +171,15 @@ def _with_limits(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
                 m["options"] = [o for o in m["options"] if not o.startswith("size=")] + [
                     f"size={spec.shm_size}"]
     return config
+
+
+def _kernel_caps() -> list[str]:
+    """Every capability we can hand on: those in our own bounding set (a root inside
+    another container may lack some; runc fails a step asking for them)."""
+    status = Path("/proc/self/status").read_text()
+    bound = int(next(line.split()[1] for line in status.splitlines()
+                     if line.startswith("CapBnd:")), 16)
+    return [name for i, name in enumerate(ALL_CAPS) if bound >> i & 1]
 
 
 def _nofile_limit() -> int:
@@ -208,7 +240,7 @@ def _hosts_file(hostname: str, extra_hosts: Sequence[tuple[str, str]] = ()) -> P
     path = STATE_DIR / "etc" / f"hosts-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         tmp.write_text(content)
         tmp.chmod(0o644)
         os.replace(tmp, path)
@@ -294,8 +326,17 @@ def _ensure_cwd(rootfs: Path, cwd: str) -> None:
 
 
 def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise NeedsRootError("running build steps needs root (runc, mounts): run pybuild as root")
+    NeedsRootError.require("running build steps")
+
+
+NETWORK_MODES = ("host", "none")
+
+
+def check_network(mode: str) -> str:
+    """The one check of a network mode for a step or container: host or none."""
+    if mode not in NETWORK_MODES:
+        raise PybuildError(f"unsupported network mode {mode!r}: use host or none")
+    return mode
 
 
 def find_runtime(runtime: str | None = None) -> str:
@@ -382,11 +423,14 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | None = None) -> int:
+def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | None = None,
+        cancel: threading.Event | None = None) -> int:
     """Run `spec` to completion; returns its exit status (128+signal when killed).
 
     Output (stdout and stderr merged, as the process writes it) goes to `on_output` in
     chunks as it arrives. Mount stubs created for `spec.mounts` are removed afterwards.
+    When `cancel` is set (from any thread), the container is killed and deleted within
+    one poll slice and `Cancelled` is raised.
     """
     _require_root()
     if spec.tty:
@@ -423,7 +467,8 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
             # and cleanup_stale must stop it before it can (see _stop_orphaned_runtimes)
             (bundle / "runtime").write_text(f"{proc.pid} {process_start(proc.pid)}\n")
             assert proc.stdout is not None
-            _pump(proc.stdout.fileno(), on_output)
+            if not _pump(proc.stdout.fileno(), on_output, cancel):
+                raise Cancelled("cancelled")
             status = proc.wait()
             return 128 - status if status < 0 else status
         finally:
@@ -433,8 +478,9 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
                 _restore_parents(Path(spec.rootfs), stub_parents)
 
 
-def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:
-    """Pass everything read from `fd` to `on_output` until EOF.
+def _pump(fd: int, on_output: Callable[[bytes], None],
+          cancel: threading.Event | None = None) -> bool:
+    """Pass everything read from `fd` to `on_output` until EOF (True) or `cancel` (False).
 
     The wait is sliced: Python runs signal handlers only in the main thread, and a
     Ctrl-C the kernel hands to another thread (a progress renderer) would otherwise wait
@@ -443,11 +489,13 @@ def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while True:
+        if cancel is not None and cancel.is_set():
+            return False
         if not poller.poll(_SIGNAL_CHECK_MS):
             continue
         chunk = os.read(fd, _READ_SIZE)
         if not chunk:
-            return
+            return True
         on_output(chunk)
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from pybuild import __version__
@@ -22,7 +24,48 @@ from pybuild.errors import DockerfileError, PybuildError
 MODULES = [build, images, registry, cache, containers, doctor, system]
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Names:
+    """Stands in for argparse while a module registers: keeps the command names only
+    (building every subcommand's parser costs more than a warm build's own work)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add_parser(self, name: str, *args: Any, **kw: Any) -> Any:
+        self.names += [name, *kw.get("aliases", [])]
+        return _Names()
+
+    def __getattr__(self, attr: str) -> Any:
+        return lambda *args, **kw: _Names()
+
+
+def _owners() -> dict[str, Any]:
+    """command name → the module that registers it."""
+    out: dict[str, Any] = {}
+    for module in MODULES:
+        names = _Names()
+        module.register(names, None)
+        out.update(dict.fromkeys(names.names, module))
+    return out
+
+
+def _command(argv: list[str], commands: set[str]) -> str | None:
+    """The subcommand argv names, or None when top-level help or --version comes first."""
+    skip_next = False
+    for a in argv:
+        if skip_next:
+            skip_next = False
+        elif a == "--root":
+            skip_next = True
+        elif a in commands:
+            return a
+        elif not (a.startswith("--root=") or a == "--debug"):
+            return None
+    return None
+
+
+def build_parser(only: Any = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only` (a module), just that module's commands."""
     def globals_(root: Any, debug: Any) -> argparse.ArgumentParser:
         g = argparse.ArgumentParser(add_help=False)
         g.add_argument("--root", default=root,
@@ -42,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     for module in MODULES:
-        module.register(sub, common)
+        if only is None or module is only:
+            module.register(sub, common)
     return p
 
 
@@ -71,10 +115,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    commands = set(next(a for a in parser._actions
-                        if isinstance(a, argparse._SubParsersAction)).choices)
-    argv = _normalise(list(sys.argv[1:] if argv is None else argv), commands)
+    owners = _owners()
+    argv = _normalise(list(sys.argv[1:] if argv is None else argv), set(owners))
+    command = _command(argv, set(owners))
+    parser = build_parser(owners[command] if command else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -93,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except sqlite3.DatabaseError as e:  # damaged pages found after the database opened
+        if args.debug:
+            traceback.print_exc()
+        from pybuild.store import damaged_db_error
+
+        path = os.path.join(os.path.abspath(args.root), "pybuild.db")
+        print(f"error: {damaged_db_error(Path(path), f'is damaged ({e})')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -43,10 +43,9 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
     from pybuild.progress import make_progress
 
     if args.platform:
-        from pybuild.solver.solver import host_arch
+        from pybuild.platforms import host_arch, is_host
 
-        wanted = args.platform.split(",")
-        if any(p.strip() not in (f"linux/{host_arch()}", host_arch()) for p in wanted):
+        if not all(is_host(p) for p in args.platform.split(",")):
             raise PybuildError(f"platform {args.platform} is not supported: pybuild builds for the "
                                f"host platform linux/{host_arch()} only")
     sde = os.environ.get("SOURCE_DATE_EPOCH")
@@ -68,7 +67,8 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         source_date_epoch=epoch, explain=args.explain, pull=args.pull,
         cache_from=[parse_cache_spec(v, "--cache-from") for v in args.cache_from or []],
         cache_to=[parse_cache_spec(v, "--cache-to") for v in args.cache_to or []],
-        registry=lambda: client_from_args(args), contexts=args.named_contexts,
+        registry=lambda: client_from_args(args), jobs=args.jobs, allow=list(args.allow or []),
+        contexts=args.named_contexts,
         extra_hosts=[run_options.parse_add_host(v) for v in args.add_host or []],
         ulimits=[run_options.parse_ulimit(v) for v in args.ulimit or []],
         shm_size=run_options.parse_shm_size(args.shm_size) if args.shm_size else None,
@@ -79,8 +79,7 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         plan = _check(opts)
         print(stages.describe(plan))
         return 0
-    if os.geteuid() != 0:
-        raise NeedsRootError("building needs root (overlay mounts and runc): run pybuild as root")
+    NeedsRootError.require("building")
     progress = make_progress(mode)
     if type(progress).__name__ in ("PlainProgress", "RawJSONProgress"):
         opts.explain = True  # logs and event streams always say why a step was rebuilt
@@ -200,6 +199,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="use build cache exported to a registry (repeatable)")
     b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
                    help="export the build cache to a registry (mode=max: every stage)")
+    b.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
+                   help="steps that run at once: independent stages build in parallel "
+                        "(default: the number of CPUs)")
+    b.add_argument("--allow", action="append", metavar="ENTITLEMENT",
+                   help="grant an entitlement: security.insecure lets RUN --security=insecure "
+                        "run privileged (repeatable)")
     b.add_argument("--build-context", action="append", metavar="NAME=DIR|docker-image://REF|...",
                    help="a named context replacing FROM NAME, COPY --from=NAME and --mount "
                         "from=NAME (repeatable): a directory, docker-image://REF, "
@@ -216,4 +221,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="size of /dev/shm in RUN steps, e.g. 128m (default 64m)")
     add_tls_flags(b)
     b.set_defaults(func=cmd_build)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 

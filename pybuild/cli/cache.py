@@ -8,17 +8,13 @@ import time
 from datetime import datetime, UTC
 from typing import Any
 
-from pybuild.cli.common import human, open_store, table
+from pybuild.cli.common import open_store, table
 from pybuild.errors import PybuildError
+from pybuild.units import human_duration, human_size
 
 
 def _ago(t: float) -> str:
-    d = max(0, time.time() - t)
-    for unit, secs in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if d >= secs:
-            n = int(d // secs)
-            return f"{n} {unit if n > 1 else unit[:-1]} ago"
-    return "just now"
+    return f"{human_duration(max(0.0, time.time() - t))} ago"
 
 
 def _iso(t: float) -> str:
@@ -70,10 +66,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 "size": m.size, "last_used": _iso(m.last_used)} for m in mounts], indent=2))
         return 0
     table(["ID", "DESCRIPTION", "SIZE", "CREATED", "LAST USED", "HITS", "USED BY"],
-          [(r.key.split(":")[1][:12], _cut(r.description, 48), human(r.layer.size),
+          [(r.key.split(":")[1][:12], _cut(r.description, 48), human_size(r.layer.size),
             _ago(r.created), _ago(r.last_used), r.hits, ",".join(used_by) or "-")
            for r, used_by in rows]
-          + [(m.id[:12], f"cache mount {m.id}", human(m.size), "-", _ago(m.last_used), "-", "-")
+          + [(m.id[:12], f"cache mount {m.id}", human_size(m.size), "-", _ago(m.last_used), "-", "-")
              for m in mounts])
     return 0
 
@@ -91,11 +87,11 @@ def cmd_du(args: argparse.Namespace) -> int:
                           "reclaimable": u.reclaimable, "cache_mounts": u.mounts_size}, indent=2))
         return 0
     table(["", "SIZE"], [
-        (f"Layers in cache records ({len(u.records)})", human(u.total)),
-        ("  shared with tagged images", human(u.shared)),
-        ("  reclaimable", human(u.reclaimable)),
-        (f"Cache mounts ({len(u.cache_mounts)})", human(u.mounts_size)),
-        ("Total", human(u.total + u.mounts_size)),
+        (f"Layers in cache records ({len(u.records)})", human_size(u.total)),
+        ("  shared with tagged images", human_size(u.shared)),
+        ("  reclaimable", human_size(u.reclaimable)),
+        (f"Cache mounts ({len(u.cache_mounts)})", human_size(u.mounts_size)),
+        ("Total", human_size(u.total + u.mounts_size)),
     ])
     return 0
 
@@ -140,7 +136,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"{verb}: {r.key.split(':')[1][:12]}  {r.description}")
     for m in report.mounts:
         print(f"{verb}: cache mount {m.id}")
-    print(f"Total: {human(report.total)} {'reclaimable' if args.dry_run else 'reclaimed'} "
+    print(f"Total: {human_size(report.total)} {'reclaimable' if args.dry_run else 'reclaimed'} "
           f"({len(report.records)} records, {len(report.mounts)} cache mounts)")
     return 0
 

@@ -6,11 +6,13 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pybuild.cli.common import human, open_store, table, unpack_for_builds
+from pybuild.cli.common import open_store, table, unpack_for_builds, writing_image
 from pybuild.errors import PybuildError
+from pybuild.units import human_size
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -21,8 +23,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not src.is_file():
         raise PybuildError(f"{args.tarball}: no such file")
     store = open_store(args)
-    desc = image.import_rootfs(store, src, parse_reference(args.tag).familiar)
-    unpack_for_builds(store, desc.digest)
+    tag = parse_reference(args.tag).familiar
+    with writing_image(store, tag):
+        desc = image.import_rootfs(store, src, tag)
+        unpack_for_builds(store, desc.digest, f"import {args.tarball}")
     print(store.read_json(desc.digest)["config"]["digest"])
     return 0
 
@@ -38,7 +42,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         size = sum(layer_sizes(store, img))  # extracted sizes, as docker images shows
         rows.append((repo, tag, img.config_desc.digest.split(":")[1][:12],
-                     img.config.get("created", "")[:19].replace("T", " "), human(size)))
+                     img.config.get("created", "")[:19].replace("T", " "), human_size(size)))
     if args.quiet:
         for r in rows:
             print(r[2])
@@ -49,10 +53,15 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pybuild import image
+    from pybuild.cli.containers import inspect_container
 
     store = open_store(args)
     out = []
     for name in args.names:
+        found = inspect_container(args, name)  # docker inspect: containers, then images
+        if found is not None:
+            out.append(found)
+            continue
         img = image.load(store, name)
         out.append({"Id": img.config_desc.digest, "RepoTags": [
             t for t, d in store.list_tags().items() if d.digest == img.manifest_desc.digest],
@@ -96,7 +105,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     for n in args.names:
         image.load(store, n)  # a clear error before anything is written
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         if args.format == "oci":
             image.save_oci_archive(store, args.names, tmp)
@@ -163,7 +172,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         out.append({"ID": image_id, "CreatedSince": since if args.human else at,
                     "CreatedAt": at, "CreatedBy": created_by if args.no_trunc
                     else _ellipsis(created_by, 45),
-                    "Size": human(r.size) if args.human else str(r.size), "Comment": r.comment})
+                    "Size": human_size(r.size) if args.human else str(r.size), "Comment": r.comment})
     if args.quiet:
         for row in out:
             print(row["ID"])
@@ -191,10 +200,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     im.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     im.set_defaults(func=cmd_images)
 
-    ins = sub.add_parser("inspect", parents=[common], help="show an image as JSON",
-                         description="Print the manifest and config of images (by tag or ID).")
-    ins.add_argument("names", nargs="+", metavar="IMAGE",
-                     help="tag, image ID (or a unique prefix), or manifest digest")
+    ins = sub.add_parser("inspect", parents=[common], help="show an image or a container as JSON",
+                         description="Print a container's state and settings (by name or ID), "
+                                     "or the manifest and config of an image (by tag or ID).")
+    ins.add_argument("names", nargs="+", metavar="NAME",
+                     help="container name or ID; image tag, ID (or a unique prefix), or "
+                          "manifest digest")
     ins.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("tag", parents=[common], help="add a name to an image",

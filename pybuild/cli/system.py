@@ -7,7 +7,8 @@ import sys
 from datetime import datetime, UTC
 from typing import Any
 
-from pybuild.cli.common import human, open_store, table
+from pybuild.cli.common import open_store, table
+from pybuild.units import decimal_size, human_size
 
 
 def _confirm(warning: str) -> bool:
@@ -33,7 +34,7 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
         for d in result.deleted:
             print(f"deleted: {d}")
         print()
-    print(f"Total reclaimed space: {human(result.reclaimed)}")
+    print(f"Total reclaimed space: {human_size(result.reclaimed)}")
     return 0
 
 
@@ -47,11 +48,16 @@ def _ago(stamp: str | float) -> str:
     return human_duration((datetime.now(UTC) - t).total_seconds()) + " ago"
 
 
+def _size4(n: float) -> str:
+    """`system df` sizes: docker's HumanSize with 4 significant digits (16.43MB)."""
+    return decimal_size(n, ".4g")
+
+
 def _reclaim(reclaimable: int, total: int) -> str:
     """docker's RECLAIMABLE cell: the size and, when anything is there, its percentage."""
     if total > 0:
-        return f"{human(reclaimable, 4)} ({reclaimable * 100 // total}%)"
-    return human(reclaimable, 4)
+        return f"{_size4(reclaimable)} ({reclaimable * 100 // total}%)"
+    return _size4(reclaimable)
 
 
 def cmd_system_df(args: argparse.Namespace) -> int:
@@ -66,13 +72,13 @@ def cmd_system_df(args: argparse.Namespace) -> int:
     if not args.verbose:
         table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], [
             ("Images", len(u.images), sum(1 for i in u.images if i.containers),
-             human(u.images_size, 4), _reclaim(u.images_reclaimable, u.images_size)),
-            ("Containers", len(u.containers), len(running), human(c_size, 4),
+             _size4(u.images_size), _reclaim(u.images_reclaimable, u.images_size)),
+            ("Containers", len(u.containers), len(running), _size4(c_size),
              _reclaim(c_reclaim, c_size)),
             ("Local Volumes", len(u.volumes), sum(1 for v in u.volumes if v.links),
-             human(v_size, 4), _reclaim(v_reclaim, v_size)),
+             _size4(v_size), _reclaim(v_reclaim, v_size)),
             ("Build Cache", len(u.cache_records) + len(u.cache_mounts), 0,
-             human(u.cache_size, 4), human(u.cache_reclaimable, 4)),
+             _size4(u.cache_size), _size4(u.cache_reclaimable)),
         ])
         return 0
     owners: dict[str, int] = {}
@@ -88,7 +94,7 @@ def cmd_system_df(args: argparse.Namespace) -> int:
             repo, _, tag = name.rpartition(":")
             rows.append((repo, tag, info.image.id.split(":", 1)[1][:12],
                          _ago(str(info.image.config.get("created") or "")),
-                         human(info.size, 4), human(shared, 4), human(info.size - shared, 4),
+                         _size4(info.size), _size4(shared), _size4(info.size - shared),
                          info.containers))
     print("Images space usage:\n")
     table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE",
@@ -99,17 +105,17 @@ def cmd_system_df(args: argparse.Namespace) -> int:
     table(["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE", "CREATED", "STATUS",
            "NAMES"],
           [(c.container.short_id, c.container.image, command_text(c.container), c.volumes,
-            human(c.size, 4), _ago(c.container.created), status_text(c.container),
+            _size4(c.size), _ago(c.container.created), status_text(c.container),
             c.container.name) for c in u.containers])
     print("\nLocal Volumes space usage:\n")
-    table(["VOLUME NAME", "LINKS", "SIZE"], [(v.name, v.links, human(v.size, 4)) for v in u.volumes])
-    print(f"\nBuild cache usage: {human(u.cache_size, 4)}\n")
+    table(["VOLUME NAME", "LINKS", "SIZE"], [(v.name, v.links, _size4(v.size)) for v in u.volumes])
+    print(f"\nBuild cache usage: {_size4(u.cache_size)}\n")
     used = {d for info in u.images for d in (x.digest for x in info.image.layers)}
     table(["CACHE ID", "CACHE TYPE", "SIZE", "CREATED", "LAST USED", "USAGE", "SHARED"],
-          [(r.key.split(":", 1)[1][:12], "regular", human(r.layer.size, 4), _ago(r.created),
+          [(r.key.split(":", 1)[1][:12], "regular", _size4(r.layer.size), _ago(r.created),
             _ago(r.last_used), r.hits + 1, "true" if r.layer.digest in used else "false")
            for r in u.cache_records]
-          + [(m.id[:12], "exec.cachemount", human(m.size, 4), "N/A", _ago(m.last_used), "N/A",
+          + [(m.id[:12], "exec.cachemount", _size4(m.size), "N/A", _ago(m.last_used), "N/A",
               "false") for m in u.cache_mounts])
     return 0
 

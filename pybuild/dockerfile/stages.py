@@ -9,7 +9,6 @@ and what it transitively needs is built.
 from __future__ import annotations
 
 import dataclasses
-import platform as _platform
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pybuild.dockerfile import instructions as ins
 from pybuild.dockerfile.parser import Dockerfile
 from pybuild.dockerfile.shell import ShellLex, go_quote
 from pybuild.errors import DockerfileError
+from pybuild.platforms import host_arch
 
 PROXY_ARGS = frozenset(["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY",
                         "http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"])
@@ -28,14 +28,12 @@ BUILTIN_ARGS = PROXY_ARGS | frozenset(PLATFORM_ARGS) | frozenset([
     "BUILDKIT_INLINE_CACHE", "BUILDKIT_CACHE_MOUNT_NS", "BUILDKIT_MULTI_PLATFORM",
     "BUILDKIT_SANDBOX_HOSTNAME", "BUILDKIT_SYNTAX", "BUILDKIT_CONTEXT_KEEP_GIT_DIR",
     "SOURCE_DATE_EPOCH"])
-_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 _INDEX = re.compile(r"[+-]?[0-9]+")
 
 
 def platform_args(machine: str | None = None) -> dict[str, str]:
     """The predefined platform ARGs for this host (builds are native: target = build)."""
-    raw = (machine or _platform.machine()).lower()
-    arch = _ARCHES.get(raw, raw)
+    arch = host_arch(machine)
     values: dict[str, str] = {}
     for prefix in ("TARGET", "BUILD"):
         values[prefix + "PLATFORM"] = f"linux/{arch}"

@@ -1,20 +1,22 @@
 """Build cache records: what each step produced, keyed by everything that went into it.
 
-key(step) = sha256(parent key, the step's inputs). The inputs are kept beside the record
-so that a miss can be explained against the last build of the same step (its "slot":
-the same Dockerfile position in the same context).
+key(step) = sha256(key version, parent key, the step's inputs) (`ops.compute_key`). The
+inputs are kept beside the record so that a miss can be explained against the last build
+of the same step: its `step` column names the context, Dockerfile, stage and position
+(`ops.StepId`), never a sibling that happens to share the parent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from pybuild.context import go_clean
 from pybuild.errors import PybuildError
+from pybuild.solver.ops import compute_key
 from pybuild.store import Descriptor, Store
 
 _SCHEMA = """
@@ -35,12 +37,21 @@ CREATE TABLE IF NOT EXISTS cache_records (
 );
 CREATE INDEX IF NOT EXISTS cache_records_slot ON cache_records(slot, created);
 """
+# Migrations, in order: each runs once on a database that lacks its column.
+_MIGRATIONS = [
+    ("step", "ALTER TABLE cache_records ADD COLUMN step TEXT NOT NULL DEFAULT ''",
+     "CREATE INDEX IF NOT EXISTS cache_records_step ON cache_records(step, created)"),
+]
+__all__ = ["Cache", "Record", "compute_key", "explain"]
+
+_COLUMNS = ("key, parent, slot, description, layer_digest, layer_media_type, layer_size, "
+            "diff_id, chain_id, inputs, created, last_used, hits, step")
 
 
-def compute_key(parent: str, inputs: dict[str, Any]) -> str:
-    """The cache key: the same function to look up and to write."""
-    blob = json.dumps({"parent": parent, "inputs": inputs}, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+def key_path(path: str) -> str:
+    """A source path as its key holds it: what it names, not how it is written
+    ("a.txt", "./a.txt" and "/a.txt" are one context file)."""
+    return go_clean("/" + path)
 
 
 @dataclass
@@ -56,6 +67,7 @@ class Record:
     created: float
     last_used: float
     hits: int = 0
+    step: str = ""  # ops.StepId.text() of the step that made it; "" for remote records
 
 
 class Cache:
@@ -63,13 +75,23 @@ class Cache:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.db: sqlite3.Connection = store.db
         with store.lock():  # schema changes, like the WAL switch, are serialised
             self.db.executescript(_SCHEMA)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(cache_records)")}
+            for column, *statements in _MIGRATIONS:
+                if column not in have:
+                    with self.db:
+                        for sql in statements:
+                            self.db.execute(sql)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The calling thread's connection (steps record from several threads)."""
+        return self.store.db
 
     def lookup(self, key: str) -> Record | None:
         """A record whose layer blob is still in the store, or None."""
-        row = self.db.execute("SELECT * FROM cache_records WHERE key = ?", (key,)).fetchone()
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM cache_records WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         rec = _record(row)
@@ -78,36 +100,43 @@ class Cache:
         return rec
 
     def hit(self, key: str) -> None:
+        self.hits([key])
+
+    def hits(self, keys: list[str]) -> None:
+        """Count a use of each record, in one transaction (a warm build's only write)."""
+        if not keys:
+            return
+        now = time.time()
         with self.db:
-            self.db.execute("UPDATE cache_records SET hits = hits + 1, last_used = ? WHERE key = ?",
-                            (time.time(), key))
+            self.db.executemany("UPDATE cache_records SET hits = hits + 1, last_used = ? "
+                                "WHERE key = ?", [(now, k) for k in keys])
 
     def put(self, rec: Record) -> None:
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO cache_records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO cache_records ({_COLUMNS}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rec.key, rec.parent, rec.slot, rec.description, rec.layer.digest,
                  rec.layer.media_type, rec.layer.size, rec.diff_id, rec.chain_id,
-                 json.dumps(rec.inputs, sort_keys=True), rec.created, rec.last_used, rec.hits))
+                 json.dumps(rec.inputs, sort_keys=True), rec.created, rec.last_used, rec.hits,
+                 rec.step))
 
-    def previous(self, slot: str, parent: str) -> Record | None:
-        """What to explain a miss against: the latest build of the same step position, or
-        else (a first build from this context) the latest step built on the same parent."""
+    def previous(self, step: str) -> Record | None:
+        """What to explain a miss against: the latest record of the same step (same
+        context, Dockerfile, stage and position), or None on its first build."""
         row = self.db.execute(
-            "SELECT * FROM cache_records WHERE slot = ? ORDER BY created DESC LIMIT 1",
-            (slot,)).fetchone() or self.db.execute(
-            "SELECT * FROM cache_records WHERE parent = ? ORDER BY created DESC LIMIT 1",
-            (parent,)).fetchone()
+            f"SELECT {_COLUMNS} FROM cache_records WHERE step = ? ORDER BY created DESC LIMIT 1",
+            (step,)).fetchone()
         return _record(row) if row else None
 
     def all(self) -> list[Record]:
-        rows = self.db.execute("SELECT * FROM cache_records ORDER BY last_used DESC").fetchall()
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM cache_records ORDER BY last_used DESC").fetchall()
         return [_record(r) for r in rows]
 
     def get(self, prefix: str) -> Record:
         """A record by key or unique key prefix (with or without `sha256:`)."""
         hexpart = prefix.split(":", 1)[-1].lower()
-        rows = self.db.execute("SELECT * FROM cache_records WHERE key LIKE ?",
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM cache_records WHERE key LIKE ?",
                                (f"sha256:{hexpart}%",)).fetchall()
         if not rows:
             raise PybuildError(f"no cache record {prefix}")
@@ -122,13 +151,13 @@ class Cache:
 
 def _record(row: tuple[Any, ...]) -> Record:
     (key, parent, slot, description, digest, media_type, size, diff_id, chain_id, inputs,
-     created, last_used, hits) = row
+     created, last_used, hits, step) = row
     return Record(key, parent, slot, description, Descriptor(media_type, digest, size), diff_id,
-                  chain_id, json.loads(inputs), created, last_used, hits)
+                  chain_id, json.loads(inputs), created, last_used, hits, step)
 
 
 def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:
-    """One line saying why a step is rebuilt, comparing with the last build of its slot."""
+    """One line saying why a step is rebuilt, comparing with the last build of this step."""
     if prev is None:
         return "no earlier build of this step"
     reasons: list[str] = []
@@ -163,7 +192,8 @@ def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:
 _LABELS = {"argv": "command", "args": "build arg", "env": "env", "cwd": "working dir",
            "user": "user", "network": "network", "mounts": "mounts", "dest": "destination",
            "chown": "--chown", "chmod": "--chmod", "sources": "sources", "from": "source",
-           "path": "path", "exclude": "--exclude", "heredocs": "heredoc"}
+           "path": "path", "exclude": "--exclude", "heredocs": "heredoc", "urls": "URLs",
+           "downloads": "downloaded content", "checksum": "--checksum"}
 
 
 def _binds_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:

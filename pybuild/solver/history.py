@@ -6,30 +6,9 @@ strings), so the same Dockerfile must produce the same strings here byte for byt
 
 from __future__ import annotations
 
+from pybuild.dockerfile.shell import go_quote as go_quote
+
 COMMENT = "buildkit.dockerfile.v0"
-
-
-def go_quote(s: str) -> str:
-    """Go's strconv.Quote for the printable-ASCII-and-UTF-8 strings Dockerfiles hold."""
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def go_quoted_list(items: list[str]) -> str:

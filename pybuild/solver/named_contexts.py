@@ -9,8 +9,8 @@ image of that name).
 
 The solver asks one question per use through `NamedContexts`: `image(name)` for FROM
 (a directory becomes a one-layer image, as BuildKit makes `FROM name` of a local context),
-`directory(name)` and `image(name)` for COPY --from and --mount from, `key(name)` for the
-cache key. URL values are fetched once, before the build, by `prepare`.
+`directory(name)` and `image(name)` for COPY --from and --mount from, `source(name)` for
+the cache key. URL values are fetched once, before the build, by `prepare`.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class NamedContexts:
         self.store = store
         self._resolve_image = resolve_image   # REF → image.Image (store, else pulled)
         self._images: dict[str, Any] = {}
-        self._keys: dict[str, str] = {}
+        self._sources: dict[str, Any] = {}
 
     def has(self, name: str) -> bool:
         return name in self.contexts
@@ -151,18 +151,23 @@ class NamedContexts:
         manifest = imagemod.write(self.store, config, [desc])
         return imagemod._from_descriptor(self.store, manifest, c.name)
 
-    def key(self, name: str) -> str | None:
-        """What a cache key records of the context: its files' digest, or the image's."""
+    def source(self, name: str) -> Any:
+        """The typed source (pybuild.solver.ops) a key records for the context: a directory
+        as a ContextSource of its files' signatures, an image by its manifest digest."""
         c = self.contexts.get(name)
         if c is None:
             return None
-        if name not in self._keys:
+        if name not in self._sources:
+            from pybuild.solver import ops
+
             d = self.directory(name)
             if d is not None:
                 from pybuild.context import BuildContext
 
                 ctx = BuildContext.for_rootfs(d)
-                self._keys[name] = "context " + ctx.digest([ctx.root])
+                self._sources[name] = ops.ContextSource(
+                    tuple(sorted(ctx.manifest([ctx.root]).items())))
             else:
-                self._keys[name] = "image " + str(self.image(name).manifest_desc.digest)
-        return self._keys[name]
+                self._sources[name] = ops.ImageSource(
+                    name, str(self.image(name).manifest_desc.digest))
+        return self._sources[name]

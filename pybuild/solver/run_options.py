@@ -83,3 +83,17 @@ def parse_shm_size(value: str) -> int:
     if size <= 0:
         raise PybuildError(f'invalid argument "{value}" for "--shm-size" flag: must be positive')
     return size
+
+
+def key_of(extra_hosts: list[tuple[str, str]], ulimits: list[tuple[str, int, int]],
+           shm_size: int | None) -> tuple[tuple[str, object], ...]:
+    """What a RUN's cache key records of these flags: nothing when none is given, so keys
+    of builds without them never move."""
+    out: list[tuple[str, object]] = []
+    if extra_hosts:
+        out.append(("extra_hosts", tuple(tuple(h) for h in extra_hosts)))
+    if ulimits:
+        out.append(("ulimits", tuple(tuple(u) for u in ulimits)))
+    if shm_size:
+        out.append(("shm_size", shm_size))
+    return tuple(out)

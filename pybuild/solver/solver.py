@@ -1,6 +1,9 @@
-"""The solver: walk the stage graph; per step, cache key → hit (reuse) or miss (run, commit).
+"""The solver: the stage graph → typed ops (ops.py) → cache hit or run on the worker.
 
-This is the only module that combines the others. Metadata instructions (ENV, LABEL,
+This is the only module that combines the others. Stages are vertices of the scheduler
+(scheduler.py): every stage whose inputs are ready builds at once, at most `--jobs`
+doing work at a time, and a stage that several others read is built once. Steps go
+through the worker seam (worker.py), so the solver runs without root on a fake worker. Metadata instructions (ENV, LABEL,
 USER, …) change the image config and history; RUN, COPY, ADD and WORKDIR change the
 filesystem and are cached. As in BuildKit, a step's key depends only on what the step
 can see: its parent filesystem, its own expanded instruction, the env/args/user/cwd it
@@ -10,12 +13,14 @@ invalidate a later RUN, but an ARG the RUN can see does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
-import platform
 import posixpath
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
@@ -25,32 +30,32 @@ from typing import Any
 from pybuild import fs
 from pybuild import image as imagemod
 from pybuild import runtime
-from pybuild.solver import history as hist
-from pybuild.solver import remote_cache
-from pybuild.solver.cache import Cache, Record, compute_key, explain
-from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
-from pybuild.solver.mounts import (MountPreparer, SecretSource, cache_key_of,
-                                  cleanup_stale_secrets)
-from pybuild.solver.named_contexts import NamedContexts
-from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.context import BuildContext
-from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
-from pybuild.errors import DockerfileError, PybuildError, StepError
+from pybuild.dockerfile import ShellLex, parse, stages
+from pybuild.dockerfile import instructions as ins
+from pybuild.errors import Cancelled, DockerfileError, PybuildError, StepError
+from pybuild.platforms import host_arch, is_host
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
-from pybuild.snapshot import Snapshotter, chain_ids
+from pybuild.solver import history as hist
+from pybuild.solver import ops, remote_cache, run_options
+from pybuild.solver.named_contexts import NamedContexts
+from pybuild.solver.cache import Cache, Record, explain, key_path
+from pybuild.solver.mounts import MountPreparer, SecretSource, bind_key, mounts_key
+from pybuild.solver.scheduler import Future, Scheduler
+from pybuild.solver.worker import RealWorker, Snapshot, Worker
 from pybuild.store import Descriptor, Store
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 PROXY_ARGS = {"HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY",
               "http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"}
-EMPTY_KEY = "sha256:" + hashlib.sha256(b"scratch").hexdigest()
+EMPTY_KEY = ops.Scratch().key()
+# The parent of every COPY --link: its layer does not depend on what it lands on.
+LINK_PARENT = ops.digest_of({"v": ops.KEY_VERSION, "source": "link"})
+ENTITLEMENTS = ("security.insecure",)
 
 
-def host_arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
 
 
 @dataclass
@@ -77,6 +82,8 @@ class BuildOptions:
     # Makes the RegistryClient with the user's TLS/insecure flags; called only when a build
     # talks to a registry, so local builds never import the HTTP stack.
     registry: Any = None
+    jobs: int | None = None  # vertices doing work at once; None: the CPU count
+    allow: list[str] = field(default_factory=list)  # entitlements (--allow security.insecure)
     # --build-context NAME=...: pybuild.solver.named_contexts.NamedContext by name
     contexts: dict[str, Any] = field(default_factory=dict)
     # --add-host (host, ip), --ulimit (rlimit type, soft, hard), --shm-size (bytes)
@@ -134,18 +141,24 @@ class BuildResult:
 class Solver:
     """Builds the stages of one plan into the store."""
 
-    def __init__(self, opts: BuildOptions, progress: Progress) -> None:
+    def __init__(self, opts: BuildOptions, progress: Progress, *,
+                 worker: Callable[[Store], Worker] | None = None) -> None:
         self.opts = opts
         self.progress = progress
         self.text = ""
         self.lex = ShellLex()
-        self.states: dict[int, StageState] = {}
+        self.states: dict[int, StageState] = {}  # finished stages, for --cache-to mode=max
         self.steps_run = 0
         self.steps_cached = 0
         self.timings: list[dict[str, Any]] = []
+        self._make_worker = worker or RealWorker
         self._registry_client: Any = None
-        self._vid = 0
+        self._vids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._ops: dict[str, Future[Record]] = {}  # ops running now, by key: each runs once
+        self._hits: list[str] = []
         self._now = self._timestamp()
+        self.sched = Scheduler(opts.jobs)
 
     # ----- entry -------------------------------------------------------------------
     def load(self) -> Any:
@@ -169,43 +182,56 @@ class Solver:
         if plan.unused_build_args:
             self.progress.warning("One or more build-args [" + " ".join(sorted(plan.unused_build_args))
                                   + "] were not consumed")
+        for a in self.opts.allow:
+            if a not in ENTITLEMENTS:
+                raise PybuildError(f"--allow {a}: unknown entitlement (pybuild knows "
+                                   f"{', '.join(ENTITLEMENTS)})")
         self._preflight(plan)
         return plan
 
     def build(self, store: Store) -> BuildResult:
         """Build the target; call after load(), which touches nothing on disk."""
         with store.gc_lock(shared=True):
-            return self._build(store)
+            try:
+                return self.sched.run("build", lambda: self._build(store))
+            finally:
+                if self._hits:
+                    self.cache.hits(self._hits)
 
     def _build(self, store: Store) -> BuildResult:
         plan = self.plan
         self.store = store
-        self.images: dict[str, Any] = {}
         self.named = NamedContexts(self.opts.contexts, store,
                                    lambda ref: self._resolve_image(parse_reference(ref), 0))
+        wanted = []
         for st in plan.stages:  # "load metadata": a missing base fails before any write
             if st.base_stage is None and st.base != "scratch" and not self.named.has(st.base):
-                ref = parse_reference(st.base)
-                self.images[ref.familiar] = self._resolve_image(ref, st.from_line)
-        self.snaps = Snapshotter(store)
+                wanted.append((parse_reference(st.base), st.from_line))
+        for ref, line in wanted:  # all at once
+            self._image_future(ref, line)
+        for ref, line in wanted:
+            self._resolve_image(ref, line)
+        self.worker = self._make_worker(store)
         self.cache = Cache(store)
         self.remote: dict[str, tuple[Any, Record]] = {}
         self.remote_layers: dict[str, tuple[Any, Record]] = {}
         for spec in self.opts.cache_from:
             for key, rec in remote_cache.load(store, spec, self._client(None)).items():
                 self.remote.setdefault(key, (spec, rec))
-        runtime.cleanup_stale()  # kill orphaned containers first, then unmount their rootfs
-        self.snaps.cleanup_stale()
-        cleanup_stale_secrets()
+        # what killed builds left goes, alongside the cache lookups; waited for before
+        # this build mounts anything (`_cleanup_once`)
+        self.sched.once(("cleanup",), self.worker.cleanup_stale)
         state = self._stage(plan.target.index)
         return self._export(state)
 
     # ----- preflight ---------------------------------------------------------------
     def _preflight(self, plan: Any) -> None:
-        """Fail on missing context sources before anything is written (when knowable)."""
+        """Fail on missing context sources and refused flags before anything is written."""
         for st in plan.stages:
+            self._check_platform(st)
             args = dict(plan.meta_args)
             for i in st.instructions:
+                self._check_flags(i)
                 if isinstance(i, ins.Arg):
                     for name, default in i.args:
                         if name in self.opts.build_args:
@@ -224,16 +250,41 @@ class Solver:
                     if local:
                         self.ctx.resolve_sources(local, i.line)
 
+    def _check_platform(self, st: Any) -> None:
+        """FROM --platform: the host's platform builds; any other is refused (no emulation)."""
+        if not st.platform:
+            return
+        host = f"linux/{host_arch()}"
+        if not is_host(st.platform):
+            raise DockerfileError(f"FROM --platform={st.platform}: pybuild builds for the host "
+                                  f"platform {host} only (no multi-platform builds yet)",
+                                  st.from_line)
+
+    def _check_flags(self, i: Any) -> None:
+        """Flags pybuild cannot honour are refused, never ignored."""
+        if isinstance(i, ins.Run) and (i.security or "sandbox") == "insecure" \
+                and "security.insecure" not in self.opts.allow:
+            raise DockerfileError("RUN --security=insecure needs the security.insecure "
+                                  "entitlement: pass --allow security.insecure", i.line)
+        if isinstance(i, ins.Add) and i.keep_git_dir:
+            raise DockerfileError("ADD --keep-git-dir applies to git sources, which pybuild "
+                                  "does not fetch yet", i.line)
+
     # ----- stages ------------------------------------------------------------------
     def _stage(self, index: int) -> StageState:
-        if index in self.states:
-            return self.states[index]
+        """A stage's final state: built once (on its own thread), however many ask."""
+        return self.sched.wait(self._stage_future(index))
+
+    def _stage_future(self, index: int) -> Future[StageState]:
+        return self.sched.once(("stage", index), lambda: self._build_stage(index))
+
+    def _build_stage(self, index: int) -> StageState:
         st = next((s for s in self.plan.stages if s.index == index), None)
         if st is None:
             raise PybuildError(f"stage {index} is not part of the build plan")
-        for dep in sorted(st.deps):  # what COPY --from / RUN --mount from= read: built first
-            if dep != index:
-                self._stage(dep)
+        for dep in sorted(st.deps):  # what COPY --from / RUN --mount from= read: started now,
+            if dep != index:         # waited for only where needed
+                self._stage_future(dep)
         state = self._base(st)
         triggers = []
         for text in state.config.get("OnBuild") or []:
@@ -244,8 +295,10 @@ class Solver:
         todo = triggers + list(st.instructions)
         state.steps_total = 1 + sum(1 for i in todo if _is_fs_step(i))
         for instr in todo:
+            self.sched.check()
             self._dispatch(state, instr)
-        self.states[index] = state
+        with self._lock:
+            self.states[index] = state
         return state
 
     def _base(self, st: Any) -> StageState:
@@ -278,15 +331,18 @@ class Solver:
                 cfg["Env"] = [DEFAULT_PATH] + list(cfg.get("Env") or [])
             digest = img.manifest_desc.digest
             state = StageState(st, cfg, list(img.config.get("history") or []), list(img.layers),
-                               list(img.diff_ids), "sha256:" + hashlib.sha256(
-                                   f"image {digest}".encode()).hexdigest(), digest,
-                               author=img.config.get("author"))
+                               list(img.diff_ids), ops.ImageSource(ref.familiar, digest).key(),
+                               digest, author=img.config.get("author"))
         return state
 
     def _resolve_image(self, ref: Any, line: int) -> Any:
         """An image from the store, pulled first when missing (or always with --pull)."""
-        if ref.familiar in self.images:
-            return self.images[ref.familiar]
+        return self.sched.wait(self._image_future(ref, line))
+
+    def _image_future(self, ref: Any, line: int) -> Future[Any]:
+        return self.sched.once(("image", ref.familiar), lambda: self._load_image(ref, line))
+
+    def _load_image(self, ref: Any, line: int) -> Any:
         if not self.opts.pull:
             try:
                 return imagemod.load(self.store, ref.familiar)
@@ -297,8 +353,11 @@ class Solver:
         try:
             from pybuild import registry
 
-            desc = registry.pull(self.store, ref.canonical, client=self._client(vid))
+            with self.sched.slot():
+                desc = registry.pull(self.store, ref.canonical, client=self._client(vid))
         except PybuildError as e:
+            if isinstance(e, Cancelled):
+                raise
             try:  # offline with --pull: fall back to what the store has, as docker does
                 if self.opts.pull:
                     img = imagemod.load(self.store, ref.familiar)
@@ -315,15 +374,19 @@ class Solver:
         return imagemod.load(self.store, desc.digest)
 
     def _client(self, vid: str | None) -> Any:
-        """The user's registry client (made once), reporting transfers on vertex `vid`."""
-        if self._registry_client is None:
-            from pybuild.registry import RegistryClient
+        """The user's registry client (made once), reporting transfers on vertex `vid`: a
+        view of it per call, so concurrent pulls each report on their own vertex."""
+        with self._lock:
+            if self._registry_client is None:
+                from pybuild.registry import RegistryClient
 
-            self._registry_client = self.opts.registry() if self.opts.registry else RegistryClient()
+                self._registry_client = (self.opts.registry() if self.opts.registry
+                                         else RegistryClient())
         client = self._registry_client
-        client.progress = None if vid is None else (
+        if vid is None:
+            return client.with_progress(None)
+        return client.with_progress(
             lambda label, cur, total: self.progress.transfer(vid, label, cur, total))
-        return client
 
     # ----- dispatch ----------------------------------------------------------------
     def _dispatch(self, s: StageState, i: Any) -> None:
@@ -460,15 +523,17 @@ class Solver:
                 path = path[1:]
         s.config["WorkingDir"] = path
         user = s.config.get("User") or ""
-        inputs = {"op": "mkdir", "path": path, "user": user}
+        op = ops.Mkdir(path, user)
 
-        def do(active: Any) -> None:
+        def do(snap: Snapshot, vid: str) -> None:
+            from pybuild.solver.users import resolve_chown
+
             # BuildKit creates it as a file operation owned like `--chown=USER`: a bare
             # uid with no passwd entry gets that number as its gid too.
-            uid, gid = resolve_chown(active.rootfs, user) if user else (0, 0)
-            _mkdir_p(active.rootfs, path, uid, gid)
+            uid, gid = resolve_chown(snap.rootfs, user) if user else (0, 0)
+            _mkdir_p(snap.rootfs, path, uid, gid)
 
-        self._fs_step(s, e, self._display(s, e), inputs, do, created_by=f"WORKDIR {path}")
+        self._fs_step(s, e, self._display(s, e), op, do, created_by=f"WORKDIR {path}")
 
     def _run(self, s: StageState, raw: Any) -> None:
         env_map = s.env_map()
@@ -489,184 +554,250 @@ class Solver:
         network = (raw.network or self.opts.network or "host").lower()
         if network == "default":
             network = self.opts.network or "host"
-        if network not in ("host", "none"):
-            raise DockerfileError(f"unsupported network mode {network!r} (host or none)", raw.line)
+        try:
+            runtime.check_network(network)
+        except PybuildError as e:
+            raise DockerfileError(str(e), raw.line) from None
+        security = (raw.security or "sandbox").lower()
+        self._check_flags(raw)  # again: ONBUILD triggers were not there at preflight
         mounts = [m.expand(self.lex, env_map) if hasattr(m, "expand") else m for m in raw.mounts]
-        inputs = {"op": "run", "argv": argv,
-                  "env": {k: v for k, v in s.vars.items() if k not in s.from_arg},
-                  "args": {k: v for k, v in s.vars.items()
-                           if k in s.from_arg and k not in PROXY_ARGS},
-                  "cwd": cfg.get("WorkingDir") or "/", "user": cfg.get("User") or "",
-                  "network": network, "mounts": [cache_key_of(m) for m in mounts],
-                  "bind_sources": self._bind_sources(mounts, raw.line),
-                  "security": raw.security or ""}
-        inputs.update(self._run_options())
+        cwd = cfg.get("WorkingDir") or "/"
+        op = ops.Exec(argv=tuple(argv),
+                      env=tuple((k, v) for k, v in s.vars.items() if k not in s.from_arg),
+                      args=tuple((k, v) for k, v in s.vars.items()
+                                 if k in s.from_arg and k not in PROXY_ARGS),
+                      cwd=cwd, user=cfg.get("User") or "",
+                      network=network,
+                      mounts=tuple(mounts_key(mounts, cwd,
+                                              lambda name: self._source_key(name, raw.line))),
+                      bind_sources=tuple(self._bind_sources(mounts, cwd, raw.line)),
+                      security=security,
+                      run_options=run_options.key_of(self.opts.extra_hosts, self.opts.ulimits,
+                                                     self.opts.shm_size))
         display = self._display(s, raw)
         created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
                               argv)
 
-        def do(active: Any) -> None:
-            uid, gid, groups = resolve_user(active.rootfs, cfg.get("User") or "root") \
+        def do(snap: Snapshot, vid: str) -> None:
+            from pybuild.solver.users import resolve_user
+
+            uid, gid, groups = resolve_user(snap.rootfs, cfg.get("User") or "root") \
                 if cfg.get("User") else (0, 0, [])
             cwd = cfg.get("WorkingDir") or "/"
-            preparer = MountPreparer(self.store.root, self.opts.context, self.opts.secrets,
-                                     self._view, ssh=self.opts.ssh)
+            preparer = MountPreparer(self.store.root, self.ctx, self.opts.secrets, self._view,
+                                     lambda name: self._source_key(name, raw.line),
+                                     ssh=self.opts.ssh)
             with preparer.prepare(mounts, cwd, raw.line) as prep, \
                     _script_mount(script, argv) as script_mounts:
-                host, _stubs = runtime.host_mounts(active.rootfs,
-                                                   extra_hosts=self.opts.extra_hosts)
-                spec = runtime.RunSpec(rootfs=active.rootfs, args=argv,
+                spec = runtime.RunSpec(rootfs=snap.rootfs, args=argv,
                                        env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
                                        additional_gids=groups, network=network,
-                                       mounts=host + prep.mounts + script_mounts,
-                                       ulimits=self.opts.ulimits, shm_size=self.opts.shm_size)
-                vid = self._current_vid
-                status = runtime.run(spec, lambda data: self.progress.vertex_log(vid, data))
+                                       mounts=prep.mounts + script_mounts,
+                                       privileged=security == "insecure",
+                                       ulimits=self.opts.ulimits, shm_size=self.opts.shm_size,
+                                       extra_hosts=self.opts.extra_hosts)
+                status = self.worker.execute(
+                    spec, lambda data: self.progress.vertex_log(vid, data), self.sched.cancel)
             if status != 0:
                 raise StepError(f"process {hist.go_quote(' '.join(argv))} did not complete "
                                 f"successfully: exit code: {status}", raw.line, status)
 
-        self._fs_step(s, raw, display, inputs, do, created_by=created_by)
+        self._fs_step(s, raw, display, op, do, created_by=created_by)
 
     def _copy(self, s: StageState, e: Any, raw: Any) -> None:
         is_add = isinstance(e, ins.Add)
+        self._check_flags(raw)
         cfg = s.config
         workdir = cfg.get("WorkingDir") or "/"
         dest = e.dest
-        inputs: dict[str, Any] = {"op": "add" if is_add else "copy", "dest": dest, "workdir": workdir,
-                                  "chown": e.chown or "", "chmod": e.chmod or "",
-                                  "exclude": list(e.exclude or []), "parents": bool(e.parents),
-                                  "link": bool(e.link)}
         heredocs = list(e.heredocs or [])
         urls = [x for x in e.sources if is_add and _is_url(x)]
         local = [x for x in e.sources if x not in urls]  # heredoc files come separately
-        if heredocs:
-            inputs["heredocs"] = [[h.name, h.content] for h in heredocs]
-        if urls:
-            inputs["urls"] = urls
-            inputs["checksum"] = getattr(e, "checksum", None) or ""
+        fetched: list[Any] = []
+        checksum = (getattr(e, "checksum", None) or "") if urls else ""
+        if urls and not checksum:  # keyed on what the server sends now (revalidated)
+            from pybuild.solver.copy import fetch_urls
+
+            fetched = fetch_urls(self.store.root / "http-cache", urls, None, raw.line)
         context_paths: list[Path] = []
+        source: ops.ContextSource | ops.StageRef | ops.ImageSource | None = None
         if e.from_:
-            inputs["from"] = self._source_key(e.from_, raw.line)
-            inputs["sources"] = local
+            source = self._source(e.from_, raw.line)
         elif local:
             # resolved once: the key's file digests and the copy read the same paths
             context_paths = self.ctx.resolve_sources(local, raw.line)
-            inputs["sources"] = local
-            inputs["files"] = self.ctx.manifest(context_paths)
+            source = ops.ContextSource(tuple(sorted(self.ctx.manifest(context_paths).items())))
+        op = ops.FileCopy(add=is_add, dest=dest, workdir=workdir, chown=e.chown or "",
+                          chmod=e.chmod or "", exclude=tuple(e.exclude or []),
+                          parents=bool(e.parents), link=bool(e.link),
+                          sources=tuple(key_path(x) for x in local) if source is not None else (),
+                          source=source,
+                          heredocs=tuple((h.name, h.content) for h in heredocs),
+                          urls=tuple(urls), checksum=checksum,
+                          downloads=tuple(f.key() for f in fetched))
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)
         # history shows the words after expansion, flags dropped (BuildKit's wording)
         words = list(e.sources) + [e.dest] if not heredocs else list(raw.sources) + [raw.dest]
         created_by = f"{word} {' '.join(words)} # buildkit"
+        # --link: the files land in a layer of their own, made on an empty filesystem, so
+        # the layer (and its key) does not depend on what is below (BuildKit's rebase).
+        # A --chown by name still reads the stage's passwd/group.
+        link_owner: tuple[int, int] | None = None
+        if e.link and e.chown:
+            from pybuild.solver.users import resolve_chown
 
-        def do(active: Any) -> None:
-            owner = resolve_chown(active.rootfs, e.chown) if e.chown else None
+            with self._stage_view(s) as root:
+                link_owner = resolve_chown(root, e.chown)
+
+        def do(snap: Snapshot, vid: str) -> None:
+            # what only a step that runs needs: a warm build never imports it
+            from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+            from pybuild.solver.users import resolve_chown
+
+            if e.link:
+                owner = link_owner
+            else:
+                owner = resolve_chown(snap.rootfs, e.chown) if e.chown else None
             chmod = int(e.chmod, 8) if e.chmod else None
             if heredocs:
-                write_heredoc_files(active.rootfs, [(h.name, h.content) for h in heredocs],
+                write_heredoc_files(snap.rootfs, [(h.name, h.content) for h in heredocs],
                                     dest, workdir, owner, chmod)
             if urls:
-                add_urls(active.rootfs, urls, dest, workdir, getattr(e, "checksum", None),
-                         owner, chmod, raw.line)
+                from pybuild.solver.copy import fetch_urls
+
+                got = fetched or fetch_urls(self.store.root / "http-cache", urls,
+                                            getattr(e, "checksum", None), raw.line)
+                add_urls(snap.rootfs, got, dest, workdir, owner, chmod, raw.line)
             if local and e.from_:
                 with self._view(e.from_) as root:
                     paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
-                    copy_into(active.rootfs, CopyRequest(
+                    copy_into(snap.rootfs, CopyRequest(
                         paths, root, dest, workdir, owner, chmod, list(e.exclude or []),
                         bool(e.parents), is_add, raw.line, keep_owner=True))
             elif local:
-                copy_into(active.rootfs, CopyRequest(
+                copy_into(snap.rootfs, CopyRequest(
                     context_paths, self.ctx.root, dest, workdir, owner, chmod,
                     list(e.exclude or []), bool(e.parents), is_add, raw.line,
                     ignore=self.ctx.matcher))
 
-        self._fs_step(s, raw, display, inputs, do, created_by=created_by)
+        self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link))
 
-    def _run_options(self) -> dict[str, Any]:
-        """--add-host, --ulimit, --shm-size: in a RUN's key only when given (old keys stay)."""
-        out: dict[str, Any] = {}
-        if self.opts.extra_hosts:
-            out["extra_hosts"] = [list(h) for h in self.opts.extra_hosts]
-        if self.opts.ulimits:
-            out["ulimits"] = [list(u) for u in self.opts.ulimits]
-        if self.opts.shm_size:
-            out["shm_size"] = self.opts.shm_size
-        return out
+    def _source_key(self, name: str, line: int) -> str:
+        """A stage's or image's label in a key: "stage KEY" / "image DIGEST"."""
+        return ops.source_label(self._source(name, line))
 
-    def _bind_sources(self, mounts: list[Any], line: int) -> list[Any]:
-        """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them.
+    def _bind_sources(self, mounts: list[Any], workdir: str, line: int) -> list[Any]:
+        """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them."""
+        return [bind_key(m, workdir, self.ctx, lambda name: self._source_key(name, line), line)
+                for m in mounts if (m.type or "bind").lower() == "bind"]
 
-        From the context, the content digest of the mounted files; from a stage or an
-        image, that stage's key or the image's digest (which pin its content).
-        """
-        out: list[Any] = []
-        for m in mounts:
-            if (m.type or "bind").lower() != "bind":
-                continue
-            if m.from_:
-                out.append({"target": m.target, "source": m.source or "/",
-                            "from": self._source_key(m.from_, line)})
-            else:
-                src = (m.source or "/").lstrip("/") or "."
-                paths = self.ctx.resolve_sources([src], line)
-                out.append({"target": m.target, "source": m.source or "/",
-                            "files": self.ctx.manifest(paths)})
-        return out
+    @functools.cached_property
+    def _paths(self) -> tuple[str, str]:
+        return str(self.opts.context.resolve()), str(self.opts.dockerfile.resolve())
 
-    def _fs_step(self, s: StageState, raw: Any, display: str, inputs: dict[str, Any],
-                 do: Any, created_by: str | None = None) -> None:
+    def _step_id(self, s: StageState) -> str:
+        return ops.StepId(*self._paths, s.stage.name or str(s.stage.index), s.step).text()
+
+    def _fs_step(self, s: StageState, raw: Any, display: str, op: ops.LayerOp,
+                 do: Callable[[Snapshot, str], None], created_by: str | None = None,
+                 link: bool = False) -> None:
         """One cached filesystem step: look up, else mount, run `do`, commit."""
         s.step += 1
         vid = self._vertex()
-        self._current_vid = vid
         name = self._step_name(s.stage, s.step + 1, s.steps_total, display)
-        parent = s.key
-        if s.base:
-            inputs = dict(inputs, base=s.base)
-        key = compute_key(parent, inputs)
-        slot = hashlib.sha256(json.dumps([str(self.opts.context.resolve()),
-                                          str(self.opts.dockerfile.resolve()), s.stage.index,
-                                          s.step]).encode()).hexdigest()
+        parent = LINK_PARENT if link else s.key
+        inputs = ops.recorded_inputs(op, None if link else s.base)
+        key = ops.compute_key(parent, inputs)
+        # what later steps build on: a linked layer's own key knows nothing of the layers
+        # below it, the stage's filesystem after it does (BuildKit's merge of the two)
+        chain_key = ops.merge_key(s.key, key) if link else key
+        step = self._step_id(s)
+        slot = hashlib.sha256(step.encode()).hexdigest()
         created_by = created_by or display
         self.progress.vertex_started(vid, name)
         started = time.monotonic()
-        rec = None if self._skip_cache(s) else self._lookup(key, vid)
+        rec = None if self._skip_cache(s) else self._lookup(key, vid, s.diff_ids)
+        if rec is None:
+            with self._lock:  # an identical op of another stage running now: wait for it
+                other = self._ops.get(key)
+                running: Future[Record] = other or Future()
+                if other is None:
+                    self._ops[key] = running
+            if other is not None:
+                rec = self.sched.wait(other)
         if rec is not None:
             self.progress.vertex_cached(vid)
-            self.timings.append({"step": name, "cached": True,
-                                 "seconds": round(time.monotonic() - started, 3)})
-            self.cache.hit(key)
-            self.steps_cached += 1
+            self._timing(name, True, started)
+            with self._lock:
+                self._hits.append(key)  # counted once, at the end of the build
+                self.steps_cached += 1
             s.records.append(rec)
-            self._append_layer(s, rec.layer, rec.diff_id, created_by, key, rec.created)
+            self._append_layer(s, rec.layer, rec.diff_id, created_by, chain_key, rec.created)
             return
-        if self.opts.explain:
-            self.progress.explain(vid, explain(self.cache.previous(slot, parent), parent, inputs))
         try:
-            self._fetch_layers(s.layers, vid)
-            lowers = self.snaps.ensure(s.layers, s.diff_ids)
-            with self.snaps.mount(lowers) as active:
-                do(active)
-                desc, diff_id = self.snaps.commit(active, s.diff_ids,
-                                                  compression=self.opts.compression,
-                                                  source_date_epoch=self.opts.source_date_epoch)
+            rec = self._execute(s, raw, vid, name, op, do, key, parent, inputs, slot, step, link)
+        except BaseException as err:
+            running.set_exception(err)
+            raise
+        finally:
+            with self._lock:
+                self._ops.pop(key, None)
+        running.set_result(rec)
+        s.records.append(rec)
+        self.progress.vertex_done(vid)
+        with self._lock:
+            self.steps_run += 1
+        self._timing(name, False, started)
+        self._append_layer(s, rec.layer, rec.diff_id, created_by, chain_key, rec.created)
+
+    def _execute(self, s: StageState, raw: Any, vid: str, name: str, op: ops.LayerOp,
+                 do: Callable[[Snapshot, str], None], key: str, parent: str,
+                 inputs: dict[str, Any], slot: str, step: str, link: bool) -> Record:
+        """Run a step that missed the cache on a fresh snapshot; record it."""
+        if self.opts.explain:
+            prev = self.cache.previous(step)
+            reason = explain(prev, parent, inputs)
+            if prev is not None and prev.key == key and self._skip_cache(s):
+                reason = "--no-cache" if self.opts.no_cache else "--no-cache-filter"
+            self.progress.explain(vid, reason)
+        layers, diff_ids = ([], []) if link else (s.layers, s.diff_ids)
+        try:
+            with self.sched.slot():
+                self._cleanup_once()
+                self._fetch_layers(layers, vid)
+                with self.worker.prepare(layers, diff_ids) as snap:
+                    do(snap, vid)
+                    desc, diff_id = self.worker.commit(
+                        snap, s.diff_ids, compression=self.opts.compression,
+                        source_date_epoch=self.opts.source_date_epoch)
+        except Cancelled:
+            self.progress.vertex_error(vid, "cancelled")
+            raise
         except DockerfileError as err:
             self.progress.vertex_error(vid, err.message, self._excerpt(raw))
             raise
         except PybuildError as err:
             self.progress.vertex_error(vid, str(err), self._excerpt(raw))
             raise DockerfileError(str(err), raw.line) from None
+        from pybuild.snapshot import chain_ids
+
         now = time.time()
         chain_id = chain_ids(s.diff_ids + [diff_id])[-1]
-        rec = Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now)
+        rec = Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now,
+                     step=step)
         self.cache.put(rec)
-        s.records.append(rec)
-        self.progress.vertex_done(vid)
-        self.steps_run += 1
-        self.timings.append({"step": name, "cached": False,
-                             "seconds": round(time.monotonic() - started, 3)})
-        self._append_layer(s, desc, diff_id, created_by, key, now)
+        return rec
+
+    def _cleanup_once(self) -> None:
+        """What killed builds left (containers, mounts, secrets) is gone before this build
+        mounts anything; started with the build, it overlaps the cache lookups."""
+        self.sched.wait(self.sched.once(("cleanup",), self.worker.cleanup_stale))
+
+    def _timing(self, name: str, cached: bool, started: float) -> None:
+        with self._lock:
+            self.timings.append({"step": name, "cached": cached,
+                                 "seconds": round(time.monotonic() - started, 3)})
 
     def _append_layer(self, s: StageState, desc: Descriptor, diff_id: str, created_by: str,
                       key: str, created: float) -> None:
@@ -678,7 +809,7 @@ class Solver:
         s.history.append({"created": self._format_time(created), "created_by": created_by,
                           "comment": hist.COMMENT})
 
-    def _lookup(self, key: str, vid: str) -> Record | None:
+    def _lookup(self, key: str, vid: str, parent_diff_ids: list[str]) -> Record | None:
         """A local record, or one offered by --cache-from.
 
         A remote record's layer is downloaded only when something needs its bytes: a step
@@ -688,18 +819,36 @@ class Solver:
         if rec is not None or key not in self.remote:
             return rec
         spec, remote = self.remote[key]
+        # The record's own chain id is not trusted: it is what our diff_ids make it.
+        from pybuild.snapshot import chain_ids
+
+        chain_id = chain_ids(parent_diff_ids + [remote.diff_id])[-1]
         rec = Record(remote.key, remote.parent, "", remote.description, remote.layer,
-                     remote.diff_id, remote.chain_id, remote.inputs, remote.created, time.time())
+                     remote.diff_id, chain_id, remote.inputs, remote.created, time.time())
         self.remote_layers[rec.layer.digest] = (spec, rec)
         return rec
 
     def _fetch_layers(self, layers: list[Descriptor], vid: str | None) -> None:
-        """Download the --cache-from layers among `layers` that the store lacks yet."""
+        """Download the --cache-from layers among `layers` that the store lacks yet (each
+        once, however many steps need it at the same time)."""
         for d in layers:
-            if d.digest in self.remote_layers and not self.store.has_blob(d.digest):
-                spec, rec = self.remote_layers.pop(d.digest)
-                remote_cache.fetch_layer(self.store, spec, rec, self._client(vid))
-                self.cache.put(rec)  # a record only once its blob is in the store
+            if d.digest in self.remote_layers:
+                self.sched.wait(self.sched.once(("fetch", d.digest),
+                                                functools.partial(self._fetch_layer, d, vid)))
+
+    def _fetch_layer(self, d: Descriptor, vid: str | None) -> None:
+        """Download a --cache-from layer the store lacks, then hold it to its record: the
+        record's diff_id is a claim, and its layer must hash to it before it is used."""
+        from pybuild.snapshot import verify_layer
+
+        spec, rec = self.remote_layers[d.digest]
+        if not self.store.has_blob(d.digest):
+            remote_cache.fetch_layer(self.store, spec, rec, self._client(vid))
+        try:
+            verify_layer(self.store, rec.layer, rec.diff_id)
+        except PybuildError as e:
+            raise PybuildError(f"--cache-from {spec.ref}: record {rec.key}: {e}") from None
+        self.cache.put(rec)  # a record only once its blob is in the store, verified
 
     def _skip_cache(self, s: StageState) -> bool:
         if self.opts.no_cache:
@@ -716,15 +865,16 @@ class Solver:
                 return st.index
         return None
 
-    def _source_key(self, name: str, line: int) -> str:
-        named = self.named.key(name)
+    def _source(self, name: str, line: int) -> ops.StageRef | ops.ImageSource | ops.ContextSource:
+        """A `--from` name as a typed source: a stage of this build (waited for), or an image."""
+        named = self.named.source(name)
         if named is not None:
-            return named
+            return named  # type: ignore[no-any-return]
         idx = self._stage_index(name)
         if idx is not None:
-            return "stage " + self._stage(idx).key
+            return ops.StageRef(idx, self._stage(idx).key)
         img = self._resolve_image(parse_reference(name), line)
-        return "image " + str(img.manifest_desc.digest)
+        return ops.ImageSource(name, str(img.manifest_desc.digest))
 
     @contextmanager
     def _view(self, name: str) -> Iterator[Path]:
@@ -741,9 +891,17 @@ class Solver:
             img = self.named.image(name) or self._resolve_image(parse_reference(name), 0)
             layers, diff_ids = img.layers, img.diff_ids
         self._fetch_layers(layers, None)
-        lowers = self.snaps.ensure(layers, diff_ids)
-        with self.snaps.mount(lowers, readonly=True) as active:
-            yield active.rootfs
+        self._cleanup_once()
+        with self.worker.prepare(layers, diff_ids, readonly=True) as snap:
+            yield snap.rootfs
+
+    @contextmanager
+    def _stage_view(self, s: StageState) -> Iterator[Path]:
+        """A read-only view of the stage being built, as it is now."""
+        self._fetch_layers(s.layers, None)
+        self._cleanup_once()
+        with self.worker.prepare(list(s.layers), list(s.diff_ids), readonly=True) as snap:
+            yield snap.rootfs
 
     # ----- export --------------------------------------------------------------------
     def _export(self, s: StageState) -> BuildResult:
@@ -764,9 +922,10 @@ class Solver:
             config["author"] = s.author
         vid = self._vertex()
         self.progress.vertex_started(vid, "exporting to image")
-        self._fetch_layers(s.layers, vid)
-        config.update(remote_cache.inline_config(self.opts.cache_to, s.records))
-        manifest = imagemod.write(self.store, config, s.layers)
+        with self.sched.slot():
+            self._fetch_layers(s.layers, vid)
+            config.update(remote_cache.inline_config(self.opts.cache_to, s.records))
+            manifest = imagemod.write(self.store, config, s.layers)
         image_id = manifest_config_digest(self.store, manifest)
         with self.store.lock():
             for t in self.opts.tags:
@@ -783,8 +942,10 @@ class Solver:
                 continue  # already in the image config
             vid = self._vertex()
             self.progress.vertex_started(vid, f"exporting cache to {spec.ref} (mode={spec.mode})")
+            # mode=max: every finished stage, in Dockerfile order (not the order they
+            # happened to finish in), so the exported cache is the same for any schedule
             records = s.records if spec.mode == "min" else [
-                r for st in self.states.values() for r in st.records]
+                r for _, st in sorted(self.states.items()) for r in st.records]
             self._fetch_layers([r.layer for r in records], vid)
             remote_cache.export(self.store, spec, records, self._client(vid))
             self.progress.vertex_done(vid)
@@ -792,8 +953,7 @@ class Solver:
 
     # ----- helpers -------------------------------------------------------------------
     def _vertex(self) -> str:
-        self._vid += 1
-        return f"v{self._vid}"
+        return f"v{next(self._vids)}"
 
     def _step_name(self, st: Any, n: int, total: int | None, text: str) -> str:
         if total is None:
