@@ -4,7 +4,6 @@ into each RUN step's runtime spec by pybuild.runtime (RunSpec.extra_hosts, .ulim
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 
@@ -28,21 +27,15 @@ def host_gateway_ip() -> str:
 
 
 def parse_add_host(value: str) -> tuple[str, str]:
-    """`HOST:IP` (or docker 26's `HOST=IP`); IP may be `host-gateway`."""
+    """`HOST:IP` (or docker 26's `HOST=IP`); IP may be `host-gateway` for builds. The
+    format checks are pybuild run's (pybuild.network)."""
+    from pybuild.network._etc import parse_add_host as parse
+
     sep = "=" if "=" in value else ":"
     host, found, ip = value.partition(sep)
-    host, ip = host.strip(), ip.strip()
-    if not found or not host or not ip:
-        raise PybuildError(f'invalid argument "{value}" for "--add-host" flag: '
-                           f'bad format for add-host: "{value}"')
-    if ip == HOST_GATEWAY:
-        ip = host_gateway_ip()
-    try:
-        ipaddress.ip_address(ip.strip("[]"))
-    except ValueError:
-        raise PybuildError(f'invalid argument "{value}" for "--add-host" flag: '
-                           f'invalid IP address in add-host: "{ip}"') from None
-    return host, ip.strip("[]")
+    if found and host and ip.strip() == HOST_GATEWAY:
+        value = f"{host}={host_gateway_ip()}"
+    return parse(value)
 
 
 def parse_ulimit(value: str) -> tuple[str, int, int]:
