@@ -320,3 +320,50 @@ def test_sbom_command_reads_a_built_image(busybox: object, tmp_path: object) -> 
     missing = run("sbom", "--require-attestation", "sbomtest", check=False)  # type: ignore[operator]
     assert missing.returncode == 1 and "no SBOM attestation" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_build_attaches_sbom_and_provenance(busybox: object, tmp_path: object) -> None:
+    """`--sbom --provenance=mode=max`: the tag moves to an index holding the image (same
+    manifest, same ID) and an attestation manifest; skopeo reads the layout as it is."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    run = busybox  # type: ignore[assignment]
+    ctx = Path(str(tmp_path)) / "actx"
+    ctx.mkdir()
+    (ctx / "status").write_bytes(DPKG_STATUS)
+    (ctx / "Dockerfile").write_text("FROM busybox\nARG TOKEN=dflt\nCOPY status /var/lib/dpkg/status\n"
+                                    "RUN echo $TOKEN > /t\n")
+    plain = run("build", "-t", "plain", "--build-arg", "TOKEN=s3cr3t", str(ctx)).stdout  # type: ignore[operator]
+    run("build", "-t", "att:1", "--sbom", "--provenance=mode=max",  # type: ignore[operator]
+        "--build-arg", "TOKEN=s3cr3t", str(ctx))
+    inspect_plain = json.loads(run("inspect", "plain").stdout)[0]  # type: ignore[operator]
+    inspect_att = json.loads(run("inspect", "att:1").stdout)[0]  # type: ignore[operator]
+    assert inspect_att["Id"] == inspect_plain["Id"], plain  # the image itself did not change
+    root = run.root  # type: ignore[attr-defined]
+    index = json.loads((root / "index.json").read_text())
+    desc = next(m for m in index["manifests"]
+                if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == "att:1")
+    assert desc["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    if shutil.which("skopeo"):
+        raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{root}:att:1"], capture_output=True,
+                             text=True, check=True).stdout
+        entries = json.loads(raw)["manifests"]
+        assert entries[1]["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"
+        assert entries[1]["annotations"]["vnd.docker.reference.digest"] == entries[0]["digest"]
+    doc = json.loads(run("sbom", "--require-attestation", "--format", "spdx-json", "att:1").stdout)  # type: ignore[operator]
+    assert spdx_validate(doc) == []
+    assert any(p["name"] == "libc6" for p in doc["packages"])
+    from pybuild.attest.manifest import read
+
+    atts = {a.predicate_type: a.statement for a in read(Store(root), desc["digest"])}
+    pred = atts[provenance.PREDICATE_TYPE]["predicate"]
+    slsa_validate(pred)
+    deps = pred["buildDefinition"]["resolvedDependencies"]
+    assert [d["uri"] for d in deps] == ["pkg:docker/busybox@latest?platform=linux%2Famd64"]
+    assert pred["buildDefinition"]["externalParameters"]["request"]["args"]["build-arg:TOKEN"] == "s3cr3t"
+    # the attested image still runs and lists once
+    assert run("run", "--rm", "--network", "none", "att:1", "cat", "/t").stdout == "s3cr3t\n"  # type: ignore[operator]
+    bad = run("build", "--provenance=mode=full", str(ctx), check=False)  # type: ignore[operator]
+    assert bad.returncode != 0 and "invalid --provenance" in bad.stderr and "Traceback" not in bad.stderr

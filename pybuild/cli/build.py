@@ -74,6 +74,9 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         ssh=args.agents)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
+    from pybuild.attest.for_build import AttestOptions, parse_provenance, parse_sbom
+
+    attest_opts = AttestOptions(parse_sbom(args.sbom), parse_provenance(args.provenance))
     call = parse_call(args)
     if call.name != "build":
         return _call(call, opts, args)
@@ -86,7 +89,10 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         solver = Solver(opts, progress)
         solver.load()
         report_checks(solver.plan, opts, args, progress)
+        started = _now()
         result = solver.build(open_store(args))
+        if attest_opts.wanted:
+            _attest(args, opts, result, attest_opts, started)
         if outputs:
             _export_outputs(args, progress, result, outputs)
         progress.summary(summary_of(result, time.monotonic() - start))
@@ -113,6 +119,38 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         progress.result_line(result.image_id)
         _advice_line(args, opts, result, mode)
     return 0
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _attest(args: argparse.Namespace, opts: Any, result: Any, attest_opts: Any, started: str) -> None:
+    """--sbom / --provenance: statements about the built image, in an index beside it."""
+    from pybuild.attest import provenance
+    from pybuild.attest.for_build import attest
+    from pybuild.platforms import host_platform
+
+    plat = host_platform()
+    facts = provenance.BuildFacts(
+        dockerfile_path=opts.dockerfile_name, dockerfile_bytes=opts.dockerfile.read_bytes(),
+        platform=f"{plat['os']}/{plat['architecture']}", started=started, finished=_now(),
+        target=opts.target, build_args=dict(opts.build_args), secret_ids=sorted(opts.secrets),
+        materials=[provenance.Material(_image_purl(ref, plat), digest)
+                   for ref, digest in result.materials],
+        no_cache=opts.no_cache)
+    attest(open_store(args), result.manifest, list(result.tags), attest_opts, facts)
+
+
+def _image_purl(ref: str, plat: dict[str, str]) -> str:
+    """BuildKit's material name for a base image: pkg:docker/busybox@latest?platform=…"""
+    from pybuild.reference import parse_reference
+
+    r = parse_reference(ref)
+    version = r.tag or r.digest or "latest"
+    return f"pkg:docker/{r.familiar_name}@{version}?platform={plat['os']}%2F{plat['architecture']}"
 
 
 def _export_outputs(args: argparse.Namespace, progress: Any, result: Any, outputs: list[Any]) -> None:
@@ -443,6 +481,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--pull", action="store_true",
                    help="always look for a newer base image in its registry")
     b.add_argument("--push", action="store_true", help="push every -t name after the build")
+    b.add_argument("--sbom", nargs="?", const="true", metavar="true|false",
+                   help="attach an SPDX 2.3 SBOM attestation (dpkg, apk and Python packages of "
+                        "the final image), as BuildKit stores it; see `pybuild sbom`")
+    b.add_argument("--provenance", nargs="?", const="true", metavar="true|mode=min|mode=max",
+                   help="attach SLSA v1 provenance: min (no build-arg values) or max (adds "
+                        "build args, the Dockerfile and which step made which layer)")
     b.add_argument("-o", "--output", action="append", metavar="type=TYPE[,dest=PATH][,name=N]",
                    help="where the result goes (repeatable): type=local,dest=DIR (or just DIR), "
                         "type=tar,dest=FILE (or - for stdout), type=oci,dest=FILE, "

@@ -136,6 +136,8 @@ class BuildResult:
     steps_cached: int
     layers: list[tuple[int, str]]
     steps: list[dict[str, Any]] = field(default_factory=list)  # name, cached, seconds
+    # the base images it used: (canonical reference, manifest digest), for provenance
+    materials: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Solver:
@@ -157,6 +159,7 @@ class Solver:
         self._lock = threading.Lock()
         self._ops: dict[str, Future[Record]] = {}  # ops running now, by key: each runs once
         self._hits: list[str] = []
+        self._materials: dict[str, str] = {}
         self._now = self._timestamp()
         self.sched = Scheduler(opts.jobs)
 
@@ -340,7 +343,13 @@ class Solver:
         return self.sched.wait(self._image_future(ref, line))
 
     def _image_future(self, ref: Any, line: int) -> Future[Any]:
-        return self.sched.once(("image", ref.familiar), lambda: self._load_image(ref, line))
+        return self.sched.once(("image", ref.familiar), lambda: self._material(ref, line))
+
+    def _material(self, ref: Any, line: int) -> Any:
+        img = self._load_image(ref, line)
+        with self._lock:
+            self._materials[ref.canonical] = img.manifest_desc.digest
+        return img
 
     def _load_image(self, ref: Any, line: int) -> Any:
         if not self.opts.pull:
@@ -936,7 +945,8 @@ class Solver:
         for d, h in zip(s.layers, layer_hist):
             sizes.append((d.size, h.get("created_by", "")))
         result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
-                             self.steps_run, self.steps_cached, sizes, self.timings)
+                             self.steps_run, self.steps_cached, sizes, self.timings,
+                             sorted(self._materials.items()))
         for spec in self.opts.cache_to:
             if spec.type == "inline":
                 continue  # already in the image config
