@@ -107,7 +107,8 @@ def predicate(facts: BuildFacts, mode: str = "min") -> dict[str, Any]:
             {"name": facts.dockerfile_path, "mediaType": "text/plain",
              "content": base64.b64encode(facts.dockerfile_bytes).decode(),
              "digest": _digest_map(dockerfile_digest)},
-            *({"name": f"layer {i} from line {ls.line}: {ls.step}", "mediaType": ls.media_type,
+            *({"name": f"layer {i}: {ls.step}" + (f" (line {ls.line})" if ls.line else ""),
+               "mediaType": ls.media_type,
                "digest": _digest_map(ls.layer_digest),
                "annotations": {"size": str(ls.size)}}
               for i, ls in enumerate(facts.layers)),

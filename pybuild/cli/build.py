@@ -133,14 +133,20 @@ def _attest(args: argparse.Namespace, opts: Any, result: Any, attest_opts: Any, 
     from pybuild.attest.for_build import attest
     from pybuild.platforms import host_platform
 
+    from pybuild import image
+
     plat = host_platform()
+    img = image.load(open_store(args), result.manifest.digest)
+    made = [h.get("created_by", "") for h in img.config.get("history") or [] if not h.get("empty_layer")]
+    layers = [provenance.LayerStep(step, 0, d.digest, d.media_type, d.size)
+              for step, d in zip(made, img.layers, strict=False)]
     facts = provenance.BuildFacts(
         dockerfile_path=opts.dockerfile_name, dockerfile_bytes=opts.dockerfile.read_bytes(),
         platform=f"{plat['os']}/{plat['architecture']}", started=started, finished=_now(),
         target=opts.target, build_args=dict(opts.build_args), secret_ids=sorted(opts.secrets),
         materials=[provenance.Material(_image_purl(ref, plat), digest)
                    for ref, digest in result.materials],
-        no_cache=opts.no_cache)
+        layers=layers, no_cache=opts.no_cache)
     attest(open_store(args), result.manifest, list(result.tags), attest_opts, facts)
 
 
