@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pybuild import fs
 from pybuild.errors import Cancelled, NeedsRootError, PybuildError
-from pybuild.liveness import process_start
+from pybuild.liveness import process_start, remove_tree
 
 STATE_DIR = Path("/run/pybuild")
 """Everything this module leaves on the host while a container runs (tmpfs: gone at reboot)."""
@@ -514,8 +514,8 @@ def _teardown(binary: str, cid: str, proc: subprocess.Popen[bytes] | None, bundl
                 proc.wait()
     if (state_root(binary) / cid).exists():
         _runtime_cli(binary, "delete", "-f", cid)
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(bundle.with_name(f".tmp-{bundle.name}"), ignore_errors=True)
+    remove_tree(bundle)
+    remove_tree(bundle.with_name(f".tmp-{bundle.name}"))
 
 
 def _kill_group(pgid: int) -> None:
@@ -575,9 +575,9 @@ def cleanup_stale() -> None:
             if cid.startswith(ID_PREFIX) and is_stale(cid):
                 _runtime_cli(binary, "kill", cid, "KILL")
                 _runtime_cli(binary, "delete", "-f", cid)
-                shutil.rmtree(BUNDLES_DIR / cid, ignore_errors=True)
+                remove_tree(BUNDLES_DIR / cid)
     if BUNDLES_DIR.is_dir():
         for bundle in BUNDLES_DIR.iterdir():
             cid = bundle.name.removeprefix(".tmp-")
             if cid.startswith(ID_PREFIX) and (bundle / "owner").exists() and is_stale(bundle.name):
-                shutil.rmtree(bundle, ignore_errors=True)
+                remove_tree(bundle)

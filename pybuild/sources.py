@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pybuild import fs, layer
+from pybuild.liveness import remove_tree
 from pybuild.errors import PybuildError
 
 _GIT_URL = re.compile(r"^(?:https?://\S+?\.git(?:#\S*)?|git://\S+|git@\S+|ssh://\S+|"
@@ -62,7 +63,7 @@ def prepare(context: str, dockerfile: str | None, stdin: BinaryIO) -> Iterator[P
     with contextlib.ExitStack() as stack:
         def scratch(prefix: str) -> Path:
             d = Path(tempfile.mkdtemp(prefix=prefix))
-            stack.callback(shutil.rmtree, d, True)
+            stack.callback(remove_tree, d)
             return d
 
         inline: Path | None = None  # a Dockerfile that came instead of a context
@@ -184,7 +185,7 @@ def fetch_git(url: str, into: Path) -> Path:
     if (repo / ".gitmodules").exists():
         _git(["submodule", "update", "-q", "--init", "--recursive", "--depth=1"], repo,
              "git submodule update")
-    shutil.rmtree(repo / ".git", ignore_errors=True)
+    remove_tree(repo / ".git")
     if not subdir:
         return repo
     root = fs.resolve_in_root(repo, subdir)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pybuild import fs
+from pybuild.liveness import remove_tree
 from pybuild.context import BuildContext, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.liveness import process_start
@@ -208,7 +209,7 @@ class MountPreparer:
             try:
                 os.rename(tmp, data)
             except OSError:
-                fs.remove_tree(tmp, ignore_errors=True)
+                remove_tree(tmp)
         sharing = (m.sharing or "shared").lower()
         source = data
         if sharing in ("locked", "private"):
@@ -222,7 +223,7 @@ class MountPreparer:
                 except BlockingIOError:
                     # In use: a private mount gets a fresh directory of its own.
                     source = Path(tempfile.mkdtemp(dir=self.cache_root))
-                    stack.callback(fs.remove_tree, source, ignore_errors=True)
+                    stack.callback(remove_tree, source)
         opts = ["rbind", "ro" if m.readonly else "rw"]
         return Mount(target, "bind", str(source), opts)
 
@@ -249,7 +250,7 @@ class MountPreparer:
     def _scratch(self, stack: ExitStack) -> Path:
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
-        stack.callback(fs.remove_tree, tmp, ignore_errors=True)
+        stack.callback(remove_tree, tmp)
         return tmp
 
     def _context_view(self, stack: ExitStack, source: str | None, line: int, copy: bool) -> Path:

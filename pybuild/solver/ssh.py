@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pybuild.errors import DockerfileError, PybuildError
+from pybuild.liveness import remove_tree
 
 DEFAULT_TARGET = "/run/buildkit/ssh_agent.{}"
 RUN_DIR = Path("/run/pybuild/ssh")
@@ -88,7 +89,7 @@ class Agents:
             raise PybuildError(f"--ssh {ident}: key files need ssh-agent and ssh-add "
                                f"(apt-get install openssh-client)")
         d = Path(tempfile.mkdtemp(prefix="pybuild-agent-"))
-        self._stack.callback(shutil.rmtree, d, True)
+        self._stack.callback(remove_tree, d)
         sock = str(d / "agent.sock")
         agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, start_new_session=True)
@@ -204,4 +205,4 @@ def forward(agents: Agents | None, m: Any, target: str | None, index: int,
         yield str(path), target or DEFAULT_TARGET.format(index)
     finally:
         proxy.close()
-        shutil.rmtree(d, ignore_errors=True)
+        remove_tree(d)
