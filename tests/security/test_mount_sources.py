@@ -18,7 +18,7 @@ import pytest
 from conftest import Pybuild, store_snapshot
 from test_cache import build
 
-from pybuild import fs
+from pybuild.liveness import remove_tree
 from pybuild.solver import mounts
 from security import test_context_attacks as attacks
 
@@ -213,12 +213,10 @@ def test_scratch_copies_walk_any_depth(tmp_path: Path) -> None:
         bottom = (tmp_path / "dst").joinpath(*["d"] * 1500)
         assert os.readlink(os.path.relpath(bottom / "link")) == "/etc/passwd"
     finally:
-        fs.remove_tree(src)
-        fs.remove_tree(tmp_path / "dst")
+        remove_tree(src)
+        remove_tree(tmp_path / "dst")
 
 
-@pytest.mark.xfail(strict=True, reason="a 1,200-deep RUN tree needs the iterative layer "
-                   "writer (trust-store's part of issue 11); remove this mark when it lands")
 def test_rw_bind_of_a_deep_stage_tree(busybox: Pybuild, tmp_path: Path) -> None:
     """A scratch copy for a `rw` bind walks any depth (no recursion in pybuild)."""
     ctx = _ctx(tmp_path, "FROM busybox AS s\n"
