@@ -373,7 +373,58 @@ def _twostage(tool: str) -> Callable[[Bench], Case]:
     return make
 
 
+MANYFILES_DOCKERFILE = f"FROM {BUSYBOX_REF}\nCOPY . /ctx/\n"
+
+
+def make_many_files(root: Path, dirs: int, per_dir: int) -> None:
+    """`dirs` directories of `per_dir` small text files (~120 bytes each) and a Dockerfile."""
+    root.mkdir(parents=True, exist_ok=True)
+    for d in range(dirs):
+        sub = root / f"d{d:04d}"
+        sub.mkdir()
+        for f in range(per_dir):
+            (sub / f"f{f:03d}.txt").write_text(f"file {d} {f}\n" * 8)
+    (root / "Dockerfile").write_text(MANYFILES_DOCKERFILE)
+
+
+class ManyFilesCase(BuildCase):
+    """`COPY . /ctx/` of a context of `dirs` x `per_dir` small files on the busybox base.
+
+    warm: rebuilt unchanged; edit: before each run one file (in the middle of the tree)
+    gets a line appended, so the COPY and its layer are redone and nothing else changes.
+    """
+
+    def __init__(self, adapter: Adapter, workdir: Path, bench: Bench, mode: str, dirs: int,
+                 per_dir: int) -> None:
+        super().__init__(adapter, workdir, MANYFILES_DOCKERFILE,
+                         (bench.busybox_tar(), BUSYBOX_REF), mode, [])
+        self.dirs = dirs
+        self.per_dir = per_dir
+
+    def setup(self) -> None:
+        make_many_files(self.context, self.dirs, self.per_dir)
+        self.adapter.import_base(*self.base)
+        run_logged(self.command(-1), self.adapter.log)
+
+    def before(self, i: int) -> None:
+        if self.mode == "edit":
+            edited = self.context / f"d{self.dirs // 2:04d}" / f"f{self.per_dir // 2:03d}.txt"
+            with open(edited, "a") as f:
+                f.write(f"bench edit {i}\n")
+
+
+def _many_files(tool: str, mode: str, dirs: int, per_dir: int = 100) -> Callable[[Bench], Case]:
+    def make(bench: Bench) -> Case:
+        name = f"files{dirs * per_dir // 1000}k-{mode}-{tool}"
+        return ManyFilesCase(_adapter(bench, tool, name), bench.subdir(f"{name}-ctx-"), bench,
+                             mode, dirs, per_dir)
+    return make
+
+
 BUILDERS = ("pybuild", "docker", "buildah")
+
+# The curve of a `COPY . /ctx/` rebuild against the context's size (issue 13).
+MANY_FILES_DIRS = (100, 500, 1000, 2000)
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("run128",
@@ -396,6 +447,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              "examples/django-app rebuilt after appending an HTML comment to one template: "
              "COPY . . and collectstatic rerun",
              {t: _django(t, "edit") for t in BUILDERS}),
+    *[Scenario(f"files{d // 10}k-{mode}",
+               f"FROM busybox + `COPY . /ctx/` of {d} dirs x 100 small files; "
+               + ("rebuilt unchanged" if mode == "warm" else
+                  "rebuilt after appending a line to one file"),
+               {t: _many_files(t, mode, d) for t in BUILDERS})
+      for d in MANY_FILES_DIRS for mode in ("warm", "edit")],
     Scenario("push128",
              "push a 131 MB one-layer image (incompressible) from a pybuild store to a fresh "
              "local docker-registry: `pybuild push` vs `skopeo copy oci:STORE:TAG docker://...`",

@@ -30,7 +30,7 @@ from typing import Any
 from pybuild import fs
 from pybuild import image as imagemod
 from pybuild import runtime
-from pybuild.context import BuildContext
+from pybuild.context import BuildContext, DigestMemo
 from pybuild.dockerfile import ShellLex, parse, stages
 from pybuild.dockerfile import instructions as ins
 from pybuild.errors import Cancelled, DockerfileError, PybuildError, StepError
@@ -193,6 +193,7 @@ class Solver:
     def _build(self, store: Store) -> BuildResult:
         plan = self.plan
         self.store = store
+        self.ctx.memo = DigestMemo(lambda: store.db)  # context digests kept across builds
         wanted = []
         for st in plan.stages:  # "load metadata": a missing base fails before any write
             if st.base_stage is None and st.base != "scratch":
