@@ -319,8 +319,12 @@ class _TarWriter:
                 self._sink.write(_header(name, b"1", *common, 0, mtime, first, xattrs=xattrs))
                 return
         if stat.S_ISREG(mode):
-            self._sink.write(_header(name, b"0", *common, st.st_size, mtime, xattrs=xattrs))
-            self._copy(path, st.st_size)
+            header = _header(name, b"0", *common, st.st_size, mtime, xattrs=xattrs)
+            if st.st_size <= CHUNK:
+                self._small(path, header, st.st_size)
+            else:
+                self._sink.write(header)
+                self._copy(path, st.st_size)
         elif stat.S_ISLNK(mode):
             self._sink.write(_header(name, b"2", *common, 0, mtime, os.readlink(path),
                                      xattrs=xattrs))
@@ -330,6 +334,20 @@ class _TarWriter:
             self._sink.write(_header(name, flag, *common, 0, mtime, dev=dev, xattrs=xattrs))
         elif stat.S_ISFIFO(mode):
             self._sink.write(_header(name, b"6", *common, 0, mtime, xattrs=xattrs))
+
+    def _small(self, path: bytes, header: bytes, size: int) -> None:
+        """A file of at most one chunk: one read (asking one byte more sees it grew), and
+        header, data and padding handed to the sink at once."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, size + 1)
+            while len(data) < size and (more := os.read(fd, size + 1 - len(data))):
+                data += more
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise PybuildError(f"{os.fsdecode(path)} changed size while the layer was written")
+        self._sink.write(header + data + _pad(size))
 
     def _copy(self, path: bytes, size: int) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
