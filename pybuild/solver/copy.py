@@ -7,6 +7,7 @@ name, never through it: a hostile symlink in an image cannot redirect a write ou
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -238,17 +239,31 @@ def _copy_bytes(src: Path | str, dst: Path | str) -> None:
         os.close(sfd)
 
 
+# Whether copy_file_range(2) may work: the context (ext4) and an overlay rootfs are two
+# filesystems, so it fails with EXDEV for every file; after the first failure of that
+# kind a copy goes straight to read/write (one syscall less per file).
+_IN_KERNEL = {"ok": True}
+
+
 def _copy_fd(sfd: int, dfd: int, size: int) -> None:
     """Copy everything `sfd` still has (in the kernel when it can); `size` is a hint."""
-    done = 0
-    while True:
-        try:
-            n = os.copy_file_range(sfd, dfd, max(_CHUNK * 64, size - done))
-        except OSError:
-            break
-        if n == 0:
+    if _IN_KERNEL["ok"]:
+        done = 0
+        while True:
+            try:
+                n = os.copy_file_range(sfd, dfd, max(_CHUNK * 64, size - done))
+            except OSError as e:
+                if e.errno == errno.EXDEV:
+                    _IN_KERNEL["ok"] = False
+                break
+            if n == 0:
+                return
+            done += n
+    if size < _CHUNK:
+        data = os.read(sfd, size + 1)  # one read of a small file; the extra byte sees it grew
+        os.write(dfd, data)
+        if len(data) == size:
             return
-        done += n
     while chunk := os.read(sfd, _CHUNK):
         os.write(dfd, chunk)
 
