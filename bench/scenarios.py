@@ -305,6 +305,60 @@ class PushCase(Case):
         remove_tree(self.dir)
 
 
+class PullCase(Case):
+    """Pull + unpack of the Debian base (examples/django-app's 150 MB, 8,266-entry image)
+    from a local docker-registry into an empty store each run: `pybuild pull` (blobs
+    verified, layers unpacked into snapshots) vs `podman pull` on private storage.
+
+    The image is pushed once, untimed, from a pybuild store (gzip layers, as pushed).
+    """
+
+    def __init__(self, bench: Bench, tool: str) -> None:
+        Pybuild.check()
+        if tool == "podman":
+            Buildah.check()
+        self.bench = bench
+        self.tool = tool
+        self.log = bench.log(f"pull-debian-{tool}")
+        self.dir = bench.subdir(f"pull-{tool}-")
+        self.registry = contextlib.ExitStack()
+        self.ref = ""
+        self.generation = 0
+        self.podman: Buildah | None = None
+
+    def setup(self) -> None:
+        tarball = self.bench.django_base_tar()
+        addr = self.registry.enter_context(registry_server())
+        self.ref = f"{addr}/debian-python:bookworm"
+        seed = Pybuild(self.dir / "seed")
+        run_logged(seed.cmd("import", str(tarball), "debian-python:bookworm"), self.log)
+        run_logged(seed.cmd("push", "debian-python:bookworm", self.ref), self.log)
+        remove_tree(seed.root)
+
+    def _target(self) -> Path:
+        return self.dir / f"store{self.generation}"
+
+    def before(self, i: int) -> None:
+        self.generation += 1
+        if self.tool == "podman":
+            self.podman = Buildah(self._target(), None)
+
+    def command(self, i: int) -> Command:
+        if self.podman is None:
+            return Pybuild(self._target()).cmd("pull", self.ref)
+        return self.podman.pull(self.ref)
+
+    def after(self, i: int) -> None:
+        if self.podman is not None:
+            self.podman.close()
+            self.podman = None
+        remove_tree(self._target())
+
+    def close(self) -> None:
+        self.registry.close()
+        remove_tree(self.dir)
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A named benchmark: its tools (the first is pybuild) and what one number means."""
@@ -453,6 +507,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
                   "rebuilt after appending a line to one file"),
                {t: _many_files(t, mode, d) for t in BUILDERS})
       for d in MANY_FILES_DIRS for mode in ("warm", "edit")],
+    Scenario("pull-debian",
+             "pull + unpack of the Debian base image (150 MB) from a local docker-registry "
+             "into an empty store: `pybuild pull` vs `podman pull` (private storage)",
+             {"pybuild": lambda b: PullCase(b, "pybuild"),
+              "podman": lambda b: PullCase(b, "podman")}),
     Scenario("push128",
              "push a 131 MB one-layer image (incompressible) from a pybuild store to a fresh "
              "local docker-registry: `pybuild push` vs `skopeo copy oci:STORE:TAG docker://...`",
