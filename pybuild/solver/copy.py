@@ -246,8 +246,11 @@ _IN_KERNEL = {"ok": True}
 
 
 def _copy_fd(sfd: int, dfd: int, size: int) -> None:
-    """Copy everything `sfd` still has (in the kernel when it can); `size` is a hint."""
-    if _IN_KERNEL["ok"]:
+    """Copy everything `sfd` still has (in the kernel when it can); `size` is a hint.
+
+    A small file is read and written from here: copy_file_range(2) costs ~0.5-1 ms per
+    call into an overlay upper on this ext4 (measured), read + write ~10 us."""
+    if size >= _CHUNK and _IN_KERNEL["ok"]:
         done = 0
         while True:
             try:
