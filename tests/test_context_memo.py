@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Pybuild
 
 from pybuild import context
 from pybuild.context import BuildContext, DigestMemo
@@ -174,3 +175,28 @@ def test_memo_flush_writes_nothing_when_nothing_changed(tree: Path, tmp_path: Pa
     _, memo = _build(tree, db_path)
     assert memo._dirty == {}
     assert DigestMemo.forget_all(sqlite3.connect(db_path)) == 3
+
+
+@pytest.mark.root
+def test_builds_share_the_memo_through_the_store(busybox: Pybuild, tmp_path: Path) -> None:
+    """`pybuild build` files context digests in the store and a later build reads them.
+
+    The first build's rows are racily clean (the files were written just before), so the
+    second build, 2.5 s later, re-reads and files them as trusted; a row then poisoned in
+    the database shows up in the third build's key although the file did not change.
+    """
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY a.txt /a.txt\n")
+    (ctx / "a.txt").write_text("aaaa")
+    plain = ("build", "--progress", "plain", str(ctx))
+    busybox(*plain)
+    time.sleep(2.5)
+    busybox(*plain)
+    db = sqlite3.connect(busybox.root / "pybuild.db")
+    ino = os.stat(ctx / "a.txt").st_ino
+    assert db.execute("SELECT sha256 FROM context_digests WHERE ino = ?", (ino,)).fetchone() == (_sha(b"aaaa"),)
+    assert "CACHED" in busybox(*plain).stderr
+    with db:
+        db.execute("UPDATE context_digests SET sha256 = ? WHERE ino = ?", (_sha(b"poison"), ino))
+    assert "files changed a.txt (content)" in busybox(*plain).stderr
