@@ -10,9 +10,9 @@ import json
 import statistics
 from pathlib import Path
 
-TOOL_ORDER = ("pybuild", "docker", "buildah", "skopeo", "host")
+TOOL_ORDER = ("pybuild", "docker", "buildah", "podman", "skopeo", "host")
 # The tools pybuild is compared with; `host` is a floor, not a competitor.
-RIVALS = ("docker", "buildah", "skopeo")
+RIVALS = ("docker", "buildah", "podman", "skopeo")
 
 
 def summarize(seconds: list[float]) -> dict[str, float | list[float]]:

@@ -305,6 +305,60 @@ class PushCase(Case):
         remove_tree(self.dir)
 
 
+class PullCase(Case):
+    """Pull + unpack of the Debian base (examples/django-app's 150 MB, 8,266-entry image)
+    from a local docker-registry into an empty store each run: `pybuild pull` (blobs
+    verified, layers unpacked into snapshots) vs `podman pull` on private storage.
+
+    The image is pushed once, untimed, from a pybuild store (gzip layers, as pushed).
+    """
+
+    def __init__(self, bench: Bench, tool: str) -> None:
+        Pybuild.check()
+        if tool == "podman":
+            Buildah.check()
+        self.bench = bench
+        self.tool = tool
+        self.log = bench.log(f"pull-debian-{tool}")
+        self.dir = bench.subdir(f"pull-{tool}-")
+        self.registry = contextlib.ExitStack()
+        self.ref = ""
+        self.generation = 0
+        self.podman: Buildah | None = None
+
+    def setup(self) -> None:
+        tarball = self.bench.django_base_tar()
+        addr = self.registry.enter_context(registry_server())
+        self.ref = f"{addr}/debian-python:bookworm"
+        seed = Pybuild(self.dir / "seed")
+        run_logged(seed.cmd("import", str(tarball), "debian-python:bookworm"), self.log)
+        run_logged(seed.cmd("push", "debian-python:bookworm", self.ref), self.log)
+        remove_tree(seed.root)
+
+    def _target(self) -> Path:
+        return self.dir / f"store{self.generation}"
+
+    def before(self, i: int) -> None:
+        self.generation += 1
+        if self.tool == "podman":
+            self.podman = Buildah(self._target(), None)
+
+    def command(self, i: int) -> Command:
+        if self.podman is None:
+            return Pybuild(self._target()).cmd("pull", self.ref)
+        return self.podman.pull(self.ref)
+
+    def after(self, i: int) -> None:
+        if self.podman is not None:
+            self.podman.close()
+            self.podman = None
+        remove_tree(self._target())
+
+    def close(self) -> None:
+        self.registry.close()
+        remove_tree(self.dir)
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A named benchmark: its tools (the first is pybuild) and what one number means."""
@@ -373,7 +427,58 @@ def _twostage(tool: str) -> Callable[[Bench], Case]:
     return make
 
 
+MANYFILES_DOCKERFILE = f"FROM {BUSYBOX_REF}\nCOPY . /ctx/\n"
+
+
+def make_many_files(root: Path, dirs: int, per_dir: int) -> None:
+    """`dirs` directories of `per_dir` small text files (~120 bytes each) and a Dockerfile."""
+    root.mkdir(parents=True, exist_ok=True)
+    for d in range(dirs):
+        sub = root / f"d{d:04d}"
+        sub.mkdir()
+        for f in range(per_dir):
+            (sub / f"f{f:03d}.txt").write_text(f"file {d} {f}\n" * 8)
+    (root / "Dockerfile").write_text(MANYFILES_DOCKERFILE)
+
+
+class ManyFilesCase(BuildCase):
+    """`COPY . /ctx/` of a context of `dirs` x `per_dir` small files on the busybox base.
+
+    warm: rebuilt unchanged; edit: before each run one file (in the middle of the tree)
+    gets a line appended, so the COPY and its layer are redone and nothing else changes.
+    """
+
+    def __init__(self, adapter: Adapter, workdir: Path, bench: Bench, mode: str, dirs: int,
+                 per_dir: int) -> None:
+        super().__init__(adapter, workdir, MANYFILES_DOCKERFILE,
+                         (bench.busybox_tar(), BUSYBOX_REF), mode, [])
+        self.dirs = dirs
+        self.per_dir = per_dir
+
+    def setup(self) -> None:
+        make_many_files(self.context, self.dirs, self.per_dir)
+        self.adapter.import_base(*self.base)
+        run_logged(self.command(-1), self.adapter.log)
+
+    def before(self, i: int) -> None:
+        if self.mode == "edit":
+            edited = self.context / f"d{self.dirs // 2:04d}" / f"f{self.per_dir // 2:03d}.txt"
+            with open(edited, "a") as f:
+                f.write(f"bench edit {i}\n")
+
+
+def _many_files(tool: str, mode: str, dirs: int, per_dir: int = 100) -> Callable[[Bench], Case]:
+    def make(bench: Bench) -> Case:
+        name = f"files{dirs * per_dir // 1000}k-{mode}-{tool}"
+        return ManyFilesCase(_adapter(bench, tool, name), bench.subdir(f"{name}-ctx-"), bench,
+                             mode, dirs, per_dir)
+    return make
+
+
 BUILDERS = ("pybuild", "docker", "buildah")
+
+# The curve of a `COPY . /ctx/` rebuild against the context's size (issue 13).
+MANY_FILES_DIRS = (100, 500, 1000, 2000)
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("run128",
@@ -396,6 +501,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              "examples/django-app rebuilt after appending an HTML comment to one template: "
              "COPY . . and collectstatic rerun",
              {t: _django(t, "edit") for t in BUILDERS}),
+    *[Scenario(f"files{d // 10}k-{mode}",
+               f"FROM busybox + `COPY . /ctx/` of {d} dirs x 100 small files; "
+               + ("rebuilt unchanged" if mode == "warm" else
+                  "rebuilt after appending a line to one file"),
+               {t: _many_files(t, mode, d) for t in BUILDERS})
+      for d in MANY_FILES_DIRS for mode in ("warm", "edit")],
+    Scenario("pull-debian",
+             "pull + unpack of the Debian base image (150 MB) from a local docker-registry "
+             "into an empty store: `pybuild pull` vs `podman pull` (private storage)",
+             {"pybuild": lambda b: PullCase(b, "pybuild"),
+              "podman": lambda b: PullCase(b, "podman")}),
     Scenario("push128",
              "push a 131 MB one-layer image (incompressible) from a pybuild store to a fresh "
              "local docker-registry: `pybuild push` vs `skopeo copy oci:STORE:TAG docker://...`",

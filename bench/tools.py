@@ -118,6 +118,10 @@ class Buildah:
     def import_(self, tarball: Path, name: str) -> Command:
         return self._cmd("podman", "import", str(tarball), name)
 
+    def pull(self, ref: str) -> Command:
+        """`podman pull` from a plain-HTTP registry on loopback."""
+        return self._cmd("podman", "pull", "--tls-verify=false", "-q", ref)
+
     def build(self, context: Path, tag: str, *extra: str) -> Command:
         iso = ["--isolation", self.isolation] if self.isolation else []
         return self._cmd("buildah", "bud", "--layers", "--network", "host", *iso, "-t", tag,

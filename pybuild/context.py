@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import stat
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pybuild import fs
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.fs import resolve_in_root
 from pybuild.patterns import Glob, compile_go_glob, compile_ignore
-
-# Files whose content hash is already known, keyed by what changes when the content may
-# have: an in-place edit that keeps size and mtime still moves ctime.
-_HASH_CACHE: dict[tuple[int, int, int, int, int], str] = {}
 
 _COPY_BUFSIZE = 1 << 20
 
@@ -165,62 +164,64 @@ def read_ignore_file(text: str) -> list[str]:
     return patterns
 
 
-def walk_visible(top: Path, filters: list[tuple[PatternMatcher, str]]) -> Iterator[tuple[str, os.stat_result]]:
+def walk_visible(top: Path | str, filters: list[tuple[PatternMatcher, str]]) -> Iterator[tuple[str, os.stat_result]]:
     """Entries below `top` that no filter hides: dirs before their contents, names sorted.
 
     Each filter is (matcher, prefix) and sees `prefix + relative path`. A hidden directory
     is still entered when a `!` pattern could re-include something inside it, and then
     appears only if something inside it does. FIFOs, sockets and devices never appear,
     so nothing here can block on opening them. Symlinks are reported, never followed.
-    The walk is iterative (a stack, not recursion), so any depth walks or fails cleanly.
+    The walk is iterative (a stack, not recursion), so any depth walks or fails cleanly,
+    and on strings (`os.scandir`): no Path object per entry.
     """
+    filters = [(m, p) for m, p in filters if m]
     exclusions = any(m.exclusions for m, _ in filters)
-    stack: list[tuple[Path, str, Iterator[str]]] = [(top, "", iter(_names(top)))]
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", iter(_entries(os.fspath(top))))]
     # per stack level: a hidden directory's entry, yielded only once something inside is
     pending: list[tuple[str, os.stat_result] | None] = [None]
     waiting = 0
     while stack:
-        directory, rel, names = stack[-1]
-        name = next(names, None)
-        if name is None:
+        rel, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
             stack.pop()
             if pending.pop() is not None:
                 waiting -= 1
             continue
-        path = directory / name
-        child = f"{rel}{name}"
+        child = rel + entry.name
         try:
-            st = os.lstat(path)
+            st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise PybuildError(f"cannot read {_short(path)}: {exc.strerror}") from None
-        hidden = _hidden(child, filters)
+            raise PybuildError(f"cannot read {_short(entry.path)}: {exc.strerror}") from None
+        hidden = bool(filters) and _hidden(child, filters)
         is_dir = stat.S_ISDIR(st.st_mode)
         if is_dir and hidden and not exclusions:
             continue
         if not is_dir and (hidden or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))):
             continue
         if is_dir and hidden:
-            stack.append((path, child + "/", iter(_names(path))))
+            stack.append((child + "/", iter(_entries(entry.path))))
             pending.append((child, st))
             waiting += 1
             continue
         if waiting:
-            for i, entry in enumerate(pending):
-                if entry is not None:
-                    yield entry
+            for i, held in enumerate(pending):
+                if held is not None:
+                    yield held
                     pending[i] = None
             waiting = 0
         yield child, st
         if is_dir:
-            stack.append((path, child + "/", iter(_names(path))))
+            stack.append((child + "/", iter(_entries(entry.path))))
             pending.append(None)
 
 
-def _names(directory: Path) -> list[str]:
+def _entries(directory: str) -> list[os.DirEntry[str]]:
     try:
-        return sorted(os.listdir(directory))
+        with os.scandir(directory) as it:
+            return sorted(it, key=lambda e: e.name)
     except OSError as exc:
         raise PybuildError(f"cannot read {_short(directory)}: {exc.strerror}") from None
 
@@ -232,7 +233,7 @@ def _short(path: Path | str) -> str:
 
 
 def _hidden(rel: str, filters: list[tuple[PatternMatcher, str]]) -> bool:
-    return any(m and m.matches(prefix + rel) for m, prefix in filters)
+    return any(m.matches(prefix + rel) for m, prefix in filters)
 
 
 def _lstat_mode(path: Path) -> int:
@@ -242,15 +243,106 @@ def _lstat_mode(path: Path) -> int:
         return 0
 
 
-def file_sha256(path: Path, st: os.stat_result) -> str:
-    """sha256 of a regular file's bytes, memoised by (dev, inode, size, mtime, ctime)."""
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    cached = _HASH_CACHE.get(key)
+# A memo entry is trusted only when the file's last change is this much older than the
+# moment its bytes were read (git's "racily clean" rule): timestamps come from a coarse
+# kernel clock (and are 1-2 s on some filesystems), so a write in the same tick as the
+# read, or after it, could otherwise leave size, mtime and ctime all as they were.
+RACY_MARGIN_NS = 2_000_000_000
+
+_MEMO_SCHEMA = """
+CREATE TABLE IF NOT EXISTS context_digests (
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, hashed_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID
+"""
+
+_MemoRow = tuple[int, int, int, int, str]  # size, mtime_ns, ctime_ns, hashed_ns, sha256
+
+
+class DigestMemo:
+    """Content digests of context files, remembered across builds in the store's database.
+
+    An entry is keyed by (device, inode) and holds size, mtime, ctime and when the bytes
+    were read; it serves a file only when all of them still match and the file is not
+    racily clean (see RACY_MARGIN_NS). Any write, `touch -d`, rename over the name or
+    reuse of the inode moves ctime, so it is re-hashed. `connect` gives the calling
+    thread's connection, or None for a memo that lives only as long as the process.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection] | None = None) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._rows: dict[int, dict[int, _MemoRow]] = {}
+        self._dirty: dict[tuple[int, int], _MemoRow] = {}
+
+    def _device(self, dev: int) -> dict[int, _MemoRow]:
+        rows = self._rows.get(dev)
+        if rows is None:
+            rows = {}
+            if self._connect is not None:
+                db = self._connect()
+                db.execute(_MEMO_SCHEMA)
+                for ino, size, mtime, ctime, hashed, digest in db.execute(
+                        "SELECT ino, size, mtime_ns, ctime_ns, hashed_ns, sha256 FROM context_digests"
+                        " WHERE dev = ?", (dev,)):
+                    rows[ino] = (size, mtime, ctime, hashed, digest)
+            self._rows[dev] = rows
+        return rows
+
+    def get(self, st: os.stat_result) -> str | None:
+        rows = self._rows.get(st.st_dev)
+        if rows is None:
+            with self._lock:
+                rows = self._device(st.st_dev)
+        row = rows.get(st.st_ino)
+        if row is None:
+            return None
+        size, mtime, ctime, hashed, digest = row
+        if size != st.st_size or mtime != st.st_mtime_ns or ctime != st.st_ctime_ns:
+            return None
+        if (mtime if mtime > ctime else ctime) + RACY_MARGIN_NS >= hashed:
+            return None  # racily clean: changed too close to (or after) the read to trust
+        return digest
+
+    def put(self, st: os.stat_result, hashed_ns: int, digest: str) -> None:
+        row = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, hashed_ns, digest)
+        with self._lock:
+            self._device(st.st_dev)[st.st_ino] = row
+            self._dirty[(st.st_dev, st.st_ino)] = row
+
+    def flush(self) -> None:
+        """Write what this process hashed, in one transaction (nothing when nothing changed)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        if not dirty or self._connect is None:
+            return
+        db = self._connect()
+        with db:
+            db.executemany("INSERT OR REPLACE INTO context_digests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(dev, ino, *row) for (dev, ino), row in dirty.items()])
+
+    @staticmethod
+    def forget_all(db: sqlite3.Connection) -> int:
+        """Drop every entry (the next build re-reads every file); returns how many."""
+        db.execute(_MEMO_SCHEMA)
+        with db:
+            return db.execute("DELETE FROM context_digests").rowcount
+
+
+_PROCESS_MEMO = DigestMemo()
+
+
+def file_sha256(path: Path | str, st: os.stat_result, memo: DigestMemo | None = None) -> str:
+    """sha256 of a regular file's bytes, through `memo` (the process-wide one by default)."""
+    memo = memo or _PROCESS_MEMO
+    cached = memo.get(st)
     if cached is not None:
         return cached
+    hashed_ns = time.time_ns()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode):
             raise PybuildError(f"{path} changed while it was read")
         h = hashlib.sha256()
         while chunk := os.read(fd, _COPY_BUFSIZE):
@@ -258,7 +350,9 @@ def file_sha256(path: Path, st: os.stat_result) -> str:
     finally:
         os.close(fd)
     digest = h.hexdigest()
-    _HASH_CACHE[key] = digest
+    if (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
+            st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        memo.put(st, hashed_ns, digest)
     return digest
 
 
@@ -278,6 +372,7 @@ class BuildContext:
             except OSError as exc:
                 raise PybuildError(f"error reading {ignore_file.name}: {exc.strerror}") from None
         self.matcher = PatternMatcher(patterns)
+        self.memo: DigestMemo | None = None
 
     @classmethod
     def for_rootfs(cls, root: Path) -> BuildContext:
@@ -289,6 +384,7 @@ class BuildContext:
         ctx = cls.__new__(cls)
         ctx.root = Path(os.path.abspath(root))
         ctx.matcher = PatternMatcher([])
+        ctx.memo = None
         return ctx
 
     def is_ignored(self, rel: str) -> bool:
@@ -406,6 +502,7 @@ class BuildContext:
         since COPY copies the target's content under the link's name.
         """
         out: dict[str, str] = {}
+        record = self._record
         for written in paths:
             rel = os.path.relpath(written, self.root).replace(os.sep, "/")
             # the parents resolved inside the root (a link among them is never followed
@@ -418,18 +515,21 @@ class BuildContext:
             if path != self.root / rel:
                 rel = os.path.relpath(path, self.root).replace(os.sep, "/")
             if stat.S_ISLNK(top_st.st_mode):
-                self._record(out, rel, path, top_st)
+                record(out, rel, os.fspath(path), top_st)
                 path = resolve_in_root(self.root, rel)
                 rel = os.path.relpath(path, self.root).replace(os.sep, "/")
                 try:
                     top_st = os.lstat(path)
                 except FileNotFoundError:
                     continue
-            self._record(out, rel, path, top_st)
+            record(out, rel, os.fspath(path), top_st)
             if stat.S_ISDIR(top_st.st_mode):
                 prefix = "" if rel == "." else rel + "/"
+                base = os.fspath(path) + "/"
                 for child, st in walk_visible(path, [(self.matcher, prefix)]):
-                    self._record(out, prefix + child, path / child, st)
+                    record(out, prefix + child, base + child, st)
+        if self.memo is not None:
+            self.memo.flush()
         return out
 
     def digest(self, paths: list[Path]) -> str:
@@ -439,11 +539,10 @@ class BuildContext:
             h.update(os.fsencode(rel) + b"\0" + os.fsencode(signature) + b"\n")
         return "sha256:" + h.hexdigest()
 
-    @staticmethod
-    def _record(out: dict[str, str], rel: str, path: Path, st: os.stat_result) -> None:
+    def _record(self, out: dict[str, str], rel: str, path: str, st: os.stat_result) -> None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            kind, extra = "f", file_sha256(path, st)
+            kind, extra = "f", file_sha256(path, st, self.memo)
         elif stat.S_ISDIR(mode):
             kind, extra = "d", "-"
         elif stat.S_ISLNK(mode):

@@ -139,6 +139,12 @@ def _select_platform(store: Store, index: oci_documents.Index, what: str) -> Des
                        f"in the manifest list entries")
 
 
+def load_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
+    """The image `desc` names (a manifest or an index, e.g. a tag's entry in index.json),
+    without looking the name up again; `what` is how errors name it."""
+    return _from_descriptor(store, desc, what)
+
+
 def _from_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
     """Read an image from a manifest or index descriptor."""
     if not store.has_blob(desc.digest):

@@ -7,6 +7,7 @@ name, never through it: a hostile symlink in an image cannot redirect a write ou
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -61,7 +62,7 @@ def _dest_path(dest: str, workdir: str) -> tuple[str, bool]:
     return go_clean(full), forced_dir
 
 
-def _container_path(rootfs: Path, host: Path) -> str:
+def _container_path(rootfs: Path, host: Path | str) -> str:
     rel = os.path.relpath(host, rootfs)
     return "/" if rel == "." else "/" + rel
 
@@ -74,8 +75,8 @@ class _Copier:
         self.req = req
         self.unpack = unpack
         self.exclude = PatternMatcher(req.exclude)
-        self.links: dict[tuple[int, int], Path] = {}
-        self.dirs: list[tuple[Path, Path, os.stat_result]] = []
+        self.links: dict[tuple[int, int], Path | str] = {}
+        self.dirs: list[tuple[str, str, os.stat_result]] = []
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         if self.req.chown is not None:
@@ -132,35 +133,66 @@ class _Copier:
         filters: list[tuple[PatternMatcher, str]] = [(self.exclude, "")]
         if self.req.ignore is not None:
             filters.append((self.req.ignore, ignore_prefix))
-        made: dict[str, Path] = {"": dst_dir}
+        # Strings, not Paths, on this loop (it runs once per file of the context). A
+        # directory this copy created is empty, so its files need no replace check.
+        made: dict[str, str] = {"": os.fspath(dst_dir)}
+        fresh: set[str] = set()
+        src_base = os.fspath(src_dir) + "/"
         for rel, st in walk_visible(src_dir, filters):
             parent, _, name = rel.rpartition("/")
-            dst = made[parent] / name
-            if stat.S_ISDIR(st.st_mode):
-                made[rel] = self.make_dir(src_dir / rel, dst, st)
+            dst = made[parent] + "/" + name
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                made[rel], created = self.make_dir(src_base + rel, dst, st)
+                if created:
+                    fresh.add(rel)
+            elif parent in fresh and stat.S_ISREG(mode) and st.st_nlink == 1:
+                self.new_file(src_base + rel, st, dst)
             else:
-                self.copy_entry(src_dir / rel, st, dst)
+                self.copy_entry(src_base + rel, st, dst)
         for dst, src, st in reversed(self.dirs):
             self.apply_meta(src, dst, st)
         self.dirs.clear()
 
-    def make_dir(self, src: Path, dst: Path, st: os.stat_result) -> Path:
+    def make_dir(self, src: str, dst: str, st: os.stat_result) -> tuple[str, bool]:
+        """The directory to copy into at `dst` and whether this call created it."""
         try:
             existing = os.lstat(dst)
         except FileNotFoundError:
             os.mkdir(dst, 0o700)
             self.dirs.append((dst, src, st))
-            return dst
+            return dst, True
         if stat.S_ISDIR(existing.st_mode):
             self.dirs.append((dst, src, st))
-            return dst
+            return dst, False
         if stat.S_ISLNK(existing.st_mode):
             resolved = resolve_in_root(self.rootfs, _container_path(self.rootfs, dst))
             if resolved.is_dir():
-                return resolved
+                return os.fspath(resolved), False
         raise DockerfileError(f"cannot copy to non-directory: {_container_path(self.rootfs, dst)}", self.req.line)
 
-    def copy_entry(self, src: Path, st: os.stat_result, dst: Path) -> None:
+    def new_file(self, src: str, st: os.stat_result, dst: str) -> None:
+        """copy_entry for a regular file whose name is free: one open of each side, and
+        owner, mode, xattrs and times set through the descriptor (no path lookups)."""
+        sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(sfd).st_mode):
+                raise PybuildError(f"{src} changed while it was copied")
+            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                _copy_fd(sfd, dfd, st.st_size)
+                uid, gid = self.owner(st)
+                os.fchown(dfd, uid, gid)
+                mode = self.req.chmod if self.req.chmod is not None else stat.S_IMODE(st.st_mode)
+                os.fchmod(dfd, mode & 0o7777)
+                _copy_xattrs(sfd, dfd)
+                os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def copy_entry(self, src: Path | str, st: os.stat_result, dst: Path | str) -> None:
         """Copy one file or symlink to `dst`, replacing (never following) what is there."""
         try:
             existing = os.lstat(dst)
@@ -183,7 +215,7 @@ class _Copier:
                 self.links[key] = dst
         self.apply_meta(src, dst, st)
 
-    def apply_meta(self, src: Path, dst: Path, st: os.stat_result) -> None:
+    def apply_meta(self, src: Path | str, dst: Path | str, st: os.stat_result) -> None:
         """Owner, mode (or --chmod), xattrs and times, in that order: chown clears setuid."""
         uid, gid = self.owner(st)
         os.chown(dst, uid, gid, follow_symlinks=False)
@@ -194,40 +226,65 @@ class _Copier:
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def _copy_bytes(src: Path, dst: Path) -> None:
+def _copy_bytes(src: Path | str, dst: Path | str) -> None:
     """Copy a regular file's bytes without following a link or blocking on a FIFO."""
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(sfd).st_mode):
+        st = os.fstat(sfd)
+        if not stat.S_ISREG(st.st_mode):
             raise PybuildError(f"{src} changed while it was copied")
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            while True:
-                try:
-                    n = os.copy_file_range(sfd, dfd, _CHUNK * 64)
-                except OSError:
-                    n = -1
-                if n == 0:
-                    break
-                if n < 0:
-                    while chunk := os.read(sfd, _CHUNK):
-                        os.write(dfd, chunk)
-                    break
+            _copy_fd(sfd, dfd, st.st_size)
         finally:
             os.close(dfd)
     finally:
         os.close(sfd)
 
 
-def _copy_xattrs(src: Path, dst: Path) -> None:
-    """Keep extended attributes (file capabilities live there); skip what cannot be set."""
+# Whether copy_file_range(2) may work: the context (ext4) and an overlay rootfs are two
+# filesystems, so it fails with EXDEV for every file; after the first failure of that
+# kind a copy goes straight to read/write (one syscall less per file).
+_IN_KERNEL = {"ok": True}
+
+
+def _copy_fd(sfd: int, dfd: int, size: int) -> None:
+    """Copy everything `sfd` still has (in the kernel when it can); `size` is a hint.
+
+    A small file is read and written from here: copy_file_range(2) costs ~0.5-1 ms per
+    call into an overlay upper on this ext4 (measured), read + write ~10 us."""
+    if size >= _CHUNK and _IN_KERNEL["ok"]:
+        done = 0
+        while True:
+            try:
+                n = os.copy_file_range(sfd, dfd, max(_CHUNK * 64, size - done))
+            except OSError as e:
+                if e.errno == errno.EXDEV:
+                    _IN_KERNEL["ok"] = False
+                break
+            if n == 0:
+                return
+            done += n
+    if size < _CHUNK:
+        data = os.read(sfd, size + 1)  # one read of a small file; the extra byte sees it grew
+        os.write(dfd, data)
+        if len(data) == size:
+            return
+    while chunk := os.read(sfd, _CHUNK):
+        os.write(dfd, chunk)
+
+
+def _copy_xattrs(src: Path | str | int, dst: Path | str | int) -> None:
+    """Keep extended attributes (file capabilities live there); skip what cannot be set.
+    Paths are not followed when they are symlinks; descriptors are used as they are."""
+    follow = isinstance(src, int)
     try:
-        names = os.listxattr(src, follow_symlinks=False)
+        names = os.listxattr(src, follow_symlinks=follow)
     except OSError:
         return
     for name in names:
         try:
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=follow), follow_symlinks=follow)
         except OSError:
             continue
 

@@ -30,7 +30,7 @@ from typing import Any
 from pybuild import fs
 from pybuild import image as imagemod
 from pybuild import runtime
-from pybuild.context import BuildContext
+from pybuild.context import BuildContext, DigestMemo
 from pybuild.dockerfile import ShellLex, parse, stages
 from pybuild.dockerfile import instructions as ins
 from pybuild.errors import Cancelled, DockerfileError, PybuildError, StepError
@@ -206,6 +206,7 @@ class Solver:
         self.store = store
         self.named = NamedContexts(self.opts.contexts, store,
                                    lambda ref: self._resolve_image(parse_reference(ref), 0))
+        self.ctx.memo = DigestMemo(lambda: store.db)  # context digests kept across builds
         wanted = []
         for st in plan.stages:  # "load metadata": a missing base fails before any write
             if st.base_stage is None and st.base != "scratch" and not self.named.has(st.base):

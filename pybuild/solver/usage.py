@@ -57,9 +57,11 @@ def tagged_layers(store: Store) -> tuple[dict[str, list[str]], set[str]]:
     """Layer digest → tags using it, and every chain id a tagged image needs."""
     users: dict[str, list[str]] = {}
     chains: set[str] = set()
-    for name in store.list_tags():
+    # index.json read once: loading each tag by name would re-read it per tag (quadratic;
+    # `cache ls` took 51 s with 1,000 images).
+    for name, desc in store.list_tags().items():
         try:  # an image that cannot be read has no snapshots to keep (gc keeps its blobs)
-            img = imagemod.load(store, name)
+            img = imagemod.load_descriptor(store, desc, name)
             layers, image_chains = img.layers, chain_ids(img.diff_ids)
         except PybuildError:
             continue

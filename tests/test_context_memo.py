@@ -1,0 +1,202 @@
+"""The context digest memo kept in the store's database: it must never serve stale content.
+
+Each "build" here is a fresh BuildContext with a fresh DigestMemo over the same SQLite
+file, as two `pybuild build` processes would be. RACY_MARGIN_NS is set to 0 where a test
+needs the memo to be trusted right after the files were written (otherwise every entry
+younger than the margin is re-read, which would hide a memo that serves stale digests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Pybuild
+
+from pybuild import context
+from pybuild.context import BuildContext, DigestMemo
+
+
+def _build(root: Path, db_path: Path) -> tuple[dict[str, str], DigestMemo]:
+    ctx = BuildContext(root, root / "Dockerfile")
+    db = sqlite3.connect(db_path)
+    memo = DigestMemo(lambda: db)
+    ctx.memo = memo
+    return ctx.manifest(ctx.resolve_sources(["."], 1)), memo
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _rows(db_path: Path) -> int:
+    return int(sqlite3.connect(db_path).execute("SELECT count(*) FROM context_digests").fetchone()[0])
+
+
+@pytest.fixture()
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(context, "RACY_MARGIN_NS", 0)
+    monkeypatch.setattr(context, "_PROCESS_MEMO", DigestMemo())
+    root = tmp_path / "ctx"
+    (root / "sub").mkdir(parents=True)
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    (root / "a.txt").write_bytes(b"aaaa")
+    (root / "sub" / "b.txt").write_bytes(b"bbbb")
+    return root
+
+
+def _same_times_edit(path: Path, data: bytes) -> None:
+    """Rewrite `path` in place keeping size and mtime; loop until the coarse ctime moves."""
+    before = os.stat(path)
+    assert len(data) == before.st_size
+    for _ in range(100000):
+        path.write_bytes(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if os.stat(path).st_ctime_ns != before.st_ctime_ns:
+            break
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def test_memo_is_kept_and_served_across_builds(tree: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "memo.db"
+    first, _ = _build(tree, db_path)
+    assert first["a.txt"].endswith(_sha(b"aaaa"))
+    assert _rows(db_path) == 3  # Dockerfile, a.txt, sub/b.txt
+    # Poison the stored digest: if a second build shows it, the memo (not the file) was read.
+    sqlite3.connect(db_path).execute("UPDATE context_digests SET sha256 = 'feed' WHERE size = 4 "
+                                     "AND ino = ?", (os.stat(tree / "a.txt").st_ino,)).connection.commit()
+    second, memo = _build(tree, db_path)
+    assert second["a.txt"].endswith(" feed")
+    assert second["sub/b.txt"] == first["sub/b.txt"]
+
+
+def test_same_size_same_mtime_edit_is_seen(tree: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "memo.db"
+    _build(tree, db_path)
+    _same_times_edit(tree / "a.txt", b"AAAA")
+    after, _ = _build(tree, db_path)
+    assert after["a.txt"].endswith(_sha(b"AAAA"))
+
+
+def test_touch_d_back_to_the_old_mtime_is_seen(tree: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "memo.db"
+    path = tree / "a.txt"
+    old = os.stat(path)
+    _build(tree, db_path)
+    path.write_bytes(b"cccc")
+    stamp = f"@{old.st_mtime_ns // 10**9}.{old.st_mtime_ns % 10**9:09d}"
+    subprocess.run(["touch", "-d", stamp, str(path)], check=True)
+    assert os.stat(path).st_mtime_ns == old.st_mtime_ns
+    after, _ = _build(tree, db_path)
+    assert after["a.txt"].endswith(_sha(b"cccc"))
+
+
+def test_replaced_by_rename_is_seen(tree: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "memo.db"
+    path = tree / "a.txt"
+    old = os.stat(path)
+    _build(tree, db_path)
+    new = tree / ".a.new"
+    new.write_bytes(b"dddd")
+    os.utime(new, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.rename(new, path)
+    after, _ = _build(tree, db_path)
+    assert after["a.txt"].endswith(_sha(b"dddd"))
+
+
+def test_inode_reuse_is_seen(tree: Path, tmp_path: Path) -> None:
+    """A file deleted and another created, trying for the very same inode number."""
+    db_path = tmp_path / "memo.db"
+    path = tree / "a.txt"
+    old = os.stat(path)
+    _build(tree, db_path)
+    reused = False
+    for i in range(200):
+        path.unlink()
+        path.write_bytes(b"e%03d" % i)
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+        if os.stat(path).st_ino == old.st_ino:
+            reused = True
+            break
+    data = path.read_bytes()
+    after, _ = _build(tree, db_path)
+    assert after["a.txt"].endswith(_sha(data)), f"inode reused: {reused}"
+
+
+def test_symlink_retargeted_is_seen(tree: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "memo.db"
+    link = tree / "link"
+    link.symlink_to("a.txt")
+    before, _ = _build(tree, db_path)
+    assert before["link"].endswith(" a.txt")
+    link.unlink()
+    link.symlink_to("sub/b.txt")
+    after, _ = _build(tree, db_path)
+    assert after["link"].endswith(" sub/b.txt")
+
+
+def test_racily_clean_entry_is_rehashed(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry read less than the margin after the file last changed is not trusted."""
+    monkeypatch.setattr(context, "RACY_MARGIN_NS", 2_000_000_000)
+    st = os.stat(tree / "a.txt")
+    memo = DigestMemo()
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    memo.put(st, changed + 1_000_000, "stale")  # read 1 ms after the last change: racy
+    assert memo.get(st) is None
+    memo.put(st, changed + 3_000_000_000, "kept")  # read 3 s after it: safe
+    assert memo.get(st) == "kept"
+    # A timestamp in the future is never safely older than the read.
+    tomorrow = time.time_ns() + 86400 * 10**9
+    os.utime(tree / "a.txt", ns=(tomorrow, tomorrow))
+    future = os.stat(tree / "a.txt")
+    memo.put(future, future.st_ctime_ns + 3_000_000_000, "future")
+    assert memo.get(future) is None
+
+
+def test_file_changing_while_hashed_is_not_remembered(tree: Path, tmp_path: Path) -> None:
+    """The stat a digest is filed under must still be the file's after the read."""
+    st = os.stat(tree / "a.txt")
+    (tree / "a.txt").write_bytes(b"zzzzzz")  # size moved between the walk and the read
+    memo = DigestMemo()
+    digest = context.file_sha256(tree / "a.txt", st, memo)
+    assert digest == _sha(b"zzzzzz")
+    assert memo.get(st) is None
+
+
+def test_memo_flush_writes_nothing_when_nothing_changed(tree: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "memo.db"
+    _build(tree, db_path)
+    _, memo = _build(tree, db_path)
+    assert memo._dirty == {}
+    assert DigestMemo.forget_all(sqlite3.connect(db_path)) == 3
+
+
+@pytest.mark.root
+def test_builds_share_the_memo_through_the_store(busybox: Pybuild, tmp_path: Path) -> None:
+    """`pybuild build` files context digests in the store and a later build reads them.
+
+    The first build's rows are racily clean (the files were written just before), so the
+    second build, 2.5 s later, re-reads and files them as trusted; a row then poisoned in
+    the database shows up in the third build's key although the file did not change.
+    """
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY a.txt /a.txt\n")
+    (ctx / "a.txt").write_text("aaaa")
+    plain = ("build", "--progress", "plain", str(ctx))
+    busybox(*plain)
+    time.sleep(2.5)
+    busybox(*plain)
+    db = sqlite3.connect(busybox.root / "pybuild.db")
+    ino = os.stat(ctx / "a.txt").st_ino
+    assert db.execute("SELECT sha256 FROM context_digests WHERE ino = ?", (ino,)).fetchone() == (_sha(b"aaaa"),)
+    assert "CACHED" in busybox(*plain).stderr
+    with db:
+        db.execute("UPDATE context_digests SET sha256 = ? WHERE ino = ?", (_sha(b"poison"), ino))
+    assert "files changed a.txt (content)" in busybox(*plain).stderr
