@@ -23,7 +23,7 @@ from typing import IO, Any, BinaryIO, cast
 
 from pybuild import layer
 from pybuild.errors import PybuildError
-from pybuild.platforms import choose_host, host_platform
+from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
                            Descriptor, Store, canonical_json)
@@ -115,12 +115,14 @@ def write(store: Store, config: dict[str, Any], layers: list[Descriptor]) -> Des
 
 # ---- lookup ---------------------------------------------------------------------------
 
-def _select_platform(store: Store, index: dict[str, Any], what: str) -> Descriptor:
-    """The host's manifest from an index (docker's choice when pulling a multi-arch tag)."""
-    host = host_platform()
+def _select_platform(store: Store, index: dict[str, Any], what: str,
+                     platform: dict[str, str] | None = None) -> Descriptor:
+    """The manifest for `platform` (the host's when None) from an index (docker's choice
+    when pulling a multi-arch tag)."""
+    host = platform or host_platform()
     entries = [Descriptor.from_dict(m) for m in index.get("manifests") or []]
     entries = [e for e in entries if e.media_type in MANIFEST_TYPES]
-    chosen = choose_host(entries)
+    chosen = choose(entries, host)
     if chosen is not None:
         return chosen
     if len(entries) == 1 and not entries[0].platform:
@@ -129,14 +131,15 @@ def _select_platform(store: Store, index: dict[str, Any], what: str) -> Descript
                        f"in the manifest list entries")
 
 
-def _from_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
+def _from_descriptor(store: Store, desc: Descriptor, what: str,
+                     platform: dict[str, str] | None = None) -> Image:
     """Read an image from a manifest or index descriptor."""
     if not store.has_blob(desc.digest):
         raise PybuildError(f"{what}: manifest {desc.digest} is missing from the store")
     doc = store.read_json(desc.digest)
     media_type = doc.get("mediaType") or desc.media_type
     if media_type in INDEX_TYPES or ("manifests" in doc and "config" not in doc):
-        return _from_descriptor(store, _select_platform(store, doc, what), what)
+        return _from_descriptor(store, _select_platform(store, doc, what, platform), what)
     if "config" not in doc:
         raise PybuildError(f"{what}: {desc.digest} is not an image manifest")
     config_desc = Descriptor.from_dict(doc["config"])
@@ -193,11 +196,43 @@ def _find_by_id(store: Store, prefix: str, what: str) -> Image | None:
     return _from_descriptor(store, next(iter(matches.values())), what)
 
 
-def load(store: Store, name_or_id: str) -> Image:
+def load(store: Store, name_or_id: str, platform: dict[str, str] | None = None) -> Image:
     """Find an image by tag, image ID (or unique prefix), manifest digest or name@digest.
 
-    As docker does, a tag wins over an ID prefix that happens to look like a name.
+    As docker does, a tag wins over an ID prefix that happens to look like a name. With
+    `platform`, an index gives its entry for that platform, and an image of another
+    platform is an error (the host's entry and any image when None).
     """
+    img = _load(store, name_or_id, platform)
+    if platform is not None:
+        have = img.manifest_desc.platform or _platform_of(img.config)
+        if have is not None and not matches(have, platform):
+            raise PybuildError(f"image {name_or_id} is {platform_string(have)}, not "
+                               f"{platform_string(platform)}")
+    return img
+
+
+def is_index(store: Store, desc: Descriptor) -> bool:
+    """Whether a stored descriptor is an image index (a multi-platform tag)."""
+    return desc.media_type in INDEX_TYPES
+
+
+def index_entries(store: Store, desc: Descriptor) -> list[Descriptor]:
+    """The image manifests of a stored index, each with its platform."""
+    doc = store.read_json(desc.digest)
+    return [d for d in (Descriptor.from_dict(m) for m in doc.get("manifests") or [])
+            if d.media_type in MANIFEST_TYPES]
+
+
+def write_index(store: Store, manifests: list[Descriptor]) -> Descriptor:
+    """An OCI image index of single-platform manifests (each descriptor with its
+    platform), as BuildKit exports a multi-platform build."""
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+             "manifests": [d.to_dict() for d in manifests]}
+    return store.put_json(index, OCI_INDEX)
+
+
+def _load(store: Store, name_or_id: str, platform: dict[str, str] | None) -> Image:
     what = name_or_id
     hex_match = _HEX_RE.match(name_or_id)
     if hex_match and len(hex_match.group(1)) == 64:
@@ -218,11 +253,12 @@ def load(store: Store, name_or_id: str) -> Image:
                 doc = store.read_json(ref.digest)
                 size = store.blob_path(ref.digest).stat().st_size
                 media_type = doc.get("mediaType") or OCI_MANIFEST
-                return _from_descriptor(store, Descriptor(media_type, ref.digest, size), what)
+                return _from_descriptor(store, Descriptor(media_type, ref.digest, size), what,
+                                        platform)
             raise PybuildError(f"No such image: {ref.familiar}")
         desc = store.resolve_tag(ref.familiar)
         if desc is not None:
-            return _from_descriptor(store, desc, what)
+            return _from_descriptor(store, desc, what, platform)
     if hex_match:
         found = _find_by_id(store, hex_match.group(1), what)
         if found is not None:

@@ -32,7 +32,7 @@ from pybuild.auth import (DOCKER_HUB_AUTH_KEY, AuthError, Authenticator, AuthPro
                           Challenge, Credentials, erase_credentials, parse_challenges,
                           store_credentials)
 from pybuild.errors import PybuildError
-from pybuild.platforms import choose_host, host_platform, platform_string
+from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, MANIFEST_TYPES,
                            OCI_INDEX, OCI_MANIFEST, Descriptor, Store)
@@ -513,9 +513,10 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _choose_platform(t: _Target, index: dict[str, Any]) -> Descriptor:
-    """The linux/<host arch> entry of a manifest list, preferring the host's variant."""
-    host = host_platform()
+def _choose_platform(t: _Target, index: dict[str, Any],
+                     want: dict[str, str] | None = None) -> Descriptor:
+    """The entry of a manifest list for `want` (the host when None), preferring its variant."""
+    host = want or host_platform()
     entries: list[Descriptor] = []
     for m in index.get("manifests") or []:
         try:
@@ -524,7 +525,7 @@ def _choose_platform(t: _Target, index: dict[str, Any]) -> Descriptor:
             raise t.fail(f"malformed manifest list: {e}") from None
         if d.media_type in MANIFEST_TYPES:
             entries.append(d)
-    chosen = choose_host(entries)
+    chosen = choose(entries, host)
     if chosen is not None:
         return chosen
     available = ", ".join(sorted({platform_string(d.platform) for d in entries})) or "none"
@@ -548,8 +549,10 @@ def _store_manifest(store: Store, body: bytes, digest: str, media_type: str) -> 
         return w.commit(media_type)
 
 
-def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Descriptor:
-    """Pull `ref` for this host's platform into the store and tag it (docker's familiar name).
+def pull(store: Store, ref: str, *, client: RegistryClient | None = None,
+         platform: dict[str, str] | None = None) -> Descriptor:
+    """Pull `ref` for `platform` (this host's when None) into the store and tag it (docker's
+    familiar name).
 
     Returns the stored single-platform manifest descriptor (with its platform). Manifest
     bytes are kept exactly as served, Docker media types included, so digests stay valid.
@@ -559,11 +562,11 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Des
     t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
     body, media_type, digest = client.get_manifest(t, r.ref)
     index: tuple[bytes, str, str] | None = None
-    platform: dict[str, Any] | None = None
+    got: dict[str, Any] | None = None
     if media_type in INDEX_TYPES:
         index = (body, media_type, digest)
-        chosen = _choose_platform(t, json.loads(body))
-        platform = chosen.platform
+        chosen = _choose_platform(t, json.loads(body), platform)
+        got = chosen.platform
         body, media_type, digest = client.get_manifest(t, chosen.digest)
         if media_type not in MANIFEST_TYPES:
             raise t.fail(f"manifest list entry {chosen.digest} is not an image manifest")
@@ -574,14 +577,17 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Des
         if d not in missing:
             client._report(_short(d.digest), d.size, d.size)
     _parallel(missing, lambda d, abort: client.fetch_blob(t, store, d, abort))
-    if platform is None:
+    if got is None:
         cfg = store.read_json(config.digest)
         if cfg.get("os") and cfg.get("architecture"):
-            platform = {k: cfg[k] for k in ("architecture", "os", "variant") if cfg.get(k)}
+            got = {k: cfg[k] for k in ("architecture", "os", "variant") if cfg.get(k)}
+        if platform is not None and got is not None and not matches(got, platform):
+            raise PybuildError(f"{t.display} is {platform_string(got)}, not "
+                               f"{platform_string(platform)} (no manifest list to choose from)")
     stored = _store_manifest(store, body, digest, media_type)
     if index is not None:
         _store_manifest(store, index[0], index[2], index[1])
-    desc = Descriptor(stored.media_type, stored.digest, stored.size, None, platform)
+    desc = Descriptor(stored.media_type, stored.digest, stored.size, None, got)
     store.set_tag(r.familiar, desc)
     _record(store, r.registry, r.repository, [d.digest for d in blobs])
     return desc
@@ -595,11 +601,29 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     the same registry), the manifest last, so the tag never points at missing blobs.
     """
     client = client or RegistryClient()
-    img = _image.load(store, local)
     r = parse_reference(dest)
     if r.digest:
         raise PybuildError(f"cannot push to a digest reference: {dest} (push to a tag)")
     t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
+    top = store.resolve_tag(parse_reference(local).familiar) if not local.startswith("sha256:") \
+        else None
+    if top is not None and _image.is_index(store, top):
+        # a multi-platform tag: every manifest (its blobs first) by digest, the index last
+        for entry in _image.index_entries(store, top):
+            _push_manifest(store, client, t, entry.digest, entry.digest, local, chunked)
+        body = store.read_bytes(top.digest)
+        digest = client.put_manifest(t, r.tag or "latest", body, top.media_type)
+        return digest
+    img = _image.load(store, local)
+    return _push_manifest(store, client, t, img.manifest_desc.digest, r.tag or "latest",
+                          local, chunked)
+
+
+def _push_manifest(store: Store, client: RegistryClient, t: _Target, manifest: str,
+                   tag: str, local: str, chunked: bool) -> str:
+    """One image manifest's blobs, then the manifest under `tag` (a tag or its digest)."""
+    r = t.ref
+    img = _image.load(store, manifest)
     body = store.read_bytes(img.manifest_desc.digest)
     try:
         media_type = json.loads(body).get("mediaType") or img.manifest_desc.media_type
@@ -613,7 +637,7 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
                                f"(run verify)")
     _send_blobs(client, t, store, blobs, chunked)
-    digest = client.put_manifest(t, r.tag or "latest", body, media_type)
+    digest = client.put_manifest(t, tag, body, media_type)
     _record(store, r.registry, r.repository, [d.digest for d in blobs])
     return digest
 

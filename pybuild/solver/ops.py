@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-KEY_VERSION = 2
+KEY_VERSION = 3  # 3: every layer op names its platform
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -85,12 +85,14 @@ class Exec:
     mounts: tuple[Any, ...]  # each mount's meaning (mounts.cache_key_of)
     bind_sources: tuple[Any, ...]  # what the bind mounts show (content or stage keys)
     security: str = "sandbox"
+    platform: str = ""  # os/arch[/variant] the process runs as (emulated when foreign)
 
     def inputs(self) -> dict[str, Any]:
-        return {"op": "run", "argv": list(self.argv), "env": dict(self.env),
-                "args": dict(self.args), "cwd": self.cwd, "user": self.user,
-                "network": self.network, "mounts": list(self.mounts),
-                "bind_sources": list(self.bind_sources), "security": self.security}
+        return _with_platform(self.platform, {
+            "op": "run", "argv": list(self.argv), "env": dict(self.env),
+            "args": dict(self.args), "cwd": self.cwd, "user": self.user,
+            "network": self.network, "mounts": list(self.mounts),
+            "bind_sources": list(self.bind_sources), "security": self.security})
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,11 @@ class Mkdir:
     kind: ClassVar[str] = "mkdir"
     path: str
     user: str
+    platform: str = ""
 
     def inputs(self) -> dict[str, Any]:
-        return {"op": "mkdir", "path": self.path, "user": self.user}
+        return _with_platform(self.platform, {"op": "mkdir", "path": self.path,
+                                              "user": self.user})
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class FileCopy:
     urls: tuple[str, ...] = ()
     checksum: str = ""
     keep_git_dir: bool = False
+    platform: str = ""
 
     def inputs(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": "add" if self.add else "copy", "dest": self.dest,
@@ -143,7 +148,15 @@ class FileCopy:
         elif self.source is not None:
             out["sources"] = list(self.sources)
             out["from"] = source_label(self.source)
-        return out
+        return _with_platform(self.platform, out)
+
+
+def _with_platform(platform: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """An op's inputs with its platform (BuildKit's Op.Platform): the same step built for
+    two platforms is two vertices, two keys."""
+    if platform:
+        inputs["platform"] = platform
+    return inputs
 
 
 LayerOp = Exec | Mkdir | FileCopy
