@@ -77,6 +77,7 @@ class RunOptions:
     env: list[str] = field(default_factory=list)  # KEY=VALUE, already resolved
     volumes: list[str] = field(default_factory=list)  # HOST:CTR[:ro|rw] or CTR
     network: str = "host"
+    platform: str | None = None  # the entry of a multi-platform image (linux/arm64)
     entrypoint: str | None = None  # "" clears the image's entrypoint
     workdir: str | None = None
     user: str | None = None
@@ -423,7 +424,12 @@ def create(store: Store, opts: RunOptions, *, runtime_name: str | None = None) -
     if opts.name is not None and not _NAME_RE.match(opts.name.removeprefix("/")):
         raise PybuildError(f"Invalid container name ({opts.name}), only "
                            "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
-    img = imagemod.load(store, opts.image)
+    from pybuild.platforms import ensure_emulation, parse_platform
+
+    plat = parse_platform(opts.platform) if opts.platform else None
+    img = imagemod.load(store, opts.image, platform=plat)
+    if img.config.get("architecture"):  # a foreign arch runs under QEMU (binfmt_misc)
+        ensure_emulation({"architecture": str(img.config["architecture"])})
     config = img.config.get("config") or {}
     args = process_args(config, opts.command, opts.entrypoint)
     cid = secrets.token_hex(32)

@@ -18,7 +18,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = containers.RunOptions(
         image=args.image, command=list(args.command), name=args.name, env=env,
         volumes=list(args.volume or []), network=args.network, entrypoint=args.entrypoint,
-        workdir=args.workdir, user=args.user, remove=args.rm)
+        workdir=args.workdir, user=args.user, remove=args.rm, platform=args.platform)
     store = open_store(args)
     c = containers.create(store, opts)
     if args.detach:
@@ -98,6 +98,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("-d", "--detach", action="store_true",
                    help="run in the background and print the container ID")
     r.add_argument("--name", help="assign a name to the container")
+    r.add_argument("--platform", metavar="PLATFORM",
+                   help="run this platform's image of a multi-platform tag (linux/arm64); a "
+                        "foreign architecture runs under QEMU user emulation")
     r.add_argument("-e", "--env", action="append", metavar="KEY=VALUE",
                    help="set an environment variable (KEY alone: take it from here)")
     r.add_argument("-v", "--volume", action="append", metavar="HOST:CTR[:ro]",

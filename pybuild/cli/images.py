@@ -32,19 +32,37 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_images(args: argparse.Namespace) -> int:
     from pybuild import image
 
+    from pybuild.platforms import normal_string
+
     store = open_store(args)
     rows = []
+    multi = False
     for name in sorted(store.list_tags()):
         img = image.load(store, name)
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         size = sum(d.size for d in img.layers)
-        rows.append((repo, tag, img.config_desc.digest.split(":")[1][:12],
-                     img.config.get("created", "")[:19].replace("T", " "), human_size(size)))
+        image_id = img.config_desc.digest
+        top = store.resolve_tag(name)
+        plats = normal_string(img.manifest_desc.platform or {
+            k: img.config[k] for k in ("os", "architecture", "variant") if img.config.get(k)})
+        if top is not None and image.is_index(store, top):
+            # a multi-platform tag: its ID is the index digest (as docker's containerd store
+            # shows it), every platform listed; the size is this machine's image
+            multi = True
+            image_id = top.digest
+            plats = ",".join(normal_string(e.platform or {})
+                             for e in image.index_entries(store, top))
+        rows.append((repo, tag, image_id.split(":")[1][:12],
+                     img.config.get("created", "")[:19].replace("T", " "), human_size(size),
+                     plats))
     if args.quiet:
         for r in rows:
             print(r[2])
         return 0
-    table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+    if multi:  # the PLATFORMS column appears once a tag holds several
+        table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "PLATFORMS"], rows)
+    else:
+        table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], [r[:5] for r in rows])
     return 0
 
 
