@@ -23,10 +23,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
 from pybuild.errors import PybuildError
+from pybuild.transport import Limits, Pace, TransferError, read_capped
 from pybuild.reference import DOCKER_HUB_HOSTS
 
 # docker keeps Docker Hub credentials under its historic index URL.
@@ -35,7 +37,10 @@ DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _DEFAULT_TOKEN_SECONDS = 60
 # Renew a token this long before it expires, so it does not lapse mid-request.
 _EXPIRY_MARGIN = 5.0
-_TOKEN_TIMEOUT = (30.0, 60.0)
+_TOKEN_BODY_MAX = 1 << 20  # a token answer is a few KiB of JSON
+_TOKEN_MAX_SECONDS = 86400.0
+# RFC 6750's b64token: what may follow "Bearer " in a header.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
 _CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
 
@@ -271,9 +276,11 @@ class Authenticator:
     (registry, scopes) and reused until shortly before it expires.
     """
 
-    def __init__(self, session: requests.Session, provider: AuthProvider) -> None:
+    def __init__(self, session: requests.Session, provider: AuthProvider,
+                 limits: Limits | None = None) -> None:
         self._session = session
         self._provider = provider
+        self._limits = limits or Limits.from_env()
         self._tokens: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
         self._creds: dict[str, Credentials | None] = {}
         self._lock = threading.Lock()
@@ -321,11 +328,31 @@ class Authenticator:
         params += [("scope", s) for s in scopes]
         if creds:
             params.append(("account", creds.username))
+        shown = realm if len(realm) <= 80 else realm[:77] + "..."
         try:
-            resp = self._session.get(realm, params=params, timeout=_TOKEN_TIMEOUT,
-                                     verify=self._session.verify,
+            parts = urlsplit(realm)
+            _ = parts.port
+        except ValueError:
+            raise AuthError(f"{registry} names the token realm {shown!r}: not a valid URL") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise AuthError(f"{registry} names the token realm {shown!r}: only http and https "
+                            f"realms are used")
+        what = f"the token answer of {realm} for {registry}"
+        try:
+            resp = self._session.get(realm, params=params, timeout=self._limits.timeout,
+                                     verify=self._session.verify, stream=True,
+                                     allow_redirects=False,
                                      auth=(creds.username, creds.password) if creds else None)
-        except requests.RequestException as e:
+            with resp:
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    raise AuthError(f"token server {realm} for {registry} redirected "
+                                    f"(to {resp.headers.get('Location', 'nowhere')[:80]!r}): "
+                                    f"not followed")
+                raw = read_capped(resp, _TOKEN_BODY_MAX, Pace(self._limits, what),
+                                  truncate=resp.status_code != 200)
+        except TransferError as e:
+            raise AuthError(str(e)) from None
+        except (requests.RequestException, ValueError) as e:
             raise AuthError(f"cannot get a token for {registry} from {realm}: "
                             f"{type(e).__name__}") from None
         self.token_requests += 1
@@ -335,13 +362,22 @@ class Authenticator:
         if resp.status_code != 200:
             raise AuthError(f"token server {realm} for {registry} answered "
                             f"{resp.status_code} {resp.reason}")
+        token: object = None
+        lifetime = float(_DEFAULT_TOKEN_SECONDS)
         try:
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-            lifetime = float(body.get("expires_in") or _DEFAULT_TOKEN_SECONDS)
-        except (ValueError, AttributeError, TypeError):
-            token = None
-            lifetime = 0.0
+            body = json.loads(raw)
+            if isinstance(body, dict):
+                token = body.get("token") or body.get("access_token")
+                expires = body.get("expires_in")
+                if isinstance(expires, (int, float)) and not isinstance(expires, bool) \
+                        and expires > 0:
+                    lifetime = min(float(expires), _TOKEN_MAX_SECONDS)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise AuthError(f"token server {realm} for {registry} answered something that is "
+                            f"not JSON") from None
         if not isinstance(token, str) or not token:
             raise AuthError(f"token server {realm} for {registry} returned no token")
+        if len(token) > 65536 or not _TOKEN_RE.match(token):
+            raise AuthError(f"token server {realm} for {registry} returned a token that is not "
+                            f"a bearer token (RFC 6750)")
         return token, lifetime

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
+from pybuild import fs
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.fs import resolve_in_root
+from pybuild.patterns import Glob, compile_go_glob, compile_ignore
 
 # Files whose content hash is already known, keyed by what changes when the content may
 # have: an in-place edit that keeps size and mtime still moves ctime.
@@ -46,64 +47,6 @@ def go_clean(path: str) -> str:
     return joined or "."
 
 
-def glob_to_regex(pattern: str) -> str:
-    """Translate one Go filepath.Match pattern into an anchored Python regex.
-
-    Go's rules differ from fnmatch: `[^...]` negates (not `!`), `\\` escapes, `*` and `?`
-    never match "/", and a malformed pattern is an error rather than a literal.
-    """
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "\\":
-            i += 1
-            if i >= n:
-                raise PybuildError(f"syntax error in pattern: {pattern}")
-            out.append(re.escape(pattern[i]))
-        elif ch == "[":
-            i += 1
-            negate = i < n and pattern[i] == "^"
-            if negate:
-                i += 1
-            ranges: list[str] = []
-            first = True
-            while True:
-                if i >= n:
-                    raise PybuildError(f"syntax error in pattern: {pattern}")
-                if pattern[i] == "]" and not first:
-                    break
-                lo, i = _class_char(pattern, i)
-                hi = lo
-                if i < n and pattern[i] == "-":
-                    hi, i = _class_char(pattern, i + 1)
-                    if hi < lo:
-                        raise PybuildError(f"syntax error in pattern: {pattern}")
-                ranges.append(re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}")
-                first = False
-            out.append("[" + ("^/" if negate else "") + "".join(ranges) + "]")
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return "".join(out)
-
-
-def _class_char(pattern: str, i: int) -> tuple[str, int]:
-    """One character of a Go character class (an escape counts as its character)."""
-    n = len(pattern)
-    if i >= n or pattern[i] in "-]":
-        raise PybuildError(f"syntax error in pattern: {pattern}")
-    if pattern[i] == "\\":
-        i += 1
-        if i >= n:
-            raise PybuildError(f"syntax error in pattern: {pattern}")
-    return pattern[i], i + 1
-
-
 def has_wildcards(path: str) -> bool:
     """BuildKit's containsWildcards: `*`, `?` or `[` not preceded by a backslash."""
     i = 0
@@ -118,82 +61,45 @@ def has_wildcards(path: str) -> bool:
 
 
 class _Pattern:
-    """One compiled pattern, with moby/patternmatcher's exact/prefix/suffix shortcuts.
+    """One `.dockerignore` pattern, with moby/patternmatcher's exact/prefix/suffix shortcuts.
 
     The shortcuts are not just speed: `**foo` as a suffix match also matches `xfoo`,
-    which the regex form would not, and Docker users get that behaviour.
+    which the regex form would not, and Docker users get that behaviour. The "regexp"
+    kind runs on a linear matcher (pybuild.patterns), never on a backtracking regex.
     """
 
     def __init__(self, cleaned: str, exclusion: bool) -> None:
         self.cleaned = cleaned
         self.exclusion = exclusion
-        self.kind, self.regex = self._compile(cleaned)
-
-    @staticmethod
-    def _compile(pattern: str) -> tuple[str, re.Pattern[str] | None]:
-        out = "^"
-        kind = "exact"
-        i, n = 0, len(pattern)
-        first = True
-        while i < n:
-            ch = pattern[i]
-            if ch == "*":
-                if i + 1 < n and pattern[i + 1] == "*":
-                    i += 1
-                    if i + 1 < n and pattern[i + 1] == "/":
-                        i += 1
-                    if i + 1 >= n:
-                        if kind == "exact":
-                            kind = "prefix"
-                        else:
-                            out += ".*"
-                            kind = "regexp"
-                    else:
-                        out += "(.*/)?"
-                        kind = "regexp"
-                    if first:
-                        kind = "suffix"
-                else:
-                    out += "[^/]*"
-                    kind = "regexp"
-            elif ch == "?":
-                out += "[^/]"
-                kind = "regexp"
-            elif ch in ".+()|{}$":
-                out += "\\" + ch
-            elif ch == "\\":
-                if i + 1 < n:
-                    i += 1
-                    out += re.escape(pattern[i])
-                    kind = "regexp"
-                else:
-                    out += "\\\\"
-            elif ch in "[]":
-                out += ch
-                kind = "regexp"
-            else:
-                out += ch
-            i += 1
-            first = False
-        if kind != "regexp":
-            return kind, None
-        try:
-            return kind, re.compile(out + "$", re.DOTALL)
-        except re.error as exc:
-            raise PybuildError(f"syntax error in pattern {pattern!r}: {exc}") from None
+        self.kind, self.glob = compile_ignore(cleaned)
 
     def match(self, path: str) -> bool:
+        """Whether this pattern matches `path` itself."""
         if self.kind == "exact":
             return path == self.cleaned
         if self.kind == "prefix":
             return path.startswith(self.cleaned[:-2])
         if self.kind == "suffix":
             suffix = self.cleaned[2:]
-            if path.endswith(suffix):
-                return True
-            return suffix.startswith("/") and path == suffix[1:]
-        assert self.regex is not None
-        return self.regex.match(path) is not None
+            return path.endswith(suffix) or (suffix.startswith("/") and path == suffix[1:])
+        assert self.glob is not None
+        return self.glob.fullmatch(path)
+
+    def match_path_or_parent(self, path: str) -> bool:
+        """Whether this pattern matches `path` or a directory above it (each is tested)."""
+        if self.kind == "exact":
+            return path == self.cleaned or path.startswith(self.cleaned + "/")
+        if self.kind == "prefix":   # a parent that has the prefix gives it to the path
+            return self.match(path)
+        if self.kind == "suffix":
+            cut = path.find("/")
+            while cut >= 0:
+                if self.match(path[:cut]):
+                    return True
+                cut = path.find("/", cut + 1)
+            return self.match(path)
+        assert self.glob is not None
+        return self.glob.matches_path_or_parent(path)
 
 
 class PatternMatcher:
@@ -217,7 +123,7 @@ class PatternMatcher:
                 text = text[1:]
                 self.exclusions = True
             for comp in text.split("/"):
-                glob_to_regex(comp)  # syntax check, as Docker does with filepath.Match
+                compile_go_glob(comp)  # syntax check, as Docker does with filepath.Match
             self.patterns.append(_Pattern(text, exclusion))
 
     def __bool__(self) -> bool:
@@ -228,18 +134,11 @@ class PatternMatcher:
         path = go_clean(rel)
         if path == ".":
             return False
-        parent_dirs = path.split("/")[:-1]
         matched = False
         for pat in self.patterns:
             if pat.exclusion != matched:
                 continue
-            hit = pat.match(path)
-            if not hit:
-                for i in range(len(parent_dirs)):
-                    if pat.match("/".join(parent_dirs[: i + 1])):
-                        hit = True
-                        break
-            if hit:
+            if pat.match_path_or_parent(path):
                 matched = not pat.exclusion
         return matched
 
@@ -273,37 +172,74 @@ def walk_visible(top: Path, filters: list[tuple[PatternMatcher, str]]) -> Iterat
     is still entered when a `!` pattern could re-include something inside it, and then
     appears only if something inside it does. FIFOs, sockets and devices never appear,
     so nothing here can block on opening them. Symlinks are reported, never followed.
+    The walk is iterative (a stack, not recursion), so any depth walks or fails cleanly.
     """
-    yield from _walk(top, "", filters)
-
-
-def _hidden(rel: str, filters: list[tuple[PatternMatcher, str]]) -> bool:
-    return any(m and m.matches(prefix + rel) for m, prefix in filters)
-
-
-def _walk(directory: Path, rel: str, filters: list[tuple[PatternMatcher, str]]) -> Iterator[tuple[str, os.stat_result]]:
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError as exc:
-        raise PybuildError(f"cannot read {directory}: {exc.strerror}") from None
-    for name in names:
+    exclusions = any(m.exclusions for m, _ in filters)
+    stack: list[tuple[Path, str, Iterator[str]]] = [(top, "", iter(_names(top)))]
+    # per stack level: a hidden directory's entry, yielded only once something inside is
+    pending: list[tuple[str, os.stat_result] | None] = [None]
+    waiting = 0
+    while stack:
+        directory, rel, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            if pending.pop() is not None:
+                waiting -= 1
+            continue
         path = directory / name
         child = f"{rel}{name}"
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            raise PybuildError(f"cannot read {_short(path)}: {exc.strerror}") from None
         hidden = _hidden(child, filters)
-        if stat.S_ISDIR(st.st_mode):
-            if hidden and not any(m.exclusions for m, _ in filters):
-                continue
-            inner = list(_walk(path, child + "/", filters))
-            if hidden and not inner:
-                continue
-            yield child, st
-            yield from inner
-        elif (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) and not hidden:
-            yield child, st
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if is_dir and hidden and not exclusions:
+            continue
+        if not is_dir and (hidden or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))):
+            continue
+        if is_dir and hidden:
+            stack.append((path, child + "/", iter(_names(path))))
+            pending.append((child, st))
+            waiting += 1
+            continue
+        if waiting:
+            for i, entry in enumerate(pending):
+                if entry is not None:
+                    yield entry
+                    pending[i] = None
+            waiting = 0
+        yield child, st
+        if is_dir:
+            stack.append((path, child + "/", iter(_names(path))))
+            pending.append(None)
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except OSError as exc:
+        raise PybuildError(f"cannot read {_short(directory)}: {exc.strerror}") from None
+
+
+def _short(path: Path | str) -> str:
+    """A path for a one-line message: a very deep one is cut in the middle."""
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:90]}...{text[-90:]}"
+
+
+def _hidden(rel: str, filters: list[tuple[PatternMatcher, str]]) -> bool:
+    return any(m and m.matches(prefix + rel) for m, prefix in filters)
+
+
+def _lstat_mode(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
 
 
 def file_sha256(path: Path, st: os.stat_result) -> str:
@@ -363,10 +299,37 @@ class BuildContext:
         """Present in the context BuildKit would receive: not ignored, or a re-included parent."""
         if not self.is_ignored(rel):
             return True
-        path = self.root / rel
-        if not self.matcher.exclusions or not path.is_dir() or path.is_symlink():
+        if not self.matcher.exclusions:
+            return False
+        path = fs.resolve_in_root(self.root, rel, follow_last=False)
+        if not stat.S_ISDIR(_lstat_mode(path)):
             return False
         return next(walk_visible(path, [(self.matcher, rel + "/")]), None) is not None
+
+    def _sent(self, rel: str) -> bool:
+        """Whether `rel` reaches a file of the context as sent: the path as written and the
+        file its links lead to (inside the context) are both visible. A link to an ignored
+        file is dangling in the context BuildKit receives."""
+        if rel == ".":
+            return True
+        if not self._visible(rel):
+            return False
+        real = "/".join(fs.components(self.root, rel)) or "."
+        return real == "." or self._visible(real)
+
+    def resolve_mount_source(self, source: str, line: int) -> Path:
+        """The host path a `RUN --mount=type=bind` of the context shows at `source`: resolved
+        inside the context (links followed as the context root sees them, `..` stopped at
+        it), and present in the context as sent, else "not found"."""
+        rel = go_clean(source).lstrip("/") or "."
+        try:
+            path = fs.resolve_in_root(self.root, rel)
+            sent = self._sent(rel) and os.path.lexists(path)
+        except PybuildError as e:
+            raise DockerfileError(f"failed to compute cache key: {e}", line) from None
+        if not sent:
+            raise DockerfileError(f'failed to compute cache key: "/{rel if rel != "." else ""}": not found', line)
+        return path
 
     def resolve_sources(self, patterns: list[str], line: int) -> list[Path]:
         """COPY/ADD sources as host paths below the root, wildcards expanded and sorted.
@@ -399,7 +362,7 @@ class BuildContext:
             if has_wildcards(cleaned):
                 matches = self._expand(cleaned, written, line)
             else:
-                if cleaned != "." and (not os.path.lexists(resolve_in_root(self.root, cleaned)) or not self._visible(cleaned)):
+                if cleaned != "." and (not os.path.lexists(resolve_in_root(self.root, cleaned)) or not self._sent(cleaned)):
                     raise DockerfileError(f'failed to compute cache key: "/{cleaned}": not found', line)
                 matches = [cleaned]
             for rel in matches:
@@ -411,29 +374,29 @@ class BuildContext:
         comps = cleaned.split("/")
         first = next(i for i, c in enumerate(comps) if has_wildcards(c))
         base = "/".join(comps[:first])
-        regexes = [re.compile(glob_to_regex(c), re.DOTALL) for c in comps[first:]]
+        globs = [compile_go_glob(c) for c in comps[first:]]
         base_dir = resolve_in_root(self.root, base) if base else self.root
         if not base_dir.is_dir() or (base and not self._visible(base)):
             raise DockerfileError(f'failed to compute cache key: "/{base}": not found', line)
         found: list[str] = []
-        self._match_level(base_dir, base, regexes, found)
+        self._match_level(base_dir, base, globs, found)
         return found
 
-    def _match_level(self, directory: Path, rel: str, regexes: list[re.Pattern[str]], found: list[str]) -> None:
+    def _match_level(self, directory: Path, rel: str, globs: list[Glob], found: list[str]) -> None:
         try:
             names = sorted(os.listdir(directory))
         except OSError:
             return
         for name in names:
-            if not regexes[0].fullmatch(name):
+            if not globs[0].fullmatch(name):
                 continue
             child = f"{rel}/{name}" if rel else name
-            if not self._visible(child):
+            if not self._sent(child):
                 continue
-            if len(regexes) == 1:
+            if len(globs) == 1:
                 found.append(child)
             elif (directory / name).is_dir() and not (directory / name).is_symlink():
-                self._match_level(directory / name, child, regexes[1:], found)
+                self._match_level(directory / name, child, globs[1:], found)
 
     def manifest(self, paths: list[Path]) -> dict[str, str]:
         """What the cache key covers, per path relative to the root: "type mode uid:gid
@@ -443,12 +406,17 @@ class BuildContext:
         since COPY copies the target's content under the link's name.
         """
         out: dict[str, str] = {}
-        for path in paths:
-            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        for written in paths:
+            rel = os.path.relpath(written, self.root).replace(os.sep, "/")
+            # the parents resolved inside the root (a link among them is never followed
+            # on the host), the last component as it is
+            path = self.root if rel == "." else fs.resolve_in_root(self.root, rel, follow_last=False)
             try:
                 top_st = os.lstat(path)
             except FileNotFoundError:
                 continue
+            if path != self.root / rel:
+                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
             if stat.S_ISLNK(top_st.st_mode):
                 self._record(out, rel, path, top_st)
                 path = resolve_in_root(self.root, rel)

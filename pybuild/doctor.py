@@ -14,19 +14,19 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pybuild import layer, runtime
+from pybuild import fs, layer, runtime
 from pybuild.solver.cache import Cache
 from pybuild.liveness import lock_held
 from pybuild.errors import PybuildError
 from pybuild.snapshot import Snapshotter
-from pybuild.store import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Store
+from pybuild.liveness import remove_tree
+from pybuild.store import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Store, db_problem
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")  # cache-mounts/<sha256(id)[:32]>
@@ -40,7 +40,8 @@ _ORPHAN_AGE = 3600.0
 class Problem:
     """One thing wrong with the store; `kind` groups them for the summary and for tests."""
 
-    kind: str  # corrupt-blob, broken-tag, corrupt-index, dangling-record, incomplete-snapshot,
+    kind: str  # corrupt-blob, broken-tag, corrupt-index, corrupt-database, dangling-record,
+    #            incomplete-snapshot,
     #            snapshot-leftover, stale-mount, stale-container, orphaned-cache-mount
     subject: str
     detail: str
@@ -187,7 +188,40 @@ def _expected_type(member: tarfile.TarInfo) -> tuple[str, int | None]:
     return name, None
 
 
-def _snapshot_gap(fs: Path, blob: Path) -> str | None:
+_SKIP = object()
+
+
+def _lstat_in(root: Path, root_fd: int, rel: str) -> os.stat_result | object | None:
+    """lstat of `rel` where the extractor put it: resolved inside the snapshot's fs root
+    (its own symlinks followed as that root sees them, never onto the host), then each
+    directory opened with O_NOFOLLOW. None if the entry is missing; _SKIP if the path
+    cannot be resolved at all (a symlink loop): that says nothing against the snapshot.
+    """
+    try:
+        parts = fs.components(root, rel, follow_last=False)
+    except fs.NotADirectory:
+        return None
+    except fs.PathError:
+        return _SKIP
+    if not parts:
+        return _SKIP
+    try:
+        dfd = fs.open_dir(root_fd, parts[:-1])
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _SKIP  # swapped for a symlink meanwhile: nothing to follow
+    try:
+        return os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _SKIP
+    finally:
+        os.close(dfd)
+
+
+def _snapshot_gap(fs_root: Path, blob: Path) -> str | None:
     """Why a snapshot does not hold its layer (say, a prune killed mid-delete), else None.
 
     Only names, types and file sizes are compared: enough to see a partial extraction or
@@ -196,23 +230,29 @@ def _snapshot_gap(fs: Path, blob: Path) -> str | None:
     missing = 0
     first = ""
     try:
+        fs_fd = os.open(fs_root, fs.DIR_FLAGS)
+    except OSError as e:
+        return f"its fs directory cannot be opened ({e.strerror})"
+    try:
         with open(blob, "rb") as f, tarfile.open(fileobj=layer.open_decompressed(f), mode="r|") as t:
             for member in t:
                 rel, kind = _expected_type(member)
                 if rel in (".", "") or rel.startswith("../"):
                     continue
-                try:
-                    st = os.lstat(fs / rel)
-                except OSError:
-                    st = None
+                found = _lstat_in(fs_root, fs_fd, rel)
+                if found is _SKIP:
+                    continue  # unresolvable in the snapshot (a symlink loop)
+                st = found if isinstance(found, os.stat_result) else None
                 size_ok = kind != stat.S_IFREG or not member.isreg() or st is None \
                     or st.st_size == member.size
                 if st is not None and (kind is None or stat.S_IFMT(st.st_mode) == kind) and size_ok:
                     continue
                 missing += 1
                 first = first or rel
-    except (OSError, tarfile.TarError, PybuildError) as e:
+    except (OSError, tarfile.TarError, PybuildError, EOFError) as e:
         return f"its layer blob cannot be read ({e})"
+    finally:
+        os.close(fs_fd)
     return f"{missing} entries of its layer differ or are missing (first: /{first})" if missing else None
 
 
@@ -222,12 +262,17 @@ def _snapshot_problems(store: Store, corrupt: set[str]) -> list[Problem]:
         if d.name == "empty":
             continue
         if d.name.startswith("tmp-"):
-            out.append(Problem("snapshot-leftover", d.name, "unfinished extraction or commit"))
+            if not lock_held(d / ".lock"):  # a live pull or build is still writing it
+                out.append(Problem("snapshot-leftover", d.name, "unfinished extraction or commit"))
             continue
         if not _HEX64.match(d.name) or not (d / "done").is_file() or not (d / "fs").is_dir():
             out.append(Problem("incomplete-snapshot", d.name, "no done marker or no fs directory"))
             continue
-        digest = (d / "done").read_text().strip()
+        try:
+            digest = (d / "done").read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            out.append(Problem("incomplete-snapshot", d.name, f"done marker unreadable ({e})"))
+            continue
         try:
             blob = store.blob_path(digest)
         except PybuildError:
@@ -284,7 +329,10 @@ def _inspect(store: Store, report: Report) -> tuple[set[str], dict[str, set[str]
         needs[name] = needed
         if why:
             report.problems.append(Problem("broken-tag", name, why))
-    for rec in Cache(store).all():
+    db_why = db_problem(store.root / "pybuild.db")
+    if db_why:
+        report.problems.append(Problem("corrupt-database", "pybuild.db", db_why))
+    for rec in [] if db_why else Cache(store).all():
         if rec.layer.digest in corrupt:
             report.problems.append(Problem("dangling-record", rec.key, f"layer {rec.layer.digest} is corrupt"))
         elif not store.has_blob(rec.layer.digest):
@@ -298,6 +346,23 @@ def _inspect(store: Store, report: Report) -> tuple[set[str], dict[str, set[str]
     for d in _orphaned_cache_mounts(store, live):
         report.problems.append(Problem("orphaned-cache-mount", str(d), "not a complete cache mount"))
     return corrupt, needs
+
+
+def _rebuild_db(store: Store) -> str:
+    """Move a damaged pybuild.db aside (with its WAL) and start an empty one.
+
+    The database is a cache (build records, where blobs came from): blobs, tags and
+    snapshots do not depend on it, so an empty schema is a working store again.
+    """
+    store.close()
+    path = store.root / "pybuild.db"
+    aside = store.root / f"pybuild.db.damaged-{int(time.time())}"
+    os.rename(path, aside)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    Cache(store)  # creates the schema
+    return f"moved the damaged database to {aside.name} and created an empty one " \
+           f"(cache records are gone; images and tags are kept)"
 
 
 def repair(store: Store) -> Report:
@@ -322,6 +387,8 @@ def _repair_locked(store: Store, report: Report, corrupt: set[str],
         store.blob_path(digest).unlink(missing_ok=True)
         report.actions.append(f"removed corrupt blob {digest}"
                               + (f" (needed by {', '.join(users)})" if users else ""))
+    if any(p.kind == "corrupt-database" for p in report.problems):
+        report.actions.append(_rebuild_db(store))
     dangling = [p.subject for p in report.problems if p.kind == "dangling-record"]
     if dangling:
         Cache(store).remove(dangling)
@@ -335,8 +402,8 @@ def _repair_locked(store: Store, report: Report, corrupt: set[str],
         report.actions.append(f"unmounted and removed {n} stale mount(s) and unfinished snapshots")
     for p in report.problems:
         if p.kind == "incomplete-snapshot":
-            shutil.rmtree(store.snapshots_dir / p.subject, ignore_errors=True)
+            remove_tree(store.snapshots_dir / p.subject)
             report.actions.append(f"removed incomplete snapshot {p.subject}")
         elif p.kind == "orphaned-cache-mount":
-            shutil.rmtree(p.subject, ignore_errors=True)
+            remove_tree(p.subject)
             report.actions.append(f"removed orphaned cache mount {p.subject}")

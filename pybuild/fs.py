@@ -244,3 +244,79 @@ def open_in_root(root: Path | str, path: str, flags: int = os.O_RDONLY) -> int:
         return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     finally:
         os.close(dfd)
+
+
+def remove_tree(path: Path | str, *, ignore_errors: bool = False) -> None:
+    """`rm -rf path` at any depth: iterative, through directory fds, never following a
+    symlink (a link is removed, not its target), and holding one fd whatever the depth.
+
+    Going back up opens `..` and checks it is the directory it came from, so a tree
+    moved while it is removed stops the removal instead of redirecting it.
+    """
+    try:
+        _remove_tree(Path(path))
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory `fd`; the names of its subdirectories."""
+    subdirs: list[str] = []
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            subdirs.append(e.name)
+        else:
+            try:
+                os.unlink(e.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+    return subdirs
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    fd = os.open(path, DIR_FLAGS)
+    try:
+        # per level: the (dev, ino) of its parent, its name there, subdirectories left
+        levels: list[tuple[tuple[int, int], str, list[str]]] = [((0, 0), "", _clear_files(fd))]
+        while True:
+            parent_id, name, todo = levels[-1]
+            if todo:
+                child = todo.pop()
+                here = os.fstat(fd)
+                try:
+                    nfd = os.open(child, DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    os.unlink(child, dir_fd=fd)   # became a link or a file meanwhile
+                    continue
+                os.close(fd)
+                fd = nfd
+                levels.append(((here.st_dev, here.st_ino), child, _clear_files(fd)))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            up = os.open("..", DIR_FLAGS, dir_fd=fd)
+            ust = os.fstat(up)
+            if (ust.st_dev, ust.st_ino) != parent_id:
+                os.close(up)
+                raise OSError(errno.ESTALE, f"{path} was moved while it was removed")
+            os.close(fd)
+            fd = up
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)

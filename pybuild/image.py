@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 
-from pybuild import layer
+from pybuild import layer, oci_documents
 from pybuild.errors import PybuildError
-from pybuild.platforms import choose, host_platform, matches, platform_string
+from pybuild.oci_documents import OCI_CONFIG
+from pybuild.snapshot import check_layers
+from pybuild.platforms import choose, choose_host, host_platform, matches, platform_string
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
                            Descriptor, Store, canonical_json)
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_LAYER = layer.MEDIA_TYPES["none"]
 OCI_LAYER_GZIP = layer.MEDIA_TYPES["gzip"]
 OCI_LAYER_ZSTD = layer.MEDIA_TYPES["zstd"]
@@ -61,8 +61,19 @@ class Image:
 
     @property
     def diff_ids(self) -> list[str]:
-        """Digests of the uncompressed layers, base first."""
-        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+        """Digests of the uncompressed layers, base first (as claimed: Snapshotter verifies).
+
+        PybuildError if the config's rootfs is not an object or diff_ids not a list."""
+        rootfs = self.config.get("rootfs")
+        if rootfs is None:
+            return []
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if diff_ids is None and isinstance(rootfs, dict):
+            return []
+        if not isinstance(diff_ids, list):
+            raise PybuildError(f"image config {self.config_desc.digest}: rootfs.diff_ids is "
+                               f"not a list")
+        return list(diff_ids)
 
 
 def created_timestamp() -> str:
@@ -115,14 +126,11 @@ def write(store: Store, config: dict[str, Any], layers: list[Descriptor]) -> Des
 
 # ---- lookup ---------------------------------------------------------------------------
 
-def _select_platform(store: Store, index: dict[str, Any], what: str,
-                     platform: dict[str, str] | None = None) -> Descriptor:
-    """The manifest for `platform` (the host's when None) from an index (docker's choice
-    when pulling a multi-arch tag)."""
-    host = platform or host_platform()
-    entries = [Descriptor.from_dict(m) for m in index.get("manifests") or []]
-    entries = [e for e in entries if e.media_type in MANIFEST_TYPES]
-    chosen = choose(entries, host)
+def _select_platform(store: Store, index: oci_documents.Index, what: str) -> Descriptor:
+    """The host's manifest from an index (docker's choice when pulling a multi-arch tag)."""
+    host = host_platform()
+    entries = [e for e in index.manifests if e.media_type in MANIFEST_TYPES]
+    chosen = choose_host(entries)
     if chosen is not None:
         return chosen
     if len(entries) == 1 and not entries[0].platform:
@@ -131,21 +139,23 @@ def _select_platform(store: Store, index: dict[str, Any], what: str,
                        f"in the manifest list entries")
 
 
-def _from_descriptor(store: Store, desc: Descriptor, what: str,
-                     platform: dict[str, str] | None = None) -> Image:
+def _from_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
     """Read an image from a manifest or index descriptor."""
     if not store.has_blob(desc.digest):
         raise PybuildError(f"{what}: manifest {desc.digest} is missing from the store")
-    doc = store.read_json(desc.digest)
-    media_type = doc.get("mediaType") or desc.media_type
-    if media_type in INDEX_TYPES or ("manifests" in doc and "config" not in doc):
-        return _from_descriptor(store, _select_platform(store, doc, what, platform), what)
-    if "config" not in doc:
-        raise PybuildError(f"{what}: {desc.digest} is not an image manifest")
-    config_desc = Descriptor.from_dict(doc["config"])
+    # Checked as documents first (pybuild/oci_documents.py): a store written by another
+    # tool, or damaged, gives one clear error, not a traceback in a later build.
+    body = store.read_bytes(desc.digest)
+    parsed = oci_documents.parse_document(body, f"{what}: manifest {desc.digest}", desc.media_type)
+    if isinstance(parsed, oci_documents.Index):
+        return _from_descriptor(store, _select_platform(store, parsed, what), what)
+    config_desc = parsed.config
     if not store.has_blob(config_desc.digest):
         raise PybuildError(f"{what}: config {config_desc.digest} is missing from the store")
-    return Image(desc, doc, config_desc, store.read_json(config_desc.digest))
+    config = oci_documents.parse_config(store.read_bytes(config_desc.digest),
+                                        f"{what}: config {config_desc.digest}")
+    oci_documents.check_image(parsed, config, f"{what}")
+    return Image(desc, oci_documents.parse_json(body, what), config_desc, config.doc)
 
 
 def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
@@ -156,8 +166,11 @@ def _manifests_in_store(store: Store) -> Iterator[Descriptor]:
             seen.add(desc.digest)
             yield desc
         elif desc.media_type in INDEX_TYPES and store.has_blob(desc.digest):
-            for m in store.read_json(desc.digest).get("manifests") or []:
-                d = Descriptor.from_dict(m)
+            try:
+                index = oci_documents.parse_index(store.read_bytes(desc.digest), desc.digest)
+            except PybuildError:
+                continue  # a bad index hides only itself from an ID lookup
+            for d in index.manifests:
                 if d.media_type in MANIFEST_TYPES and d.digest not in seen:
                     seen.add(d.digest)
                     yield d
@@ -203,13 +216,38 @@ def load(store: Store, name_or_id: str, platform: dict[str, str] | None = None) 
     `platform`, an index gives its entry for that platform, and an image of another
     platform is an error (the host's entry and any image when None).
     """
-    img = _load(store, name_or_id, platform)
-    if platform is not None:
-        have = img.manifest_desc.platform or _platform_of(img.config)
-        if have is not None and not matches(have, platform):
-            raise PybuildError(f"image {name_or_id} is {platform_string(have)}, not "
-                               f"{platform_string(platform)}")
+    if platform is None:
+        return _load(store, name_or_id)
+    img = _from_index(store, name_or_id, platform) or _load(store, name_or_id)
+    have = img.manifest_desc.platform or _platform_of(img.config)
+    if have is not None and not matches(have, platform):
+        raise PybuildError(f"image {name_or_id} is {platform_string(have)}, not "
+                           f"{platform_string(platform)}")
     return img
+
+
+def _from_index(store: Store, name: str, platform: dict[str, str]) -> Image | None:
+    """The `platform` entry of the index a tag (or name@digest) names; None when it names
+    no index."""
+    try:
+        ref = parse_reference(name)
+    except PybuildError:
+        return None
+    top = store.resolve_tag(ref.familiar)
+    if top is None or not is_index(store, top):
+        return None
+    entries = index_entries(store, top)
+    chosen = choose(entries, platform)
+    if chosen is None:
+        have = ", ".join(platform_string(e.platform) for e in entries) or "none"
+        raise PybuildError(f"{name}: no manifest for {platform_string(platform)} in its "
+                           f"index (available: {have})")
+    return _from_descriptor(store, chosen, name)
+
+
+def load_descriptor(store: Store, desc: Descriptor, what: str) -> Image:
+    """The image a stored manifest descriptor (an index entry) names."""
+    return _from_descriptor(store, desc, what)
 
 
 def is_index(store: Store, desc: Descriptor) -> bool:
@@ -219,9 +257,8 @@ def is_index(store: Store, desc: Descriptor) -> bool:
 
 def index_entries(store: Store, desc: Descriptor) -> list[Descriptor]:
     """The image manifests of a stored index, each with its platform."""
-    doc = store.read_json(desc.digest)
-    return [d for d in (Descriptor.from_dict(m) for m in doc.get("manifests") or [])
-            if d.media_type in MANIFEST_TYPES]
+    doc = oci_documents.parse_index(store.read_bytes(desc.digest), f"index {desc.digest}")
+    return [d for d in doc.manifests if d.media_type in MANIFEST_TYPES]
 
 
 def write_index(store: Store, manifests: list[Descriptor]) -> Descriptor:
@@ -232,7 +269,7 @@ def write_index(store: Store, manifests: list[Descriptor]) -> Descriptor:
     return store.put_json(index, OCI_INDEX)
 
 
-def _load(store: Store, name_or_id: str, platform: dict[str, str] | None) -> Image:
+def _load(store: Store, name_or_id: str) -> Image:
     what = name_or_id
     hex_match = _HEX_RE.match(name_or_id)
     if hex_match and len(hex_match.group(1)) == 64:
@@ -249,16 +286,18 @@ def _load(store: Store, name_or_id: str, platform: dict[str, str] | None) -> Ima
                 raise
     if ref is not None:
         if ref.digest:
-            if store.has_blob(ref.digest):
+            pinned = store.resolve_tag(ref.familiar)  # a pull by name@digest tags it so
+            if pinned is not None and not ref.digest.startswith("sha256:"):
+                return _from_descriptor(store, pinned, what)  # sha512: the store is sha256
+            if ref.digest.startswith("sha256:") and store.has_blob(ref.digest):
                 doc = store.read_json(ref.digest)
                 size = store.blob_path(ref.digest).stat().st_size
                 media_type = doc.get("mediaType") or OCI_MANIFEST
-                return _from_descriptor(store, Descriptor(media_type, ref.digest, size), what,
-                                        platform)
+                return _from_descriptor(store, Descriptor(media_type, ref.digest, size), what)
             raise PybuildError(f"No such image: {ref.familiar}")
         desc = store.resolve_tag(ref.familiar)
         if desc is not None:
-            return _from_descriptor(store, desc, what, platform)
+            return _from_descriptor(store, desc, what)
     if hex_match:
         found = _find_by_id(store, hex_match.group(1), what)
         if found is not None:
@@ -413,27 +452,46 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
 
 
+def _damaged(digest: str, why: str) -> PybuildError:
+    return PybuildError(f"blob {digest} {why}: the store is damaged (run `pybuild doctor`)")
+
+
 def _add_blob(tar: tarfile.TarFile, store: Store, name: str, desc: Descriptor) -> None:
+    """Copy a blob into the archive, verified: its size and digest must be what it is named."""
     with store.open_blob(desc.digest) as f:
-        tar.addfile(_tar_info(name, os.fstat(f.fileno()).st_size), f)
+        size = os.fstat(f.fileno()).st_size
+        if size != desc.size:
+            raise _damaged(desc.digest, f"has {size} bytes, its descriptor says {desc.size}")
+        h = hashlib.sha256()
+        try:
+            tar.addfile(_tar_info(name, size), layer._Tee(f, h.update))
+        except OSError as e:
+            raise _damaged(desc.digest, f"cannot be read ({e})") from None
+        if "sha256:" + h.hexdigest() != desc.digest:
+            raise _damaged(desc.digest, f"hashes to sha256:{h.hexdigest()}")
 
 
 def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
                             layer_desc: Descriptor, diff_id: str) -> None:
-    """Add a layer as a plain tar, verifying it against the config's diff_id."""
+    """Add a layer as a plain tar, verifying the blob's digest and the config's diff_id."""
     with tempfile.TemporaryFile(dir=store.tmp_dir) as tmp, store.open_blob(layer_desc.digest) as blob:
         h = hashlib.sha256()
+        packed = hashlib.sha256()
+        tee = layer._Tee(blob, packed.update)
         try:
-            src = layer.open_decompressed(blob)
+            src = layer.open_decompressed(tee)  # type: ignore[arg-type]
             while chunk := src.read(_CHUNK):
                 h.update(chunk)
                 tmp.write(chunk)
-        except (OSError, PybuildError) as e:
-            raise PybuildError(f"cannot read layer {layer_desc.digest}: {e} "
-                               f"(the store is damaged: run verify)") from None
+            while tee.read(_CHUNK):
+                pass  # bytes after the compressed stream count for the blob's digest
+        except (OSError, EOFError, PybuildError) as e:
+            raise _damaged(layer_desc.digest, f"cannot be read ({e})") from None
         if "sha256:" + h.hexdigest() != diff_id:
             raise PybuildError(f"layer {layer_desc.digest} does not match its diff_id {diff_id}: "
-                               f"the store is damaged (run verify)")
+                               f"the image is damaged (run `pybuild doctor`)")
+        if "sha256:" + packed.hexdigest() != layer_desc.digest:
+            raise _damaged(layer_desc.digest, f"hashes to sha256:{packed.hexdigest()}")
         size = tmp.tell()
         tmp.seek(0)
         tar.addfile(_tar_info(name, size), tmp)
@@ -449,9 +507,10 @@ def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
                                                         format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             img = entry.image
-            if len(img.layers) != len(img.diff_ids):
-                raise PybuildError(f"image {img.id}: {len(img.layers)} layers but "
-                                   f"{len(img.diff_ids)} diff_ids")
+            try:
+                check_layers(img.layers, img.diff_ids)
+            except PybuildError as e:
+                raise PybuildError(f"image {img.id}: {e}") from None
             config_name = img.id.split(":", 1)[1] + ".json"
             if config_name not in written:
                 _add_blob(tar, store, config_name, img.config_desc)

@@ -16,7 +16,6 @@ import io
 import lzma
 import os
 import queue
-import shutil
 import stat
 import threading
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from isal import isal_zlib
 
 from pybuild import fs
 from pybuild.errors import PybuildError
+from pybuild.liveness import remove_tree
 
 # isal's stubs do not say that its error is an exception class.
 _ISAL_ERROR = cast(type[Exception], isal_zlib.error)
@@ -279,27 +279,42 @@ class _TarWriter:
         return mtime if self._epoch is None else min(mtime, self._epoch)
 
     def walk(self, directory: bytes, prefix: bytes) -> None:
-        """Emit every entry below `directory`, siblings sorted by their tar name's bytes."""
+        """Emit every entry below `directory`, siblings sorted by their tar name's bytes.
+
+        Iterative (a stack of sorted sibling lists), so any depth a RUN creates is fine.
+        """
+        stack = [iter(self._children(directory, prefix))]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            path, name, st = item
+            if self._entry(path, name, st):
+                stack.append(iter(self._children(path, name + b"/")))
+
+    @staticmethod
+    def _children(directory: bytes, prefix: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
         with os.scandir(directory) as it:
             entries = list(it)
         named = []
         for e in entries:
             st = e.stat(follow_symlinks=False)
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                named.append((WH_PREFIX.encode() + e.name, e, st))
+                named.append((e.path, prefix + WH_PREFIX.encode() + e.name, st))
             else:
-                named.append((e.name, e, st))
-        for tarname, e, st in sorted(named, key=lambda t: t[0]):
-            self._entry(e.path, prefix + tarname, st)
+                named.append((e.path, prefix + e.name, st))
+        return sorted(named, key=lambda t: t[1])
 
-    def _entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:
+    def _entry(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
+        """Write one entry; True if it is a directory whose children come next."""
         mode, mtime = st.st_mode, self._mtime(st)
         if stat.S_ISCHR(mode) and st.st_rdev == 0:
             # overlay whiteout (char 0/0) → empty `.wh.name`, as moby's overlay2 writes it
             self._sink.write(_header(name, b"0", 0o600, st.st_uid, st.st_gid, 0, mtime))
-            return
+            return False
         if stat.S_ISSOCK(mode):
-            return  # tar cannot hold sockets; docker skips them too
+            return False  # tar cannot hold sockets; docker skips them too
         xattrs, overlay = _xattrs(path)
         for bad in ("trusted.overlay.redirect", "trusted.overlay.metacopy"):
             if bad in overlay:
@@ -311,13 +326,12 @@ class _TarWriter:
             if overlay.get("trusted.overlay.opaque") == b"y":
                 self._sink.write(_header(name + b"/" + WH_OPAQUE.encode(), b"0", mode & 0o777,
                                          st.st_uid, st.st_gid, 0, mtime))
-            self.walk(path, name + b"/")
-            return
+            return True
         if st.st_nlink > 1:
             first = self._links.setdefault((st.st_dev, st.st_ino), name)
             if first != name:
                 self._sink.write(_header(name, b"1", *common, 0, mtime, first, xattrs=xattrs))
-                return
+                return False
         if stat.S_ISREG(mode):
             self._sink.write(_header(name, b"0", *common, st.st_size, mtime, xattrs=xattrs))
             self._copy(path, st.st_size)
@@ -330,6 +344,7 @@ class _TarWriter:
             self._sink.write(_header(name, flag, *common, 0, mtime, dev=dev, xattrs=xattrs))
         elif stat.S_ISFIFO(mode):
             self._sink.write(_header(name, b"6", *common, 0, mtime, xattrs=xattrs))
+        return False
 
     def _copy(self, path: bytes, size: int) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -348,6 +363,12 @@ class _TarWriter:
         self._sink.write(_pad(size))
 
 
+def _short_path(name: object) -> str:
+    """A path for an error line: very long ones (a hostile tree) keep their two ends."""
+    text = os.fsdecode(name) if isinstance(name, (str, bytes)) else str(name)
+    return text if len(text) <= 160 else f"{text[:80]}…{text[-60:]} ({len(text)} characters)"
+
+
 def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
                 source_date_epoch: int | None = None) -> LayerInfo:
     """Tar `src` (an overlay upperdir or any directory) into `out`, compressed, in one pass.
@@ -361,7 +382,8 @@ def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
         sink.write(b"\0" * (2 * BLOCK))
     except OSError as e:
         sink.abort()
-        raise PybuildError(f"cannot write layer from {src}: {e.strerror}: {e.filename}") from e
+        where = f": {_short_path(e.filename)}" if e.filename else ""
+        raise PybuildError(f"cannot write layer from {src}: {e.strerror or e}{where}") from e
     except BaseException:
         sink.abort()
         raise
@@ -1027,7 +1049,7 @@ class _Extractor:
 
 def _remove(pfd: int, name: str, st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=pfd)
+        remove_tree(name, dir_fd=pfd)
     else:
         os.unlink(name, dir_fd=pfd)
 

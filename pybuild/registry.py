@@ -7,14 +7,17 @@ a rerun reuses. A push sends blobs the registry lacks (HEAD first), mounts those
 holds in another repository (a table in the store's SQLite database remembers which blob
 came from or went to which repository), and puts the manifest last, byte for byte as
 stored, so its digest is the one the user sees locally.
+
+Nothing a registry sends is trusted: documents are checked by `oci_documents` before any
+field is used (and before any blob is written), digests are verified in their own
+algorithm, and every body is read under `transport`'s limits (size, deadline, minimum
+rate; redirects only to http/https, at most 10).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import ipaddress
-import json
 import re
 import threading
 import time
@@ -23,32 +26,35 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 
 from pybuild import image as _image
 from pybuild.auth import (DOCKER_HUB_AUTH_KEY, AuthError, Authenticator, AuthProvider,
                           Challenge, Credentials, erase_credentials, parse_challenges,
                           store_credentials)
 from pybuild.errors import PybuildError
+from pybuild.oci_documents import (MAX_CONFIG, MAX_MANIFEST, DocumentError, ImageConfig, Index,
+                                   Manifest, check_digest, check_image, digest_of, hasher,
+                                   kind_of, parse_config, parse_document)
 from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
-from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, MANIFEST_TYPES,
-                           OCI_INDEX, OCI_MANIFEST, Descriptor, Store)
+from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES,
+                           OCI_INDEX, OCI_MANIFEST, Descriptor, Store, canonical_json)
+from pybuild.transport import (REDIRECT_STATUSES, Limits, Pace, TransferError, Truncated,
+                               http_url, iter_body, read_capped, redirect_target)
 
 ProgressFn = Callable[[str, int, int | None], None]
 T = TypeVar("T")
 
 ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
-SCHEMA1_TYPES = frozenset({"application/vnd.docker.distribution.manifest.v1+json",
-                           "application/vnd.docker.distribution.manifest.v1+prettyjws"})
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PARALLEL_TRANSFERS = 4
 TRIES = 3
 _BACKOFF = 0.5  # seconds before the second try; doubled for each further one
-_TIMEOUT = (30.0, 300.0)  # connect, read
-_MANIFEST_MAX = 4 << 20  # distribution's own limit on manifest size
+_SMALL_BODY = 1 << 20  # any other answer (errors, upload replies) is read up to this
 _CHUNK = 1 << 20
 
 
@@ -79,13 +85,18 @@ def _with_query(url: str, **params: str) -> str:
 
 
 def _error_text(resp: requests.Response) -> str:
-    """The registry's own error message ("manifest unknown"), else the HTTP status."""
+    """The registry's own error message ("manifest unknown"), else the HTTP status.
+
+    Only a body `_send` has already read (capped) is looked at: never an unbounded one.
+    """
     try:
+        if not resp._content_consumed:  # type: ignore[attr-defined]
+            raise ValueError("body not read")
         errors = resp.json().get("errors") or []
         first = errors[0]
         msg = str(first.get("message") or first.get("code") or "").strip()
         if msg:
-            return msg
+            return msg if len(msg) <= 200 else msg[:197] + "..."
     except (ValueError, AttributeError, IndexError, TypeError):
         pass
     return f"HTTP {resp.status_code} {resp.reason}".strip()
@@ -125,21 +136,35 @@ class _Target:
         return PybuildError(f"{problem} ({self.verb} {self.display})")
 
 
-class _ProgressReader:
-    """A blob file as a request body: reports progress, rewinds for a retry."""
+class _ShortBlob(PybuildError):
+    """A blob file ended before the size its descriptor (and our Content-Length) gives."""
 
-    def __init__(self, f: BinaryIO, size: int, report: Callable[[int], None]) -> None:
+
+class _ProgressReader:
+    """A blob file as a request body: reports progress, rewinds for a retry.
+
+    It never yields more than `size` bytes, and raises instead of ending early: a body
+    shorter than the Content-Length sent would leave the registry waiting for the rest.
+    """
+
+    def __init__(self, f: BinaryIO, size: int, report: Callable[[int], None],
+                 what: str = "blob") -> None:
         self._f = f
         self._size = size
         self._report = report
         self._sent = 0
         self._reported = 0
+        self._what = what
 
     def __len__(self) -> int:  # requests sets Content-Length from it
         return self._size
 
     def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
+        left = self._size - self._sent
+        data = self._f.read(left if n < 0 else min(n, left)) if left > 0 else b""
+        if not data and left > 0:
+            raise _ShortBlob(f"{self._what} ended after {self._sent} of its {self._size} "
+                             f"bytes while it was being sent (the store changed under the push)")
         self._sent += len(data)
         if self._sent - self._reported >= _CHUNK or self._sent == self._size:
             self._reported = self._sent
@@ -155,6 +180,10 @@ class _ProgressReader:
         return self._f.tell()
 
 
+def _no_netrc(r: requests.PreparedRequest) -> requests.PreparedRequest:
+    return r
+
+
 class RegistryClient:
     """An HTTP session to registries: TLS choice, auth challenges and tokens, retries.
 
@@ -167,11 +196,15 @@ class RegistryClient:
 
     def __init__(self, *, insecure: set[str] | frozenset[str] = frozenset(),
                  tls_ca: Path | None = None, auth: AuthProvider | None = None,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, limits: Limits | None = None) -> None:
         self.insecure = frozenset(insecure)
         self.progress = progress
         self.auth = auth or AuthProvider()
+        self.limits = limits or Limits.from_env()
         self.session = requests.Session()
+        # A session-level auth keeps requests from reading ~/.netrc: those passwords must
+        # not go to whatever host a registry names as its token realm or redirect target.
+        self.session.auth = _no_netrc
         # session.verify is passed on every request: requests lets REQUESTS_CA_BUNDLE
         # override a session's own verify, which would silently drop tls_ca.
         if tls_ca is not None:
@@ -180,7 +213,7 @@ class RegistryClient:
             self.session.verify = str(tls_ca)
         elif SYSTEM_CA_BUNDLE.is_file():
             self.session.verify = str(SYSTEM_CA_BUNDLE)
-        self.authenticator = Authenticator(self.session, self.auth)
+        self.authenticator = Authenticator(self.session, self.auth, self.limits)
         self._challenges: dict[str, Challenge | None] = {}
         self._lock = threading.Lock()
 
@@ -199,6 +232,10 @@ class RegistryClient:
         host = urlsplit("//" + registry).hostname or registry
         if isinstance(e, _ServerError):
             return f"registry {registry} answered {e} ({_error_text(e.resp)}) {TRIES} times"
+        if isinstance(e, Truncated):
+            return f"registry {registry}: {e} ({TRIES} tries)"
+        if isinstance(e, requests.exceptions.ChunkedEncodingError):
+            return f"registry {registry} dropped the connection mid-transfer ({TRIES} tries)"
         if isinstance(e, requests.exceptions.SSLError):
             m = re.search(r"(?:certificate verify failed: |\[SSL: [A-Z0-9_]+\] )([^()']+?)\s*\(_ssl",
                           text)
@@ -229,6 +266,10 @@ class RegistryClient:
                     raise t.fail(problem) from None
                 time.sleep(_BACKOFF * 2 ** (attempt - 1))
                 attempt += 1
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                # A URL, header or encoding requests refuses (a hostile Location, say).
+                text = str(e) if len(str(e)) <= 160 else str(e)[:157] + "..."
+                raise t.fail(f"registry {t.registry}: {type(e).__name__}: {text}") from None
 
     def _challenge(self, t: _Target) -> Challenge | None:
         """GET /v2/ once per registry: None if open, else the challenge to answer."""
@@ -237,8 +278,7 @@ class RegistryClient:
                 return self._challenges[t.registry]
 
         def ping() -> requests.Response:
-            resp = self.session.get(self.base_url(t.registry) + "/v2/", timeout=_TIMEOUT,
-                                    verify=self.session.verify)
+            resp = self._request(t, "GET", self.base_url(t.registry) + "/v2/", headers={})
             if resp.status_code >= 500:
                 raise _ServerError(resp)
             return resp
@@ -258,6 +298,50 @@ class RegistryClient:
         with self._lock:
             self._challenges[t.registry] = challenge
         return challenge
+
+    def _request(self, t: _Target, method: str, url: str, *, headers: dict[str, str],
+                 data: bytes | _ProgressReader | None = None,
+                 params: dict[str, str] | None = None, stream: bool = False) -> requests.Response:
+        """One request, following redirects of GET and HEAD ourselves: only to http(s), at
+        most `limits.max_redirects` hops, the Authorization header kept only on the same
+        host. Without `stream` the body is read here, capped and paced, so no answer is
+        ever read unbounded."""
+        origin = urlsplit(url).netloc
+        hops = 0
+        while True:
+            try:
+                resp = self.session.request(method, url, headers=headers, data=data,
+                                            params=params, stream=True,
+                                            timeout=self.limits.timeout,
+                                            verify=self.session.verify, allow_redirects=False)
+            except ValueError as e:  # requests parses a redirect's Location even unfollowed
+                if isinstance(e, requests.RequestException):
+                    raise
+                raise t.fail(f"registry {t.registry} ({method} {urlsplit(url).path}): "
+                             f"{e} in its answer") from None
+            if resp.status_code not in REDIRECT_STATUSES or method not in ("GET", "HEAD"):
+                break
+            resp.close()
+            try:
+                url = redirect_target(resp.url, resp, hops, self.limits,
+                                      f"registry {t.registry} ({method} {urlsplit(url).path})")
+            except TransferError as e:
+                raise t.fail(str(e)) from None
+            hops += 1
+            params = None  # they are part of resp.url now
+            if urlsplit(url).netloc != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if not stream:
+            with resp:
+                what = f"the answer of registry {t.registry} to {method} {urlsplit(url).path}"
+                try:
+                    body = b"" if method == "HEAD" else read_capped(resp, _SMALL_BODY, Pace(self.limits, what),
+                                       truncate=resp.status_code not in (200, 201, 202))
+                except TransferError as e:
+                    raise t.fail(str(e)) from None
+            resp._content = body
+            resp._content_consumed = True  # type: ignore[attr-defined]
+        return resp
 
     def _send(self, t: _Target, method: str, url: str, *, scopes: tuple[str, ...] = (),
               ok: tuple[int, ...] = (200,), headers: dict[str, str] | None = None,
@@ -279,11 +363,12 @@ class RegistryClient:
             except AuthError as e:
                 raise t.fail(str(e) if not e.unauthorized
                              else f"unauthorized: authentication required for {t.repo}") from None
-            if value:
+            if value and urlsplit(url).netloc == urlsplit(self.base_url(t.registry)).netloc:
+                # Credentials go to the registry itself only, never to an upload Location
+                # or redirect on another host (docker's authorizer matches the host too).
                 sent["Authorization"] = value
-            resp = self.session.request(method, url, headers=sent, data=data, params=params,
-                                        stream=stream, timeout=_TIMEOUT,
-                                        verify=self.session.verify)
+            resp = self._request(t, method, url, headers=sent, data=data, params=params,
+                                 stream=stream)
             if resp.status_code == 401 and not fresh and challenge is not None \
                     and challenge.scheme == "bearer":
                 # The cached token may have expired or been revoked: one fresh token.
@@ -293,6 +378,16 @@ class RegistryClient:
                 resp.close()
                 continue
             break
+        if stream and resp.status_code not in ok:
+            # An error answer to a streamed request: its message, read capped.
+            with resp:
+                try:
+                    body = read_capped(resp, _SMALL_BODY, Pace(self.limits, "an error answer"),
+                                       truncate=True)
+                except TransferError as e:
+                    raise t.fail(str(e)) from None
+            resp._content = body
+            resp._content_consumed = True  # type: ignore[attr-defined]
         if resp.status_code in ok or resp.status_code == 404:
             return resp
         if resp.status_code == 401:
@@ -315,85 +410,128 @@ class RegistryClient:
 
     # ---- manifests ------------------------------------------------------------------
 
-    def get_manifest(self, t: _Target, reference: str) -> tuple[bytes, str, str]:
-        """(bytes, media type, digest) of a manifest; the digest is checked when pinned."""
+    def get_manifest(self, t: _Target, reference: str, *, artifact: bool = False
+                     ) -> tuple[bytes, str, str, Index | Manifest]:
+        """(bytes, media type, sha256 digest, parsed document) of a manifest or index.
+
+        The body is read capped at 4 MiB (containerd's limit), checked against a pinned
+        digest in the pin's own algorithm (sha256 or sha512) and against the registry's
+        Docker-Content-Digest, then parsed and checked as a document.
+        """
+        if ":" in reference:
+            try:
+                check_digest(reference, "pinned digest")
+            except DocumentError as e:
+                raise t.fail(str(e)) from None
         url = f"/v2/{t.ref.repository}/manifests/{reference}"
+        what = (f"manifest {reference}" if ":" in reference
+                else f"the manifest of tag {reference!r}") + f" from {t.registry}"
 
-        def fetch() -> requests.Response:
-            resp = self._send(t, "GET", url, headers={"Accept": ACCEPT_MANIFESTS})
-            _ = resp.content  # read the body inside the retry: a drop mid-body is retried
-            return resp
+        def fetch() -> tuple[requests.Response, bytes]:
+            resp = self._send(t, "GET", url, headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
+            if resp.status_code == 404:
+                return resp, b""
+            with resp:
+                try:
+                    # Read inside the retry: a drop mid-body is retried.
+                    return resp, read_capped(resp, MAX_MANIFEST, Pace(self.limits, what))
+                except TransferError as e:
+                    raise t.fail(str(e)) from None
 
-        resp = self._retrying(t, fetch)
+        resp, body = self._retrying(t, fetch)
         if resp.status_code == 404:
             shown = t.display if reference in t.display else f"{t.repo}@{reference}"
             msg = _error_text(resp)
             extra = f" ({msg})" if msg not in ("manifest unknown", f"HTTP 404 {resp.reason}") else ""
             raise PybuildError(f"manifest unknown: {shown}{extra}")
-        body = resp.content
-        if len(body) > _MANIFEST_MAX:
-            raise t.fail(f"manifest {reference} is larger than {_MANIFEST_MAX} bytes")
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
+        digest = digest_of(body)
+        if ":" in reference and digest_of(body, reference) != reference:
             raise t.fail(f"manifest {reference} from {t.registry} does not match its digest "
-                         f"(got {digest})")
-        sent = resp.headers.get("Docker-Content-Digest")
-        if sent and sent.startswith("sha256:") and sent != digest:
-            raise t.fail(f"manifest from {t.registry} does not match the Docker-Content-Digest "
-                         f"{sent} (got {digest})")
+                         f"(got {digest_of(body, reference)})")
+        sent = resp.headers.get("Docker-Content-Digest", "")
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise t.fail(f"manifest {reference} from {t.registry} is not JSON") from None
-        if not isinstance(doc, dict):
-            raise t.fail(f"manifest {reference} from {t.registry} is not a JSON object")
-        media_type = doc.get("mediaType") or resp.headers.get("Content-Type", "").split(";")[0]
-        if media_type in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
-            raise t.fail("Docker image manifest schema 1 is not supported (deprecated by docker "
-                         "since 2017): push the image again with a current client")
-        if media_type not in INDEX_TYPES | MANIFEST_TYPES:
-            if "manifests" in doc:
-                media_type = OCI_INDEX
-            elif "config" in doc:
-                media_type = OCI_MANIFEST
-            else:
-                raise t.fail(f"unsupported manifest type {media_type!r}")
-        return body, media_type, digest
+            check_digest(sent)
+        except DocumentError:
+            sent = ""  # absent or unreadable: the digest we compute is what counts
+        if sent and digest_of(body, sent) != sent:
+            raise t.fail(f"manifest from {t.registry} does not match the Docker-Content-Digest "
+                         f"{sent} (got {digest_of(body, sent)})")
+        declared = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            doc = parse_document(body, what, declared, artifact=artifact)
+        except DocumentError as e:
+            raise t.fail(str(e)) from None
+        return body, doc.media_type, digest, doc
 
     # ---- blobs ----------------------------------------------------------------------
+
+    def _download(self, t: _Target, desc: Descriptor, abort: threading.Event,
+                  write: Callable[[bytes], object], *, hashed: bool = False) -> None:
+        """Stream one blob to `write`, checked as it comes: no byte beyond its size, a
+        Content-Length that agrees with the descriptor, the deadline and minimum rate, and
+        at the end its size and its digest in the descriptor's own algorithm (`hashed`: the
+        sink verifies the digest itself, a sha256 store writer). `write` must not publish
+        anything before this returns (a store writer commits after)."""
+        label = _short(desc.digest)
+        url = f"/v2/{t.ref.repository}/blobs/{desc.digest}"
+        what = f"blob {desc.digest} from {t.registry}"
+        resp = self._send(t, "GET", url, stream=True)
+        with resp:
+            if resp.status_code == 404:
+                raise t.fail(f"blob unknown: {desc.digest} is missing from {t.repo}")
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and not resp.headers.get("Content-Encoding") and \
+                    declared.strip() != str(desc.size):
+                raise t.fail(f"{what} is announced as {declared.strip()[:20]} bytes "
+                             f"(Content-Length), its descriptor says {desc.size}: not stored")
+            h = None if hashed else hasher(desc.digest)
+            size = 0
+            try:
+                for chunk in iter_body(resp, Pace(self.limits, what)):
+                    if abort.is_set():
+                        raise t.fail("cancelled after another transfer failed")
+                    size += len(chunk)
+                    if size > desc.size:
+                        raise t.fail(f"{what} is larger than its {desc.size} bytes: not stored")
+                    if h is not None:
+                        h.update(chunk)
+                    write(chunk)
+                    self._report(label, size, desc.size)
+            except TransferError as e:
+                raise t.fail(str(e)) from None
+            if size != desc.size:
+                raise Truncated(f"blob {desc.digest} ended after {size} of {desc.size} bytes")
+            if h is not None:
+                got = f"{desc.digest.split(':', 1)[0]}:{h.hexdigest()}"
+                if got != desc.digest:
+                    raise t.fail(f"{what} does not match its digest (got {got}): not stored")
 
     def fetch_blob(self, t: _Target, store: Store, desc: Descriptor,
                    abort: threading.Event) -> None:
         """Download one blob into the store, verified against its digest and size."""
         label = _short(desc.digest)
-        url = f"/v2/{t.ref.repository}/blobs/{desc.digest}"
 
         def download() -> None:
-            resp = self._send(t, "GET", url, stream=True)
-            with resp:
-                if resp.status_code == 404:
-                    raise t.fail(f"blob unknown: {desc.digest} is missing from {t.repo}")
-                with store.writer(expected_digest=desc.digest) as w:
-                    for chunk in resp.iter_content(_CHUNK):
-                        if abort.is_set():
-                            raise t.fail("cancelled after another transfer failed")
-                        w.write(chunk)
-                        if w.size > desc.size:
-                            raise t.fail(f"blob {desc.digest} from {t.registry} is larger than "
-                                         f"its {desc.size} bytes: not stored")
-                        self._report(label, w.size, desc.size)
-                    if w.size != desc.size:
-                        raise requests.exceptions.ChunkedEncodingError(
-                            f"blob {desc.digest} ended after {w.size} of {desc.size} bytes")
-                    got = w.digest
-                    try:
-                        w.commit(desc.media_type)
-                    except PybuildError:
-                        raise t.fail(f"blob {desc.digest} from {t.registry} does not match its "
-                                     f"digest (got {got}): not stored") from None
+            with store.writer(expected_digest=desc.digest) as w:
+                # The writer hashes (sha256) as it writes: one hash pass, checked by commit.
+                self._download(t, desc, abort, w.write, hashed=True)
+                got = w.digest
+                if got != desc.digest:
+                    raise t.fail(f"blob {desc.digest} from {t.registry} does not match its "
+                                 f"digest (got {got}): not stored")
+                w.commit(desc.media_type)
 
         self._report(label, 0, desc.size)
         self._retrying(t, download)
+
+    def fetch_bytes(self, t: _Target, desc: Descriptor) -> bytes:
+        """A small blob (a config) into memory, verified as fetch_blob does."""
+        def download() -> bytes:
+            buf = bytearray()
+            self._download(t, desc, threading.Event(), buf.extend)
+            return bytes(buf)
+
+        return self._retrying(t, download)
 
     def blob_exists(self, t: _Target, digest: str) -> bool:
         resp = self._retrying(t, lambda: self._send(
@@ -406,6 +544,12 @@ class RegistryClient:
         sent = resp.headers.get("Docker-Content-Digest")
         if sent and sent != digest:
             raise t.fail(f"registry {t.registry} stored {what} as {sent}, expected {digest}")
+
+    def _location(self, t: _Target, base: str, location: str) -> str:
+        try:
+            return http_url(base, location, f"registry {t.registry} opened an upload at")
+        except TransferError as e:
+            raise t.fail(str(e)) from None
 
     def upload_blob(self, t: _Target, store: Store, desc: Descriptor, mount_from: list[str],
                     chunked: bool) -> str:
@@ -432,11 +576,16 @@ class RegistryClient:
                 location = resp.headers.get("Location")
             if not location:
                 raise t.fail(f"registry {t.registry} opened an upload without a Location")
-            location = urljoin(self.base_url(t.registry) + "/", location)
+            location = self._location(t, self.base_url(t.registry) + "/", location)
+            check_stored_blob(store, desc)
             with store.open_blob(desc.digest) as f:
                 if chunked:
                     offset = 0
-                    while chunk := f.read(self.chunk_size):
+                    while offset < desc.size:
+                        chunk = f.read(min(self.chunk_size, desc.size - offset))
+                        if not chunk:
+                            raise _ShortBlob(f"blob {desc.digest} ended after {offset} of its "
+                                             f"{desc.size} bytes while it was being sent")
                         resp = self._send(t, "PATCH", location, ok=(202,), data=chunk, headers={
                             "Content-Type": "application/octet-stream",
                             "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
@@ -444,13 +593,15 @@ class RegistryClient:
                         if resp.status_code == 404:
                             raise t.fail(f"{_error_text(resp)}: upload of {label} vanished")
                         offset += len(chunk)
-                        location = urljoin(location, resp.headers.get("Location") or location)
+                        location = self._location(t, location,
+                                                  resp.headers.get("Location") or location)
                         self._report(label, offset, desc.size)
                     resp = self._send(t, "PUT", _with_query(location, digest=desc.digest),
                                       ok=(201,), data=b"", headers={"Content-Length": "0"})
                 else:
                     body = _ProgressReader(f, desc.size,
-                                           lambda n: self._report(label, n, desc.size))
+                                           lambda n: self._report(label, n, desc.size),
+                                           f"blob {desc.digest}")
                     resp = self._send(t, "PUT", _with_query(location, digest=desc.digest),
                                       ok=(201,), data=body, headers={
                                           "Content-Type": "application/octet-stream",
@@ -463,12 +614,35 @@ class RegistryClient:
 
     def put_manifest(self, t: _Target, reference: str, body: bytes, media_type: str) -> str:
         """PUT the manifest bytes as they are; returns the digest the registry confirmed."""
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = digest_of(body)
         resp = self._retrying(t, lambda: self._send(
             t, "PUT", f"/v2/{t.ref.repository}/manifests/{reference}", ok=(201,), data=body,
             headers={"Content-Type": media_type}))
         self._check_created(t, resp, digest, "the manifest")
         return digest
+
+
+def check_stored_blob(store: Store, desc: Descriptor) -> None:
+    """A stored blob has its descriptor's size and digest (read through, streaming): so a
+    push never sends a truncated or altered blob under a digest it does not have."""
+    path = store.blob_path(desc.digest)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise PybuildError(f"blob {desc.digest} is missing from the store (run `pybuild "
+                           f"doctor`)") from None
+    if size != desc.size:
+        raise PybuildError(f"blob {desc.digest} in the store is {size} bytes, its descriptor "
+                           f"says {desc.size}: not pushed (the store is damaged: run `pybuild "
+                           f"doctor`)")
+    h = hasher(desc.digest)
+    with store.open_blob(desc.digest) as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    got = f"{desc.digest.split(':', 1)[0]}:{h.hexdigest()}"
+    if got != desc.digest:
+        raise PybuildError(f"blob {desc.digest} in the store hashes to {got}: not pushed "
+                           f"(the store is damaged: run `pybuild doctor`)")
 
 
 # ---- where blobs are known to be (for cross-repository mounts) ------------------------
@@ -488,8 +662,13 @@ def _record(store: Store, registry: str, repository: str, digests: list[str]) ->
 
 
 def known_repositories(store: Store, registry: str, digest: str) -> list[str]:
-    """Repositories of `registry` this store pulled `digest` from or pushed it to."""
-    _ensure_table(store)
+    """Repositories of `registry` this store pulled `digest` from or pushed it to.
+
+    Only reads: a push that fails before its first transfer leaves the store untouched."""
+    if not (store.root / "pybuild.db").exists() or store.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'registry_blobs'"
+            ).fetchone() is None:
+        return []
     rows = store.db.execute("SELECT repository FROM registry_blobs WHERE registry = ? AND "
                             "digest = ? ORDER BY repository", (registry, digest))
     return [r[0] for r in rows]
@@ -513,18 +692,11 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _choose_platform(t: _Target, index: dict[str, Any],
-                     want: dict[str, str] | None = None) -> Descriptor:
+def _choose_platform(t: _Target, index: Index, want: dict[str, str] | None = None
+                     ) -> Descriptor:
     """The entry of a manifest list for `want` (the host when None), preferring its variant."""
     host = want or host_platform()
-    entries: list[Descriptor] = []
-    for m in index.get("manifests") or []:
-        try:
-            d = Descriptor.from_dict(m)
-        except PybuildError as e:
-            raise t.fail(f"malformed manifest list: {e}") from None
-        if d.media_type in MANIFEST_TYPES:
-            entries.append(d)
+    entries = [d for d in index.manifests if d.media_type in MANIFEST_TYPES]
     chosen = choose(entries, host)
     if chosen is not None:
         return chosen
@@ -533,20 +705,34 @@ def _choose_platform(t: _Target, index: dict[str, Any],
                        f"(available: {available})")
 
 
-def _parse_manifest(t: _Target, body: bytes) -> tuple[Descriptor, list[Descriptor]]:
-    doc = json.loads(body)
-    try:
-        config = Descriptor.from_dict(doc["config"])
-        layers = [Descriptor.from_dict(d) for d in doc.get("layers") or []]
-    except (PybuildError, KeyError, TypeError) as e:
-        raise t.fail(f"malformed image manifest from {t.registry}: {e}") from None
-    return config, layers
+def _sha256_only(t: _Target, descs: list[Descriptor]) -> None:
+    """The store files blobs under sha256 (blobs/sha256/): others are refused by name."""
+    for d in descs:
+        if not d.digest.startswith("sha256:"):
+            raise t.fail(f"blob {d.digest[:24]}... uses {d.digest.split(':', 1)[0]}: this "
+                         f"store keeps sha256 blobs only")
 
 
 def _store_manifest(store: Store, body: bytes, digest: str, media_type: str) -> Descriptor:
     with store.writer(expected_digest=digest) as w:
         w.write(body)
         return w.commit(media_type)
+
+
+def _image_config(client: RegistryClient, t: _Target, store: Store, manifest: Manifest
+                  ) -> tuple[bytes, ImageConfig]:
+    """The config of `manifest`, fetched into memory (not stored yet) and checked."""
+    desc = manifest.config
+    if store.has_blob(desc.digest):
+        body = store.read_bytes(desc.digest)
+    else:
+        body = client.fetch_bytes(t, desc)
+    try:
+        config = parse_config(body, f"config {_short(desc.digest)} of {t.display}")
+        check_image(manifest, config, f"image {t.display}")
+    except DocumentError as e:
+        raise t.fail(str(e)) from None
+    return body, config
 
 
 def pull(store: Store, ref: str, *, client: RegistryClient | None = None,
@@ -556,31 +742,33 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None,
 
     Returns the stored single-platform manifest descriptor (with its platform). Manifest
     bytes are kept exactly as served, Docker media types included, so digests stay valid.
+    Every document is checked (oci_documents) before any blob is written, so a bad one
+    leaves the store as it was.
     """
     client = client or RegistryClient()
     r = parse_reference(ref)
     t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
-    body, media_type, digest = client.get_manifest(t, r.ref)
+    body, media_type, digest, doc = client.get_manifest(t, r.ref)
     index: tuple[bytes, str, str] | None = None
     got: dict[str, Any] | None = None
-    if media_type in INDEX_TYPES:
+    if isinstance(doc, Index):
         index = (body, media_type, digest)
-        chosen = _choose_platform(t, json.loads(body), platform)
+        chosen = _choose_platform(t, doc, platform)
         got = chosen.platform
-        body, media_type, digest = client.get_manifest(t, chosen.digest)
-        if media_type not in MANIFEST_TYPES:
+        body, media_type, digest, doc = client.get_manifest(t, chosen.digest)
+        if not isinstance(doc, Manifest):
             raise t.fail(f"manifest list entry {chosen.digest} is not an image manifest")
-    config, layers = _parse_manifest(t, body)
-    blobs = list({d.digest: d for d in [config, *layers]}.values())
-    missing = [d for d in blobs if not store.has_blob(d.digest)]
-    for d in blobs:
+    _sha256_only(t, [doc.config, *doc.layers])
+    config_body, config = _image_config(client, t, store, doc)
+    layers = list({d.digest: d for d in doc.layers if d.digest != doc.config.digest}.values())
+    missing = [d for d in layers if not store.has_blob(d.digest)]
+    for d in [doc.config, *layers]:
         if d not in missing:
             client._report(_short(d.digest), d.size, d.size)
     _parallel(missing, lambda d, abort: client.fetch_blob(t, store, d, abort))
+    _store_manifest(store, config_body, doc.config.digest, doc.config.media_type)
     if got is None:
-        cfg = store.read_json(config.digest)
-        if cfg.get("os") and cfg.get("architecture"):
-            got = {k: cfg[k] for k in ("architecture", "os", "variant") if cfg.get(k)}
+        got = config.platform
         if platform is not None and got is not None and not matches(got, platform):
             raise PybuildError(f"{t.display} is {platform_string(got)}, not "
                                f"{platform_string(platform)} (no manifest list to choose from)")
@@ -589,7 +777,7 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None,
         _store_manifest(store, index[0], index[2], index[1])
     desc = Descriptor(stored.media_type, stored.digest, stored.size, None, got)
     store.set_tag(r.familiar, desc)
-    _record(store, r.registry, r.repository, [d.digest for d in blobs])
+    _record(store, r.registry, r.repository, [d.digest for d in [doc.config, *layers]])
     return desc
 
 
@@ -605,37 +793,31 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     if r.digest:
         raise PybuildError(f"cannot push to a digest reference: {dest} (push to a tag)")
     t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
-    top = store.resolve_tag(parse_reference(local).familiar) if not local.startswith("sha256:") \
-        else None
+    top = None if local.startswith("sha256:") else store.resolve_tag(parse_reference(local).familiar)
     if top is not None and _image.is_index(store, top):
         # a multi-platform tag: every manifest (its blobs first) by digest, the index last
         for entry in _image.index_entries(store, top):
-            _push_manifest(store, client, t, entry.digest, entry.digest, local, chunked)
-        body = store.read_bytes(top.digest)
-        digest = client.put_manifest(t, r.tag or "latest", body, top.media_type)
-        return digest
-    img = _image.load(store, local)
-    return _push_manifest(store, client, t, img.manifest_desc.digest, r.tag or "latest",
+            _push_manifest(store, client, t, _image.load_descriptor(store, entry, local),
+                           entry.digest, local, chunked)
+        return client.put_manifest(t, r.tag or "latest", store.read_bytes(top.digest),
+                                   top.media_type)
+    return _push_manifest(store, client, t, _image.load(store, local), r.tag or "latest",
                           local, chunked)
 
 
-def _push_manifest(store: Store, client: RegistryClient, t: _Target, manifest: str,
+def _push_manifest(store: Store, client: RegistryClient, t: _Target, img: _image.Image,
                    tag: str, local: str, chunked: bool) -> str:
     """One image manifest's blobs, then the manifest under `tag` (a tag or its digest)."""
     r = t.ref
-    img = _image.load(store, manifest)
     body = store.read_bytes(img.manifest_desc.digest)
-    try:
-        media_type = json.loads(body).get("mediaType") or img.manifest_desc.media_type
-    except (ValueError, AttributeError):
-        raise PybuildError(f"image {local}: its manifest is not a JSON object") from None
+    media_type = kind_of(img.manifest, img.manifest_desc.media_type)
     if media_type not in MANIFEST_TYPES:
         media_type = OCI_MANIFEST
     blobs = list({d.digest: d for d in [img.config_desc, *img.layers]}.values())
     for d in blobs:
         if not store.has_blob(d.digest):
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
-                               f"(run verify)")
+                               f"(run `pybuild doctor`)")
     _send_blobs(client, t, store, blobs, chunked)
     digest = client.put_manifest(t, tag, body, media_type)
     _record(store, r.registry, r.repository, [d.digest for d in blobs])
@@ -720,7 +902,7 @@ def push_artifact(store: Store, dest: str, config: Descriptor, layers: list[Desc
     _send_blobs(client, t, store, blobs, False)
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_dict(),
                 "layers": [d.to_dict() for d in layers]}
-    body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+    body = canonical_json(manifest)
     digest = client.put_manifest(t, r.tag or "latest", body, OCI_MANIFEST)
     _record(store, r.registry, r.repository, [d.digest for d in blobs])
     return digest
@@ -736,17 +918,21 @@ def fetch_artifact(store: Store, ref: str, *, client: RegistryClient | None = No
     r = parse_reference(ref)
     t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
     try:
-        body, media_type, _digest = client.get_manifest(t, r.ref)
+        _body, _media_type, _digest, manifest = client.get_manifest(t, r.ref, artifact=True)
     except PybuildError as e:
         if str(e).startswith("manifest unknown"):
             return None
         raise
-    if media_type not in MANIFEST_TYPES:
+    if not isinstance(manifest, Manifest):
         raise t.fail("not a cache manifest (it is an index)")
-    config, layers = _parse_manifest(t, body)
+    _sha256_only(t, [manifest.config, *manifest.layers])
+    config = manifest.config
+    if config.size > MAX_CONFIG:
+        raise t.fail(f"cache config {config.digest} is {config.size} bytes, larger than the "
+                     f"limit of {MAX_CONFIG}")
     if not store.has_blob(config.digest):
         _parallel([config], lambda d, abort: client.fetch_blob(t, store, d, abort))
-    return store.read_json(config.digest), layers
+    return store.read_json(config.digest), list(manifest.layers)
 
 
 def fetch_blobs(store: Store, ref: str, descs: list[Descriptor], *,

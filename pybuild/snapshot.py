@@ -8,11 +8,11 @@ that form, so it becomes the snapshot of the new chain id by a rename: no re-ext
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import hashlib
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybuild import layer
+from pybuild.digest import Digest
 from pybuild.errors import NeedsRootError, PybuildError
-from pybuild.liveness import lock_held, tree_size
+from pybuild.liveness import lock_held, remove_tree, tree_size
 from pybuild.store import Descriptor, Store
 
 # Overlay mount options live in one page.
@@ -33,14 +34,52 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
-    """OCI chain ids: ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n))."""
+    """OCI chain ids: ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n)).
+
+    Every diff_id is validated first (sha256:<64 hex>): a chain id names a directory.
+    """
     out: list[str] = []
-    for diff_id in diff_ids:
+    for i, diff_id in enumerate(diff_ids):
+        d = str(Digest.sha256(diff_id, f"diff_id #{i + 1} in the image config"))
         if not out:
-            out.append(diff_id)
+            out.append(d)
         else:
-            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
     return out
+
+
+def layer_diff_id(store: Store, desc: Descriptor) -> str:
+    """The diff_id a layer blob really has: sha256 of its uncompressed tar."""
+    h = hashlib.sha256()
+    with store.open_blob(desc.digest) as blob:
+        try:
+            src = layer.open_decompressed(blob)
+            while chunk := src.read(layer.CHUNK):
+                h.update(chunk)
+        except (OSError, EOFError) as e:
+            raise PybuildError(f"layer {desc.digest} cannot be read: {e}") from None
+    return "sha256:" + h.hexdigest()
+
+
+def verify_layer(store: Store, desc: Descriptor, diff_id: str) -> None:
+    """PybuildError unless the stored blob `desc` has the diff_id `diff_id`."""
+    str(Digest.sha256(diff_id, "diff_id"))
+    actual = layer_diff_id(store, desc)
+    if actual != diff_id:
+        raise _mismatch(desc, diff_id, actual)
+
+
+def check_layers(layers: list[Descriptor], diff_ids: list[str]) -> None:
+    """One diff_id per layer, each a valid digest; else one clear line (as containerd)."""
+    if len(layers) != len(diff_ids):
+        raise PybuildError(f"image has {len(layers)} layers but its config lists "
+                           f"{len(diff_ids)} diff_ids")
+    chain_ids(diff_ids)
+
+
+def _mismatch(desc: Descriptor, diff_id: str, actual: str) -> PybuildError:
+    return PybuildError(f"layer {desc.digest} does not match the image config: its content "
+                        f"hashes to {actual}, the config says {diff_id}")
 
 
 @dataclass
@@ -72,34 +111,66 @@ class Snapshotter:
         self._empty = self.dir / "empty"
         self._empty.mkdir(parents=True, exist_ok=True)
 
+    def _dir(self, chain_id: str) -> Path:
+        return self.dir / Digest.sha256(chain_id, "chain id").hex
+
     def path(self, chain_id: str) -> Path:
-        return self.dir / chain_id.split(":", 1)[1] / "fs"
+        return self._dir(chain_id) / "fs"
 
     def has(self, chain_id: str) -> bool:
-        return (self.dir / chain_id.split(":", 1)[1] / "done").exists()
+        return (self._dir(chain_id) / "done").exists()
 
     def ensure(self, layers: list[Descriptor], diff_ids: list[str]) -> list[Path]:
-        """Extract each layer not yet extracted; return lowerdirs, bottom layer first."""
+        """Extract each layer not yet extracted; return lowerdirs, bottom layer first.
+
+        A snapshot is only ever filed under a chain id its content was verified to have:
+        each layer's computed diff_id must be the one the config claims (containerd's
+        rule). A layer blob other than the one a snapshot was made from is hashed once.
+        """
+        check_layers(layers, diff_ids)
         paths = []
-        for desc, chain_id in zip(layers, chain_ids(diff_ids)):
+        for desc, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids)):
             if not self.has(chain_id):
-                self._extract(desc, chain_id)
+                self._extract(desc, diff_id, chain_id)
+            else:
+                self._check_known(desc, diff_id, chain_id)
             paths.append(self.path(chain_id))
         return paths
 
-    def _extract(self, desc: Descriptor, chain_id: str) -> None:
-        final = self.dir / chain_id.split(":", 1)[1]
+    def _check_known(self, desc: Descriptor, diff_id: str, chain_id: str) -> None:
+        """An existing snapshot of `chain_id` is used for `desc` only if desc hashes to diff_id."""
+        d = self._dir(chain_id)
+        try:
+            known = set((d / "done").read_text().split()) | set(
+                (d / "verified").read_text().split() if (d / "verified").exists() else [])
+        except OSError:
+            known = set()
+        if desc.digest in known or not self.store.has_blob(desc.digest):
+            return  # a missing blob is never exported; fetching it verifies it then
+        actual = layer_diff_id(self.store, desc)
+        if actual != diff_id:
+            raise _mismatch(desc, diff_id, actual)
+        with contextlib.suppress(OSError), open(d / "verified", "a") as f:
+            f.write(desc.digest + "\n")
+
+    def verify_layer(self, desc: Descriptor, diff_id: str) -> None:
+        """PybuildError unless the stored blob `desc` has the diff_id `diff_id`."""
+        verify_layer(self.store, desc, diff_id)
+
+    def _extract(self, desc: Descriptor, diff_id: str, chain_id: str) -> None:
+        final = self._dir(chain_id)
         tmp, lock = self._tmp_dir()
         (tmp / "fs").mkdir()
         try:
             with self.store.open_blob(desc.digest) as blob:
-                layer.apply_layer(blob, tmp / "fs", mode="overlay")
+                actual = layer.apply_layer(blob, tmp / "fs", mode="overlay")
+            if actual != diff_id:
+                raise _mismatch(desc, diff_id, actual)
             (tmp / "done").write_text(desc.digest)
             self._install(tmp, final)
         finally:
             os.close(lock)
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
 
     def _tmp_dir(self) -> tuple[Path, int]:
         """A work dir under snapshots/, flock'ed so cleanup_stale spares it while we live."""
@@ -116,7 +187,7 @@ class Snapshotter:
         except OSError:
             if (final / "done").exists():
                 return
-            shutil.rmtree(final, ignore_errors=True)
+            remove_tree(final)
             os.rename(tmp, final)
         (final / ".lock").unlink(missing_ok=True)  # only work dirs carry one
 
@@ -144,7 +215,7 @@ class Snapshotter:
                 _umount(active.rootfs)
         finally:
             os.close(lock)
-            shutil.rmtree(d, ignore_errors=True)
+            remove_tree(d)
 
     def mount_overlay(self, a: Active) -> None:
         """Mount `a` at a.rootfs; the caller owns unmounting (containers outlive pybuild)."""
@@ -196,32 +267,49 @@ class Snapshotter:
             try:
                 os.rename(a.upper, tmp / "fs")
                 (tmp / "done").write_text(desc.digest)
-                self._install(tmp, self.dir / chain_id.split(":", 1)[1])
+                self._install(tmp, self._dir(chain_id))
             finally:
                 os.close(lock)
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
+                remove_tree(tmp)
         return desc, info.diff_id
 
     def cleanup_stale(self) -> int:
-        """Unmount and remove mounts left by killed pybuild processes; returns how many."""
+        """Unmount and remove mounts left by killed pybuild processes; returns how many.
+
+        Also removes snapshot work dirs (`tmp-*`) of dead processes. It cannot fail on what
+        it finds (any depth, any file type, entries vanishing under it): one hostile RUN
+        must not leave a store every later build trips over.
+        """
         n = 0
-        for d in self.mounts_dir.iterdir() if self.mounts_dir.exists() else []:
-            if lock_held(d / "lock"):
-                continue  # a live process owns it
-            if d.name.startswith(".new-"):
-                # never mounted; only a creator between mkdir and its lock has no lock file
-                if not (d / "lock").exists() and time.time() - d.stat().st_mtime < 60:
+        try:
+            entries = sorted(self.mounts_dir.iterdir())
+        except OSError:
+            entries = []
+        for d in entries:
+            try:
+                if lock_held(d / "lock"):
+                    continue  # a live process owns it
+                if d.name.startswith(".new-"):
+                    # never mounted; only a creator between mkdir and its lock has no lock file
+                    if not (d / "lock").exists() and time.time() - d.lstat().st_mtime < 60:
+                        continue
+                    remove_tree(d)
                     continue
-                shutil.rmtree(d, ignore_errors=True)
+                _umount(d / "merged")
+                if os.path.ismount(d / "merged"):
+                    continue  # still busy after a lazy unmount: never delete through it
+                remove_tree(d)
+                n += 1
+            except OSError:
                 continue
-            _umount(d / "merged")
-            shutil.rmtree(d, ignore_errors=True)
-            n += 1
+        self.cleanup_work_dirs()
+        return n
+
+    def cleanup_work_dirs(self) -> None:
+        """Remove `snapshots/tmp-*` dirs whose process died (a killed extraction or commit)."""
         for tmp in self.dir.glob("tmp-*"):
             if not lock_held(tmp / ".lock"):
-                shutil.rmtree(tmp, ignore_errors=True)
-        return n
+                remove_tree(tmp)
 
     def prune(self, keep: set[str], *, dry_run: bool = False) -> int:
         """Remove snapshots whose chain id is not in `keep`; returns bytes freed (approx.)."""
@@ -236,7 +324,7 @@ class Snapshotter:
                     # with files missing.
                     doomed = self.dir / f"tmp-{uuid.uuid4().hex}"
                     os.rename(d, doomed)
-                    shutil.rmtree(doomed, ignore_errors=True)
+                    remove_tree(doomed)
         return freed
 
 

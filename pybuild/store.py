@@ -15,8 +15,8 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from pybuild.digest import Digest
 from pybuild.errors import PybuildError
-from pybuild.liveness import lock_held
+from pybuild.liveness import lock_held, remove_tree
 from pybuild.reference import parse_reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -51,9 +52,7 @@ def canonical_json(obj: Any) -> bytes:
 
 def check_digest(digest: str) -> str:
     """Return `digest` if it is a well-formed sha256 digest, else raise PybuildError."""
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
-        raise PybuildError(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
-    return digest
+    return str(Digest.sha256(digest))
 
 
 @dataclass(frozen=True)
@@ -214,6 +213,98 @@ class BlobWriter:
             self._path.unlink()
 
 
+# Docker keeps its data root 0710 and image data 0700: no other local user may reach an
+# unpacked image (a setuid-root binary in a snapshot would otherwise run for anyone).
+ROOT_MODE = 0o710
+SNAPSHOTS_MODE = 0o700
+_MARKER = "gc.lock"
+
+
+def _check_is_store(root: Path) -> None:
+    """Refuse a non-empty directory that is not a pybuild store: only ever touch our own."""
+    try:
+        st = root.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise PybuildError(f"cannot use store {root}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PybuildError(f"cannot use store {root}: not a directory")
+    if (root / _MARKER).is_file():
+        return
+    try:
+        empty = next(os.scandir(root), None) is None
+    except OSError as e:
+        raise PybuildError(f"cannot use store {root}: {e.strerror}") from None
+    if not empty:
+        raise PybuildError(f"{root} is not a pybuild store (a non-empty directory without "
+                           f"{_MARKER}); pass --root an empty or new directory")
+
+
+def _restrict(path: Path, mode: int) -> None:
+    """Give a store directory we own `mode` (new stores, and older ones on open)."""
+    st = path.stat()
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def db_problem(path: Path) -> str | None:
+    """What is wrong with a store database file (None if it is usable or absent)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a database"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size == 0:
+        return None  # sqlite creates its schema in an empty file
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if head != b"SQLite format 3\0":
+        return f"is not a SQLite database ({st.st_size} bytes starting {head[:8]!r})"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        return f"is damaged ({e})"
+    if rows != [("ok",)]:
+        return f"is damaged ({'; '.join(str(r[0]) for r in rows[:3])})"
+    return None
+
+
+def db_problem_quick(path: Path) -> str | None:
+    """db_problem without the page check: what every open can afford."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode) or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return db_problem(path)
+    try:
+        with open(path, "rb") as f:
+            if f.read(16) == b"SQLite format 3\0":
+                return None
+    except OSError:
+        pass
+    return db_problem(path)
+
+
+def damaged_db_error(path: Path, problem: str) -> PybuildError:
+    """The one line every command prints for a store database it cannot use."""
+    return PybuildError(f"{path} {problem}: run `pybuild doctor --repair` to rebuild it "
+                        f"(cache records are lost; images and tags are kept)")
+
+
 class Store:
     """One store root: OCI layout (oci-layout, index.json, blobs/), tmp/, snapshots/, lock, db."""
 
@@ -227,13 +318,18 @@ class Store:
         self._lock_depth = 0
         self._lock_fd: int | None = None
         self._thread_lock = threading.RLock()
+        _check_is_store(self.root)
         self._local = threading.local()
         self._db_lock = threading.Lock()
         self._dbs: list[sqlite3.Connection] = []
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            # The marker first: a directory holding gc.lock is a store (see _check_is_store).
+            os.close(os.open(self.root / "gc.lock", os.O_CREAT | os.O_RDONLY, 0o644))
             for d in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.root / "gc.lock", os.O_CREAT | os.O_RDONLY, 0o644))
+            _restrict(self.root, ROOT_MODE)
+            _restrict(self.snapshots_dir, SNAPSHOTS_MODE)
             layout = self.root / "oci-layout"
             if not layout.exists():
                 _atomic_write(layout, canonical_json({"imageLayoutVersion": "1.0.0"}), self.tmp_dir)
@@ -276,7 +372,7 @@ class Store:
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob lives (whether or not it exists)."""
-        return self.blobs_dir / check_digest(digest).split(":", 1)[1]
+        return self.blobs_dir / Digest.sha256(digest).hex
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -320,9 +416,15 @@ class Store:
             index = json.loads(self.index_path.read_bytes())
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PybuildError(f"{self.index_path} is corrupt: {e}") from None
+        if not isinstance(index, dict):
+            raise PybuildError(f"{self.index_path} is corrupt: not a JSON object")
         index.setdefault("manifests", [])
+        if not isinstance(index["manifests"], list) or \
+                not all(isinstance(m, dict) for m in index["manifests"]):
+            raise PybuildError(f"{self.index_path} is corrupt: manifests is not a list of "
+                               f"descriptors")
         return dict(index)
 
     def _write_index(self, index: dict[str, Any]) -> None:
@@ -410,16 +512,30 @@ class Store:
     def db(self) -> sqlite3.Connection:
         """This thread's SQLite connection to root/pybuild.db (WAL); tables belong to their
         users. One connection per thread: the solver's steps run on several threads, and a
-        connection shared by them would interleave their transactions."""
+        connection shared by them would interleave their transactions. A file that is not a
+        usable database is one clear error (`pybuild doctor --repair` rebuilds it)."""
         conn: sqlite3.Connection | None = getattr(self._local, "db", None)
         if conn is None:
-            conn = sqlite3.connect(self.root / "pybuild.db", timeout=60.0, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 60000")
-            # Switching to WAL needs the database to itself and does not wait on the busy
-            # timeout: two first builds at once would fail. The store lock serialises it.
-            with self.lock():
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            path = self.root / "pybuild.db"
+            problem = db_problem_quick(path)
+            try:
+                if problem is None:
+                    conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False)
+                    try:
+                        conn.execute("PRAGMA busy_timeout = 60000")
+                        # Switching to WAL needs the database to itself and does not wait on
+                        # the busy timeout: two first builds at once would fail. The store
+                        # lock serialises it.
+                        with self.lock():
+                            conn.execute("PRAGMA journal_mode = WAL")
+                        conn.execute("PRAGMA synchronous = NORMAL")
+                    except BaseException:
+                        conn.close()
+                        raise
+            except sqlite3.DatabaseError as e:
+                problem = f"cannot be used ({e})"
+            if problem is not None or conn is None:
+                raise damaged_db_error(path, problem or "cannot be opened")
             self._local.db = conn
             with self._db_lock:
                 self._dbs.append(conn)
@@ -435,45 +551,89 @@ class Store:
 
     # ---- maintenance ------------------------------------------------------------------
 
-    def _children(self, desc: Descriptor | None, digest: str) -> list[str]:
-        """Digests an index or manifest blob refers to (empty for anything else)."""
-        media_type = desc.media_type if desc else None
-        if media_type is not None and media_type not in INDEX_TYPES | MANIFEST_TYPES:
-            return []
+    def _children(self, media_type: str | None, digest: str) -> list[tuple[str | None, str]]:
+        """(media type, digest) of what an index or manifest blob refers to.
+
+        A blob typed as an index or manifest (by its tag or its parent) that cannot be read or parsed raises PybuildError: garbage collection
+        must never take an unreadable document to mean "refers to nothing". A blob of
+        unknown type is sniffed; if it is no readable JSON document it refers to nothing.
+        """
+        known = media_type in INDEX_TYPES | MANIFEST_TYPES
+        if media_type is not None and not known:
+            return []  # typed as a config, a layer or some other blob
+        strict = known
         path = self.blob_path(digest)
+
+        def unreadable(why: str) -> PybuildError:
+            kind = "index" if media_type in INDEX_TYPES else "manifest"
+            return PybuildError(f"{kind} {digest} cannot be read ({why}); nothing it may "
+                                f"refer to is deleted: run `pybuild doctor`")
+
         try:
-            if media_type is None and path.stat().st_size > 4 * _CHUNK:
+            if not strict and path.stat().st_size > 4 * _CHUNK:
                 return []  # too big to be a manifest: a layer
             with open(path, "rb") as f:
-                if media_type is None and f.read(1) != b"{":
+                if not strict and f.read(1) != b"{":
                     return []
                 f.seek(0)
                 obj = json.loads(f.read())
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return []  # gone: nothing of it to protect (doctor reports the broken tag)
+        except (OSError, ValueError) as e:
+            if strict:
+                raise unreadable(str(e)) from None
             return []
         if not isinstance(obj, dict):
+            if strict:
+                raise unreadable("not a JSON object")
             return []
-        refs: list[dict[str, Any]] = list(obj.get("manifests") or []) + list(obj.get("layers") or [])
+        refs: list[object] = []
+        for key in ("manifests", "layers"):
+            value = obj.get(key)
+            if isinstance(value, list):
+                refs += value
+            elif value is not None and strict:
+                raise unreadable(f"{key} is not a list")
         for key in ("config", "subject"):
             if isinstance(obj.get(key), dict):
                 refs.append(obj[key])
-        return [r["digest"] for r in refs
-                if isinstance(r, dict) and isinstance(r.get("digest"), str)
-                and _DIGEST_RE.match(r["digest"])]
+        out: list[tuple[str | None, str]] = []
+        for r in refs:
+            d = r.get("digest") if isinstance(r, dict) else None
+            if isinstance(d, str) and _DIGEST_RE.match(d):
+                mt = r.get("mediaType") if isinstance(r, dict) else None
+                out.append((mt if isinstance(mt, str) else None, d))
+            elif strict:
+                raise unreadable(f"malformed descriptor {str(r)[:80]}")
+        return out
 
-    def reachable(self, keep: Iterable[str] = ()) -> set[str]:
-        """Every digest reachable from the tags and from `keep` (manifests are followed)."""
-        todo: list[tuple[Descriptor | None, str]] = [(d, d.digest) for d in self.list_tags().values()]
-        todo += [(None, check_digest(k)) for k in keep]
+    def _walk_reachable(self, roots: list[tuple[str | None, str]],
+                        on_missing: Any = None) -> set[str]:
+        todo = list(roots)
         seen: set[str] = set()
         while todo:
-            desc, digest = todo.pop()
+            media_type, digest = todo.pop()
             if digest in seen:
                 continue
             seen.add(digest)
-            if self.has_blob(digest):
-                todo += [(None, child) for child in self._children(desc, digest)]
+            if not self.has_blob(digest):
+                if on_missing is not None:
+                    on_missing(digest)
+                continue
+            todo += self._children(media_type, digest)
         return seen
+
+    def reachable(self, keep: Iterable[str] = ()) -> set[str]:
+        """Every digest reachable from the tags and from `keep` (manifests are followed).
+
+        PybuildError if a tagged document cannot be read (see _children)."""
+        seen: set[str] = set()
+        for name, d in sorted(self.list_tags().items()):
+            try:
+                seen |= self._walk_reachable([(d.media_type, d.digest)])
+            except PybuildError as e:
+                raise PybuildError(f"tag {name}: {e}") from None
+        return seen | self._walk_reachable([(None, check_digest(k)) for k in keep])
 
     def gc(self, keep: Iterable[str] = (), *, min_age: float = 0.0) -> GCResult:
         """Delete blobs reachable neither from a tag nor from `keep`; report what was freed.
@@ -511,21 +671,17 @@ class Store:
             if "sha256:" + h.hexdigest() != digest:
                 problems.append(f"blob {digest}: content hashes to sha256:{h.hexdigest()}")
         for name, desc in sorted(self.list_tags().items()):
-            todo: list[tuple[Descriptor | None, str]] = [(desc, desc.digest)]
-            seen: set[str] = set()
-            while todo:
-                d, digest = todo.pop()
-                if digest in seen:
-                    continue
-                seen.add(digest)
-                if not self.has_blob(digest):
-                    problems.append(f"tag {name}: blob {digest} is missing")
-                    continue
-                todo += [(None, child) for child in self._children(d, digest)]
+            try:
+                self._walk_reachable([(desc.media_type, desc.digest)], lambda d, name=name:
+                                     problems.append(f"tag {name}: blob {d} is missing"))
+            except PybuildError as e:
+                problems.append(f"tag {name}: {e}")
         return problems
 
     def _clean_tmp(self) -> None:
         """Remove what killed writers left in tmp/: our unlocked temp files, old foreign entries."""
+        if self.tmp_dir.is_symlink() or not self.tmp_dir.is_dir():
+            return  # not the directory we made: clean nothing through it
         mounts = _mount_points_under(self.tmp_dir)
         now = time.time()
         for entry in os.scandir(self.tmp_dir):
@@ -541,7 +697,7 @@ class Store:
                 elif now - entry.stat(follow_symlinks=False).st_mtime > _STALE_SECONDS \
                         and not lock_held(path):
                     if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(path, ignore_errors=True)
+                        remove_tree(path)
                     else:
                         path.unlink()
             except FileNotFoundError:

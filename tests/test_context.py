@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from pybuild.context import BuildContext, PatternMatcher, glob_to_regex, go_clean, read_ignore_file
+from pybuild.context import BuildContext, PatternMatcher, go_clean, read_ignore_file
+from pybuild.patterns import compile_go_glob
 from pybuild.errors import DockerfileError, PybuildError
 
 
@@ -91,14 +93,12 @@ def test_bad_patterns_are_user_errors() -> None:
      ("[]a]", "]", False)],
 )
 def test_go_glob(pattern: str, name: str, ok: bool) -> None:
-    import re
-
     try:
-        regex = re.compile(glob_to_regex(pattern))
+        glob = compile_go_glob(pattern)
     except PybuildError:
         assert not ok  # Go rejects "[]a]": an empty class is malformed
         return
-    assert (regex.fullmatch(name) is not None) is ok
+    assert glob.fullmatch(name) is ok
 
 
 def test_context_ignore_file_choice(tmp_path: Path) -> None:
@@ -278,3 +278,23 @@ def test_rootfs_sources_resolve_links_inside(tmp_path: Path) -> None:
     assert not view.is_ignored("usr"), "a rootfs has no .dockerignore"
     assert rels(view, view.resolve_sources(["/usr/bin/python"], 1)) == ["usr/bin/python"]
     assert rels(view, view.resolve_sources(["/usr/bin/*"], 1)) == ["usr/bin/python"]
+
+
+def test_manifest_resolves_parent_links_inside_the_context(tmp_path: Path) -> None:
+    """`COPY link/victim` with link -> /HOST: the key hashes the context's file at that
+    path, never the host's (whose marker must not decide the key)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "victim").write_text("HOST\n")
+    root = tmp_path / "ctx"
+    mirror = root.joinpath(*host.parts[1:])
+    mirror.mkdir(parents=True)
+    (mirror / "victim").write_text("inside\n")
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    os.symlink(str(host), root / "link")
+    ctx = BuildContext(root, root / "Dockerfile")
+    paths = ctx.resolve_sources(["link/victim"], 2)
+    manifest = ctx.manifest(paths)
+    inside = hashlib.sha256(b"inside\n").hexdigest()
+    assert [v.split()[-1] for v in manifest.values()] == [inside]
+    assert hashlib.sha256(b"HOST\n").hexdigest() not in str(manifest)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+from pybuild.solver.copy import CopyRequest, add_urls, copy_into, fetch_urls, write_heredoc_files
 from pybuild.context import BuildContext
 from pybuild.errors import DockerfileError
 
@@ -215,26 +215,31 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_add_url(rootfs: Path, server: str) -> None:
+def test_add_url(rootfs: Path, server: str, tmp_path: Path) -> None:
+    cache = tmp_path / "http-cache"
     good = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
-    add_urls(rootfs, [f"{server}/files/tool.tar.gz?x=1"], "/dl/", "/", good, None, None, 3)
+    url = f"{server}/files/tool.tar.gz?x=1"
+    add_urls(rootfs, fetch_urls(cache, [url], good, 3), "/dl/", "/", None, None, 3)
     out = rootfs / "dl/tool.tar.gz"
     st = os.stat(out)
     assert out.read_bytes() == PAYLOAD, "URLs are never extracted"
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime == 1445412480
-    add_urls(rootfs, [f"{server}/x"], "/named", "/", None, (9, 9), 0o644, 3)
+    add_urls(rootfs, fetch_urls(cache, [f"{server}/x"], None, 3), "/named", "/", (9, 9), 0o644, 3)
     assert stat.S_IMODE(os.stat(rootfs / "named").st_mode) == 0o644 and os.stat(rootfs / "named").st_uid == 9
 
 
-def test_add_url_errors(rootfs: Path, server: str) -> None:
+def test_add_url_errors(rootfs: Path, server: str, tmp_path: Path) -> None:
+    cache = tmp_path / "http-cache"
     bad = "sha256:" + "0" * 64
     with pytest.raises(DockerfileError, match="checksum mismatch") as err:
-        add_urls(rootfs, [f"{server}/f"], "/dl/", "/", bad, None, None, 4)
+        fetch_urls(cache, [f"{server}/f"], bad, 4)
     assert err.value.line == 4 and not (rootfs / "dl").exists()
     with pytest.raises(DockerfileError, match="invalid response status 404"):
-        add_urls(rootfs, [f"{server}/missing"], "/dl/", "/", None, None, None, 4)
+        fetch_urls(cache, [f"{server}/missing"], None, 4)
     with pytest.raises(DockerfileError, match="invalid checksum"):
-        add_urls(rootfs, [f"{server}/f"], "/dl/", "/", "md5:abc", None, None, 4)
+        fetch_urls(cache, [f"{server}/f"], "md5:abc", 4)
+    with pytest.raises(DockerfileError, match="unsupported URL scheme"):
+        fetch_urls(cache, ["file:///etc/passwd"], None, 4)
 
 
 def test_copy_from_rootfs_follows_links_inside_that_rootfs(rootfs: Path, tmp_path: Path) -> None:

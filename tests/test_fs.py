@@ -149,3 +149,35 @@ def test_clean_is_lexical() -> None:
     assert fs.clean("a/./b//c/") == ["a", "b", "c"]
     assert fs.clean("a/../../b") is None
     assert fs.clean("/../b") == ["b"]
+
+
+def _make_deep(top: Path, depth: int) -> None:
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for i in range(depth):
+            if i % 1000 == 0:
+                os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
+def test_remove_tree_any_depth_never_follows_links(tmp_path: Path, host: Path) -> None:
+    top = tmp_path / "tree"
+    top.mkdir()
+    _make_deep(top, 3000)                     # deeper than PATH_MAX and the recursion limit
+    (top / "wide").mkdir()
+    for i in range(300):
+        (top / "wide" / f"x{i}").mkdir()
+    os.symlink(str(host), top / "wide" / "x7" / "out")       # a link to a host directory
+    os.symlink(str(host / "secret"), top / "file-link")
+    fs.remove_tree(top)
+    assert not os.path.lexists(top)
+    assert (host / "secret").read_text() == "host secret\n"
+    fs.remove_tree(top)                       # already gone: nothing to do
+    (tmp_path / "plain").write_text("x")
+    fs.remove_tree(tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()

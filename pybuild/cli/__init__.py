@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from pybuild import __version__
@@ -135,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except sqlite3.DatabaseError as e:  # damaged pages found after the database opened
+        if args.debug:
+            traceback.print_exc()
+        from pybuild.store import damaged_db_error
+
+        path = os.path.join(os.path.abspath(args.root), "pybuild.db")
+        print(f"error: {damaged_db_error(Path(path), f'is damaged ({e})')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,47 @@ def table(headers: list[str], rows: Sequence[Sequence[Any]]) -> None:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def unpack_for_builds(store: Any, name: str) -> None:
-    """Extract an image's layers into snapshots now, as `docker pull`/`import` do, so the
-    first build FROM it does not pay for it. Needs root (whiteouts are device nodes)."""
-    if os.geteuid() != 0:
-        return
-    from pybuild import image
-    from pybuild.snapshot import Snapshotter
+def unpack_for_builds(store: Any, name: str, label: str | None = None) -> None:
+    """Check an image's layers against its config and extract them into snapshots now, as
+    `docker pull`/`import` do, so the first build FROM it does not pay for it.
 
-    img = image.load(store, name)
-    Snapshotter(store).ensure(img.layers, img.diff_ids)
+    Every layer must hash to its config's diff_id (one per layer): a mismatch is refused
+    here, with one line. Extracting needs root (whiteouts are device nodes); without it
+    the layers are only hashed.
+    """
+    from pybuild import image
+    from pybuild.snapshot import Snapshotter, check_layers
+
+    try:
+        img = image.load(store, name)
+        check_layers(img.layers, img.diff_ids)
+        snaps = Snapshotter(store)
+        if os.geteuid() != 0:
+            for desc, diff_id in zip(img.layers, img.diff_ids):
+                snaps.verify_layer(desc, diff_id)
+            return
+        snaps.cleanup_work_dirs()  # what a killed pull or import left behind
+        snaps.ensure(img.layers, img.diff_ids)
+    except PybuildError as e:
+        if label is None:
+            raise
+        raise PybuildError(f"{label}: {e}") from None
+
+
+@contextlib.contextmanager
+def writing_image(store: Any, tag: str) -> Iterator[None]:
+    """Around a pull or import: hold the gc lock (shared) from the first blob written until
+    the tag is set and the image unpacked, so a concurrent prune cannot take its blobs; if
+    the block fails, `tag` is put back to what it was (or removed if it is new)."""
+    before = store.resolve_tag(tag)
+    with store.gc_lock(shared=True):
+        try:
+            yield
+        except BaseException:
+            now = store.resolve_tag(tag)
+            if now != before:
+                if before is None:
+                    store.remove_tag(tag)
+                else:
+                    store.set_tag(tag, before)
+            raise

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pybuild.cli.common import open_store, table, unpack_for_builds
+from pybuild.cli.common import open_store, table, unpack_for_builds, writing_image
 from pybuild.errors import PybuildError
 from pybuild.units import human_size
 
@@ -23,8 +23,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not src.is_file():
         raise PybuildError(f"{args.tarball}: no such file")
     store = open_store(args)
-    desc = image.import_rootfs(store, src, parse_reference(args.tag).familiar)
-    unpack_for_builds(store, desc.digest)
+    tag = parse_reference(args.tag).familiar
+    with writing_image(store, tag):
+        desc = image.import_rootfs(store, src, tag)
+        unpack_for_builds(store, desc.digest, f"import {args.tarball}")
     print(store.read_json(desc.digest)["config"]["digest"])
     return 0
 
@@ -68,10 +70,15 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pybuild import image
+    from pybuild.cli.containers import inspect_container
 
     store = open_store(args)
     out = []
     for name in args.names:
+        found = inspect_container(args, name)  # docker inspect: containers, then images
+        if found is not None:
+            out.append(found)
+            continue
         img = image.load(store, name)
         out.append({"Id": img.config_desc.digest, "RepoTags": [
             t for t, d in store.list_tags().items() if d.digest == img.manifest_desc.digest],
@@ -142,10 +149,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     im.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     im.set_defaults(func=cmd_images)
 
-    ins = sub.add_parser("inspect", parents=[common], help="show an image as JSON",
-                         description="Print the manifest and config of images (by tag or ID).")
-    ins.add_argument("names", nargs="+", metavar="IMAGE",
-                     help="tag, image ID (or a unique prefix), or manifest digest")
+    ins = sub.add_parser("inspect", parents=[common], help="show an image or a container as JSON",
+                         description="Print a container's state and settings (by name or ID), "
+                                     "or the manifest and config of an image (by tag or ID).")
+    ins.add_argument("names", nargs="+", metavar="NAME",
+                     help="container name or ID; image tag, ID (or a unique prefix), or "
+                          "manifest digest")
     ins.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("tag", parents=[common], help="add a name to an image",

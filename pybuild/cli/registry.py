@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pybuild.cli.common import open_store, unpack_for_builds
+from pybuild.cli.common import open_store, unpack_for_builds, writing_image
 from pybuild.errors import PybuildError
 
 
@@ -57,9 +57,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
     store = open_store(args)
     ref = parse_reference(args.image)
     plat = parse_platform(args.platform) if args.platform else None
-    desc = _with_progress(args, f"pull {ref.canonical}",
-                          lambda c: registry.pull(store, ref.canonical, client=c, platform=plat))
-    unpack_for_builds(store, desc.digest)
+    with writing_image(store, ref.familiar):
+        desc = _with_progress(args, f"pull {ref.canonical}",
+                              lambda c: registry.pull(store, ref.canonical, client=c,
+                                                    platform=plat))
+        unpack_for_builds(store, desc.digest, f"pull {ref.familiar}")
     print(f"Digest: {desc.digest}")
     print(f"Status: Downloaded image for {ref.familiar}")
     return 0

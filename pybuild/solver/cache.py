@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pybuild.context import go_clean
 from pybuild.errors import PybuildError
 from pybuild.solver.ops import compute_key
 from pybuild.store import Descriptor, Store
@@ -47,6 +48,10 @@ _COLUMNS = ("key, parent, slot, description, layer_digest, layer_media_type, lay
             "diff_id, chain_id, inputs, created, last_used, hits, step")
 
 
+def key_path(path: str) -> str:
+    """A source path as its key holds it: what it names, not how it is written
+    ("a.txt", "./a.txt" and "/a.txt" are one context file)."""
+    return go_clean("/" + path)
 
 
 @dataclass
@@ -187,7 +192,8 @@ def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:
 _LABELS = {"argv": "command", "args": "build arg", "env": "env", "cwd": "working dir",
            "user": "user", "network": "network", "mounts": "mounts", "dest": "destination",
            "chown": "--chown", "chmod": "--chmod", "sources": "sources", "from": "source",
-           "path": "path", "exclude": "--exclude", "heredocs": "heredoc"}
+           "path": "path", "exclude": "--exclude", "heredocs": "heredoc", "urls": "URLs",
+           "downloads": "downloaded content", "checksum": "--checksum"}
 
 
 def _binds_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:

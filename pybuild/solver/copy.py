@@ -7,9 +7,12 @@ name, never through it: a hostile symlink in an image cannot redirect a write ou
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import posixpath
+import shutil
 import stat
 import tempfile
 import time
@@ -271,57 +274,141 @@ def _parse_checksum(checksum: str, line: int | None) -> tuple[str, str]:
     return algo, hexdigest
 
 
-def _download(url: str, out: Path, checksum: tuple[str, str] | None, line: int | None) -> None:
-    """Fetch `url` into `out` (mode 0600, mtime from Last-Modified), verifying `checksum`."""
+@dataclass(frozen=True)
+class Fetched:
+    """One `ADD <url>` source as downloaded (or revalidated): what its key holds."""
+
+    url: str
+    name: str            # the file name in the image: the URL path's last component
+    path: Path           # the bytes, in the store's HTTP cache
+    digest: str          # sha256 of the bytes
+    last_modified: str   # the server's Last-Modified ("" when none): the file's mtime
+
+    def key(self) -> dict[str, str]:
+        return {"url": self.url, "name": self.name, "digest": self.digest,
+                "last_modified": self.last_modified}
+
+
+def _url_name(url: str, line: int | None) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        raise DockerfileError(f"unsupported URL scheme in {url}", line)
+    name = posixpath.basename(parsed.path)
+    return "__unnamed__" if name in ("", ".", "/", "..") else name
+
+
+def fetch_url(cache_root: Path, url: str, line: int | None) -> Fetched:
+    """The current content of `url`, as BuildKit's HTTP source gets it: the last download
+    is revalidated (If-None-Match with its ETag, If-Modified-Since with its Last-Modified);
+    a 304 reuses it, anything else is downloaded again. Entries are named by the URL's
+    hash (never by the URL), written to a temporary name and renamed, under a lock."""
     import requests  # only ADD <url> needs it: keep it off every build's start-up
 
-    h = hashlib.new(checksum[0] if checksum else "sha256")
-    try:
-        with requests.get(url, stream=True, timeout=(30, 300)) as resp:
-            if not 200 <= resp.status_code < 400:
-                raise DockerfileError(f"failed to load {url}: invalid response status {resp.status_code}", line)
-            with open(out, "wb") as f:
-                for chunk in resp.iter_content(_CHUNK):
-                    h.update(chunk)
-                    f.write(chunk)
-            modified = resp.headers.get("Last-Modified")
-    except requests.RequestException as exc:
-        raise DockerfileError(f"failed to load {url}: {exc}", line) from None
-    if checksum and h.hexdigest() != checksum[1]:
-        raise DockerfileError(
-            f"checksum mismatch for {url}: expected {checksum[0]}:{checksum[1]}, got {checksum[0]}:{h.hexdigest()}", line
-        )
-    mtime = time.time()
-    if modified:
+    name = _url_name(url, line)
+    entry = cache_root / hashlib.sha256(url.encode()).hexdigest()
+    entry.mkdir(parents=True, exist_ok=True)
+    with open(entry / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        meta = _read_meta(entry / "meta.json", url)
+        headers = {}
+        if meta is not None:
+            if meta.get("etag"):
+                headers["If-None-Match"] = meta["etag"]
+            if meta.get("last_modified"):
+                headers["If-Modified-Since"] = meta["last_modified"]
+        h = hashlib.sha256()
+        tmp = entry / f"data.{os.getpid()}.tmp"
         try:
-            import email.utils  # only ADD of a URL needs it
+            with requests.get(url, stream=True, timeout=(30, 300), headers=headers) as resp:
+                if resp.status_code == 304 and meta is not None:
+                    return Fetched(url, name, entry / "data", meta["digest"], meta.get("last_modified", ""))
+                if not 200 <= resp.status_code < 300:
+                    raise DockerfileError(f"failed to load {url}: invalid response status {resp.status_code}", line)
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_content(_CHUNK):
+                        h.update(chunk)
+                        f.write(chunk)
+                etag = resp.headers.get("ETag", "")
+                modified = resp.headers.get("Last-Modified", "")
+        except requests.RequestException as exc:
+            _unlink(tmp)
+            raise DockerfileError(f"failed to load {url}: {exc}", line) from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+        os.replace(tmp, entry / "data")
+        digest = "sha256:" + h.hexdigest()
+        meta_tmp = entry / f"meta.{os.getpid()}.tmp"
+        meta_tmp.write_text(json.dumps({"url": url, "etag": etag, "last_modified": modified,
+                                        "digest": digest}))
+        os.replace(meta_tmp, entry / "meta.json")
+        return Fetched(url, name, entry / "data", digest, modified)
 
-            mtime = email.utils.parsedate_to_datetime(modified).timestamp()
-        except (TypeError, ValueError):
-            pass
-    os.chmod(out, 0o600)
-    os.utime(out, (mtime, mtime))
+
+def _read_meta(path: Path, url: str) -> dict[str, str] | None:
+    """The last download's record, if it is whole and for this URL (else: download again)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(meta, dict) and meta.get("url") == url and isinstance(meta.get("digest"), str) \
+        and all(isinstance(meta.get(k, ""), str) for k in ("etag", "last_modified")) \
+        and (path.parent / "data").is_file()
+    return meta if ok else None
 
 
-def add_urls(rootfs: Path, urls: list[str], dest: str, workdir: str, checksum: str | None,
-             chown: tuple[int, int] | None, chmod: int | None, line: int | None) -> None:
-    """ADD of remote files: downloaded, verified, never extracted, named after the URL path."""
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def fetch_urls(cache_root: Path, urls: list[str], checksum: str | None, line: int | None) -> list[Fetched]:
+    """Every URL of one ADD, fetched or revalidated, and checked against `--checksum`."""
     expected = _parse_checksum(checksum, line) if checksum else None
     if expected and len(urls) > 1:
         raise DockerfileError("checksum can't be specified for multiple sources", line)
+    out = [fetch_url(cache_root, url, line) for url in urls]
+    if expected:
+        algo, want = expected
+        got = out[0].digest.split(":", 1)[1] if algo == "sha256" else _file_digest(out[0].path, algo)
+        if got != want:
+            raise DockerfileError(f"checksum mismatch for {urls[0]}: expected {algo}:{want}, "
+                                  f"got {algo}:{got}", line)
+    return out
+
+
+def _file_digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def add_urls(rootfs: Path, fetched: list[Fetched], dest: str, workdir: str,
+             chown: tuple[int, int] | None, chmod: int | None, line: int | None) -> None:
+    """ADD of remote files: never extracted, named after the URL path, mode 0600 and the
+    server's Last-Modified as mtime (BuildKit's rules)."""
     with tempfile.TemporaryDirectory(prefix="pybuild-add-") as tmp:
         sources: list[Path] = []
-        for i, url in enumerate(urls):
-            parsed = urlparse(url)
-            if parsed.scheme not in ("http", "https"):
-                raise DockerfileError(f"unsupported URL scheme in {url}", line)
-            name = posixpath.basename(parsed.path)
-            if name in ("", ".", "/", ".."):
-                name = "__unnamed__"
+        for i, f in enumerate(fetched):
             folder = Path(tmp) / str(i)
             folder.mkdir()
-            _download(url, folder / name, expected, line)
-            sources.append(folder / name)
+            out = folder / f.name
+            shutil.copyfile(f.path, out)
+            mtime = time.time()
+            if f.last_modified:
+                import email.utils  # only ADD of a URL needs it
+
+                try:
+                    mtime = email.utils.parsedate_to_datetime(f.last_modified).timestamp()
+                except (TypeError, ValueError):
+                    pass
+            os.chmod(out, 0o600)
+            os.utime(out, (mtime, mtime))
+            sources.append(out)
         req = CopyRequest(sources, Path(tmp), dest, workdir, chown, chmod, is_add=True, line=line)
         _apply(Path(rootfs), req, unpack=False)
 

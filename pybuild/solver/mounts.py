@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
+import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pybuild import fs
+from pybuild.context import BuildContext, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.liveness import process_start
 from pybuild.runtime import Mount
@@ -69,10 +74,54 @@ def parse_secret_flag(spec: str) -> SecretSource:
     return SecretSource(sid, env=env or sid)
 
 
-def cache_key_of(mount: Any) -> dict[str, Any]:
-    """The mount's definition for the step's cache key: never cache-mount contents or
-    secret values. (What a bind mount shows is keyed separately, by the solver.)"""
-    return {k: v for k, v in sorted(vars(mount).items()) if v not in (None, False, "", [])}
+def mount_key(m: Any, workdir: str, source_key: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """What one mount means, for the step's cache key: its typed, expanded fields with their
+    defaults filled in, never the line it is on, how it was spelled or the order of its fields;
+    never cache-mount contents or secret values. (What a bind mount shows is keyed by
+    `bind_key`.) A cache mount seeded `from=` a stage or image keys on that source's key."""
+    kind = (m.type or "bind").lower()
+    target = _abs(m.target, workdir) if m.target else None
+    out: dict[str, Any] = {"type": kind, "target": target}
+    if kind == "bind":
+        out.update(source=_clean_abs(m.source), readonly=bool(m.readonly))
+    elif kind == "cache":
+        out.update(id=m.id or target, sharing=(m.sharing or "shared").lower(),
+                   readonly=bool(m.readonly), uid=int(m.uid or 0), gid=int(m.gid or 0),
+                   mode=_mode(m.mode, 0o755))
+        if m.from_:
+            out.update(source=_clean_abs(m.source),
+                       **{"from": source_key(m.from_) if source_key else m.from_})
+    elif kind == "tmpfs":
+        out["size"] = int(m.size or 0)
+    elif kind == "secret":
+        sid = m.id or (os.path.basename(target) if target else "")
+        out.update(id=sid, env=m.env or "", required=bool(m.required),
+                   uid=int(m.uid or 0), gid=int(m.gid or 0), mode=_mode(m.mode, 0o400))
+        if not target and not m.env:
+            out["target"] = f"/run/secrets/{sid}"
+    else:
+        out.update(id=m.id or "", required=bool(m.required))
+    return out
+
+
+def mounts_key(mounts: list[Any], workdir: str,
+               source_key: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
+    """The mounts of one RUN for its key, ordered by target as BuildKit's exec op orders them."""
+    keyed = [mount_key(m, workdir, source_key) for m in mounts]
+    return sorted(keyed, key=lambda d: (d.get("target") or "", d["type"], json.dumps(d, sort_keys=True)))
+
+
+def bind_key(m: Any, workdir: str, context: BuildContext, source_key: Callable[[str], str],
+             line: int) -> dict[str, Any]:
+    """What a bind mount shows the step: from a stage or an image, that source's key (which
+    pins its content); from the context, the manifest of exactly the files it mounts
+    (the context as sent: `.dockerignore` applied)."""
+    target = _abs(m.target, workdir) if m.target else None
+    source = _clean_abs(m.source)
+    if m.from_:
+        return {"target": target, "source": source, "from": source_key(m.from_)}
+    path = context.resolve_mount_source(source, line)
+    return {"target": target, "source": source, "files": context.manifest([path])}
 
 
 @dataclass
@@ -89,12 +138,14 @@ class Prepared:
 class MountPreparer:
     """Builds the runtime mounts of one RUN; the caller supplies stage/image rootfs views."""
 
-    def __init__(self, store_root: Path, context_root: Path, secrets: dict[str, SecretSource],
-                 view: Callable[[str], Any]) -> None:
+    def __init__(self, store_root: Path, context: BuildContext, secrets: dict[str, SecretSource],
+                 view: Callable[[str], Any], source_key: Callable[[str], str]) -> None:
         self.cache_root = store_root / "cache-mounts"
-        self.context_root = context_root
+        self.tmp_root = store_root / "tmp"
+        self.context = context
         self.secrets = secrets
         self.view = view  # from= name → context manager yielding a mounted Path
+        self.source_key = source_key  # from= name → the key pinning its content
 
     @contextmanager
     def prepare(self, mounts: list[Any], workdir: str, line: int) -> Iterator[Prepared]:
@@ -126,11 +177,21 @@ class MountPreparer:
         if not target:
             raise DockerfileError("cache mount needs a target", line)
         cid = m.id or target
-        base = self.cache_root / hashlib.sha256(cid.encode()).hexdigest()[:32]
+        # The id names a directory only through its hash: no id can name a path.
+        name = cid if not m.from_ else json.dumps([cid, self.source_key(m.from_), _clean_abs(m.source)])
+        base = self.cache_root / hashlib.sha256(name.encode()).hexdigest()[:32]
         data = base / "data"
         if not data.exists():
             self.cache_root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.cache_root))
+            if m.from_:
+                # A new cache starts as a copy of the source, resolved inside its stage/image.
+                with self.view(m.from_) as root:
+                    seed = _in_root_source(Path(root), m.source, line)
+                    if not seed.is_dir():
+                        raise DockerfileError(f"cache mount source {_clean_abs(m.source)} is not a directory", line)
+                    os.rmdir(tmp)
+                    _copy_tree(seed, tmp, line)
             os.chmod(tmp, _mode(m.mode, 0o755))
             os.chown(tmp, int(m.uid or 0), int(m.gid or 0))
             base.mkdir(parents=True, exist_ok=True)
@@ -138,7 +199,7 @@ class MountPreparer:
             try:
                 os.rename(tmp, data)
             except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
+                fs.remove_tree(tmp, ignore_errors=True)
         sharing = (m.sharing or "shared").lower()
         source = data
         if sharing in ("locked", "private"):
@@ -152,34 +213,62 @@ class MountPreparer:
                 except BlockingIOError:
                     # In use: a private mount gets a fresh directory of its own.
                     source = Path(tempfile.mkdtemp(dir=self.cache_root))
-                    stack.callback(shutil.rmtree, source, True)
+                    stack.callback(fs.remove_tree, source, ignore_errors=True)
         opts = ["rbind", "ro" if m.readonly else "rw"]
         return Mount(target, "bind", str(source), opts)
 
     def _bind(self, stack: ExitStack, m: Any, target: str | None, line: int) -> Mount:
         if not target:
             raise DockerfileError("bind mount needs a target", line)
-        src_rel = (m.source or "/").lstrip("/")
+        rw = not m.readonly
         if m.from_:
             root = Path(stack.enter_context(self.view(m.from_)))
+            src = _in_root_source(root, m.source, line)
         else:
-            root = self.context_root
-        src = (root / src_rel).resolve() if not m.from_ else root / src_rel
-        if not m.from_ and not _inside(src, self.context_root.resolve()):
-            raise DockerfileError(f"bind mount source {m.source!r} is outside the build context", line)
-        if not os.path.lexists(src):
-            raise DockerfileError(f"bind mount source {m.source!r} not found", line)
-        if not m.readonly and getattr(m, "rw", False):
-            # Writes to a rw bind are thrown away, as BuildKit does: mount a scratch copy.
-            tmp = Path(tempfile.mkdtemp(dir=self.cache_root.parent / "tmp"))
-            stack.callback(shutil.rmtree, tmp, True)
+            # The context as sent: only what .dockerignore lets through, never linked when
+            # the step may write (a rw bind's writes are thrown away, as BuildKit does).
+            src = self._context_view(stack, m.source, line, copy=rw)
+            if rw:
+                return Mount(target, "bind", str(src), ["rbind", "rw"])
+        if rw:
+            tmp = self._scratch(stack)
             dst = tmp / "src"
-            if src.is_dir():
-                shutil.copytree(src, dst, symlinks=True)
-            else:
-                shutil.copy2(src, dst)
+            _copy_tree(src, dst, line)
             return Mount(target, "bind", str(dst), ["rbind", "rw"])
         return Mount(target, "bind", str(src), ["rbind", "ro"])
+
+    def _scratch(self, stack: ExitStack) -> Path:
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
+        stack.callback(fs.remove_tree, tmp, ignore_errors=True)
+        return tmp
+
+    def _context_view(self, stack: ExitStack, source: str | None, line: int, copy: bool) -> Path:
+        """A directory (or file) holding exactly the visible context files below `source`:
+        hard links to them (copies where links cannot be made, or when `copy`)."""
+        src = self.context.resolve_mount_source(_clean_abs(source), line)
+        dst = self._scratch(stack) / "src"
+        st = os.lstat(src)
+        if not stat.S_ISDIR(st.st_mode):
+            _place_file(src, dst, st, copy)
+            return dst
+        _make_dir(dst, st)
+        rel = os.path.relpath(src, self.context.root).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        dirs = [(dst, st)]
+        for child, cst in walk_visible(src, [(self.context.matcher, prefix)]):
+            path = dst / child
+            if stat.S_ISDIR(cst.st_mode):
+                _make_dir(path, cst)
+                dirs.append((path, cst))
+            elif stat.S_ISLNK(cst.st_mode):
+                os.symlink(os.readlink(src / child), path)
+                os.lchown(path, cst.st_uid, cst.st_gid)
+            else:
+                _place_file(src / child, path, cst, copy)
+        for d, dst_st in dirs:
+            os.chmod(d, stat.S_IMODE(dst_st.st_mode))
+        return dst
 
     def _secret(self, stack: ExitStack, m: Any, target: str | None, out: Prepared,
                 line: int) -> None:
@@ -240,5 +329,45 @@ def _abs(path: str, workdir: str) -> str:
     return os.path.normpath(path if path.startswith("/") else os.path.join(workdir or "/", path))
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+def _clean_abs(source: str | None) -> str:
+    """A mount source as a clean absolute path in its root ("" and "." are the root)."""
+    return go_clean("/" + (source or "/"))
+
+
+def _in_root_source(root: Path, source: str | None, line: int) -> Path:
+    """The host path of a mount source inside a stage's or image's root: links followed as
+    that root sees them, `..` stopped at it; missing is an error, as in BuildKit."""
+    clean = _clean_abs(source)
+    try:
+        path = fs.resolve_in_root(root, clean)
+    except fs.PathError as e:
+        raise DockerfileError(f"mount source {clean}: {e.reason}", line) from None
+    if not os.path.lexists(path):
+        raise DockerfileError(f"failed to compute cache key: \"{clean}\": not found", line)
+    return path
+
+
+def _copy_tree(src: Path, dst: Path, line: int) -> None:
+    """`cp -a` (links copied as links, owners, modes, times, xattrs kept): it walks any
+    depth, where shutil.copytree recurses."""
+    proc = subprocess.run(["cp", "-a", "--", str(src), str(dst)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise DockerfileError(f"cannot copy the mount source: {lines[-1][:300] if lines else 'cp failed'}", line)
+
+
+def _make_dir(path: Path, st: os.stat_result) -> None:
+    os.mkdir(path, 0o700)
+    os.chown(path, st.st_uid, st.st_gid)
+
+
+def _place_file(src: Path, dst: Path, st: os.stat_result, copy: bool) -> None:
+    if not copy:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            return
+        except OSError:
+            pass  # another filesystem, or links refused: copy
+    shutil.copy2(src, dst, follow_symlinks=False)
+    os.chown(dst, st.st_uid, st.st_gid)

@@ -127,6 +127,7 @@ class FileCopy:
     heredocs: tuple[tuple[str, str], ...] = ()
     urls: tuple[str, ...] = ()
     checksum: str = ""
+    downloads: tuple[str, ...] = ()  # each URL's content now (revalidated), when no checksum
     keep_git_dir: bool = False
     platform: str = ""
 
@@ -142,6 +143,8 @@ class FileCopy:
         if self.urls:
             out["urls"] = list(self.urls)
             out["checksum"] = self.checksum
+            if self.downloads:
+                out["downloads"] = list(self.downloads)
         if isinstance(self.source, ContextSource):
             out["sources"] = list(self.sources)
             out["files"] = dict(self.source.files)

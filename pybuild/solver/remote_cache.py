@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pybuild.solver.cache import Record
+from pybuild.digest import Digest
 from pybuild.errors import PybuildError
 from pybuild.store import Descriptor, Store
 
@@ -75,7 +76,7 @@ def load(store: Store, spec: CacheSpec, client: Any) -> dict[str, Record]:
     for item in doc["records"]:
         try:
             rec = _from_json(item)
-        except (KeyError, TypeError, PybuildError) as e:
+        except (KeyError, TypeError, ValueError, PybuildError) as e:
             raise PybuildError(f"--cache-from {spec.ref}: malformed record: {e}") from None
         out[rec.key] = rec
     return out
@@ -94,6 +95,15 @@ def _to_json(r: Record) -> dict[str, Any]:
 
 
 def _from_json(d: dict[str, Any]) -> Record:
-    return Record(d["key"], d["parent"], "", d["description"], Descriptor.from_dict(d["layer"]),
-                  d["diff_id"], d["chain_id"], d["inputs"], float(d["created"]),
-                  float(d["created"]))
+    """A record as offered: every digest validated; its diff_id is still only a claim,
+    checked against the layer when it is used, and its chain id is recomputed then."""
+    if not isinstance(d, dict):
+        raise PybuildError(f"record is not an object: {str(d)[:80]}")
+    if not isinstance(d["description"], str) or not isinstance(d["inputs"], dict) \
+            or not isinstance(d["parent"], str):
+        raise PybuildError(f"record {str(d.get('key'))[:80]}: wrong field types")
+    key = str(Digest.sha256(d["key"], "record key"))
+    diff_id = str(Digest.sha256(d["diff_id"], "record diff_id"))
+    chain_id = str(Digest.sha256(d["chain_id"], "record chain_id"))
+    return Record(key, d["parent"], "", d["description"], Descriptor.from_dict(d["layer"]),
+                  diff_id, chain_id, d["inputs"], float(d["created"]), float(d["created"]))

@@ -40,8 +40,8 @@ from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
 from pybuild.solver import history as hist
 from pybuild.solver import ops, remote_cache
-from pybuild.solver.cache import Cache, Record, explain
-from pybuild.solver.mounts import MountPreparer, SecretSource, cache_key_of
+from pybuild.solver.cache import Cache, Record, explain, key_path
+from pybuild.solver.mounts import MountPreparer, SecretSource, bind_key, mounts_key
 from pybuild.solver.scheduler import Future, Scheduler
 from pybuild.solver.worker import RealWorker, Snapshot, Worker
 from pybuild.store import Descriptor, Store
@@ -573,13 +573,16 @@ class Solver:
         security = (raw.security or "sandbox").lower()
         self._check_flags(raw)  # again: ONBUILD triggers were not there at preflight
         mounts = [m.expand(self.lex, env_map) if hasattr(m, "expand") else m for m in raw.mounts]
+        cwd = cfg.get("WorkingDir") or "/"
         op = ops.Exec(argv=tuple(argv),
                       env=tuple((k, v) for k, v in s.vars.items() if k not in s.from_arg),
                       args=tuple((k, v) for k, v in s.vars.items()
                                  if k in s.from_arg and k not in PROXY_ARGS),
-                      cwd=cfg.get("WorkingDir") or "/", user=cfg.get("User") or "",
-                      network=network, mounts=tuple(cache_key_of(m) for m in mounts),
-                      bind_sources=tuple(self._bind_sources(mounts, raw.line)),
+                      cwd=cwd, user=cfg.get("User") or "",
+                      network=network,
+                      mounts=tuple(mounts_key(mounts, cwd,
+                                              lambda name: self._source_key(name, raw.line))),
+                      bind_sources=tuple(self._bind_sources(mounts, cwd, raw.line)),
                       security=security, platform=platform_string(s.platform))
         display = self._display(s, raw)
         created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
@@ -592,8 +595,8 @@ class Solver:
             uid, gid, groups = resolve_user(snap.rootfs, cfg.get("User") or "root") \
                 if cfg.get("User") else (0, 0, [])
             cwd = cfg.get("WorkingDir") or "/"
-            preparer = MountPreparer(self.store.root, self.opts.context, self.opts.secrets,
-                                     self._view)
+            preparer = MountPreparer(self.store.root, self.ctx, self.opts.secrets, self._view,
+                                     lambda name: self._source_key(name, raw.line))
             with preparer.prepare(mounts, cwd, raw.line) as prep, \
                     _script_mount(script, argv) as script_mounts:
                 spec = runtime.RunSpec(rootfs=snap.rootfs, args=argv,
@@ -618,6 +621,12 @@ class Solver:
         heredocs = list(e.heredocs or [])
         urls = [x for x in e.sources if is_add and _is_url(x)]
         local = [x for x in e.sources if x not in urls]  # heredoc files come separately
+        fetched: list[Any] = []
+        checksum = (getattr(e, "checksum", None) or "") if urls else ""
+        if urls and not checksum:  # keyed on what the server sends now (revalidated)
+            from pybuild.solver.copy import fetch_urls
+
+            fetched = fetch_urls(self.store.root / "http-cache", urls, None, raw.line)
         context_paths: list[Path] = []
         source: ops.ContextSource | ops.StageRef | ops.ImageSource | None = None
         if e.from_:
@@ -629,10 +638,11 @@ class Solver:
         op = ops.FileCopy(add=is_add, dest=dest, workdir=workdir, chown=e.chown or "",
                           chmod=e.chmod or "", exclude=tuple(e.exclude or []),
                           parents=bool(e.parents), link=bool(e.link),
-                          sources=tuple(local) if source is not None else (), source=source,
+                          sources=tuple(key_path(x) for x in local) if source is not None else (),
+                          source=source,
                           heredocs=tuple((h.name, h.content) for h in heredocs),
-                          urls=tuple(urls),
-                          checksum=(getattr(e, "checksum", None) or "") if urls else "",
+                          urls=tuple(urls), checksum=checksum,
+                          downloads=tuple(f.key() for f in fetched),
                           platform=platform_string(s.platform))
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)
@@ -663,8 +673,11 @@ class Solver:
                 write_heredoc_files(snap.rootfs, [(h.name, h.content) for h in heredocs],
                                     dest, workdir, owner, chmod)
             if urls:
-                add_urls(snap.rootfs, urls, dest, workdir, getattr(e, "checksum", None),
-                         owner, chmod, raw.line)
+                from pybuild.solver.copy import fetch_urls
+
+                got = fetched or fetch_urls(self.store.root / "http-cache", urls,
+                                            getattr(e, "checksum", None), raw.line)
+                add_urls(snap.rootfs, got, dest, workdir, owner, chmod, raw.line)
             if local and e.from_:
                 with self._view(e.from_) as root:
                     paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
@@ -679,25 +692,14 @@ class Solver:
 
         self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link))
 
-    def _bind_sources(self, mounts: list[Any], line: int) -> list[Any]:
-        """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them.
+    def _source_key(self, name: str, line: int) -> str:
+        """A stage's or image's label in a key: "stage KEY" / "image DIGEST"."""
+        return ops.source_label(self._source(name, line))
 
-        From the context, the content digest of the mounted files; from a stage or an
-        image, that stage's key or the image's digest (which pin its content).
-        """
-        out: list[Any] = []
-        for m in mounts:
-            if (m.type or "bind").lower() != "bind":
-                continue
-            if m.from_:
-                out.append({"target": m.target, "source": m.source or "/",
-                            "from": ops.source_label(self._source(m.from_, line))})
-            else:
-                src = (m.source or "/").lstrip("/") or "."
-                paths = self.ctx.resolve_sources([src], line)
-                out.append({"target": m.target, "source": m.source or "/",
-                            "files": self.ctx.manifest(paths)})
-        return out
+    def _bind_sources(self, mounts: list[Any], workdir: str, line: int) -> list[Any]:
+        """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them."""
+        return [bind_key(m, workdir, self.ctx, lambda name: self._source_key(name, line), line)
+                for m in mounts if (m.type or "bind").lower() == "bind"]
 
     @functools.cached_property
     def _paths(self) -> tuple[str, str]:
@@ -724,7 +726,7 @@ class Solver:
         created_by = created_by or display
         self.progress.vertex_started(vid, name)
         started = time.monotonic()
-        rec = None if self._skip_cache(s) else self._lookup(key, vid)
+        rec = None if self._skip_cache(s) else self._lookup(key, vid, s.diff_ids)
         if rec is None:
             with self._lock:  # an identical op of another stage running now: wait for it
                 other = self._ops.get(key)
@@ -816,7 +818,7 @@ class Solver:
         s.history.append({"created": self._format_time(created), "created_by": created_by,
                           "comment": hist.COMMENT})
 
-    def _lookup(self, key: str, vid: str) -> Record | None:
+    def _lookup(self, key: str, vid: str, parent_diff_ids: list[str]) -> Record | None:
         """A local record, or one offered by --cache-from.
 
         A remote record's layer is downloaded only when something needs its bytes: a step
@@ -826,8 +828,12 @@ class Solver:
         if rec is not None or key not in self.remote:
             return rec
         spec, remote = self.remote[key]
+        # The record's own chain id is not trusted: it is what our diff_ids make it.
+        from pybuild.snapshot import chain_ids
+
+        chain_id = chain_ids(parent_diff_ids + [remote.diff_id])[-1]
         rec = Record(remote.key, remote.parent, "", remote.description, remote.layer,
-                     remote.diff_id, remote.chain_id, remote.inputs, remote.created, time.time())
+                     remote.diff_id, chain_id, remote.inputs, remote.created, time.time())
         self.remote_layers[rec.layer.digest] = (spec, rec)
         return rec
 
@@ -835,14 +841,23 @@ class Solver:
         """Download the --cache-from layers among `layers` that the store lacks yet (each
         once, however many steps need it at the same time)."""
         for d in layers:
-            if d.digest in self.remote_layers and not self.store.has_blob(d.digest):
+            if d.digest in self.remote_layers:
                 self.sched.wait(self.sched.once(("fetch", d.digest),
                                                 functools.partial(self._fetch_layer, d, vid)))
 
     def _fetch_layer(self, d: Descriptor, vid: str | None) -> None:
+        """Download a --cache-from layer the store lacks, then hold it to its record: the
+        record's diff_id is a claim, and its layer must hash to it before it is used."""
+        from pybuild.snapshot import verify_layer
+
         spec, rec = self.remote_layers[d.digest]
-        remote_cache.fetch_layer(self.store, spec, rec, self._client(vid))
-        self.cache.put(rec)  # a record only once its blob is in the store
+        if not self.store.has_blob(d.digest):
+            remote_cache.fetch_layer(self.store, spec, rec, self._client(vid))
+        try:
+            verify_layer(self.store, rec.layer, rec.diff_id)
+        except PybuildError as e:
+            raise PybuildError(f"--cache-from {spec.ref}: record {rec.key}: {e}") from None
+        self.cache.put(rec)  # a record only once its blob is in the store, verified
 
     def _skip_cache(self, s: StageState) -> bool:
         if self.opts.no_cache:

@@ -8,7 +8,6 @@ snapshots nothing needs any more. Whatever a tagged image needs is never removed
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from pybuild import image as imagemod
 from pybuild.solver.cache import Cache, Record
 from pybuild.errors import PybuildError
-from pybuild.liveness import tree_size
+from pybuild.liveness import remove_tree, tree_size
 from pybuild.snapshot import Snapshotter, chain_ids
 from pybuild.store import Store
 from pybuild.units import parse_filter_duration
@@ -59,13 +58,14 @@ def tagged_layers(store: Store) -> tuple[dict[str, list[str]], set[str]]:
     users: dict[str, list[str]] = {}
     chains: set[str] = set()
     for name in store.list_tags():
-        try:
+        try:  # an image that cannot be read has no snapshots to keep (gc keeps its blobs)
             img = imagemod.load(store, name)
+            layers, image_chains = img.layers, chain_ids(img.diff_ids)
         except PybuildError:
             continue
-        for d in img.layers:
+        for d in layers:
             users.setdefault(d.digest, []).append(name)
-        chains.update(chain_ids(img.diff_ids))
+        chains.update(image_chains)
     return users, chains
 
 
@@ -178,5 +178,5 @@ def prune(store: Store, *, all: bool = False, until: float | None = None,
         report.snapshots_freed = Snapshotter(store).prune(keep_chains)
         for m in mounts:
             report.mounts_freed += m.size
-            shutil.rmtree(m.path, ignore_errors=True)
+            remove_tree(m.path)
     return report
