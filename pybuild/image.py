@@ -399,13 +399,15 @@ class _Entry:
     tags: list[str]
 
 
-def _collect(store: Store, names: list[str]) -> list[_Entry]:
-    """Images for `names`, grouped by image ID in first-seen order (as `docker save`)."""
+def _collect(store: Store, names: list[str], platform: dict[str, str] | None = None
+             ) -> list[_Entry]:
+    """Images for `names`, grouped by image ID in first-seen order (as `docker save`);
+    from a multi-platform tag, `platform`'s image (the host's when None)."""
     if not names:
         raise PybuildError("save: no image names given")
     entries: dict[str, _Entry] = {}
     for name in names:
-        img = load(store, name)
+        img = load(store, name, platform)
         entry = entries.setdefault(img.id, _Entry(img, []))
         try:
             ref = parse_reference(name)
@@ -497,9 +499,11 @@ def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
         tar.addfile(_tar_info(name, size), tmp)
 
 
-def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
-    """Write `docker save`'s format (manifest.json, repositories, config, layer.tar files)."""
-    entries = _collect(store, names)
+def save_docker_archive(store: Store, names: list[str], out: Path,
+                        platform: dict[str, str] | None = None) -> None:
+    """Write `docker save`'s format (manifest.json, repositories, config, layer.tar files):
+    one platform per image, `platform`'s (the host's when None) from a multi-platform tag."""
+    entries = _collect(store, names, platform)
     manifest: list[dict[str, Any]] = []
     repositories: dict[str, dict[str, str]] = {}
     written: set[str] = set()
@@ -535,15 +539,44 @@ def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
             _add_bytes(tar, "repositories", canonical_json(repositories))
 
 
-def save_oci_archive(store: Store, names: list[str], out: Path) -> None:
+def save_oci_archive(store: Store, names: list[str], out: Path,
+                     platform: dict[str, str] | None = None) -> None:
     """Write an OCI image layout as a tar; each name is an index.json entry.
 
     Entries carry org.opencontainers.image.ref.name (the familiar tag, as in the store) and
     io.containerd.image.name (the fully qualified name containerd-based tools import by).
+    A multi-platform tag is saved whole (its index and every platform's image), unless
+    `platform` picks one.
     """
-    entries = _collect(store, names)
+    multi: list[tuple[str, Descriptor]] = []
+    rest: list[str] = []
+    for name in names:
+        top = None
+        if platform is None and not name.startswith("sha256:"):
+            try:
+                top = store.resolve_tag(parse_reference(name).familiar)
+            except PybuildError:
+                top = None
+        if top is not None and is_index(store, top):
+            multi.append((parse_reference(name).familiar, top))
+        else:
+            rest.append(name)
+    if not names:
+        raise PybuildError("save: no image names given")
+    entries = _collect(store, rest, platform) if rest else []
     index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     blobs: list[Descriptor] = []
+    for name, top in multi:
+        for e in index_entries(store, top):
+            img = load_descriptor(store, e, name)
+            for d in [img.manifest_desc, img.config_desc, *img.layers]:
+                if all(b.digest != d.digest for b in blobs):
+                    blobs.append(d)
+        if all(b.digest != top.digest for b in blobs):
+            blobs.append(top)
+        index["manifests"].append(Descriptor(
+            OCI_INDEX, top.digest, store.blob_path(top.digest).stat().st_size,
+            {REF_NAME: name, CONTAINERD_NAME: parse_reference(name).canonical}).to_dict())
     for entry in entries:
         img = entry.image
         for d in [img.manifest_desc, img.config_desc, *img.layers]:

@@ -229,3 +229,48 @@ def test_index_pushed_inspected_and_pulled_by_docker(multi: Pybuild, tmp_path: P
             run = docker("run", "--rm", "--network=host", ref)
             assert run.stdout.strip() == "x86_64"
 
+
+
+def test_save_all_platforms_or_one(multi: Pybuild, tmp_path: Path) -> None:
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+    oci = tmp_path / "all.tar"
+    multi("save", "--format", "oci", "-o", str(oci), "bb:multi")
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{oci}:bb:multi"],
+                         capture_output=True, text=True, check=True)
+    assert sorted(m["platform"]["architecture"] for m in json.loads(raw.stdout)["manifests"]) \
+        == ["amd64", "arm64"]
+    for arch in ("amd64", "arm64"):  # every platform's image is complete in the archive
+        cfg = subprocess.run(["skopeo", "inspect", "--override-arch", arch, "--config",
+                              f"oci-archive:{oci}:bb:multi"], capture_output=True, text=True,
+                             check=True)
+        assert json.loads(cfg.stdout)["architecture"] == arch
+    one = tmp_path / "arm.tar"
+    multi("save", "--platform", "linux/arm64", "-o", str(one), "bb:multi")
+    with tarfile.open(one) as t:
+        manifest = json.load(t.extractfile("manifest.json"))  # type: ignore[arg-type]
+        config = json.load(t.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+    assert config["architecture"] == "arm64" and manifest[0]["RepoTags"] == ["bb:multi"]
+    bad = multi("save", "--platform", "linux/s390x", "-o", str(tmp_path / "x.tar"), "bb:multi",
+                check=False)
+    assert bad.returncode != 0 and not (tmp_path / "x.tar").exists()
+    assert "no manifest for linux/s390x" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cache_to_and_from_per_platform(multi: Pybuild, tmp_path: Path) -> None:
+    """--cache-to exports every platform's steps (their keys name the platform); a fresh
+    store building FROM the pushed index pulls each platform's base and hits every step."""
+    with registry_server() as addr:
+        multi("push", "bb:multi", f"{addr}/base/bb:multi")
+        (tmp_path / "Dockerfile").write_text(
+            f"FROM {addr}/base/bb:multi\nRUN uname -m > /arch\nRUN cat /arch\n")
+        cache = f"type=registry,ref={addr}/cache/app:buildcache,mode=max"
+        first = Pybuild(tmp_path / "one")
+        first("build", "--platform", "linux/amd64,linux/arm64", "-t", "app",
+              "--cache-to", cache, str(tmp_path))
+        second = Pybuild(tmp_path / "two")
+        out = second("build", "--platform", "linux/amd64,linux/arm64", "-t", "app",
+                     "--cache-from", cache, str(tmp_path))
+        assert out.stderr.count("CACHED") == 4, out.stderr
+        run = second("run", "--rm", "--platform", "linux/arm64", "app", "cat", "/arch")
+        assert run.stdout.strip() == "aarch64"

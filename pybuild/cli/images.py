@@ -118,16 +118,19 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 def cmd_save(args: argparse.Namespace) -> int:
     from pybuild import image
 
+    from pybuild.platforms import parse_platform
+
     store = open_store(args)
+    plat = parse_platform(args.platform) if args.platform else None
     for n in args.names:
-        image.load(store, n)  # a clear error before anything is written
+        image.load(store, n, plat)  # a clear error before anything is written
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         if args.format == "oci":
-            image.save_oci_archive(store, args.names, tmp)
+            image.save_oci_archive(store, args.names, tmp, plat)
         else:
-            image.save_docker_archive(store, args.names, tmp)
+            image.save_docker_archive(store, args.names, tmp, plat)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -176,4 +179,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="archive to write (replaced atomically)")
     s.add_argument("--format", choices=["docker", "oci"], default="docker",
                    help="docker-archive for docker/podman load (default) or an OCI archive")
+    s.add_argument("--platform", metavar="PLATFORM",
+                   help="from a multi-platform tag, save this platform's image only "
+                        "(linux/arm64); without it an OCI archive holds every platform and a "
+                        "docker-archive the host's")
     s.set_defaults(func=cmd_save)
