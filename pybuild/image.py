@@ -352,7 +352,8 @@ def _normalise_tar(src: BinaryIO, sink: layer.LayerSink, what: str) -> None:
         raise PybuildError(f"{what}: cannot read archive ({e})") from None
 
 
-def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = "gzip") -> Descriptor:
+def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = "gzip",
+                  platform: dict[str, str] | None = None) -> Descriptor:
     """`pybuild import ROOTFS.tar TAG`: a rootfs tarball becomes a one-layer image, tagged.
 
     The tarball may be plain, gzip, xz, bzip2 or zstd; its headers are normalised and it is
@@ -379,7 +380,7 @@ def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = 
         diff_id = sink.close().diff_id
         layer_desc = w.commit(media_type)
     created = created_timestamp()
-    config = empty_config()
+    config = empty_config(platform)  # the host's unless the rootfs is another platform's
     config["created"] = created
     config["rootfs"]["diff_ids"] = [diff_id]
     config["history"] = [{"created": created, "created_by": "pybuild import",

@@ -91,6 +91,37 @@ def test_binfmt_entry_is_the_packages_own_with_fix_binary() -> None:
         platforms.binfmt_entry("no-such-arch")
 
 
+def test_ensure_emulation_says_what_is_missing_or_refused(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    arm = parse_platform("linux/arm64")
+    platforms.ensure_emulation(platforms.host_platform())  # native: nothing to do
+    monkeypatch.setattr(platforms, "host_arch", lambda machine=None: "amd64"
+                        if machine is None else platforms.ARCH.get(machine, machine))
+    monkeypatch.setattr(platforms, "QEMU_DIR", tmp_path / "bin")
+    with pytest.raises(PybuildError, match="qemu-aarch64-static is missing"):
+        platforms.ensure_emulation(arm)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "qemu-aarch64-static").write_bytes(b"")
+    binfmt = tmp_path / "binfmt_misc"
+    (binfmt / "register").mkdir(parents=True)  # the kernel's refusal: writing it fails
+    conf = tmp_path / "binfmt.d"
+    conf.mkdir()
+    (conf / "qemu-aarch64.conf").write_text(
+        ":qemu-aarch64:M::\\x7fELF:\\xff\\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OP\n")
+    monkeypatch.setattr(platforms, "BINFMT", binfmt)
+    monkeypatch.setattr(platforms, "BINFMT_CONF", (conf,))
+    with pytest.raises(PybuildError, match="the kernel refused the binfmt_misc handler"):
+        platforms.ensure_emulation(arm)
+    assert platforms.binfmt_entry("aarch64").endswith(":OPF")
+    # an enabled handler with F and P serves; one without F is not trusted
+    (binfmt / "qemu-aarch64").write_text(
+        "enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: OCF\n")
+    assert not platforms._handler_ok(binfmt / "qemu-aarch64", "aarch64")
+    (binfmt / "qemu-aarch64").write_text(
+        "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POF\n")
+    platforms.ensure_emulation(arm)
+
+
 # ----- real builds --------------------------------------------------------------------
 def _arm64_busybox() -> Path:
     """Debian's arm64 busybox binary, from busybox-static:arm64 (downloaded once)."""

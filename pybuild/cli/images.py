@@ -22,10 +22,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     src = Path(args.tarball)
     if not src.is_file():
         raise PybuildError(f"{args.tarball}: no such file")
+    from pybuild.platforms import parse_platform
+
+    plat = parse_platform(args.platform) if args.platform else None
     store = open_store(args)
     tag = parse_reference(args.tag).familiar
     with writing_image(store, tag):
-        desc = image.import_rootfs(store, src, tag)
+        desc = image.import_rootfs(store, src, tag, platform=plat)
         unpack_for_builds(store, desc.digest, f"import {args.tarball}")
     print(store.read_json(desc.digest)["config"]["digest"])
     return 0
@@ -145,6 +148,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     i.add_argument("tarball", metavar="TARBALL",
                    help="root filesystem tarball (plain, .gz, .xz or .zst)")
     i.add_argument("tag", metavar="NAME[:TAG]", help="name for the image (default tag latest)")
+    i.add_argument("--platform", metavar="PLATFORM",
+                   help="the platform the rootfs is for (linux/arm64); default the host's")
     i.set_defaults(func=cmd_import)
 
     im = sub.add_parser("images", parents=[common], help="list tagged images",

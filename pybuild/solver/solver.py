@@ -354,11 +354,12 @@ class Solver:
                                lambda: self._load_image(ref, line, plat))
 
     def _load_image(self, ref: Any, line: int, plat: dict[str, str]) -> Any:
+        local = ""  # why the store's image does not serve (another platform's, say)
         if not self.opts.pull:
             try:
                 return imagemod.load(self.store, ref.familiar, platform=plat)
-            except PybuildError:
-                pass
+            except PybuildError as e:
+                local = "" if str(e).startswith("No such image") else f"{e}; "
         vid = self._vertex()
         self.progress.vertex_started(vid, f"[internal] load metadata for {ref.canonical}")
         try:
@@ -379,7 +380,7 @@ class Solver:
             except PybuildError:
                 pass
             self.progress.vertex_error(vid, str(e))
-            raise DockerfileError(f"failed to resolve base image {ref.familiar}: {e} (import "
+            raise DockerfileError(f"failed to resolve base image {ref.familiar}: {local}{e} (import "
                                   f"it with `pybuild import ROOTFS.tar {ref.familiar}`, or pull "
                                   f"it from a registry you can reach)", line) from None
         self.progress.vertex_done(vid)
