@@ -83,6 +83,7 @@ def test_busybox_rootfs_has_a_shell(tmp_path: Path) -> None:
 
 
 def test_every_scenario_compares_pybuild_with_something() -> None:
-    assert set(SCENARIOS) == {"run128", "django-cold", "django-warm", "django-edit", "push128"}
+    assert set(SCENARIOS) == {"run128", "twostage", "django-cold", "django-warm", "django-edit",
+                              "push128", "arm64"}
     for scn in SCENARIOS.values():
         assert scn.tools[0] == "pybuild" and len(scn.tools) >= 2
