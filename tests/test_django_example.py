@@ -144,7 +144,7 @@ def docker(built: Pybuild, base_tar: Path, context: Path,
 
 def test_plan_has_wheels_and_runtime_stages(tmp_path: Path) -> None:
     """The frontend reads the Dockerfile without a daemon or root: two stages, in order."""
-    out = Pybuild(tmp_path / "store")("build", "--check", str(EXAMPLE)).stdout
+    out = Pybuild(tmp_path / "store")("build", "--call", "outline", str(EXAMPLE)).stdout
     assert "stages needed: wheels, runtime" in out
     assert "RUN --mount=type=secret,id=pip-ca,required=false" in out
     assert "RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels" in out

@@ -10,17 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pybuild.solver.remote_cache import parse_cache_spec
 from pybuild.cli.common import key_values, open_store
 from pybuild.cli.registry import add_tls_flags, client_from_args
 from pybuild.errors import NeedsRootError, PybuildError
+from pybuild.solver.remote_cache import parse_cache_spec
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from pybuild.progress import make_progress
     from pybuild.solver.mounts import parse_secret_flag
     from pybuild.solver.solver import BuildOptions, PlatformsBuild, Solver, summary_of
-    from pybuild.dockerfile import stages
-    from pybuild.progress import make_progress
 
     context = Path(args.context)
     if not context.is_dir():
@@ -51,10 +50,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         platform=plats[0] if len(plats) == 1 else None)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
-    if args.check:
-        plan = _check(opts)
-        print(stages.describe(plan))
-        return 0
+    call = parse_call(args)
+    if call.name != "build":
+        return _call(call, opts, args)
     NeedsRootError.require("building")
     progress = make_progress(mode)
     if type(progress).__name__ in ("PlainProgress", "RawJSONProgress"):
@@ -64,6 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         solver: Solver | PlatformsBuild = PlatformsBuild(opts, progress, plats) \
             if len(plats) > 1 else Solver(opts, progress)
         solver.load()
+        report_checks(solver.plan, opts, args, progress)
         result = solver.build(open_store(args))
         progress.summary(summary_of(result, time.monotonic() - start))
     finally:
@@ -86,18 +85,266 @@ def cmd_build(args: argparse.Namespace) -> int:
             digest = registry.push(store, tag, tag, client=client_from_args(args))
             print(f"pushed {tag}: {digest}", file=sys.stderr)
     progress.result_line(result.image_id)
+    _advice_line(args, opts, result, mode)
     return 0
 
 
-def _check(opts: Any) -> Any:
-    """Parse and plan without building: `pybuild build --check`."""
-    from pybuild.dockerfile import parse, stages
+def _advice_line(args: argparse.Namespace, opts: Any, result: Any, mode: str) -> None:
+    """One line of `pybuild advise` after a build (not in quiet or rawjson output)."""
+    if mode in ("quiet", "rawjson"):
+        return
+    from pybuild import advise
 
     try:
-        text = opts.dockerfile.read_text()
-    except OSError as e:
-        raise PybuildError(f"failed to read {opts.dockerfile_name}: {e.strerror}") from None
-    return stages.plan(parse(text), opts.build_args, opts.target)
+        text = _read_dockerfile(opts)
+        found = advise.advise(open_store(args), result.image_id, dockerfile=text,
+                              dockerfile_name=opts.dockerfile_name, context=Path(opts.context),
+                              built_layers_only=True)
+    except PybuildError as e:
+        print(f"advice: not available: {e}", file=sys.stderr)
+        return
+    line = found.summary()
+    if found.items:
+        line = line.replace(f"`pybuild advise {result.image_id}`",
+                            f"`pybuild advise {(result.tags or [result.image_id])[0]}"
+                            f" --context {opts.context}`")
+    print(line, file=sys.stderr)
+
+
+def _read_dockerfile(opts: Any) -> str:
+    try:
+        return str(opts.dockerfile.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise PybuildError(f"failed to read {opts.dockerfile_name}: "
+                           f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def _plan(opts: Any) -> Any:
+    """Parse and plan without building."""
+    from pybuild.dockerfile import parse, stages
+
+    return stages.plan(parse(_read_dockerfile(opts)), opts.build_args, opts.target,
+                       opts.platform)
+
+
+# ----- --check and --call ------------------------------------------------------------
+CALLS = ("build", "check", "outline", "targets")
+FORMATS = ("text", "json", "sarif")
+
+
+class Call:
+    """`--call NAME[,format=F]` (buildx's syntax); `--check` is `--call check`."""
+
+    def __init__(self, name: str, fmt: str) -> None:
+        self.name, self.format = name, fmt
+
+
+def parse_call(args: argparse.Namespace) -> Call:
+    name = "check" if args.check else "build"
+    fmt = args.format
+    if args.call:
+        if args.check and not args.call.startswith("check"):
+            raise PybuildError("--check and --call are mutually exclusive")
+        first, *opts = [p.strip() for p in args.call.split(",")]
+        if first not in CALLS:
+            raise PybuildError(f"invalid --call {args.call!r}: expected one of "
+                               + ", ".join(CALLS))
+        name = first
+        for opt in opts:
+            key, _, value = opt.partition("=")
+            if key != "format" or value not in FORMATS:
+                raise PybuildError(f"invalid --call option {opt!r}: expected format=text|json|sarif")
+            fmt = value
+    allowed = {"build": (), "check": FORMATS, "targets": ("text", "json"), "outline": ("text",)}
+    if fmt is not None and fmt not in allowed[name]:
+        what = "a build" if name == "build" else f"--call {name}"
+        raise PybuildError(f"--format {fmt} does not apply to {what} (it is for --check, "
+                           "--call check and --call targets)")
+    return Call(name, fmt or "text")
+
+
+def _image_config_reader(args: argparse.Namespace) -> Any:
+    """Base-image configs from the store, read-only; None when there is no store to read."""
+    root = Path(args.root)
+    if not (root / "index.json").exists() and not (root / "blobs").is_dir():
+        return None
+    try:
+        store = open_store(args)
+    except (OSError, PybuildError):
+        return None
+    from pybuild import image as imagemod
+
+    def config(name: str) -> Any:
+        try:
+            return imagemod.load(store, name).config
+        except (OSError, PybuildError, ValueError):
+            return None
+    return config
+
+
+def _ignore_patterns(opts: Any) -> list[str] | None:
+    from pybuild.context import read_ignore_file
+
+    specific = Path(str(opts.dockerfile) + ".dockerignore")
+    path = specific if specific.is_file() else Path(opts.context) / ".dockerignore"
+    try:
+        return read_ignore_file(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except OSError:
+        return None
+
+
+def evaluate_checks(opts: Any, args: argparse.Namespace, reachable: set[int] | None) -> Any:
+    """The checks of the build's Dockerfile with what the host knows (store, .dockerignore)."""
+    from pybuild.dockerfile import checks, parse
+
+    text = _read_dockerfile(opts)
+    df = parse(text, opts.dockerfile_name)
+    report = checks.evaluate(df, build_args=opts.build_args, ignore_patterns=_ignore_patterns(opts),
+                             image_config=_image_config_reader(args), reachable=reachable)
+    return report, text
+
+
+def report_checks(plan: Any, opts: Any, args: argparse.Namespace, progress: Any) -> None:
+    """A normal build: every warning through the progress stream; error=true stops here."""
+    report, _ = evaluate_checks(opts, args, {s.index for s in plan.stages})
+    for w in report.warnings:
+        progress.warning(w.short(), w.to_dict())
+    violation = report.violation()
+    if violation is not None:
+        raise violation.with_file(opts.dockerfile_name)
+
+
+def _call(call: Call, opts: Any, args: argparse.Namespace) -> int:
+    from pybuild.dockerfile import stages
+
+    if call.name == "outline":
+        plan = _plan(opts)
+        print(outline_text(plan, opts), end="")
+        print(stages.describe(plan))
+        return 0
+    if call.name == "targets":
+        from pybuild.dockerfile import parse
+
+        df = parse(_read_dockerfile(opts), opts.dockerfile_name)
+        rows = targets(df)
+        if call.format == "json":
+            print(json.dumps({"targets": rows}, indent=2))
+        else:
+            print(_tabwrite([["TARGET", "DESCRIPTION"]] + [
+                [(r["name"] or "") + (" (default)" if r.get("default") and r["name"] else "")
+                 if r["name"] or not r.get("default") else "(default)",
+                 r.get("description", "")] for r in rows], 1), end="")
+        return 0
+    return _run_check(call, opts, args)
+
+
+def _run_check(call: Call, opts: Any, args: argparse.Namespace) -> int:
+    """`--check`: BuildKit's lint subrequest. Status 1 when anything was found (its
+    result.statuscode), the error last; `error=true` turns warnings into that error."""
+    from pybuild.dockerfile import checks
+
+    report, text = evaluate_checks(opts, args, None)
+    error = report.error or report.violation()
+    if error is not None:
+        error = error.with_file(opts.dockerfile_name)
+    if call.format == "json":
+        print(json.dumps(checks.render_json(report, text, opts.dockerfile_name), indent=2))
+    elif call.format == "sarif":
+        from pybuild import sarif
+
+        print(json.dumps(sarif.from_checks(report, opts.dockerfile_name), indent=2))
+    else:
+        sys.stdout.write(checks.render_text(report, text, opts.dockerfile_name))
+        if error is not None and report.warnings:
+            print()
+    if error is not None:
+        raise error
+    return 1 if report.warnings else 0
+
+
+def _doc_comment(comments: list[str], name: str | None) -> str:
+    """BuildKit's getDocComment: the comment line that starts with the name and a space."""
+    if not name:
+        return ""
+    for line in comments:
+        if line.startswith(name + " "):
+            return line[len(name) + 1:]
+    return ""
+
+
+def targets(df: Any) -> list[dict[str, Any]]:
+    """`--call targets`: every stage with its description, the last one the default."""
+    from pybuild.dockerfile import instructions as ins
+
+    rows: list[dict[str, Any]] = []
+    froms = [n for n in df.nodes if n.name == "from"]
+    for i, node in enumerate(froms):
+        frm = ins.from_node(node)
+        assert isinstance(frm, ins.From)
+        raw_name = node.args[2] if len(node.args) == 3 else None
+        row: dict[str, Any] = {"name": frm.name or ""}
+        desc = _doc_comment(node.comments, raw_name)
+        if desc:
+            row["description"] = desc
+        if i == len(froms) - 1:
+            row["default"] = True
+        row["base"] = frm.image
+        if frm.platform:
+            row["platform"] = frm.platform
+        row["line"] = node.start_line
+        rows.append(row)
+    return rows
+
+
+def _tabwrite(rows: list[list[str]], padding: int) -> str:
+    """Go's tabwriter with minwidth 0 and space padding: every cell but the last is padded."""
+    widths: dict[int, int] = {}
+    for r in rows:
+        for i, cell in enumerate(r[:-1]):
+            widths[i] = max(widths.get(i, 0), len(cell) + padding)
+    return "".join("".join(c.ljust(widths[i]) for i, c in enumerate(r[:-1])) + r[-1] + "\n"
+                   for r in rows)
+
+
+def outline_text(plan: Any, opts: Any) -> str:
+    """`--call outline`: BuildKit's outline (target, build args, secrets), then the plan."""
+    from pybuild.dockerfile import instructions as ins
+    from pybuild.dockerfile import parse
+
+    df = parse(_read_dockerfile(opts), opts.dockerfile_name)
+    froms = [n for n in df.nodes if n.name == "from"]
+    t = plan.target
+    out = ""
+    node = froms[t.index]
+    raw = node.args[2] if len(node.args) == 3 else None
+    desc = _doc_comment(node.comments, raw)
+    if t.name or desc:
+        rows = [["TARGET:", t.name or "(default)"]] + ([["DESCRIPTION:", desc]] if desc else [])
+        out += _tabwrite(rows, 1) + "\n"
+    comments = {n.start_line: n.comments for n in df.nodes}
+    args: dict[str, tuple[str, str]] = {}
+    secrets: dict[str, bool] = {}
+    meta = [ins.from_node(n) for n in df.nodes[:df.nodes.index(froms[0])]]
+    for st in plan.stages:
+        for i in [*meta, *st.instructions]:
+            if isinstance(i, ins.Arg):
+                for name, default in i.args:
+                    if name in args and default is None:
+                        continue
+                    value = opts.build_args.get(name, default or "")
+                    args[name] = (value, _doc_comment(comments.get(i.line, []), name))
+            if isinstance(i, ins.Run):
+                for m in i.mounts:
+                    if m.type == "secret":
+                        sid = m.id or (m.target or "").rsplit("/", 1)[-1]
+                        secrets[sid] = secrets.get(sid, False) or m.required
+    if args:
+        out += _tabwrite([["BUILD ARG", "VALUE", "DESCRIPTION"]]
+                         + [[k, v, d] for k, (v, d) in args.items()], 3) + "\n"
+    if secrets:
+        out += _tabwrite([["SECRET", "REQUIRED"]]
+                         + [[k, "true" if r else ""] for k, r in secrets.items()], 3) + "\n"
+    return out
 
 
 # ----- images ------------------------------------------------------------------------
@@ -135,7 +382,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--explain", action="store_true",
                    help="say why each rebuilt step missed the cache (always on with --progress=plain)")
     b.add_argument("--check", action="store_true",
-                   help="parse and plan only: print stages and steps, build nothing")
+                   help="evaluate the build checks only, build nothing (= --call check); exit "
+                        "status 1 when a check fires, as BuildKit's")
+    b.add_argument("--call", metavar="check|outline|targets[,format=F]",
+                   help="run a frontend method instead of building: check (the build checks), "
+                        "outline (target, args, secrets and the step plan), targets (the stages "
+                        "and their descriptions)")
+    b.add_argument("--format", choices=list(FORMATS),
+                   help="output of --check/--call: text (default), json or sarif")
     b.add_argument("--pull", action="store_true",
                    help="always look for a newer base image in its registry")
     b.add_argument("--push", action="store_true", help="push every -t name after the build")

@@ -182,8 +182,8 @@ class Solver:
         plan = stages.plan(df, self.opts.build_args, self.opts.target, self.opts.platform)
         self.plan = plan
         self.ctx = BuildContext(self.opts.context, self.opts.dockerfile)
-        for w in plan.warnings:
-            self.progress.warning(w)
+        # plan.warnings (empty continuation lines) are reported by the build checks
+        # (NoEmptyContinuation), which the command line runs after load().
         if plan.unused_build_args:
             self.progress.warning("One or more build-args [" + " ".join(sorted(plan.unused_build_args))
                                   + "] were not consumed")
