@@ -1046,10 +1046,14 @@ class PlatformsBuild:
         self.sched = self.solvers[0].sched
 
     def load(self) -> Any:
-        plan = None
         for sv in self.solvers:
-            plan = sv.load()
-        return plan
+            sv.load()
+        return self.plan
+
+    @property
+    def plan(self) -> Any:
+        """The first platform's plan (the checks are the same for every platform)."""
+        return self.solvers[0].plan
 
     def build(self, store: Store) -> BuildResult:
         with store.gc_lock(shared=True):
