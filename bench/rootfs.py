@@ -37,8 +37,9 @@ def _add_file(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -
     tar.addfile(ti, io.BytesIO(data))
 
 
-def make_busybox_tar(path: Path) -> Path:
-    """A minimal busybox rootfs (static /bin/busybox, applet symlinks, passwd, group).
+def make_busybox_tar(path: Path, binary: Path = BUSYBOX) -> Path:
+    """A minimal busybox rootfs (static /bin/busybox, applet symlinks, passwd, group);
+    `binary` is another architecture's busybox for a foreign base (the host's applet list).
 
     Static busybox needs no libraries, so this 2 MB base works in every builder and keeps
     the benchmark about the RUN step, not about the base image.
@@ -48,7 +49,7 @@ def make_busybox_tar(path: Path) -> Path:
     with tarfile.open(path, "w") as tar:
         for d in ("bin", "etc", "tmp", "root", "home", "var"):
             _add_dir(tar, d, 0o1777 if d == "tmp" else 0o755)
-        _add_file(tar, "bin/busybox", BUSYBOX.read_bytes(), 0o755)
+        _add_file(tar, "bin/busybox", binary.read_bytes(), 0o755)
         for applet in applets:
             if applet == "busybox":
                 continue

@@ -91,6 +91,7 @@ class Adapter:
     """One builder's verbs: import a base, build, forget the build cache, clean up."""
 
     log: Path
+    arch: str | None = None  # the base tarball's architecture when not the host's
 
     def import_base(self, tarball: Path, name: str) -> None:
         raise NotImplementedError
@@ -118,9 +119,12 @@ class PybuildAdapter(Adapter):
         self.pb = Pybuild(self.dir / "store0")
         self.bases: list[tuple[Path, str]] = []
 
+    def _import(self) -> list[str]:
+        return ["--platform", f"linux/{self.arch}"] if self.arch else []
+
     def import_base(self, tarball: Path, name: str) -> None:
         self.bases.append((tarball, name))
-        run_logged(self.pb.cmd("import", str(tarball), name), self.log)
+        run_logged(self.pb.cmd("import", *self._import(), str(tarball), name), self.log)
 
     def build(self, context: Path, tag: str, extra: list[str]) -> Command:
         return self.pb.build(context, tag, *extra)
@@ -131,7 +135,7 @@ class PybuildAdapter(Adapter):
             self.generation += 1
             self.pb = Pybuild(self.dir / f"store{self.generation}")
             for tarball, name in self.bases:
-                run_logged(self.pb.cmd("import", str(tarball), name), self.log)
+                run_logged(self.pb.cmd("import", *self._import(), str(tarball), name), self.log)
         else:
             run_logged(self.pb.cmd("rmi", tag), self.log, check=False)
             run_logged(self.pb.cmd("cache", "prune", "--all"), self.log)
@@ -167,7 +171,7 @@ class BuildahAdapter(Adapter):
         self.buildah = Buildah(bench.subdir(f"{name}-"), isolation)
 
     def import_base(self, tarball: Path, name: str) -> None:
-        run_logged(self.buildah.import_(tarball, name), self.log)
+        run_logged(self.buildah.import_(tarball, name, self.arch), self.log)
 
     def build(self, context: Path, tag: str, extra: list[str]) -> Command:
         return self.buildah.build(context, tag, *extra)
@@ -472,6 +476,31 @@ def _many_files(tool: str, mode: str, dirs: int, per_dir: int = 100) -> Callable
         name = f"files{dirs * per_dir // 1000}k-{mode}-{tool}"
         return ManyFilesCase(_adapter(bench, tool, name), bench.subdir(f"{name}-ctx-"), bench,
                              mode, dirs, per_dir)
+# Foreign-architecture RUN steps under QEMU user emulation (arm64 on an amd64 host): a
+# shell loop of 300 forks and a sha256 of 4 MiB, i.e. emulated process start-up and
+# emulated compute, on Debian's arm64 busybox (tests/test_platforms.py fetches it).
+ARM64_BUSYBOX = Path("/var/cache/pybuild-tests/arm64/root/bin/busybox")
+ARM64_REF = "localhost/bench-busybox-arm64:latest"
+ARM64_DOCKERFILE = (f"FROM {ARM64_REF}\n"
+                    "RUN for i in $(seq 300); do echo $i > /dev/null; /bin/true; done\n"
+                    "RUN head -c 4194304 /dev/zero | sha256sum > /sum && uname -m > /arch\n")
+
+
+def _arm64(tool: str) -> Callable[[Bench], Case]:
+    def make(bench: Bench) -> Case:
+        if not ARM64_BUSYBOX.exists():
+            raise Unavailable(f"{ARM64_BUSYBOX} missing (run tests/test_platforms.py once)")
+        if not Path("/usr/bin/qemu-aarch64-static").exists():
+            raise Unavailable("qemu-user-static not installed")
+        name = f"arm64-{tool}"
+        adapter: Adapter = PybuildAdapter(bench, name, fresh_store=False) if tool == "pybuild" \
+            else BuildahAdapter(bench, name)
+        adapter.arch = "arm64"
+        tar = bench.workdir / "busybox-arm64.tar"
+        if not tar.exists():
+            make_busybox_tar(tar, ARM64_BUSYBOX)
+        return BuildCase(adapter, bench.subdir(f"{name}-ctx-"), ARM64_DOCKERFILE,
+                         (tar, ARM64_REF), "cold", ["--platform", "linux/arm64"])
     return make
 
 
@@ -486,6 +515,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              "(131 MB), layer committed into the builder's own store; fresh cache each run. "
              "`host` = the same script run directly on the host, no builder (the floor).",
              {**{t: _run128(t) for t in BUILDERS}, "host": HostScriptCase}),
+    Scenario("arm64",
+             "cold build for linux/arm64 on the amd64 host, both RUN steps under QEMU user "
+             "emulation (binfmt_misc): 300 emulated forks, then sha256 of 4 MiB; cache "
+             "emptied before every run",
+             {t: _arm64(t) for t in ("pybuild", "buildah")}),
     Scenario("twostage",
              "cold build: two independent stages (`RUN sleep 3` each) and a final stage "
              "with a COPY --from of both; cache emptied before every run",

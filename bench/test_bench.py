@@ -85,6 +85,6 @@ def test_busybox_rootfs_has_a_shell(tmp_path: Path) -> None:
 def test_every_scenario_compares_pybuild_with_something() -> None:
     files = {f"files{n}k-{mode}" for n in (10, 50, 100, 200) for mode in ("warm", "edit")}
     assert set(SCENARIOS) == {"run128", "twostage", "django-cold", "django-warm", "django-edit",
-                              "push128", "pull-debian", *files}
+                              "push128", "pull-debian", "arm64", *files}
     for scn in SCENARIOS.values():
         assert scn.tools[0] == "pybuild" and len(scn.tools) >= 2

@@ -115,8 +115,9 @@ class Buildah:
     def _cmd(self, program: str, *args: str) -> Command:
         return Command([program, *self.storage, *args], {"TMPDIR": str(self.tmp)})
 
-    def import_(self, tarball: Path, name: str) -> Command:
-        return self._cmd("podman", "import", str(tarball), name)
+    def import_(self, tarball: Path, name: str, arch: str | None = None) -> Command:
+        return self._cmd("podman", "import", *(["--arch", arch] if arch else []), str(tarball),
+                         name)
 
     def pull(self, ref: str) -> Command:
         """`podman pull` from a plain-HTTP registry on loopback."""

@@ -82,6 +82,7 @@ class RunOptions:
     env: list[str] = field(default_factory=list)  # KEY=VALUE, already resolved
     volumes: list[str] = field(default_factory=list)  # HOST:CTR[:ro|rw] or CTR
     network: str = netmod.DEFAULT_NETWORK  # host | none | container:NAME | a network
+    platform: str | None = None  # the entry of a multi-platform image (linux/arm64)
     entrypoint: str | None = None  # "" clears the image's entrypoint
     workdir: str | None = None
     user: str | None = None
@@ -481,7 +482,12 @@ def create(store: Store, opts: RunOptions, *, runtime_name: str | None = None,
     if opts.remove and opts.restart.name != "no":
         raise PybuildError("Conflicting options: --restart and --rm")
     mode = _network_mode(store, opts)
-    img = imagemod.load(store, opts.image)
+    from pybuild.platforms import ensure_emulation, parse_platform
+
+    plat = parse_platform(opts.platform) if opts.platform else None
+    img = imagemod.load(store, opts.image, platform=plat)
+    if img.config.get("architecture"):  # a foreign arch runs under QEMU (binfmt_misc)
+        ensure_emulation({"architecture": str(img.config["architecture"])})
     config = img.config.get("config") or {}
     args = process_args(config, opts.command, opts.entrypoint)
     check = healthmod.effective(

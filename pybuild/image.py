@@ -25,7 +25,7 @@ from pybuild import layer, oci_documents
 from pybuild.errors import PybuildError
 from pybuild.oci_documents import OCI_CONFIG
 from pybuild.snapshot import check_layers
-from pybuild.platforms import choose_host, host_platform
+from pybuild.platforms import choose, choose_host, host_platform, matches, platform_string
 from pybuild.reference import parse_reference
 from pybuild.store import (INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
                            Descriptor, Store, canonical_json)
@@ -215,11 +215,62 @@ def _find_by_id(store: Store, prefix: str, what: str) -> Image | None:
     return _from_descriptor(store, next(iter(matches.values())), what)
 
 
-def load(store: Store, name_or_id: str) -> Image:
+def load(store: Store, name_or_id: str, platform: dict[str, str] | None = None) -> Image:
     """Find an image by tag, image ID (or unique prefix), manifest digest or name@digest.
 
-    As docker does, a tag wins over an ID prefix that happens to look like a name.
+    As docker does, a tag wins over an ID prefix that happens to look like a name. With
+    `platform`, an index gives its entry for that platform, and an image of another
+    platform is an error (the host's entry and any image when None).
     """
+    if platform is None:
+        return _load(store, name_or_id)
+    img = _from_index(store, name_or_id, platform) or _load(store, name_or_id)
+    have = img.manifest_desc.platform or _platform_of(img.config)
+    if have is not None and not matches(have, platform):
+        raise PybuildError(f"image {name_or_id} is {platform_string(have)}, not "
+                           f"{platform_string(platform)}")
+    return img
+
+
+def _from_index(store: Store, name: str, platform: dict[str, str]) -> Image | None:
+    """The `platform` entry of the index a tag (or name@digest) names; None when it names
+    no index."""
+    try:
+        ref = parse_reference(name)
+    except PybuildError:
+        return None
+    top = store.resolve_tag(ref.familiar)
+    if top is None or not is_index(store, top):
+        return None
+    entries = index_entries(store, top)
+    chosen = choose(entries, platform)
+    if chosen is None:
+        have = ", ".join(platform_string(e.platform) for e in entries) or "none"
+        raise PybuildError(f"{name}: no manifest for {platform_string(platform)} in its "
+                           f"index (available: {have})")
+    return _from_descriptor(store, chosen, name)
+
+
+def is_index(store: Store, desc: Descriptor) -> bool:
+    """Whether a stored descriptor is an image index (a multi-platform tag)."""
+    return desc.media_type in INDEX_TYPES
+
+
+def index_entries(store: Store, desc: Descriptor) -> list[Descriptor]:
+    """The image manifests of a stored index, each with its platform."""
+    doc = oci_documents.parse_index(store.read_bytes(desc.digest), f"index {desc.digest}")
+    return [d for d in doc.manifests if d.media_type in MANIFEST_TYPES]
+
+
+def write_index(store: Store, manifests: list[Descriptor]) -> Descriptor:
+    """An OCI image index of single-platform manifests (each descriptor with its
+    platform), as BuildKit exports a multi-platform build."""
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+             "manifests": [d.to_dict() for d in manifests]}
+    return store.put_json(index, OCI_INDEX)
+
+
+def _load(store: Store, name_or_id: str) -> Image:
     what = name_or_id
     hex_match = _HEX_RE.match(name_or_id)
     if hex_match and len(hex_match.group(1)) == 64:
@@ -302,7 +353,8 @@ def _normalise_tar(src: BinaryIO, sink: layer.LayerSink, what: str) -> None:
         raise PybuildError(f"{what}: cannot read archive ({e})") from None
 
 
-def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = "gzip") -> Descriptor:
+def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = "gzip",
+                  platform: dict[str, str] | None = None) -> Descriptor:
     """`pybuild import ROOTFS.tar TAG`: a rootfs tarball becomes a one-layer image, tagged.
 
     The tarball may be plain, gzip, xz, bzip2 or zstd; its headers are normalised and it is
@@ -329,7 +381,7 @@ def import_rootfs(store: Store, tar_path: Path, tag: str, *, compression: str = 
         diff_id = sink.close().diff_id
         layer_desc = w.commit(media_type)
     created = created_timestamp()
-    config = empty_config()
+    config = empty_config(platform)  # the host's unless the rootfs is another platform's
     config["created"] = created
     config["rootfs"]["diff_ids"] = [diff_id]
     config["history"] = [{"created": created, "created_by": "pybuild import",
@@ -349,13 +401,15 @@ class _Entry:
     tags: list[str]
 
 
-def _collect(store: Store, names: list[str]) -> list[_Entry]:
-    """Images for `names`, grouped by image ID in first-seen order (as `docker save`)."""
+def _collect(store: Store, names: list[str], platform: dict[str, str] | None = None
+             ) -> list[_Entry]:
+    """Images for `names`, grouped by image ID in first-seen order (as `docker save`);
+    from a multi-platform tag, `platform`'s image (the host's when None)."""
     if not names:
         raise PybuildError("save: no image names given")
     entries: dict[str, _Entry] = {}
     for name in names:
-        img = load(store, name)
+        img = load(store, name, platform)
         entry = entries.setdefault(img.id, _Entry(img, []))
         try:
             ref = parse_reference(name)
@@ -447,9 +501,11 @@ def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
         tar.addfile(_tar_info(name, size), tmp)
 
 
-def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
-    """Write `docker save`'s format (manifest.json, repositories, config, layer.tar files)."""
-    entries = _collect(store, names)
+def save_docker_archive(store: Store, names: list[str], out: Path,
+                        platform: dict[str, str] | None = None) -> None:
+    """Write `docker save`'s format (manifest.json, repositories, config, layer.tar files):
+    one platform per image, `platform`'s (the host's when None) from a multi-platform tag."""
+    entries = _collect(store, names, platform)
     with _atomic_output(Path(out)) as f:
         write_docker_archive(store, entries, f)
 
@@ -490,21 +546,60 @@ def write_docker_archive(store: Store, entries: list[_Entry], f: BinaryIO) -> No
             _add_bytes(tar, "repositories", canonical_json(repositories))
 
 
-def save_oci_archive(store: Store, names: list[str], out: Path) -> None:
+def save_oci_archive(store: Store, names: list[str], out: Path,
+                     platform: dict[str, str] | None = None) -> None:
     """Write an OCI image layout as a tar; each name is an index.json entry.
 
     Entries carry org.opencontainers.image.ref.name (the familiar tag, as in the store) and
     io.containerd.image.name (the fully qualified name containerd-based tools import by).
+    A multi-platform tag is saved whole (its index and every platform's image), unless
+    `platform` picks one.
     """
-    entries = _collect(store, names)
+    multi, entries = _split_multi_platform(store, names, platform)
     with _atomic_output(Path(out)) as f:
-        write_oci_archive(store, entries, f)
+        write_oci_archive(store, entries, f, multi)
 
 
-def write_oci_archive(store: Store, entries: list[_Entry], f: BinaryIO) -> None:
-    """The OCI archive of `entries` (image + names), streamed to `f`."""
+def _split_multi_platform(store: Store, names: list[str], platform: dict[str, str] | None
+                          ) -> tuple[list[tuple[str, Descriptor]], list[_Entry]]:
+    """The multi-platform tags among `names` (saved whole unless `platform` picks one), and
+    the images of the others."""
+    multi: list[tuple[str, Descriptor]] = []
+    rest: list[str] = []
+    for name in names:
+        top = None
+        if platform is None and not name.startswith("sha256:"):
+            try:
+                top = store.resolve_tag(parse_reference(name).familiar)
+            except PybuildError:
+                top = None
+        if top is not None and is_index(store, top):
+            multi.append((parse_reference(name).familiar, top))
+        else:
+            rest.append(name)
+    if not names:
+        raise PybuildError("save: no image names given")
+    return multi, (_collect(store, rest, platform) if rest else [])
+
+
+def write_oci_archive(store: Store, entries: list[_Entry], f: BinaryIO,
+                      multi: list[tuple[str, Descriptor]] | None = None) -> None:
+    """The OCI archive of `entries` (image + names) and of whole multi-platform tags
+    (`multi`: name, index descriptor), streamed to `f`."""
+    multi = multi or []
     index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     blobs: list[Descriptor] = []
+    for name, top in multi:
+        for e in index_entries(store, top):
+            img = load_descriptor(store, e, name)
+            for d in [img.manifest_desc, img.config_desc, *img.layers]:
+                if all(b.digest != d.digest for b in blobs):
+                    blobs.append(d)
+        if all(b.digest != top.digest for b in blobs):
+            blobs.append(top)
+        index["manifests"].append(Descriptor(
+            OCI_INDEX, top.digest, store.blob_path(top.digest).stat().st_size,
+            {REF_NAME: name, CONTAINERD_NAME: parse_reference(name).canonical}).to_dict())
     for entry in entries:
         img = entry.image
         for d in [img.manifest_desc, img.config_desc, *img.layers]:

@@ -39,7 +39,7 @@ from pybuild.errors import PybuildError
 from pybuild.oci_documents import (MAX_CONFIG, MAX_MANIFEST, DocumentError, ImageConfig, Index,
                                    Manifest, check_digest, check_image, digest_of, hasher,
                                    kind_of, parse_config, parse_document)
-from pybuild.platforms import choose_host, host_platform, platform_string
+from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES,
                            OCI_INDEX, OCI_MANIFEST, Descriptor, Store, canonical_json)
@@ -692,11 +692,12 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _choose_platform(t: _Target, index: Index) -> Descriptor:
-    """The linux/<host arch> entry of a manifest list, preferring the host's variant."""
-    host = host_platform()
+def _choose_platform(t: _Target, index: Index, want: dict[str, str] | None = None
+                     ) -> Descriptor:
+    """The entry of a manifest list for `want` (the host when None), preferring its variant."""
+    host = want or host_platform()
     entries = [d for d in index.manifests if d.media_type in MANIFEST_TYPES]
-    chosen = choose_host(entries)
+    chosen = choose(entries, host)
     if chosen is not None:
         return chosen
     available = ", ".join(sorted({platform_string(d.platform) for d in entries})) or "none"
@@ -734,8 +735,10 @@ def _image_config(client: RegistryClient, t: _Target, store: Store, manifest: Ma
     return body, config
 
 
-def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Descriptor:
-    """Pull `ref` for this host's platform into the store and tag it (docker's familiar name).
+def pull(store: Store, ref: str, *, client: RegistryClient | None = None,
+         platform: dict[str, str] | None = None) -> Descriptor:
+    """Pull `ref` for `platform` (this host's when None) into the store and tag it (docker's
+    familiar name).
 
     Returns the stored single-platform manifest descriptor (with its platform). Manifest
     bytes are kept exactly as served, Docker media types included, so digests stay valid.
@@ -747,11 +750,11 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Des
     t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
     body, media_type, digest, doc = client.get_manifest(t, r.ref)
     index: tuple[bytes, str, str] | None = None
-    platform: dict[str, Any] | None = None
+    got: dict[str, Any] | None = None
     if isinstance(doc, Index):
         index = (body, media_type, digest)
-        chosen = _choose_platform(t, doc)
-        platform = chosen.platform
+        chosen = _choose_platform(t, doc, platform)
+        got = chosen.platform
         body, media_type, digest, doc = client.get_manifest(t, chosen.digest)
         if not isinstance(doc, Manifest):
             raise t.fail(f"manifest list entry {chosen.digest} is not an image manifest")
@@ -764,12 +767,15 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Des
             client._report(_short(d.digest), d.size, d.size)
     _parallel(missing, lambda d, abort: client.fetch_blob(t, store, d, abort))
     _store_manifest(store, config_body, doc.config.digest, doc.config.media_type)
-    if platform is None:
-        platform = config.platform
+    if got is None:
+        got = config.platform
+        if platform is not None and got is not None and not matches(got, platform):
+            raise PybuildError(f"{t.display} is {platform_string(got)}, not "
+                               f"{platform_string(platform)} (no manifest list to choose from)")
     stored = _store_manifest(store, body, digest, media_type)
     if index is not None:
         _store_manifest(store, index[0], index[2], index[1])
-    desc = Descriptor(stored.media_type, stored.digest, stored.size, None, platform)
+    desc = Descriptor(stored.media_type, stored.digest, stored.size, None, got)
     store.set_tag(r.familiar, desc)
     _record(store, r.registry, r.repository, [d.digest for d in [doc.config, *layers]])
     return desc
@@ -783,11 +789,26 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     the same registry), the manifest last, so the tag never points at missing blobs.
     """
     client = client or RegistryClient()
-    img = _image.load(store, local)
     r = parse_reference(dest)
     if r.digest:
         raise PybuildError(f"cannot push to a digest reference: {dest} (push to a tag)")
     t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
+    top = None if local.startswith("sha256:") else store.resolve_tag(parse_reference(local).familiar)
+    if top is not None and _image.is_index(store, top):
+        # a multi-platform tag: every manifest (its blobs first) by digest, the index last
+        for entry in _image.index_entries(store, top):
+            _push_manifest(store, client, t, _image.load_descriptor(store, entry, local),
+                           entry.digest, local, chunked)
+        return client.put_manifest(t, r.tag or "latest", store.read_bytes(top.digest),
+                                   top.media_type)
+    return _push_manifest(store, client, t, _image.load(store, local), r.tag or "latest",
+                          local, chunked)
+
+
+def _push_manifest(store: Store, client: RegistryClient, t: _Target, img: _image.Image,
+                   tag: str, local: str, chunked: bool) -> str:
+    """One image manifest's blobs, then the manifest under `tag` (a tag or its digest)."""
+    r = t.ref
     body = store.read_bytes(img.manifest_desc.digest)
     media_type = kind_of(img.manifest, img.manifest_desc.media_type)
     if media_type not in MANIFEST_TYPES:
@@ -798,7 +819,7 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
                                f"(run `pybuild doctor`)")
     _send_blobs(client, t, store, blobs, chunked)
-    digest = client.put_manifest(t, r.tag or "latest", body, media_type)
+    digest = client.put_manifest(t, tag, body, media_type)
     _record(store, r.registry, r.repository, [d.digest for d in blobs])
     return digest
 

@@ -40,12 +40,14 @@ def require_build_tools() -> None:
 
 
 def _busybox_applets() -> list[str]:
+    """The applets of the host's busybox (the same Debian version serves every arch)."""
     out = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True)
     return [a for a in out.stdout.split() if a and a != "busybox"]
 
 
-def make_busybox_tar(path: Path) -> Path:
-    """A minimal busybox rootfs tarball: /bin/busybox, applet links, passwd and group."""
+def make_busybox_tar(path: Path, binary: Path = BUSYBOX) -> Path:
+    """A minimal busybox rootfs tarball: /bin/busybox, applet links, passwd and group;
+    `binary` is the busybox to put in (another architecture's for a foreign base)."""
     with tarfile.open(path, "w") as tar:
         def add_dir(name: str, mode: int = 0o755) -> None:
             ti = tarfile.TarInfo(name)
@@ -63,7 +65,7 @@ def make_busybox_tar(path: Path) -> Path:
 
         for d in ("bin", "etc", "tmp", "root", "home", "var"):
             add_dir(d, 0o1777 if d == "tmp" else 0o755)
-        add_file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+        add_file("bin/busybox", binary.read_bytes(), 0o755)
         for applet in _busybox_applets():
             ti = tarfile.TarInfo(f"bin/{applet}")
             ti.type = tarfile.SYMTYPE

@@ -273,7 +273,10 @@ def test_cancel_stops_every_running_step(env: Env) -> None:
 
 # ----- flags that are refused, never ignored ---------------------------------------------
 @pytest.mark.parametrize("text, message", [
-    ("FROM --platform=linux/s390x scratch\nRUN true\n", "Dockerfile:1: FROM --platform=linux/s390x"),
+    ("FROM --platform=linux/vax scratch\nRUN true\n",
+     "Dockerfile:1: FROM --platform=linux/vax: invalid platform 'linux/vax': unknown architecture"),
+    ("FROM --platform=windows/amd64 scratch\nRUN true\n",
+     "Dockerfile:1: FROM --platform=windows/amd64: invalid platform"),
     ("FROM scratch\nRUN --security=insecure true\n",
      "Dockerfile:2: RUN --security=insecure needs the security.insecure entitlement"),
     ("FROM scratch\nADD --keep-git-dir https://example.com/x.git /x\n",

@@ -39,14 +39,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str) -> int:
     from pybuild.progress import make_progress
     from pybuild.solver.mounts import parse_secret_flag
-    from pybuild.solver.solver import BuildOptions, Solver, summary_of
+    from pybuild.solver.solver import BuildOptions, PlatformsBuild, Solver, summary_of
 
-    if args.platform:
-        from pybuild.platforms import host_arch, is_host
+    from pybuild.platforms import parse_platforms
 
-        if not all(is_host(p) for p in args.platform.split(",")):
-            raise PybuildError(f"platform {args.platform} is not supported: pybuild builds for the "
-                               f"host platform linux/{host_arch()} only")
+    plats = parse_platforms(args.platform) if args.platform else []
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     try:
         epoch = int(sde) if sde else None
@@ -71,12 +68,15 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         extra_hosts=[run_options.parse_add_host(v) for v in args.add_host or []],
         ulimits=[run_options.parse_ulimit(v) for v in args.ulimit or []],
         shm_size=run_options.parse_shm_size(args.shm_size) if args.shm_size else None,
-        ssh=args.agents)
+        ssh=args.agents, platform=plats[0] if len(plats) == 1 else None)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
     from pybuild.attest.for_build import AttestOptions, parse_provenance, parse_sbom
 
     attest_opts = AttestOptions(parse_sbom(args.sbom), parse_provenance(args.provenance))
+    if attest_opts.wanted and len(plats) > 1:
+        raise PybuildError("--sbom/--provenance with several --platform values is not supported "
+                           "yet: attest one platform per build")
     call = parse_call(args)
     if call.name != "build":
         return _call(call, opts, args)
@@ -86,7 +86,8 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         opts.explain = True  # logs and event streams always say why a step was rebuilt
     start = time.monotonic()
     try:
-        solver = Solver(opts, progress)
+        solver: Solver | PlatformsBuild = PlatformsBuild(opts, progress, plats) \
+            if len(plats) > 1 else Solver(opts, progress)
         solver.load()
         report_checks(solver.plan, opts, args, progress)
         started = _now()
@@ -216,7 +217,8 @@ def _plan(opts: Any) -> Any:
     """Parse and plan without building."""
     from pybuild.dockerfile import parse, stages
 
-    return stages.plan(parse(_read_dockerfile(opts)), opts.build_args, opts.target)
+    return stages.plan(parse(_read_dockerfile(opts)), opts.build_args, opts.target,
+                       opts.platform)
 
 
 # ----- --check and --call ------------------------------------------------------------
@@ -467,7 +469,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--iidfile", metavar="FILE", help="write the image ID to FILE")
     b.add_argument("--metadata-file", metavar="FILE", help="write build metadata (JSON) to FILE")
     b.add_argument("--platform", metavar="PLATFORM",
-                   help="target platform; only the host's (e.g. linux/amd64) is supported")
+                   help="target platform(s), comma-separated (linux/amd64,linux/arm64): "
+                        "foreign architectures run under QEMU user emulation; several "
+                        "make an OCI image index for the tag")
     b.add_argument("--progress", choices=["auto", "tty", "plain", "quiet", "rawjson"],
                    help="output mode (env PYBUILD_PROGRESS; default auto)")
     b.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")

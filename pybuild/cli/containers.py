@@ -47,7 +47,8 @@ def _options(args: argparse.Namespace) -> Any:
         health_interval=_duration(args.health_interval, "--health-interval"),
         health_timeout=_duration(args.health_timeout, "--health-timeout"),
         health_start_period=_duration(args.health_start_period, "--health-start-period"),
-        health_retries=args.health_retries, no_healthcheck=args.no_healthcheck)
+        health_retries=args.health_retries, no_healthcheck=args.no_healthcheck,
+        platform=args.platform)
 
 
 def _create(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -314,6 +315,9 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     """The flags `run` and `create` share."""
     r.add_argument("--rm", action="store_true", help="remove the container when it exits")
     r.add_argument("--name", help="assign a name to the container")
+    r.add_argument("--platform", metavar="PLATFORM",
+                   help="run this platform's image of a multi-platform tag (linux/arm64); a "
+                        "foreign architecture runs under QEMU user emulation")
     r.add_argument("-e", "--env", action="append", metavar="KEY=VALUE",
                    help="set an environment variable (KEY alone: take it from here)")
     r.add_argument("-v", "--volume", action="append", metavar="HOST:CTR[:ro]",

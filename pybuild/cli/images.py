@@ -22,10 +22,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     src = Path(args.tarball)
     if not src.is_file():
         raise PybuildError(f"{args.tarball}: no such file")
+    from pybuild.platforms import parse_platform
+
+    plat = parse_platform(args.platform) if args.platform else None
     store = open_store(args)
     tag = parse_reference(args.tag).familiar
     with writing_image(store, tag):
-        desc = image.import_rootfs(store, src, tag)
+        desc = image.import_rootfs(store, src, tag, platform=plat)
         unpack_for_builds(store, desc.digest, f"import {args.tarball}")
     print(store.read_json(desc.digest)["config"]["digest"])
     return 0
@@ -35,19 +38,40 @@ def cmd_images(args: argparse.Namespace) -> int:
     from pybuild import image
     from pybuild.disk import layer_sizes
 
+    from pybuild.platforms import normal_string
+
     store = open_store(args)
     rows = []
+    multi = False
     for name in sorted(store.list_tags()):
         img = image.load(store, name)
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         size = sum(layer_sizes(store, img))  # extracted sizes, as docker images shows
-        rows.append((repo, tag, img.config_desc.digest.split(":")[1][:12],
-                     img.config.get("created", "")[:19].replace("T", " "), human_size(size)))
+        image_id = img.config_desc.digest
+        top = store.resolve_tag(name)
+        plats = normal_string(img.manifest_desc.platform or {
+            k: img.config[k] for k in ("os", "architecture", "variant") if img.config.get(k)})
+        runnable = [e for e in image.index_entries(store, top)
+                    if (e.platform or {}).get("os") != "unknown"] \
+            if top is not None and image.is_index(store, top) else []
+        if len(runnable) > 1:
+            # a multi-platform tag: its ID is the index digest (as docker's containerd store
+            # shows it), every platform listed (attestation manifests are not platforms);
+            # the size is this machine's image
+            multi = True
+            image_id = top.digest if top is not None else image_id
+            plats = ",".join(normal_string(e.platform or {}) for e in runnable)
+        rows.append((repo, tag, image_id.split(":")[1][:12],
+                     img.config.get("created", "")[:19].replace("T", " "), human_size(size),
+                     plats))
     if args.quiet:
         for r in rows:
             print(r[2])
         return 0
-    table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+    if multi:  # the PLATFORMS column appears once a tag holds several
+        table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "PLATFORMS"], rows)
+    else:
+        table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], [r[:5] for r in rows])
     return 0
 
 
@@ -101,16 +125,19 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 def cmd_save(args: argparse.Namespace) -> int:
     from pybuild import image
 
+    from pybuild.platforms import parse_platform
+
     store = open_store(args)
+    plat = parse_platform(args.platform) if args.platform else None
     for n in args.names:
-        image.load(store, n)  # a clear error before anything is written
+        image.load(store, n, plat)  # a clear error before anything is written
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         if args.format == "oci":
-            image.save_oci_archive(store, args.names, tmp)
+            image.save_oci_archive(store, args.names, tmp, plat)
         else:
-            image.save_docker_archive(store, args.names, tmp)
+            image.save_docker_archive(store, args.names, tmp, plat)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -193,6 +220,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     i.add_argument("tarball", metavar="TARBALL",
                    help="root filesystem tarball (plain, .gz, .xz or .zst)")
     i.add_argument("tag", metavar="NAME[:TAG]", help="name for the image (default tag latest)")
+    i.add_argument("--platform", metavar="PLATFORM",
+                   help="the platform the rootfs is for (linux/arm64); default the host's")
     i.set_defaults(func=cmd_import)
 
     im = sub.add_parser("images", parents=[common], help="list tagged images",
@@ -227,6 +256,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="archive to write (replaced atomically)")
     s.add_argument("--format", choices=["docker", "oci"], default="docker",
                    help="docker-archive for docker/podman load (default) or an OCI archive")
+    s.add_argument("--platform", metavar="PLATFORM",
+                   help="from a multi-platform tag, save this platform's image only "
+                        "(linux/arm64); without it an OCI archive holds every platform and a "
+                        "docker-archive the host's")
     s.set_defaults(func=cmd_save)
 
     ld = sub.add_parser("load", parents=[common], help="load images from a docker or OCI archive",

@@ -51,13 +51,16 @@ def _with_progress(args: argparse.Namespace, title: str, work: Any) -> Any:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from pybuild import registry
+    from pybuild.platforms import parse_platform
     from pybuild.reference import parse_reference
 
     store = open_store(args)
     ref = parse_reference(args.image)
+    plat = parse_platform(args.platform) if args.platform else None
     with writing_image(store, ref.familiar):
         desc = _with_progress(args, f"pull {ref.canonical}",
-                              lambda c: registry.pull(store, ref.canonical, client=c))
+                              lambda c: registry.pull(store, ref.canonical, client=c,
+                                                    platform=plat))
         unpack_for_builds(store, desc.digest, f"pull {ref.familiar}")
     print(f"Digest: {desc.digest}")
     print(f"Status: Downloaded image for {ref.familiar}")
@@ -106,7 +109,10 @@ def cmd_logout(args: argparse.Namespace) -> int:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pull", parents=[common], help="pull an image from a registry",
                        description="Pull an image (the host's platform from a multi-platform "
-                                   "list) into the store and tag it.")
+                                   "list, or --platform's) into the store and tag it.")
+    p.add_argument("--platform", metavar="PLATFORM",
+                   help="the entry of a multi-platform image to pull (linux/arm64); an image "
+                        "of another platform is an error")
     p.add_argument("image", metavar="NAME[:TAG|@DIGEST]",
                    help="reference to pull (docker's normalisation: busybox = "
                         "docker.io/library/busybox:latest)")

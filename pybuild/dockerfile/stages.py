@@ -17,7 +17,8 @@ from pybuild.dockerfile import instructions as ins
 from pybuild.dockerfile.parser import Dockerfile
 from pybuild.dockerfile.shell import ShellLex, go_quote
 from pybuild.errors import DockerfileError
-from pybuild.platforms import host_arch
+from pybuild import platforms
+from pybuild.platforms import host_platform
 
 PROXY_ARGS = frozenset(["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY",
                         "http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"])
@@ -32,16 +33,12 @@ BUILTIN_ARGS = PROXY_ARGS | frozenset(PLATFORM_ARGS) | frozenset([
 _INDEX = re.compile(r"[+-]?[0-9]+")
 
 
-def platform_args(machine: str | None = None) -> dict[str, str]:
-    """The predefined platform ARGs for this host (builds are native: target = build)."""
-    arch = host_arch(machine)
-    values: dict[str, str] = {}
-    for prefix in ("TARGET", "BUILD"):
-        values[prefix + "PLATFORM"] = f"linux/{arch}"
-        values[prefix + "OS"] = "linux"
-        values[prefix + "ARCH"] = arch
-        values[prefix + "VARIANT"] = ""
-    return values
+def platform_args(machine: str | None = None,
+                  target: dict[str, str] | None = None) -> dict[str, str]:
+    """The predefined platform ARGs: BUILD* for this machine (`machine`: a uname -m), TARGET*
+    for the platform being built (the same one when none is given)."""
+    build = host_platform(machine)
+    return platforms.platform_args(target or build, build)
 
 
 @dataclass
@@ -91,8 +88,9 @@ def _split(df: Dockerfile) -> tuple[list[ins.Arg], list[tuple[ins.From, list[ins
     return meta, groups
 
 
-def _meta_args(meta: list[ins.Arg], lex: ShellLex, build_args: dict[str, str]) -> dict[str, str]:
-    env = platform_args()
+def _meta_args(meta: list[ins.Arg], lex: ShellLex, build_args: dict[str, str],
+               target: dict[str, str] | None = None) -> dict[str, str]:
+    env = platform_args(target=target)
     for instr in meta:
         for name, default in instr.args:
             if name in build_args:
@@ -161,11 +159,13 @@ def _check_syntax(instr: ins.Instruction, lex: ShellLex) -> None:
             raise
 
 
-def plan(df: Dockerfile, build_args: dict[str, str], target: str | None) -> BuildPlan:
-    """The stages needed for `target` (default: the last stage), in Dockerfile order."""
+def plan(df: Dockerfile, build_args: dict[str, str], target: str | None,
+         platform: dict[str, str] | None = None) -> BuildPlan:
+    """The stages needed for `target` (default: the last stage), in Dockerfile order;
+    `platform` is the target platform (the host's when None)."""
     lex = ShellLex(df.escape)
     meta, groups = _split(df)
-    meta_env = _meta_args(meta, lex, build_args)
+    meta_env = _meta_args(meta, lex, build_args, platform)
     all_stages: list[Stage] = []
     resolver = _Resolver(all_stages)
     for index, (frm, body) in enumerate(groups):

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-KEY_VERSION = 2
+KEY_VERSION = 3  # 3: every layer op names its platform
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -87,13 +87,15 @@ class Exec:
     security: str = "sandbox"
     # --add-host / --ulimit / --shm-size (run_options.key_of): in the key only when given
     run_options: tuple[tuple[str, Any], ...] = ()
+    platform: str = ""  # os/arch[/variant] the process runs as (emulated when foreign)
 
     def inputs(self) -> dict[str, Any]:
-        return {"op": "run", "argv": list(self.argv), "env": dict(self.env),
-                "args": dict(self.args), "cwd": self.cwd, "user": self.user,
-                "network": self.network, "mounts": list(self.mounts),
-                "bind_sources": list(self.bind_sources), "security": self.security,
-                **dict(self.run_options)}
+        return _with_platform(self.platform, {
+            "op": "run", "argv": list(self.argv), "env": dict(self.env),
+            "args": dict(self.args), "cwd": self.cwd, "user": self.user,
+            "network": self.network, "mounts": list(self.mounts),
+            "bind_sources": list(self.bind_sources), "security": self.security,
+            **dict(self.run_options)})
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,11 @@ class Mkdir:
     kind: ClassVar[str] = "mkdir"
     path: str
     user: str
+    platform: str = ""
 
     def inputs(self) -> dict[str, Any]:
-        return {"op": "mkdir", "path": self.path, "user": self.user}
+        return _with_platform(self.platform, {"op": "mkdir", "path": self.path,
+                                              "user": self.user})
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class FileCopy:
     checksum: str = ""
     downloads: tuple[str, ...] = ()  # each URL's content now (revalidated), when no checksum
     keep_git_dir: bool = False
+    platform: str = ""
 
     def inputs(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": "add" if self.add else "copy", "dest": self.dest,
@@ -149,7 +154,15 @@ class FileCopy:
         elif self.source is not None:
             out["sources"] = list(self.sources)
             out["from"] = source_label(self.source)
-        return out
+        return _with_platform(self.platform, out)
+
+
+def _with_platform(platform: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """An op's inputs with its platform (BuildKit's Op.Platform): the same step built for
+    two platforms is two vertices, two keys."""
+    if platform:
+        inputs["platform"] = platform
+    return inputs
 
 
 LayerOp = Exec | Mkdir | FileCopy

@@ -34,7 +34,8 @@ from pybuild.context import BuildContext, DigestMemo
 from pybuild.dockerfile import ShellLex, parse, stages
 from pybuild.dockerfile import instructions as ins
 from pybuild.errors import Cancelled, DockerfileError, PybuildError, StepError
-from pybuild.platforms import host_arch, is_host
+from pybuild import platforms
+from pybuild.platforms import host_platform, platform_string
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
 from pybuild.solver import history as hist
@@ -91,6 +92,7 @@ class BuildOptions:
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)
     shm_size: int | None = None
     ssh: Any = None  # pybuild.solver.ssh.Agents for --ssh, or None
+    platform: dict[str, str] | None = None  # the target platform; None: this machine's
 
 
 @dataclass
@@ -115,6 +117,7 @@ class StageState:
     from_arg: set[str] = field(default_factory=set)  # names whose latest write was an ARG
     arg_decls: list[str] = field(default_factory=list)  # every ARG name, in order, repeats kept
     own_history: int = -1  # index of the first history entry this build made
+    platform: dict[str, str] = field(default_factory=host_platform)  # what its steps run as
 
     def __post_init__(self) -> None:
         if self.own_history < 0:
@@ -144,7 +147,8 @@ class Solver:
     """Builds the stages of one plan into the store."""
 
     def __init__(self, opts: BuildOptions, progress: Progress, *,
-                 worker: Callable[[Store], Worker] | None = None) -> None:
+                 worker: Callable[[Store], Worker] | None = None,
+                 shared: Solver | None = None) -> None:
         self.opts = opts
         self.progress = progress
         self.text = ""
@@ -162,6 +166,15 @@ class Solver:
         self._materials: dict[str, str] = {}
         self._now = self._timestamp()
         self.sched = Scheduler(opts.jobs)
+        self.target_platform = opts.platform or host_platform()
+        self._ns = platform_string(self.target_platform)  # its vertices in a shared scheduler
+        self.multi = False  # one of several platforms: step names say which
+        if shared is not None:  # one build for several platforms: one scheduler, and an op
+            self.sched = shared.sched  # running for one platform is waited for by another
+            self._ops = shared._ops  # with the same key (a stage shared by all platforms)
+            self._lock = shared._lock
+            self._vids = shared._vids
+            self._now = shared._now
 
     # ----- entry -------------------------------------------------------------------
     def load(self) -> Any:
@@ -177,7 +190,7 @@ class Solver:
         self.stage_count = sum(1 for n in df.nodes if n.name == "from")
         self.lex = ShellLex(df.escape)
         self.display_lex = ShellLex(df.escape, raw_quotes=True, skip_unset_env=True)
-        plan = stages.plan(df, self.opts.build_args, self.opts.target)
+        plan = stages.plan(df, self.opts.build_args, self.opts.target, self.opts.platform)
         self.plan = plan
         self.ctx = BuildContext(self.opts.context, self.opts.dockerfile)
         # plan.warnings (empty continuation lines) are reported by the build checks
@@ -255,14 +268,17 @@ class Solver:
                         self.ctx.resolve_sources(local, i.line)
 
     def _check_platform(self, st: Any) -> None:
-        """FROM --platform: the host's platform builds; any other is refused (no emulation)."""
+        """FROM --platform names a platform pybuild knows (run natively or emulated)."""
+        self._stage_platform(st)
+
+    def _stage_platform(self, st: Any) -> dict[str, str]:
+        """What a stage's steps run as: its FROM --platform, else the target platform."""
         if not st.platform:
-            return
-        host = f"linux/{host_arch()}"
-        if not is_host(st.platform):
-            raise DockerfileError(f"FROM --platform={st.platform}: pybuild builds for the host "
-                                  f"platform {host} only (no multi-platform builds yet)",
-                                  st.from_line)
+            return self.target_platform
+        try:
+            return platforms.parse_platform(st.platform)
+        except PybuildError as e:
+            raise DockerfileError(f"FROM --platform={st.platform}: {e}", st.from_line) from None
 
     def _check_flags(self, i: Any) -> None:
         """Flags pybuild cannot honour are refused, never ignored."""
@@ -280,7 +296,7 @@ class Solver:
         return self.sched.wait(self._stage_future(index))
 
     def _stage_future(self, index: int) -> Future[StageState]:
-        return self.sched.once(("stage", index), lambda: self._build_stage(index))
+        return self.sched.once(("stage", self._ns, index), lambda: self._build_stage(index))
 
     def _build_stage(self, index: int) -> StageState:
         st = next((s for s in self.plan.stages if s.index == index), None)
@@ -308,27 +324,29 @@ class Solver:
     def _base(self, st: Any) -> StageState:
         vid = self._vertex()
         name = self._step_name(st, 1, None, f"FROM {st.base}")
+        plat = self._stage_platform(st)
         if st.base_stage is not None and not self.named.has(st.base):
             parent = self._stage(st.base_stage)
+            plat = parent.platform if not st.platform else plat
             self.progress.vertex_started(vid, name)
             self.progress.vertex_done(vid)
             state = StageState(st, json.loads(json.dumps(parent.config)), list(parent.history),
                                list(parent.layers), list(parent.diff_ids), parent.key, parent.base,
                                author=parent.author, records=list(parent.records),
-                               own_history=parent.own_history)
+                               own_history=parent.own_history, platform=plat)
         elif st.base == "scratch":
             self.progress.vertex_started(vid, name)
             self.progress.vertex_done(vid)
             # BuildKit's empty image: default PATH and WorkingDir "/"
             state = StageState(st, {"Env": [DEFAULT_PATH], "WorkingDir": "/"}, [], [], [],
-                               EMPTY_KEY, None)
+                               EMPTY_KEY, None, platform=plat)
         else:
             ref = parse_reference(st.base)
             # BuildKit names the step by the normalised reference, with a tag only if given
             given = "@" in st.base or ":" in st.base.rsplit("/", 1)[-1]
             name = self._step_name(st, 1, None, f"FROM {ref.canonical if given else ref.full_name}")
             self.progress.vertex_started(vid, name)
-            img = self.named.image(st.base) or self._resolve_image(ref, st.from_line)
+            img = self.named.image(st.base) or self._resolve_image(ref, st.from_line, plat)
             self.progress.vertex_done(vid)
             cfg = json.loads(json.dumps(img.config.get("config") or {}))
             if not any(e.startswith("PATH=") for e in cfg.get("Env") or []):
@@ -336,52 +354,57 @@ class Solver:
             digest = img.manifest_desc.digest
             state = StageState(st, cfg, list(img.config.get("history") or []), list(img.layers),
                                list(img.diff_ids), ops.ImageSource(ref.familiar, digest).key(),
-                               digest, author=img.config.get("author"))
+                               digest, author=img.config.get("author"), platform=plat)
         return state
 
-    def _resolve_image(self, ref: Any, line: int) -> Any:
+    def _resolve_image(self, ref: Any, line: int, plat: dict[str, str] | None = None) -> Any:
         """An image from the store, pulled first when missing (or always with --pull)."""
-        return self.sched.wait(self._image_future(ref, line))
+        return self.sched.wait(self._image_future(ref, line, plat))
 
-    def _image_future(self, ref: Any, line: int) -> Future[Any]:
-        return self.sched.once(("image", ref.familiar), lambda: self._material(ref, line))
+    def _image_future(self, ref: Any, line: int, plat: dict[str, str] | None = None
+                      ) -> Future[Any]:
+        plat = plat or self.target_platform
+        return self.sched.once(("image", ref.familiar, platform_string(plat)),
+                               lambda: self._material(ref, line, plat))
 
-    def _material(self, ref: Any, line: int) -> Any:
-        img = self._load_image(ref, line)
+    def _material(self, ref: Any, line: int, plat: dict[str, str]) -> Any:
+        img = self._load_image(ref, line, plat)
         with self._lock:
             self._materials[ref.canonical] = img.manifest_desc.digest
         return img
 
-    def _load_image(self, ref: Any, line: int) -> Any:
+    def _load_image(self, ref: Any, line: int, plat: dict[str, str]) -> Any:
+        local = ""  # why the store's image does not serve (another platform's, say)
         if not self.opts.pull:
             try:
-                return imagemod.load(self.store, ref.familiar)
-            except PybuildError:
-                pass
+                return imagemod.load(self.store, ref.familiar, platform=plat)
+            except PybuildError as e:
+                local = "" if str(e).startswith("No such image") else f"{e}; "
         vid = self._vertex()
         self.progress.vertex_started(vid, f"[internal] load metadata for {ref.canonical}")
         try:
             from pybuild import registry
 
             with self.sched.slot():
-                desc = registry.pull(self.store, ref.canonical, client=self._client(vid))
+                desc = registry.pull(self.store, ref.canonical, client=self._client(vid),
+                                     platform=plat)
         except PybuildError as e:
             if isinstance(e, Cancelled):
                 raise
             try:  # offline with --pull: fall back to what the store has, as docker does
                 if self.opts.pull:
-                    img = imagemod.load(self.store, ref.familiar)
+                    img = imagemod.load(self.store, ref.familiar, platform=plat)
                     self.progress.warning(f"--pull: {e}; using the local {ref.familiar}")
                     self.progress.vertex_done(vid)
                     return img
             except PybuildError:
                 pass
             self.progress.vertex_error(vid, str(e))
-            raise DockerfileError(f"failed to resolve base image {ref.familiar}: {e} (import "
+            raise DockerfileError(f"failed to resolve base image {ref.familiar}: {local}{e} (import "
                                   f"it with `pybuild import ROOTFS.tar {ref.familiar}`, or pull "
                                   f"it from a registry you can reach)", line) from None
         self.progress.vertex_done(vid)
-        return imagemod.load(self.store, desc.digest)
+        return imagemod.load(self.store, desc.digest, platform=plat)
 
     def _client(self, vid: str | None) -> Any:
         """The user's registry client (made once), reporting transfers on vertex `vid`: a
@@ -533,7 +556,7 @@ class Solver:
                 path = path[1:]
         s.config["WorkingDir"] = path
         user = s.config.get("User") or ""
-        op = ops.Mkdir(path, user)
+        op = ops.Mkdir(path, user, platform=platform_string(s.platform))
 
         def do(snap: Snapshot, vid: str) -> None:
             from pybuild.solver.users import resolve_chown
@@ -581,7 +604,7 @@ class Solver:
                       mounts=tuple(mounts_key(mounts, cwd,
                                               lambda name: self._source_key(name, raw.line))),
                       bind_sources=tuple(self._bind_sources(mounts, cwd, raw.line)),
-                      security=security,
+                      security=security, platform=platform_string(s.platform),
                       run_options=run_options.key_of(self.opts.extra_hosts, self.opts.ulimits,
                                                      self.opts.shm_size))
         display = self._display(s, raw)
@@ -591,6 +614,7 @@ class Solver:
         def do(snap: Snapshot, vid: str) -> None:
             from pybuild.solver.users import resolve_user
 
+            platforms.ensure_emulation(s.platform)  # a foreign arch: QEMU through binfmt_misc
             uid, gid, groups = resolve_user(snap.rootfs, cfg.get("User") or "root") \
                 if cfg.get("User") else (0, 0, [])
             cwd = cfg.get("WorkingDir") or "/"
@@ -644,7 +668,8 @@ class Solver:
                           source=source,
                           heredocs=tuple((h.name, h.content) for h in heredocs),
                           urls=tuple(urls), checksum=checksum,
-                          downloads=tuple(f.key() for f in fetched))
+                          downloads=tuple(f.key() for f in fetched),
+                          platform=platform_string(s.platform))
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)
         # history shows the words after expansion, flags dropped (BuildKit's wording)
@@ -921,13 +946,15 @@ class Solver:
             cfg["Labels"] = {**(cfg.get("Labels") or {}), **self.opts.labels}
         _fill_times(s.history[s.own_history:], self._now)
         config: dict[str, Any] = {
-            "architecture": host_arch(),
+            "architecture": s.platform["architecture"],
             "config": cfg,
             "created": s.history[-1]["created"] if s.history else self._now,
             "history": s.history,
-            "os": "linux",
+            "os": s.platform.get("os", "linux"),
             "rootfs": {"type": "layers", "diff_ids": list(s.diff_ids)},
         }
+        if s.platform.get("variant") and s.platform["variant"] != "v8":
+            config["variant"] = s.platform["variant"]  # arm64's v8 is implied, as BuildKit
         if s.author:
             config["author"] = s.author
         vid = self._vertex()
@@ -970,8 +997,10 @@ class Solver:
         if total is None:
             total = 1 + sum(1 for i in st.instructions if _is_fs_step(i))
         prefix = ""
+        if self.multi:  # BuildKit: [linux/arm64 build 2/3]
+            prefix = platforms.normal_string(self._stage_platform(st)) + " "
         if self.stage_count > 1:
-            prefix = (st.name or f"stage-{st.index}") + " "
+            prefix += (st.name or f"stage-{st.index}") + " "
         return f"[{prefix}{n}/{total}] {text}"
 
     def _display(self, s: StageState, raw: Any) -> str:
@@ -1029,6 +1058,79 @@ def _fill_times(history: list[dict[str, Any]], now: str) -> None:
 
 def manifest_config_digest(store: Store, manifest: Descriptor) -> str:
     return str(store.read_json(manifest.digest)["config"]["digest"])
+
+
+class PlatformsBuild:
+    """One build for several platforms (`--platform linux/amd64,linux/arm64`): a Solver per
+    platform, all on one scheduler (so `--jobs` counts them together and the platforms
+    build at once), sharing the map of ops running now (so a stage every platform builds
+    the same way, e.g. `FROM --platform=$BUILDPLATFORM`, runs once). The tag gets an OCI
+    image index of the per-platform manifests; `--cache-to` exports every platform's
+    records (their keys name the platform) to one cache."""
+
+    def __init__(self, opts: BuildOptions, progress: Progress, plats: list[dict[str, str]],
+                 *, worker: Callable[[Store], Worker] | None = None) -> None:
+        import dataclasses
+
+        self.opts = opts
+        self.progress = progress
+        self.solvers: list[Solver] = []
+        for p in plats:
+            o = dataclasses.replace(opts, platform=p, tags=[], cache_to=[])
+            sv = Solver(o, progress, worker=worker,
+                        shared=self.solvers[0] if self.solvers else None)
+            sv.multi = True
+            self.solvers.append(sv)
+        self.sched = self.solvers[0].sched
+
+    def load(self) -> Any:
+        for sv in self.solvers:
+            sv.load()
+        return self.plan
+
+    @property
+    def plan(self) -> Any:
+        """The first platform's plan (the checks are the same for every platform)."""
+        return self.solvers[0].plan
+
+    def build(self, store: Store) -> BuildResult:
+        with store.gc_lock(shared=True):
+            try:
+                return self.sched.run("platforms", lambda: self._build(store))
+            finally:
+                for sv in self.solvers:
+                    if sv._hits:
+                        sv.cache.hits(sv._hits)
+
+    def _build(self, store: Store) -> BuildResult:
+        futures = [self.sched.once(("platform", sv._ns), functools.partial(sv._build, store))
+                   for sv in self.solvers]
+        results = [self.sched.wait(f) for f in futures]
+        entries = [Descriptor(r.manifest.media_type, r.manifest.digest, r.manifest.size, None,
+                              r.manifest.platform) for r in results]
+        vid = self.solvers[0]._vertex()
+        self.progress.vertex_started(vid, "exporting manifest list")
+        index = imagemod.write_index(store, entries)
+        tags = [parse_reference(t).familiar for t in self.opts.tags]
+        with store.lock():
+            for t in tags:
+                store.set_tag(t, index)
+        self.progress.vertex_done(vid)
+        for spec in self.opts.cache_to:
+            vid = self.solvers[0]._vertex()
+            self.progress.vertex_started(vid, f"exporting cache to {spec.ref} (mode={spec.mode})")
+            records: list[Record] = []
+            for sv in self.solvers:
+                states = [sv.states[sv.plan.target.index]] if spec.mode == "min" else                     [st for _, st in sorted(sv.states.items())]
+                records += [r for st in states for r in st.records if r not in records]
+            first = self.solvers[0]
+            first._fetch_layers([r.layer for r in records], vid)
+            remote_cache.export(store, spec, records, first._client(vid))
+            self.progress.vertex_done(vid)
+        return BuildResult(index, index.digest, tags, sum(r.steps_run for r in results),
+                           sum(r.steps_cached for r in results),
+                           [x for r in results for x in r.layers],
+                           [x for r in results for x in r.steps])
 
 
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:
