@@ -179,7 +179,9 @@ class _Parser:
                     continue
                 cont, done = self.d.trim_continuation(cont)
                 parts.append(cont)
-                end = self.pos
+            # BuildKit ends the span at the last line read: at the end of the file that
+            # includes the blank and comment lines an unfinished continuation swallowed.
+            end = self.pos
             if empty_continuation:
                 self.warnings.append(f"line {start}: empty continuation lines will become errors "
                                      "in a future release")
@@ -231,7 +233,8 @@ def _can_contain_heredoc(node: Node) -> bool:
 
 def heredocs_from_line(line: str) -> list[Heredoc]:
     """The heredocs an instruction line opens, in order (bodies still empty)."""
-    lex = ShellLex("\\", raw_quotes=True, raw_escapes=True)
+    # Unset variables stay as written (`<<E$X` names the delimiter `E$X`), as in BuildKit.
+    lex = ShellLex("\\", raw_quotes=True, raw_escapes=True, skip_unset_env=True)
     try:
         words = lex.expand_words(line, {})
     except DockerfileError:

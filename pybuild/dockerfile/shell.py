@@ -52,7 +52,8 @@ class _Words:
             self.add_char(ch)
 
     def add_raw_string(self, text: str) -> None:
-        self.word.append(text)
+        if text:  # an empty quoted string makes no word of its own (Go's wordsStruct)
+            self.word.append(text)
         self.in_word = True
 
     def result(self) -> list[str]:
@@ -69,7 +70,9 @@ class _Scanner:
     def __init__(self, lex: "ShellLex", text: str, env: Mapping[str, str]) -> None:
         self.lex = lex
         self.text = text
-        self.pos = 0
+        # Go's text/scanner, which BuildKit's lexer reads with, skips a byte order mark at
+        # the start of its input: `<<\ufeffEOF` names the delimiter `EOF`.
+        self.pos = 1 if text.startswith("\ufeff") else 0
         self.env = env
         self.matched: set[str] = set()
 
