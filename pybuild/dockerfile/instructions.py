@@ -230,6 +230,14 @@ def parse_mount(spec: str, line: int, expand: Expander | None) -> Mount:
         raise fail(f"failed to parse csv mounts: {e}") from None
     kv: dict[str, Any] = {"type": "bind"}
     ro_auto = True
+    if expand is None and any(f.partition("=")[0].lower() == "type" and "$" in f.partition("=")[2]
+                              for f in fields):
+        # `type=$T`: today's BuildKit expands every value but `from` when the step runs and
+        # checks nothing else before (commands_runmount.go parseMount without an expander).
+        frm = [f.partition("=")[2] for f in fields if f.partition("=")[0].lower() == "from"]
+        if frm and "$" in frm[-1][:-1]:
+            raise fail("'from' doesn't support variable expansion, define alias stage instead")
+        return Mount(spec=spec, line=line, from_=frm[-1] if frm else None)
     for fld in fields:
         key, has_value, value = fld.partition("=")
         key = key.lower()
@@ -252,8 +260,6 @@ def parse_mount(spec: str, line: int, expand: Expander | None) -> Mount:
             value = expand(value)
         deferred = expand is None and "$" in value
         if key == "type":
-            if deferred:
-                raise fail(f"'{key}' doesn't support variable expansion")
             if value.lower() not in MOUNT_TYPES:
                 raise fail(f"unsupported mount type {go_quote(value)}"
                            + suggest(value.lower(), MOUNT_TYPES, True))

@@ -11,10 +11,12 @@ import email.utils
 import hashlib
 import os
 import posixpath
+import re
 import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +26,71 @@ from pybuild.layer import extract_archive, is_archive, resolve_in_root
 
 _CHECKSUM_ALGOS = ("sha256", "sha384", "sha512")
 _CHUNK = 1 << 20
+
+
+_CHMOD_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=](?:[ugo]|[rwxXst]*))+)")
+_CHMOD_ACTION = re.compile(r"([-+=])([ugo]|[rwxXst]*)")
+_WHO = {"u": 0o4700, "g": 0o2070, "o": 0o0007}
+_SHIFT = {"u": 6, "g": 3, "o": 0}
+
+
+@dataclass(frozen=True)
+class Chmod:
+    """`--chmod`: octal (`755`) or, since Dockerfile 1.14, symbolic as chmod(1) (`go-w`,
+    `u=rwX,go=rX`, `+x`, `g=u`); reference.md "COPY --chmod". A symbolic mode applies to each
+    entry's own mode; `X` adds execute for directories and already-executable files."""
+
+    text: str
+    octal: int | None = None
+
+    def mode(self, current: int, is_dir: bool) -> int:
+        if self.octal is not None:
+            return self.octal
+        original = current & 0o7777
+        mode = original
+        for clause in self.text.split(","):
+            m = _CHMOD_CLAUSE.fullmatch(clause)
+            assert m is not None  # checked by parse_chmod
+            who = m.group(1).replace("a", "ugo") or "ugo"
+            mask = 0
+            for w in set(who):
+                mask |= _WHO[w]
+            if set(who) == {"u", "g", "o"}:
+                mask |= 0o1000
+            for op, perm in _CHMOD_ACTION.findall(m.group(2)):
+                bits = 0
+                if perm in _SHIFT:  # copy another class's bits: g=u
+                    rwx = (mode >> _SHIFT[perm]) & 7
+                    bits = rwx << 6 | rwx << 3 | rwx
+                for ch in perm if perm not in _SHIFT else "":
+                    bits |= {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000,
+                             "X": 0o111 if is_dir or original & 0o111 else 0}[ch]
+                bits &= mask
+                if op == "+":
+                    mode |= bits
+                elif op == "-":
+                    mode &= ~bits
+                else:
+                    mode = (mode & ~mask) | bits
+        return mode
+
+
+def parse_chmod(text: str, line: int | None) -> Chmod:
+    """A --chmod value checked as BuildKit's convert_copy.go does, before anything runs."""
+    octal_error = DockerfileError(
+        f"invalid chmod parameter: '{text}'. it should be octal string and between 0 and 07777", line)
+    if text[:1].isdigit():
+        if not all(c in "01234567" for c in text) or int(text, 8) > 0o7777:
+            raise octal_error
+        return Chmod(text, int(text, 8))
+    if not text or not all(_CHMOD_CLAUSE.fullmatch(c) for c in text.split(",")):
+        raise DockerfileError(f"invalid chmod parameter: '{text}': not an octal or a symbolic mode "
+                              "(like u=rwX,go=rX)", line)
+    return Chmod(text)
+
+
+def _chmod_of(value: "int | Chmod | None") -> Chmod | None:
+    return Chmod(oct(value), value) if isinstance(value, int) else value
 
 
 @dataclass
@@ -41,13 +108,20 @@ class CopyRequest:
     dest: str
     workdir: str = "/"
     chown: tuple[int, int] | None = None
-    chmod: int | None = None
+    chmod: "int | Chmod | None" = None
     exclude: list[str] = field(default_factory=list)
     parents: bool = False
     is_add: bool = False
     line: int | None = None
     ignore: PatternMatcher | None = None
     keep_owner: bool = False
+    # How many source arguments were written (0: one per source). The "destination must be a
+    # directory" rule counts arguments, not wildcard matches (BuildKit's dispatchCopy).
+    source_args: int = 0
+    # --parents: the sources as written and how to resolve one of them (wildcards and all)
+    # into paths below `source_root`, so each keeps the part after its own `/./` pivot.
+    patterns: list[str] = field(default_factory=list)
+    resolve: "Callable[[str], list[Path]] | None" = None
 
 
 def _dest_path(dest: str, workdir: str) -> tuple[str, bool]:
@@ -72,6 +146,10 @@ class _Copier:
         self.exclude = PatternMatcher(req.exclude)
         self.links: dict[tuple[int, int], Path] = {}
         self.dirs: list[tuple[Path, Path, os.stat_result]] = []
+        self.chmod = _chmod_of(req.chmod)
+        # Directories COPY creates take --chmod too (today's BuildKit: dockerfile_copy_test.go
+        # testCopyChmod, `COPY --chmod=770 foo /parent/sub/foo` makes /parent/sub 0770).
+        self.dir_mode = self.chmod.mode(stat.S_IFDIR | 0o755, True) if self.chmod else 0o755
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         if self.req.chown is not None:
@@ -81,7 +159,8 @@ class _Copier:
         return 0, 0
 
     def mkdir_p(self, path: str) -> Path:
-        """Create missing directories of a container path: 0755, owned by --chown or root."""
+        """Create missing directories of a container path: 0755 (or --chmod), owned by
+        --chown or root."""
         uid, gid = self.req.chown or (0, 0)
         current = "/"
         for comp in [c for c in path.split("/") if c]:
@@ -94,9 +173,9 @@ class _Copier:
                 for part in host.relative_to(self.rootfs).parts:
                     walk = walk / part
                     if not os.path.lexists(walk):
-                        os.mkdir(walk, 0o755)
-                        os.chmod(walk, 0o755)
+                        os.mkdir(walk, 0o700)
                         os.chown(walk, uid, gid, follow_symlinks=False)
+                        os.chmod(walk, self.dir_mode)
                 continue
             st = os.lstat(host)
             if not stat.S_ISDIR(st.st_mode):
@@ -199,7 +278,8 @@ class _Copier:
         uid, gid = self.owner(st)
         os.chown(dst, uid, gid, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            mode = self.req.chmod if self.req.chmod is not None else stat.S_IMODE(st.st_mode)
+            mode = self.chmod.mode(st.st_mode, stat.S_ISDIR(st.st_mode)) if self.chmod \
+                else stat.S_IMODE(st.st_mode)
             os.chmod(dst, mode & 0o7777)
             _copy_xattrs(src, dst)
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
@@ -261,19 +341,46 @@ def _apply(rootfs: Path, req: CopyRequest, unpack: bool) -> None:
     copier = _Copier(rootfs, req, unpack)
     try:
         if req.parents:
-            for src in req.sources:
-                rel = go_clean(os.path.relpath(src, req.source_root))
-                is_dir = resolve_in_root(req.source_root, rel).is_dir()
-                keep = rel if is_dir else posixpath.dirname(rel)
-                copier.copy_source(src, go_clean(posixpath.join(dest, keep)) if keep not in ("", ".") else dest, True)
+            _copy_parents(copier, req, dest)
             return
-        if len(req.sources) > 1 and not forced_dir and not resolve_in_root(rootfs, dest).is_dir():
+        args = req.source_args or len(req.sources)
+        if args > 1 and not forced_dir and not resolve_in_root(rootfs, dest).is_dir():
             raise _multi_error(req.is_add, req.line)
         for src in req.sources:
             copier.copy_source(src, dest, forced_dir)
     except OSError as exc:
         cmd = "ADD" if req.is_add else "COPY"
         raise DockerfileError(f"{cmd} failed: {exc.strerror}: {exc.filename}", req.line) from None
+
+
+def parents_pivot(written: str) -> int:
+    """How many leading path components `COPY --parents` drops from the matches of a source:
+    those before its first `/./` (rsync's --relative pivot), none without one. A trailing
+    `/.` is no pivot (dockerfile_parents_test.go testCopyRelativeParents: `/test/a/./b/./c`
+    gives /out/b/c)."""
+    at = written.find("/./")
+    if at < 0:
+        return 0
+    prefix = go_clean(written[:at]).strip("/")
+    return 0 if prefix in ("", ".") else len(prefix.split("/"))
+
+
+def _copy_parents(copier: _Copier, req: CopyRequest, dest: str) -> None:
+    """Each match keeps its path (after its source's pivot) below the destination, which
+    exists afterwards even when a wildcard matched nothing (testCopyParentsMissingDirectory)."""
+    copier.mkdir_p(dest)
+    if req.resolve is not None and req.patterns:
+        groups = [(parents_pivot(p), req.resolve(p)) for p in req.patterns]
+    else:
+        groups = [(0, req.sources)]
+    for drop, sources in groups:
+        for src in sources:
+            rel = go_clean(os.path.relpath(src, req.source_root)).strip("/")
+            kept = "/".join(rel.split("/")[drop:]) if rel != "." else ""
+            is_dir = resolve_in_root(req.source_root, rel).is_dir()
+            keep = kept if is_dir else posixpath.dirname(kept)
+            target = go_clean(posixpath.join(dest, keep)) if keep not in ("", ".") else dest
+            copier.copy_source(src, target, True)
 
 
 def _parse_checksum(checksum: str, line: int | None) -> tuple[str, str]:
@@ -316,7 +423,7 @@ def _download(url: str, out: Path, checksum: tuple[str, str] | None, line: int |
 
 
 def add_urls(rootfs: Path, urls: list[str], dest: str, workdir: str, checksum: str | None,
-             chown: tuple[int, int] | None, chmod: int | None, line: int | None) -> None:
+             chown: tuple[int, int] | None, chmod: "int | Chmod | None", line: int | None) -> None:
     """ADD of remote files: downloaded, verified, never extracted, named after the URL path."""
     expected = _parse_checksum(checksum, line) if checksum else None
     if expected and len(urls) > 1:
@@ -339,7 +446,8 @@ def add_urls(rootfs: Path, urls: list[str], dest: str, workdir: str, checksum: s
 
 
 def write_heredoc_files(rootfs: Path, files: list[tuple[str, str]], dest: str, workdir: str,
-                        chown: tuple[int, int] | None, chmod: int | None, line: int | None = None) -> None:
+                        chown: tuple[int, int] | None, chmod: "int | Chmod | None",
+                        line: int | None = None) -> None:
     """COPY <<EOF: each here-document becomes a file named after its delimiter (mode 0644)."""
     with tempfile.TemporaryDirectory(prefix="pybuild-heredoc-") as tmp:
         sources: list[Path] = []

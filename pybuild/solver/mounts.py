@@ -75,6 +75,18 @@ def cache_key_of(mount: Any) -> dict[str, Any]:
     return {k: v for k, v in sorted(vars(mount).items()) if v not in (None, False, "", [])}
 
 
+def cache_dir_key(mount: Any, cid: str) -> str:
+    """Which directory a cache mount shares: its id alone, or, when it has a base (uid, gid
+    or mode, which BuildKit makes with a Mkdir; from=/source=), the id and that base, as
+    BuildKit's getRefCacheDir keys `id:<base ref>`. `uid=1000` and `uid=2000` caches of the
+    same target are two directories, each created with its own owner and mode."""
+    parts = [f"{k}={getattr(mount, k)}" for k in ("from_", "source") if getattr(mount, k, None)]
+    if any(getattr(mount, k, None) is not None for k in ("uid", "gid", "mode")):
+        # the Mkdir's effective values: an explicit default is the same directory
+        parts.append(f"mkdir={mount.uid or 0}:{mount.gid or 0}:{_mode(mount.mode, 0o755):o}")
+    return ":".join([cid, *parts])
+
+
 @dataclass
 class Prepared:
     """Runtime mounts for one RUN and the env additions (secrets with `env=`).
@@ -126,7 +138,7 @@ class MountPreparer:
         if not target:
             raise DockerfileError("cache mount needs a target", line)
         cid = m.id or target
-        base = self.cache_root / hashlib.sha256(cid.encode()).hexdigest()[:32]
+        base = self.cache_root / hashlib.sha256(cache_dir_key(m, cid).encode()).hexdigest()[:32]
         data = base / "data"
         if not data.exists():
             self.cache_root.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ from pybuild import runtime
 from pybuild.solver import history as hist
 from pybuild.solver import remote_cache
 from pybuild.solver.cache import Cache, Record, compute_key, explain
-from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+from pybuild.solver.copy import (CopyRequest, add_urls, copy_into, parse_chmod,
+                                 write_heredoc_files)
 from pybuild.solver.mounts import (MountPreparer, SecretSource, cache_key_of,
                                   cleanup_stale_secrets)
 from pybuild.solver.users import resolve_chown, resolve_user
@@ -476,7 +477,8 @@ class Solver:
             argv = shell + [_with_heredocs(raw.command, raw.heredocs)]
         run_env = [f"{k}={v}" for k, v in s.vars.items()
                    if not (k in PROXY_ARGS and k in s.from_arg)]
-        proxies = [f"{k}={v}" for k, v in self.opts.build_args.items() if k in PROXY_ARGS]
+        proxies = stages.proxy_env(self.opts.build_args)
+        hostname = self.opts.build_args.get("BUILDKIT_SANDBOX_HOSTNAME") or runtime.DEFAULT_HOSTNAME
         network = (raw.network or self.opts.network or "host").lower()
         if network == "default":
             network = self.opts.network or "host"
@@ -491,22 +493,23 @@ class Solver:
                   "network": network, "mounts": [cache_key_of(m) for m in mounts],
                   "bind_sources": self._bind_sources(mounts, raw.line),
                   "security": raw.security or ""}
+        if hostname != runtime.DEFAULT_HOSTNAME:
+            inputs["hostname"] = hostname
         display = self._display(s, raw)
         created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
                               argv)
 
         def do(active: Any) -> None:
-            uid, gid, groups = resolve_user(active.rootfs, cfg.get("User") or "root") \
-                if cfg.get("User") else (0, 0, [])
+            uid, gid, groups = resolve_user(active.rootfs, cfg.get("User") or "")
             cwd = cfg.get("WorkingDir") or "/"
             preparer = MountPreparer(self.store.root, self.opts.context, self.opts.secrets,
                                      self._view)
             with preparer.prepare(mounts, cwd, raw.line) as prep, \
                     _script_mount(script, argv) as script_mounts:
-                host, _stubs = runtime.host_mounts(active.rootfs)
+                host, _stubs = runtime.host_mounts(active.rootfs, hostname=hostname)
                 spec = runtime.RunSpec(rootfs=active.rootfs, args=argv,
                                        env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
-                                       additional_gids=groups, network=network,
+                                       additional_gids=groups, network=network, hostname=hostname,
                                        mounts=host + prep.mounts + script_mounts)
                 vid = self._current_vid
                 status = runtime.run(spec, lambda data: self.progress.vertex_log(vid, data))
@@ -542,6 +545,8 @@ class Solver:
             context_paths = self.ctx.resolve_sources(local, raw.line)
             inputs["sources"] = local
             inputs["files"] = self.ctx.manifest(context_paths)
+        if e.chmod:
+            parse_chmod(e.chmod, raw.line)  # a bad mode fails before the step starts
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)
         # history shows the words after expansion, flags dropped (BuildKit's wording)
@@ -550,7 +555,7 @@ class Solver:
 
         def do(active: Any) -> None:
             owner = resolve_chown(active.rootfs, e.chown) if e.chown else None
-            chmod = int(e.chmod, 8) if e.chmod else None
+            chmod = parse_chmod(e.chmod, raw.line) if e.chmod else None
             if heredocs:
                 write_heredoc_files(active.rootfs, [(h.name, h.content) for h in heredocs],
                                     dest, workdir, owner, chmod)
@@ -559,15 +564,19 @@ class Solver:
                          owner, chmod, raw.line)
             if local and e.from_:
                 with self._view(e.from_) as root:
-                    paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
+                    from_ctx = BuildContext.for_rootfs(root)
+                    paths = from_ctx.resolve_sources(local, raw.line)
                     copy_into(active.rootfs, CopyRequest(
                         paths, root, dest, workdir, owner, chmod, list(e.exclude or []),
-                        bool(e.parents), is_add, raw.line, keep_owner=True))
+                        bool(e.parents), is_add, raw.line, keep_owner=True,
+                        source_args=len(e.sources), patterns=local,
+                        resolve=lambda p: from_ctx.resolve_sources([p], raw.line)))
             elif local:
                 copy_into(active.rootfs, CopyRequest(
                     context_paths, self.ctx.root, dest, workdir, owner, chmod,
                     list(e.exclude or []), bool(e.parents), is_add, raw.line,
-                    ignore=self.ctx.matcher))
+                    ignore=self.ctx.matcher, source_args=len(e.sources), patterns=local,
+                    resolve=lambda p: self.ctx.resolve_sources([p], raw.line)))
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
 
