@@ -71,7 +71,7 @@ _FLAG_TYPES: dict[str, dict[str, str]] = {
     "copy": {"chown": _STR, "chmod": _STR, "from": _STR, "link": _BOOL, "parents": _BOOL,
              "exclude": _LIST},
     "add": {"chown": _STR, "chmod": _STR, "link": _BOOL, "keep-git-dir": _BOOL, "checksum": _STR,
-            "exclude": _LIST},
+            "exclude": _LIST, "unpack": _BOOL},
     "healthcheck": {"interval": _STR, "timeout": _STR, "start-period": _STR,
                     "start-interval": _STR, "retries": _STR},
 }
@@ -398,7 +398,8 @@ class Add(_CopyLike):
     """ADD has no --from or --parents: those fields stay None/False."""
 
     checksum: str | None = None
-    keep_git_dir: bool = False
+    keep_git_dir: bool | None = None  # None: not given (a git URL's query may set it)
+    unpack: bool | None = None  # None: ADD's default, local archives unpacked, URLs not
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -621,8 +622,8 @@ def _copy(node: Node) -> _CopyLike:
                   link=flags.get("link", False), exclude=flags.get("exclude", []), heredocs=docs,
                   **_common(node))
     if node.name == "add":
-        return Add(checksum=flags.get("checksum"), keep_git_dir=flags.get("keep-git-dir", False),
-                   **common)
+        return Add(checksum=flags.get("checksum"), keep_git_dir=flags.get("keep-git-dir"),
+                   unpack=flags.get("unpack"), **common)
     return Copy(from_=flags.get("from"), parents=flags.get("parents", False), **common)
 
 

@@ -15,14 +15,18 @@ import re
 import stat
 import tempfile
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from pybuild.context import PatternMatcher, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.layer import extract_archive, is_archive, resolve_in_root
+
+if TYPE_CHECKING:
+    from pybuild.solver.git import GitRef
 
 _CHECKSUM_ALGOS = ("sha256", "sha384", "sha512")
 _CHUNK = 1 << 20
@@ -89,7 +93,7 @@ def parse_chmod(text: str, line: int | None) -> Chmod:
     return Chmod(text)
 
 
-def _chmod_of(value: "int | Chmod | None") -> Chmod | None:
+def _chmod_of(value: int | Chmod | None) -> Chmod | None:
     return Chmod(oct(value), value) if isinstance(value, int) else value
 
 
@@ -108,7 +112,7 @@ class CopyRequest:
     dest: str
     workdir: str = "/"
     chown: tuple[int, int] | None = None
-    chmod: "int | Chmod | None" = None
+    chmod: int | Chmod | None = None
     exclude: list[str] = field(default_factory=list)
     parents: bool = False
     is_add: bool = False
@@ -121,7 +125,9 @@ class CopyRequest:
     # --parents: the sources as written and how to resolve one of them (wildcards and all)
     # into paths below `source_root`, so each keeps the part after its own `/./` pivot.
     patterns: list[str] = field(default_factory=list)
-    resolve: "Callable[[str], list[Path]] | None" = None
+    resolve: Callable[[str], list[Path]] | None = None
+    # ADD --unpack=<bool>: None is ADD's default (local archives are unpacked)
+    unpack: bool | None = None
 
 
 def _dest_path(dest: str, workdir: str) -> tuple[str, bool]:
@@ -332,7 +338,7 @@ def _multi_error(is_add: bool, line: int | None) -> DockerfileError:
 
 def copy_into(rootfs: Path, req: CopyRequest) -> None:
     """Apply one COPY/ADD of local paths to `rootfs` (Docker's destination rules)."""
-    _apply(Path(rootfs), req, unpack=req.is_add)
+    _apply(Path(rootfs), req, unpack=req.is_add if req.unpack is None else req.unpack)
 
 
 def _apply(rootfs: Path, req: CopyRequest, unpack: bool) -> None:
@@ -423,8 +429,10 @@ def _download(url: str, out: Path, checksum: tuple[str, str] | None, line: int |
 
 
 def add_urls(rootfs: Path, urls: list[str], dest: str, workdir: str, checksum: str | None,
-             chown: tuple[int, int] | None, chmod: "int | Chmod | None", line: int | None) -> None:
-    """ADD of remote files: downloaded, verified, never extracted, named after the URL path."""
+             chown: tuple[int, int] | None, chmod: int | Chmod | None, line: int | None,
+             unpack: bool = False) -> None:
+    """ADD of remote files: downloaded, verified, named after the URL path; extracted only
+    with --unpack=true (reference.md "ADD --unpack")."""
     expected = _parse_checksum(checksum, line) if checksum else None
     if expected and len(urls) > 1:
         raise DockerfileError("checksum can't be specified for multiple sources", line)
@@ -441,12 +449,46 @@ def add_urls(rootfs: Path, urls: list[str], dest: str, workdir: str, checksum: s
             folder.mkdir()
             _download(url, folder / name, expected, line)
             sources.append(folder / name)
-        req = CopyRequest(sources, Path(tmp), dest, workdir, chown, chmod, is_add=True, line=line)
+        req = CopyRequest(sources, Path(tmp), dest, workdir, chown, chmod, is_add=True, line=line,
+                          source_args=len(urls))
+        _apply(Path(rootfs), req, unpack=unpack)
+
+
+def add_git(rootfs: Path, ref: GitRef, commit: str, keep_git_dir: bool, dest: str, workdir: str,
+            chown: tuple[int, int] | None, chmod: int | Chmod | None, line: int | None) -> None:
+    """ADD of a git repository: the checkout's contents (or its subdir) into `dest`, owned
+    by root or --chown, `.git` only with --keep-git-dir (dockerfile_addgit_test.go testAddGit)."""
+    from pybuild.solver import git
+
+    with git.checkout(ref, commit, keep_git_dir, line) as src:
+        req = CopyRequest([src], src, dest, workdir, chown, chmod, is_add=True, line=line)
         _apply(Path(rootfs), req, unpack=False)
 
 
+def check_add_sources(is_add: bool, sources: list[str], checksum: str | None,
+                      line: int | None) -> list[tuple[str, GitRef | None]]:
+    """Each source with its git repository (None for URLs and paths), checked as BuildKit's
+    convert_copy.go does before anything runs."""
+    from pybuild.solver import git
+
+    out: list[tuple[str, GitRef | None]] = []
+    for src in sources:
+        ref = git.parse_git_ref(src, line)
+        if ref is not None and not is_add:
+            raise DockerfileError("source can't be a git ref for COPY", line)
+        if ref is None and not is_add and src.startswith(("http://", "https://")):
+            raise DockerfileError("source can't be a URL for COPY", line)
+        out.append((src, ref))
+    if checksum:
+        if len(sources) != 1:
+            raise DockerfileError("checksum can't be specified for multiple sources", line)
+        if out[0][1] is None and not sources[0].startswith(("http://", "https://")):
+            raise DockerfileError("checksum requires HTTP(S) or Git sources", line)
+    return out
+
+
 def write_heredoc_files(rootfs: Path, files: list[tuple[str, str]], dest: str, workdir: str,
-                        chown: tuple[int, int] | None, chmod: "int | Chmod | None",
+                        chown: tuple[int, int] | None, chmod: int | Chmod | None,
                         line: int | None = None) -> None:
     """COPY <<EOF: each here-document becomes a file named after its delimiter (mode 0644)."""
     with tempfile.TemporaryDirectory(prefix="pybuild-heredoc-") as tmp:

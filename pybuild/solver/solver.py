@@ -10,6 +10,7 @@ invalidate a later RUN, but an ARG the RUN can see does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,8 +29,8 @@ from pybuild import runtime
 from pybuild.solver import history as hist
 from pybuild.solver import remote_cache
 from pybuild.solver.cache import Cache, Record, compute_key, explain
-from pybuild.solver.copy import (CopyRequest, add_urls, copy_into, parse_chmod,
-                                 write_heredoc_files)
+from pybuild.solver.copy import (CopyRequest, add_git, add_urls, check_add_sources, copy_into,
+                                 parse_chmod, write_heredoc_files)
 from pybuild.solver.mounts import (MountPreparer, SecretSource, cache_key_of,
                                   cleanup_stale_secrets)
 from pybuild.solver.users import resolve_chown, resolve_user
@@ -212,7 +213,7 @@ class Solver:
                         break  # may need the image's ENV: checked when the step runs
                     srcs.append(s)
                 else:
-                    local = [s for s in srcs if not _is_url(s)]
+                    local = [s for s in srcs if not _is_url(s) and not _is_git(s, i.line)]
                     if local:
                         self.ctx.resolve_sources(local, i.line)
 
@@ -529,8 +530,14 @@ class Solver:
                                   "exclude": list(e.exclude or []), "parents": bool(e.parents),
                                   "link": bool(e.link)}
         heredocs = list(e.heredocs or [])
-        urls = [x for x in e.sources if is_add and _is_url(x)]
-        local = [x for x in e.sources if x not in urls]  # heredoc files come separately
+        kinds = check_add_sources(is_add, list(e.sources), getattr(e, "checksum", None), raw.line)
+        gits = [(ref, *self._git_commit(e, ref, raw.line)) for _, ref in kinds if ref is not None]
+        urls = [x for x, ref in kinds if ref is None and is_add and _is_url(x)]
+        local = [x for x, ref in kinds if ref is None and x not in urls]  # heredocs come separately
+        if gits:
+            inputs["git"] = [[ref.remote, commit, ref.subdir, keep] for ref, commit, keep in gits]
+        if getattr(e, "unpack", None) is not None:
+            inputs["unpack"] = e.unpack
         if heredocs:
             inputs["heredocs"] = [[h.name, h.content] for h in heredocs]
         if urls:
@@ -559,9 +566,11 @@ class Solver:
             if heredocs:
                 write_heredoc_files(active.rootfs, [(h.name, h.content) for h in heredocs],
                                     dest, workdir, owner, chmod)
+            for ref, commit, keep in gits:
+                add_git(active.rootfs, ref, commit, keep, dest, workdir, owner, chmod, raw.line)
             if urls:
                 add_urls(active.rootfs, urls, dest, workdir, getattr(e, "checksum", None),
-                         owner, chmod, raw.line)
+                         owner, chmod, raw.line, unpack=bool(getattr(e, "unpack", None)))
             if local and e.from_:
                 with self._view(e.from_) as root:
                     from_ctx = BuildContext.for_rootfs(root)
@@ -576,9 +585,24 @@ class Solver:
                     context_paths, self.ctx.root, dest, workdir, owner, chmod,
                     list(e.exclude or []), bool(e.parents), is_add, raw.line,
                     ignore=self.ctx.matcher, source_args=len(e.sources), patterns=local,
-                    resolve=lambda p: self.ctx.resolve_sources([p], raw.line)))
+                    resolve=lambda p: self.ctx.resolve_sources([p], raw.line),
+                    unpack=getattr(e, "unpack", None)))
 
         self._fs_step(s, raw, display, inputs, do, created_by=created_by)
+
+    def _git_commit(self, e: Any, ref: Any, line: int) -> tuple[str, bool]:
+        """(commit, keep .git) of an ADD git source: flag and URL must agree (convert_copy.go)."""
+        from pybuild.solver.git import resolve_commit
+
+        flag_keep, flag_sum = getattr(e, "keep_git_dir", None), getattr(e, "checksum", None)
+        if flag_keep is not None and ref.keep_git_dir is not None and flag_keep != ref.keep_git_dir:
+            raise DockerfileError("inconsistent keep-git-dir configuration", line)
+        if flag_sum and ref.checksum and flag_sum != ref.checksum:
+            raise DockerfileError(f'checksum mismatch "{flag_sum}" != "{ref.checksum}"', line)
+        keep = bool(ref.keep_git_dir if ref.keep_git_dir is not None else flag_keep)
+        if flag_sum and not ref.checksum:
+            ref = dataclasses.replace(ref, checksum=flag_sum)
+        return resolve_commit(ref, line), keep
 
     def _bind_sources(self, mounts: list[Any], line: int) -> list[Any]:
         """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them.
@@ -842,6 +866,12 @@ def summary_of(result: BuildResult, duration: float) -> BuildSummary:
 
 def _is_fs_step(i: Any) -> bool:
     return isinstance(i, (ins.Run, ins.Copy, ins.Add, ins.Workdir))
+
+
+def _is_git(s: str, line: int) -> bool:
+    from pybuild.solver.git import parse_git_ref
+
+    return parse_git_ref(s, line) is not None
 
 
 def _is_url(s: str) -> bool:
