@@ -323,10 +323,15 @@ def test_parity(case: str, docker_side: DockerSide, pybuild_side: PybuildSide) -
     ref = fut.result(timeout=600)
     assert "/bin/busybox" in ref.files and "/bin/busybox" in got.files
     problems = compare(ref, got, spec.mount_stubs)
-    expected = sorted(spec.buildkit_now)
-    assert sorted(problems) == expected, f"{case}: pybuild differs from docker build:\n" + "\n".join(
-        p + (f"  (today's BuildKit: {spec.buildkit_now[p]})" if p in spec.buildkit_now else "")
-        for p in problems) + "".join(f"\nexpected, not seen: {p}" for p in expected if p not in problems)
+    # a `buildkit_now` key is the start of the difference it expects
+    def known(problem: str) -> str | None:
+        return next((k for k in spec.buildkit_now if problem.startswith(k)), None)
+
+    unexpected = [p for p in problems if known(p) is None]
+    missing = [k for k in spec.buildkit_now if not any(p.startswith(k) for p in problems)]
+    assert not unexpected and not missing, f"{case}: pybuild differs from docker build:\n" + "\n".join(
+        unexpected) + "".join(f"\nexpected (today's BuildKit: {spec.buildkit_now[k]}), not seen: {k}"
+                              for k in missing)
 
 
 def test_cases_are_well_formed() -> None:
@@ -352,7 +357,7 @@ BORDERLINE = [
     "FROM scratch\nARG =x\n", "FROM scratch\nCMD []\n", "FROM scratch\nSHELL sh -c\n",
     "FROM scratch\nSHELL []\n", "FROM scratch\nHEALTHCHECK CMD\n",
     "FROM scratch\nHEALTHCHECK --interval=0s CMD x\n", "FROM scratch\nHEALTHCHECK --retries=0 CMD x\n",
-    "FROM scratch\nHEALTHCHECK --interval=1ns CMD x\n", "FROM scratch\nONBUILD FROM x\n",
+    "FROM scratch\nHEALTHCHECK --retries=-1 CMD x\n", "FROM scratch\nHEALTHCHECK --interval=1ns CMD x\n", "FROM scratch\nONBUILD FROM x\n",
     "FROM scratch AS 1bad\n", "FROM scratch AS Good_Name-1.2\n",
     "FROM scratch as a\nFROM scratch as A\n", "FROM scratch extra\n", "FROM scratch AS\n",
     "FROM scratch\nCOPY onlyone\n", "FROM scratch\nCOPY --chmod=999 a b\n",
@@ -368,6 +373,15 @@ BORDERLINE = [
 ]
 
 
+# Today's BuildKit accepts these where the 20.10 engine refused them; pybuild follows today's
+# (instructions/parse.go parseOptInterval: 0 is the default; parseHealthcheck: --retries only
+# refuses negatives). The exact disagreements expected (docs/parity.md).
+BUILDKIT_NOW = {
+    "FROM scratch\nHEALTHCHECK --interval=0s CMD x\n": "an explicit 0s means the default",
+    "FROM scratch\nHEALTHCHECK --retries=0 CMD x\n": "--retries=0 is allowed",
+}
+
+
 def test_rejects_what_docker_rejects(docker_side: DockerSide, tmp_path: Path) -> None:
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
     disagree = []
@@ -381,7 +395,12 @@ def test_rejects_what_docker_rejects(docker_side: DockerSide, tmp_path: Path) ->
                                 env=env, timeout=120)
         ours = subprocess.run([sys.executable, "-m", "pybuild", "build", "--check", str(ctx)],
                               capture_output=True, text=True, timeout=60)
-        if (docker.returncode == 0) != (ours.returncode == 0):
+        if text in BUILDKIT_NOW:
+            if not (docker.returncode != 0 and ours.returncode == 0):
+                disagree.append(f"{text!r}: expected docker 20.10 to refuse and pybuild to accept "
+                                f"({BUILDKIT_NOW[text]}): docker rc={docker.returncode}, "
+                                f"pybuild rc={ours.returncode}")
+        elif (docker.returncode == 0) != (ours.returncode == 0):
             disagree.append(f"{text!r}: docker rc={docker.returncode}, pybuild rc={ours.returncode}"
                             f" {ours.stderr.strip()[:120]}")
         if ours.returncode != 0:

@@ -707,7 +707,8 @@ def _healthcheck(node: Node) -> Healthcheck:
                 nanos = parse_duration(value)
             except ValueError as e:
                 raise _err(node, str(e)) from None
-            if nanos < 1_000_000:  # an explicit 0s too (Docker 20.10)
+            # an explicit 0s means the default (today's parseOptInterval; 20.10 refused it)
+            if nanos != 0 and nanos < 1_000_000:
                 raise _err(node, f"Interval {go_quote(flag)} cannot be less than 1ms")
         durations[flag.replace("-", "_")] = nanos
     retries = 0
@@ -716,8 +717,8 @@ def _healthcheck(node: Node) -> Healthcheck:
         if not re.fullmatch(r"[+-]?[0-9]+", value) or abs(int(value)) >= 2 ** 31:
             raise _err(node, f'strconv.ParseInt: parsing {go_quote(value)}: invalid syntax')
         retries = int(value)
-        if retries < 1:  # Docker 20.10's frontend; later ones allow 0
-            raise _err(node, f"--retries must be at least 1 (not {retries})")
+        if retries < 0:  # today's frontend allows 0 (the default); 20.10 wanted at least 1
+            raise _err(node, f"--retries cannot be negative ({retries})")
     return Healthcheck(test=test, retries=retries, **durations, **_common(node))
 
 

@@ -127,10 +127,8 @@ def _meta_args(meta: list[ins.Arg], lex: ShellLex, build_args: dict[str, str],
                     env[name] = lex.expand(default, env)
                 except DockerfileError as e:
                     raise DockerfileError(e.message, instr.line) from None
-            else:
-                # BuildKit (Docker 20.10): a global `ARG TARGETPLATFORM` with no value
-                # shadows the automatic platform value, so stages see it unset.
-                env.pop(name, None)
+            # A global `ARG TARGETPLATFORM` with no value keeps the automatic value (today's
+            # BuildKit, convert.go buildMetaArgs; the 20.10 engine unset it: docs/parity.md).
     return env
 
 
