@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pybuild.dockerfile import parse, parser
+from pybuild.dockerfile import parse, parser, shell
 from pybuild.dockerfile.parser import Node
 from pybuild.errors import DockerfileError
 
@@ -145,15 +145,6 @@ def _json_v0_12(rest: str) -> list[str] | None:
     return [re.sub("[\ud800-\udfff]", "\ufffd", v) for v in value]
 
 
-def _ours_json_v0_12(text: str) -> Parsed:
-    saved = parser._parse_json
-    parser._parse_json = _json_v0_12
-    try:
-        return ours(text)
-    finally:
-        parser._parse_json = saved
-
-
 _MODIFIER = re.compile(r"\$\{([A-Za-z0-9_]*)(?:#|%|/)")
 
 
@@ -162,6 +153,30 @@ def _no_new_modifiers(text: str) -> str:
     lexer fails on them, and a failing lexer makes heredocsFromLine see no heredoc. `:-` is
     valid in both: with the modifier replaced the two must agree."""
     return _MODIFIER.sub(lambda m: "${" + m.group(1) + ":-", text)
+
+
+def _no_blanks_after_heredoc_operator(sc: Any) -> str:
+    """v0.12.5's lexer has no special `<`: a `<` is an ordinary character."""
+    sc.pos += 1
+    return "<"
+
+
+def _ours_v0_12(text: str, old_json: bool, old_heredoc: bool) -> Parsed:
+    """pybuild's parser with chosen upstream changes undone:
+    - old_json: json.NewDecoder's reading (see _json_v0_12);
+    - old_heredoc: today's lexer keeps the blanks after `<<` in that word, so `<<  EOF` (also
+      across a continuation) is a heredoc (BuildKit 0b77373ab, lex.go
+      processPossibleHeredoc); v0.12.5 split it into `<<` and `EOF`."""
+    saved_json, saved_lt = parser._parse_json, shell._Scanner.possible_heredoc
+    if old_json:
+        parser._parse_json = _json_v0_12
+    if old_heredoc:
+        shell._Scanner.possible_heredoc = _no_blanks_after_heredoc_operator  # type: ignore[method-assign]
+    try:
+        return ours(text)
+    finally:
+        parser._parse_json = saved_json
+        shell._Scanner.possible_heredoc = saved_lt  # type: ignore[method-assign]
 
 
 def _bytewise_flags(result: Parsed) -> Parsed:
@@ -189,12 +204,14 @@ def _variants(text: str) -> list[tuple[str, Parsed, Parsed]]:
             continue
         go = theirs(t)
         for old_json in (False, True):
-            mine = _ours_json_v0_12(t) if old_json else ours(t)
-            for flags in (False, True):
-                name = "+".join(n for n, on in (("new-shell-modifiers", mods), ("json-trailing-text", old_json),
-                                                ("bytewise-flags", flags)) if on)
-                if name:
-                    out.append((name, _bytewise_flags(mine) if flags else mine, go))
+            for old_heredoc in (False, True):
+                mine = _ours_v0_12(t, old_json, old_heredoc)
+                for flags in (False, True):
+                    name = "+".join(n for n, on in (
+                        ("heredoc-blanks", old_heredoc), ("new-shell-modifiers", mods),
+                        ("json-trailing-text", old_json), ("bytewise-flags", flags)) if on)
+                    if name:
+                        out.append((name, _bytewise_flags(mine) if flags else mine, go))
     return out
 
 

@@ -21,7 +21,7 @@ _S = "[\t\n\f\r ]"
 _RE_DIRECTIVE = re.compile(rf"#{_S}*([a-zA-Z][a-zA-Z0-9]*){_S}*=(.*)")
 _DIRECTIVE_SPACE = "\t\n\f\r "
 _RE_WHITESPACE = re.compile(r"[\t\v\f\r ]+")
-_RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)([^<]*)", re.S)
+_RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)", re.S)
 _RE_LEADING_TABS = re.compile(r"^\t+", re.M)
 _DIRECTIVES = ("syntax", "escape", "check")
 _HEREDOC_INSTRUCTIONS = ("run", "copy", "add")

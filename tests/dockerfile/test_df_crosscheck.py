@@ -160,6 +160,17 @@ def test_difference_non_ascii_flag_values_are_kept() -> None:
 
 
 @needs_oracle
+def test_difference_blanks_after_heredoc_operator() -> None:
+    """`RUN <<  EOF` opens a heredoc today (BuildKit 0b77373ab, parser_heredoc_test.go);
+    v0.12.5 split `<<` from `EOF` and read no body."""
+    text = "FROM a\nRUN <<  EOF  > foo\nhi\nEOF\n"
+    assert [(h.name, h.content) for h in parse(text).nodes[1].heredocs] == [("EOF", "hi\n")]
+    ours, theirs = ORACLE.compare(text)
+    assert theirs[1][1][8] == ()
+    assert ORACLE.explain(text) == "heredoc-blanks"
+
+
+@needs_oracle
 @pytest.mark.parametrize("text, expected", [
     # a continuation left open at the end of the file spans the blank/comment lines it read
     ("FROM a\nRUN x \\\n\n# c\n", (2, 4)),
