@@ -153,9 +153,11 @@ class _Copier:
         self.links: dict[tuple[int, int], Path] = {}
         self.dirs: list[tuple[Path, Path, os.stat_result]] = []
         self.chmod = _chmod_of(req.chmod)
-        # Directories COPY creates take --chmod too (today's BuildKit: dockerfile_copy_test.go
-        # testCopyChmod, `COPY --chmod=770 foo /parent/sub/foo` makes /parent/sub 0770).
-        self.dir_mode = self.chmod.mode(stat.S_IFDIR | 0o755, True) if self.chmod else 0o755
+        # Directories COPY creates take an octal --chmod too (today's BuildKit:
+        # dockerfile_copy_test.go testCopyChmod, `COPY --chmod=770 foo /parent/sub/foo` makes
+        # /parent/sub 0770); with a symbolic mode they are 0755 (fsutil copy.Copy's MkdirAll
+        # takes only CopyInfo.Mode, which a symbolic mode leaves unset).
+        self.dir_mode = self.chmod.octal if self.chmod and self.chmod.octal is not None else 0o755
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         if self.req.chown is not None:
@@ -376,7 +378,12 @@ def _copy_parents(copier: _Copier, req: CopyRequest, dest: str) -> None:
     exists afterwards even when a wildcard matched nothing (testCopyParentsMissingDirectory)."""
     copier.mkdir_p(dest)
     if req.resolve is not None and req.patterns:
-        groups = [(parents_pivot(p), req.resolve(p)) for p in req.patterns]
+        groups = []
+        for p in req.patterns:
+            if "**" in p:
+                groups += _doublestar_matches(req, p)
+            else:
+                groups.append((parents_pivot(p), req.resolve(p)))
     else:
         groups = [(0, req.sources)]
     for drop, sources in groups:
@@ -387,6 +394,54 @@ def _copy_parents(copier: _Copier, req: CopyRequest, dest: str) -> None:
             keep = kept if is_dir else posixpath.dirname(kept)
             target = go_clean(posixpath.join(dest, keep)) if keep not in ("", ".") else dest
             copier.copy_source(src, target, True)
+
+
+def _doublestar_matches(req: CopyRequest, written: str) -> list[tuple[int, list[Path]]]:
+    """`--parents` sources with `**`: BuildKit copies the pivot's parent with the rest as an
+    include pattern (convert_copy.go, patternmatcher semantics: `**` spans any number of
+    directories, none included). For each parent the wildcard matches: (components to drop,
+    the top-most matching entries)."""
+    parent, sep, pattern = written.partition("/./")
+    if not sep:
+        parent, pattern = "/", written
+    base = go_clean("/" + parent).strip("/")
+    assert req.resolve is not None
+    tops = req.resolve(base) if base else [req.source_root]
+    include = PatternMatcher([go_clean("/" + pattern).lstrip("/")])
+    out = []
+    for top in tops:
+        if not top.is_dir():
+            continue
+        rel_top = go_clean(os.path.relpath(top, req.source_root)).strip("/")
+        rel_top = "" if rel_top == "." else rel_top
+        filters: list[tuple[PatternMatcher, str]] = []
+        if req.ignore is not None:
+            filters.append((req.ignore, rel_top + "/" if rel_top else ""))
+        found: list[Path] = []
+        taken: list[str] = []
+        for rel, _st in walk_visible(top, filters):
+            if any(rel.startswith(t + "/") for t in taken) or not include.matches(rel):
+                continue
+            taken.append(rel)
+            found.append(top / rel)
+        out.append((len(rel_top.split("/")) if rel_top and sep else 0, found))
+    return out
+
+
+def key_sources(patterns: list[str]) -> list[str]:
+    """What a COPY's cache key must cover beyond its resolved sources: for a `--parents`
+    source with `**`, the directory before its first wildcard (a superset of the matches)."""
+    out = []
+    for p in patterns:
+        if "**" in p:
+            comps = go_clean("/" + p.replace("/./", "/")).strip("/").split("/")
+            literal = []
+            for c in comps:
+                if any(ch in c for ch in "*?[\\"):
+                    break
+                literal.append(c)
+            out.append("/".join(literal) or ".")
+    return out
 
 
 def _parse_checksum(checksum: str, line: int | None) -> tuple[str, str]:

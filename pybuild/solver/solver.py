@@ -30,7 +30,7 @@ from pybuild.solver import history as hist
 from pybuild.solver import remote_cache
 from pybuild.solver.cache import Cache, Record, compute_key, explain
 from pybuild.solver.copy import (CopyRequest, add_git, add_urls, check_add_sources, copy_into,
-                                 parse_chmod, write_heredoc_files)
+                                 key_sources, parse_chmod, write_heredoc_files)
 from pybuild.solver.mounts import (MountPreparer, SecretSource, cache_key_of,
                                   cleanup_stale_secrets)
 from pybuild.solver.users import resolve_chown, resolve_user
@@ -551,7 +551,8 @@ class Solver:
             # resolved once: the key's file digests and the copy read the same paths
             context_paths = self.ctx.resolve_sources(local, raw.line)
             inputs["sources"] = local
-            inputs["files"] = self.ctx.manifest(context_paths)
+            extra = self.ctx.resolve_sources(key_sources(local), raw.line) if e.parents else []
+            inputs["files"] = self.ctx.manifest(context_paths + extra)
         if e.chmod:
             parse_chmod(e.chmod, raw.line)  # a bad mode fails before the step starts
         word = "ADD" if is_add else "COPY"

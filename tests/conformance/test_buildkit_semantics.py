@@ -97,6 +97,7 @@ def test_cache_mounts_with_other_owner_or_mode_are_other_directories(busybox: Py
     ("a+X", 0o744, "755", False),
     ("a+X", 0o644, "644", False),
     ("u=rwX,go=rX", 0o700, "755", True),
+    ("go-w", 0o777, "755", True),
     ("g=u", 0o640, "660", False),
 ])
 def test_copy_chmod_symbolic(busybox: Pybuild, tmp_path: Path, mode: str, source_mode: int,
@@ -148,14 +149,20 @@ def test_copy_parents_pivot_and_empty_wildcard(busybox: Pybuild, tmp_path: Path)
         COPY --from=base --parents /test/a/./b/./c /double/
         COPY --from=base --parents /test/a/./*/c /wild/
         COPY --from=base --parents /test/a/b/c/d/. /end/
+        COPY --from=base --parents /test/a/b*/./c/**/e /doublewild/
+        COPY --parents ./src/**/*.txt /stars/
         RUN [ -f /p1/y/a.txt ] && [ -f /p1/y/b.txt ] && [ ! -e /p1/x ] \\
             && [ -f /p2/x/y/a.txt ] && [ -f /p2/w/c.txt ] && [ ! -e /p2/z ] \\
             && [ -d /p3 ] \\
             && [ -f /middle/c/d/foo ] && [ ! -e /middle/test ] \\
             && [ -f /double/b/c/d/foo ] \\
             && [ -f /wild/b/c/d/foo ] && [ -f /wild/b2/c/d/e/bar ] \\
-            && [ -f /end/test/a/b/c/d/foo ]
-        """, {"x/y/a.txt": "a", "x/y/b.txt": "b", "z/w/c.txt": "c"})
+            && [ -f /end/test/a/b/c/d/foo ] \
+            && [ -d /doublewild/c/d/e ] && [ -f /doublewild/c/d/e/bar ] && [ ! -e /doublewild/c/d/foo ] \
+            && [ -f /stars/src/a.txt ] && [ -f /stars/src/x/b.txt ] && [ -f /stars/src/x/y/c.txt ] \
+            && [ ! -e /stars/src/x/n.md ]
+        """, {"x/y/a.txt": "a", "x/y/b.txt": "b", "z/w/c.txt": "c", "src/a.txt": "1",
+              "src/x/b.txt": "2", "src/x/y/c.txt": "3", "src/x/n.md": "4"})
     busybox("build", "-q", str(ctx))
 
 
@@ -413,3 +420,16 @@ def test_add_unpack_flag(busybox: Pybuild, tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_copy_parents_doublestar_key_covers_every_match(busybox: Pybuild, tmp_path: Path) -> None:
+    # a `**` source matches at any depth: an edit to any matched file is a new key
+    ctx = _context(tmp_path, """
+        FROM busybox
+        COPY --parents ./src/**/*.txt /stars/
+        RUN cat /stars/src/a.txt
+        """, {"src/a.txt": "first", "src/x/b.txt": "2"})
+    busybox("build", "-q", "-t", "stars", str(ctx))
+    (ctx / "src" / "a.txt").write_text("second")
+    out = busybox("build", "-t", "stars", str(ctx))
+    assert "second" in out.stdout + out.stderr
