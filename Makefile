@@ -8,7 +8,7 @@ APT_PACKAGES := runc crun skopeo umoci docker-registry busybox-static mmdebstrap
 	openssl python3-pip git
 STAMP := .make-stamps
 
-.PHONY: demo test deps apt pip bytecode clean
+.PHONY: demo test lint deps apt pip bytecode clean
 
 deps: apt pip bytecode
 
@@ -34,8 +34,15 @@ $(STAMP)/pip: pyproject.toml
 bytecode:
 	@$(PYTHON) -m compileall -q pybuild
 
+# Lint and types first: they take seconds and fail fast.
 test: deps
+	$(PYTHON) -m ruff check pybuild tests bench
+	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest -q tests
+
+lint: deps
+	$(PYTHON) -m ruff check pybuild tests bench
+	$(PYTHON) -m mypy
 
 demo: deps
 	bash examples/django-app/demo.sh

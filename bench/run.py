@@ -112,7 +112,7 @@ def run_scenario(scn: Scenario, bench: Bench, runs: int, only: set[str] | None) 
         "scenario": scn.name,
         "what": scn.what,
         "runs": runs,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "tools": tools,
         "ratios": report.ratios(tools),
         "load": {"uptime_before": up_before, "uptime_after": up_after,

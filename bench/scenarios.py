@@ -26,8 +26,8 @@ DJANGO_TEMPLATE = Path("notes/templates/notes/index.html")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 RUN128_FILES = 2000
 # One shell, one `head` per file: 2,000 files of 64 KiB of fresh random bytes (131 MB).
-RUN128_SCRIPT = ("mkdir -p {data} && for i in $(seq %d); do "
-                 "head -c 65536 /dev/urandom > {data}/f$i; done" % RUN128_FILES)
+RUN128_SCRIPT = ("mkdir -p {data} && for i in $(seq " + str(RUN128_FILES) + "); do "
+                 "head -c 65536 /dev/urandom > {data}/f$i; done")
 
 
 class Bench:

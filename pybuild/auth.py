@@ -10,6 +10,8 @@ per (registry, scopes) until it expires, so a pull of many layers asks once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import base64
 import contextlib
 import json
@@ -109,7 +111,7 @@ def _same_registry(key: str, registry: str) -> bool:
     return host == registry or (host in _HUB_HOSTS and registry in _HUB_HOSTS)
 
 
-def load_config(path: Path) -> dict:
+def load_config(path: Path) -> dict[str, Any]:
     """The docker config as a dict ({} when there is none); PybuildError if it is corrupt."""
     try:
         data = json.loads(path.read_text())
@@ -122,7 +124,7 @@ def load_config(path: Path) -> dict:
     return data
 
 
-def _write_config(path: Path, data: dict) -> None:
+def _write_config(path: Path, data: dict[str, Any]) -> None:
     """Atomically write the config with mode 0600: it holds passwords."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -243,9 +245,9 @@ class AuthProvider:
                     return _from_helper(helper, registry)
         store = config.get("credsStore")
         if isinstance(store, str) and store:
-            creds = _from_helper(store, registry)
-            if creds is not None:
-                return creds
+            from_store = _from_helper(store, registry)
+            if from_store is not None:
+                return from_store
         auths = config.get("auths")
         if isinstance(auths, dict):
             # An exact key wins over a URL form of the same host.

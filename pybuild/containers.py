@@ -33,17 +33,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from pybuild import fs, runtime
 from pybuild import image as imagemod
-from pybuild import runtime
-from pybuild.solver.users import resolve_user
-from pybuild.liveness import process_start
 from pybuild.errors import NeedsRootError, PybuildError
-from pybuild.layer import resolve_in_root
+from pybuild.fs import resolve_in_root
+from pybuild.liveness import process_start
 from pybuild.snapshot import Active, Snapshotter, chain_ids
+from pybuild.solver.users import resolve_user
 from pybuild.store import Store
 
 RUNC_ID_PREFIX = "pybuild-run-"
@@ -170,7 +170,7 @@ def _container_lock(store: Store, cid: str) -> Iterator[bool]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_time(stamp: str) -> datetime:
@@ -301,17 +301,10 @@ def _unmount(path: Path) -> None:
 
 def _ensure_workdir(rootfs: Path, workdir: str) -> None:
     """Create a missing working directory, root-owned 0755, as dockerd does."""
-    target = resolve_in_root(rootfs, workdir)
-    if target.exists() and not target.is_dir():
-        raise PybuildError(f"Cannot mkdir: {workdir} is not a directory")
-    missing = []
-    p = target
-    while not p.exists() and p != rootfs:
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o755)
-        os.chmod(d, 0o755)
+    try:
+        fs.mkdir_p(rootfs, workdir)
+    except fs.NotADirectory:
+        raise PybuildError(f"Cannot mkdir: {workdir} is not a directory") from None
 
 
 # ---------------------------------------------------------------------------- create
@@ -340,7 +333,7 @@ def _merge_env(base: list[str], extra: list[str]) -> list[str]:
     return out
 
 
-def process_args(config: dict, command: list[str], entrypoint: str | None) -> list[str]:
+def process_args(config: dict[str, Any], command: list[str], entrypoint: str | None) -> list[str]:
     """Entrypoint + Cmd by docker's rules: CMD args replace Cmd; --entrypoint replaces
     Entrypoint and drops the image's Cmd; `--entrypoint ""` clears it."""
     if entrypoint is not None:
@@ -460,7 +453,7 @@ def create(store: Store, opts: RunOptions, *, runtime_name: str | None = None) -
     return c
 
 
-def _write_bundle(cdir: Path, rootfs: Path, c: Container, config: dict, opts: RunOptions) -> None:
+def _write_bundle(cdir: Path, rootfs: Path, c: Container, config: dict[str, Any], opts: RunOptions) -> None:
     user_spec = opts.user if opts.user is not None else str(config.get("User") or "")
     uid, gid, groups = resolve_user(rootfs, user_spec) if user_spec else (0, 0, [])
     workdir = opts.workdir or str(config.get("WorkingDir") or "/")
@@ -847,7 +840,7 @@ def human_duration(seconds: float) -> str:
 
 def status_text(c: Container, now: datetime | None = None) -> str:
     """STATUS as docker ps shows it: Up 5 seconds, Exited (0) 3 minutes ago, Created."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if c.status == "running":
         return f"Up {human_duration((now - parse_time(c.started or c.created)).total_seconds())}"
     if c.status == "exited":

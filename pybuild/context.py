@@ -12,10 +12,10 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from pybuild.errors import DockerfileError, PybuildError
-from pybuild.layer import resolve_in_root
+from pybuild.fs import resolve_in_root
 
 # Files whose content hash is already known, keyed by what changes when the content may
 # have: an in-place edit that keeps size and mtime still moves ctime.
@@ -302,9 +302,8 @@ def _walk(directory: Path, rel: str, filters: list[tuple[PatternMatcher, str]]) 
                 continue
             yield child, st
             yield from inner
-        elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            if not hidden:
-                yield child, st
+        elif (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) and not hidden:
+            yield child, st
 
 
 def file_sha256(path: Path, st: os.stat_result) -> str:
@@ -345,7 +344,7 @@ class BuildContext:
         self.matcher = PatternMatcher(patterns)
 
     @classmethod
-    def for_rootfs(cls, root: Path) -> "BuildContext":
+    def for_rootfs(cls, root: Path) -> BuildContext:
         """Sources of `COPY --from`: a stage's or image's rootfs, with no `.dockerignore`.
 
         Its symlinks are resolved inside it as the container sees them (an image is full of

@@ -22,7 +22,7 @@ class DockerfileError(PybuildError):
         self.filename = filename
         super().__init__(str(self))
 
-    def with_file(self, filename: str) -> "DockerfileError":
+    def with_file(self, filename: str) -> DockerfileError:
         """Same error, naming the real file (the parser only sees text)."""
         return DockerfileError(self.message, self.line, filename)
 
@@ -40,7 +40,7 @@ class StepError(DockerfileError):
         super().__init__(message, line, filename)
         self.exit_status = exit_status
 
-    def with_file(self, filename: str) -> "StepError":
+    def with_file(self, filename: str) -> StepError:
         return StepError(self.message, self.line, self.exit_status, filename)
 
 

@@ -17,9 +17,9 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 from isal import isal_zlib
@@ -50,9 +50,9 @@ class Image:
     """A loaded image: manifest and config with their descriptors."""
 
     manifest_desc: Descriptor
-    manifest: dict
+    manifest: dict[str, Any]
     config_desc: Descriptor
-    config: dict
+    config: dict[str, Any]
 
     @property
     def id(self) -> str:
@@ -85,14 +85,14 @@ def created_timestamp() -> str:
     """RFC 3339 UTC time as docker writes it; SOURCE_DATE_EPOCH makes it reproducible."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch and epoch.isdigit():
-        return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def empty_config(platform: dict[str, str] | None = None) -> dict:
+def empty_config(platform: dict[str, str] | None = None) -> dict[str, Any]:
     """The config of `FROM scratch` as BuildKit starts it: platform, default PATH, no layers."""
     plat = platform or host_platform()
-    config: dict = {"architecture": plat["architecture"], "os": plat["os"],
+    config: dict[str, Any] = {"architecture": plat["architecture"], "os": plat["os"],
                     "config": {"Env": [f"PATH={DEFAULT_PATH}"]},
                     "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
     if plat.get("variant"):
@@ -100,7 +100,7 @@ def empty_config(platform: dict[str, str] | None = None) -> dict:
     return config
 
 
-def _platform_of(config: dict) -> dict[str, str] | None:
+def _platform_of(config: dict[str, Any]) -> dict[str, str] | None:
     if not config.get("architecture") or not config.get("os"):
         return None
     plat = {"architecture": config["architecture"], "os": config["os"]}
@@ -109,7 +109,7 @@ def _platform_of(config: dict) -> dict[str, str] | None:
     return plat
 
 
-def write(store: Store, config: dict, layers: list[Descriptor]) -> Descriptor:
+def write(store: Store, config: dict[str, Any], layers: list[Descriptor]) -> Descriptor:
     """Store the config and an OCI manifest for `layers`; returns the manifest descriptor.
 
     The config's rootfs.diff_ids must list one diff_id per layer, in order.
@@ -131,7 +131,7 @@ def write(store: Store, config: dict, layers: list[Descriptor]) -> Descriptor:
 
 # ---- lookup ---------------------------------------------------------------------------
 
-def _select_platform(store: Store, index: dict, what: str) -> Descriptor:
+def _select_platform(store: Store, index: dict[str, Any], what: str) -> Descriptor:
     """The host's manifest from an index (docker's choice when pulling a multi-arch tag)."""
     host = host_platform()
     entries = [Descriptor.from_dict(m) for m in index.get("manifests") or []]
@@ -262,6 +262,7 @@ class _LayerSink:
         self._out = out
         self._hash = hashlib.sha256()
         self._buf = bytearray()
+        self._comp: Any
         # The same settings as pybuild.layer, so an imported layer looks like a built one.
         if compression == "gzip":
             # gzip container, mtime 0, no file name: the header depends on nothing.
@@ -312,7 +313,7 @@ def _normalise_tar(src: BinaryIO, sink: _LayerSink, what: str) -> None:
         tin = tarfile.open(fileobj=src, mode="r|")
     except (tarfile.TarError, OSError, EOFError, PybuildError) as e:
         raise PybuildError(f"{what}: not a tar archive ({e})") from None
-    tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+    tout = tarfile.open(fileobj=cast(IO[bytes], sink), mode="w|", format=tarfile.PAX_FORMAT)
     try:
         for member in tin:
             name = _clean_member_name(member.name, what)
@@ -464,7 +465,7 @@ def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
 def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
     """Write `docker save`'s format (manifest.json, repositories, config, layer.tar files)."""
     entries = _collect(store, names)
-    manifest: list[dict] = []
+    manifest: list[dict[str, Any]] = []
     repositories: dict[str, dict[str, str]] = {}
     written: set[str] = set()
     with _atomic_output(Path(out)) as f, tarfile.open(fileobj=f, mode="w|",
@@ -505,7 +506,7 @@ def save_oci_archive(store: Store, names: list[str], out: Path) -> None:
     io.containerd.image.name (the fully qualified name containerd-based tools import by).
     """
     entries = _collect(store, names)
-    index: dict = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     blobs: list[Descriptor] = []
     for entry in entries:
         img = entry.image
@@ -514,7 +515,8 @@ def save_oci_archive(store: Store, names: list[str], out: Path) -> None:
                 blobs.append(d)
         size = store.blob_path(img.manifest_desc.digest).stat().st_size
         plat = img.manifest_desc.platform or _platform_of(img.config)
-        for tag in entry.tags or [None]:
+        tags: list[str | None] = list(entry.tags) or [None]
+        for tag in tags:
             annotations = ({REF_NAME: tag, CONTAINERD_NAME: parse_reference(tag).canonical}
                            if tag else None)
             index["manifests"].append(

@@ -17,17 +17,22 @@ import lzma
 import os
 import queue
 import shutil
-import threading
 import stat
+import threading
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import IO, BinaryIO, Protocol, cast
+from collections.abc import Callable, Iterator
 
 import zstandard
 from isal import isal_zlib
 
+from pybuild import fs
 from pybuild.errors import PybuildError
+
+# isal's stubs do not say that its error is an exception class.
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
 
 MEDIA_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -42,11 +47,10 @@ BLOCK = 512
 DEFAULT_MAX_SIZE = 64 << 30
 MAX_SPECIAL = 1 << 20   # largest PAX / GNU long-name header accepted (as Go's archive/tar)
 MAX_NAME = 4096         # PATH_MAX
-MAX_SYMLINKS = 40       # as the kernel's ELOOP limit
 OVERLAY_XATTR = "trusted.overlay."
 WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = fs.DIR_FLAGS
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class _Sink:
 
     _DEPTH = 8  # chunks in flight: bounds memory to ~8 MiB
 
-    def __init__(self, out: BinaryIO, compression: str) -> None:
+    def __init__(self, out: BlobSink, compression: str) -> None:
         self._out = out
         self._comp = _compressor(compression)
         self._media_type = MEDIA_TYPES[compression]
@@ -163,6 +167,17 @@ class _Sink:
             self._worker.join()
 
 
+class BlobSink(Protocol):
+    """Where a compressed layer goes: a store BlobWriter or any binary file."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+def _pax_sort_key(record: bytes) -> bytes:
+    """PAX records sort by `key=value`, after the length prefix."""
+    return record.partition(b" ")[2]
+
+
 def _pax_record(key: bytes, value: bytes) -> bytes:
     """One `LEN key=value\\n` record; LEN counts its own digits."""
     body = b" " + key + b"=" + value + b"\n"
@@ -210,13 +225,14 @@ def _header(name: bytes, typeflag: bytes, st_mode: int, uid: int, gid: int, size
     for key, (value, limit) in numeric.items():
         if not 0 <= value <= limit:
             records.append(_pax_record(key, str(value).encode()))
-    for key, value in xattrs or []:
-        records.append(_pax_record(b"SCHILY.xattr." + key, value))
+    for xkey, xvalue in xattrs or []:
+        records.append(_pax_record(b"SCHILY.xattr." + xkey, xvalue))
     if dev[0] > 0o7777777 or dev[1] > 0o7777777:
         raise PybuildError(f"{os.fsdecode(name)}: device number {dev} cannot be stored in a tar")
     out = b""
     if records:
-        pax = b"".join(sorted(records, key=lambda r: r.split(b" ", 1)[1]))
+        ordered: list[bytes] = sorted(records, key=_pax_sort_key)
+        pax = b"".join(ordered)
         out = _ustar(b"././@PaxHeader", b"x", 0o644, 0, 0, len(pax), 0) + pax + _pad(len(pax))
     clip = {b"uid": uid, b"gid": gid, b"size": size, b"mtime": mtime}
     for key, (value, limit) in numeric.items():
@@ -332,7 +348,7 @@ class _TarWriter:
         self._sink.write(_pad(size))
 
 
-def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip",
+def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
                 source_date_epoch: int | None = None) -> LayerInfo:
     """Tar `src` (an overlay upperdir or any directory) into `out`, compressed, in one pass.
 
@@ -438,7 +454,7 @@ class _DecompressReader(io.RawIOBase):
         if kind == "zstd":
             self._frames = _ZstdFrames()
             self._zreader = zstandard.ZstdDecompressor().stream_reader(
-                _Tee(src, self._frames.feed), read_across_frames=True)
+                cast(IO[bytes], _Tee(src, self._frames.feed)), read_across_frames=True)
         else:
             self._dec = self._new()
 
@@ -455,7 +471,7 @@ class _DecompressReader(io.RawIOBase):
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         try:
             data = self._read(len(b))
-        except (isal_zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
+        except (_ISAL_ERROR, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
             raise _corrupt(str(e) or type(e).__name__) from e
         b[:len(data)] = data
         return len(data)
@@ -488,7 +504,7 @@ class _DecompressReader(io.RawIOBase):
                 else:
                     self._done = True
             if out:
-                return out
+                return cast(bytes, out)
         return b""
 
 
@@ -502,7 +518,7 @@ class _Tee(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int = -1) -> bytes:
         data = self._src.read(n if n >= 0 else CHUNK)
         self._cb(data)
         return data
@@ -549,8 +565,8 @@ def open_decompressed(f: BinaryIO) -> BinaryIO:
     src = io.BufferedReader(_Prefixed(head, f), CHUNK)
     for magic, kind in _MAGICS:
         if head.startswith(magic):
-            return io.BufferedReader(_DecompressReader(src, kind), CHUNK)  # type: ignore[arg-type]
-    return src  # type: ignore[return-value]
+            return io.BufferedReader(_DecompressReader(src, kind), CHUNK)
+    return src
 
 
 class _Counted:
@@ -763,88 +779,6 @@ def _read_entries(src: _Counted) -> Iterator[_Entry]:
                      xattrs)
 
 
-# --------------------------------------------------------------------------- path resolution
-
-
-def _clean(path: str) -> list[str] | None:
-    """Lexical clean of an archive name; None when it climbs above its root (as Go's Clean)."""
-    parts: list[str] = []
-    absolute = path.startswith("/")
-    for c in path.split("/"):
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if parts:
-                parts.pop()
-            elif not absolute:
-                return None
-            continue
-        parts.append(c)
-    return parts
-
-
-def _resolve(root: Path, path: str, follow_last: bool) -> list[str]:
-    """Canonical components of `path` inside root: symlinks followed as chroot(root) would."""
-    todo = [c for c in reversed(path.split("/"))]
-    done: list[str] = []
-    links = 0
-    while todo:
-        c = todo.pop()
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if done:
-                done.pop()
-            continue
-        if not todo and not follow_last:
-            done.append(c)
-            break
-        host = os.path.join(root, *done, c)
-        try:
-            st = os.lstat(host)
-        except FileNotFoundError:
-            done.append(c)
-            continue
-        except OSError as e:
-            raise PybuildError(f"cannot resolve {path!r} in {root}: {e.strerror}") from e
-        if not stat.S_ISLNK(st.st_mode):
-            done.append(c)
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise PybuildError(f"cannot resolve {path!r} in {root}: too many levels of symbolic links")
-        target = os.readlink(host)
-        if target.startswith("/"):
-            done = []
-        todo.extend(reversed(target.split("/")))
-    return done
-
-
-def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
-    """The host path of `path` as the container rooted at `root` sees it; never outside root."""
-    return Path(root).joinpath(*_resolve(Path(root), path, follow_last))
-
-
-def _open_dir(root_fd: int, parts: list[str], create: bool) -> int:
-    """An fd for root/parts, walked with O_NOFOLLOW so no symlink can redirect it."""
-    fd = os.dup(root_fd)
-    try:
-        for c in parts:
-            try:
-                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(c, 0o755, dir_fd=fd)
-                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 # --------------------------------------------------------------------------- extraction
 
 
@@ -886,14 +820,14 @@ class _Extractor:
         return PybuildError(f"{self.what} entry {entry.name!r}: {message}")
 
     def _apply(self, entry: _Entry, src: _Counted) -> None:
-        rel = _clean(entry.name)
+        rel = fs.clean(entry.name)
         if rel is None:
             raise self._err(entry, f"path climbs out of the {self.what} root")
         if not rel:
             if entry.type != b"5":
                 raise self._err(entry, "the root can only be a directory")
             self._skip(src, entry.size)
-            fd = _open_dir(self.root_fd, self.base, create=True)
+            fd = fs.open_dir(self.root_fd, self.base, create=True)
             try:
                 self._attrs(entry, fd, dir_later=True)
             finally:
@@ -905,9 +839,9 @@ class _Extractor:
             self._skip(src, entry.size)
             self._whiteout(entry, rel)
             return
-        parent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        parent = fs.components(self.root, "/".join(self.base + rel[:-1]))
         key = tuple(parent + [name])
-        pfd = _open_dir(self.root_fd, parent, create=True)
+        pfd = fs.open_dir(self.root_fd, parent, create=True)
         try:
             try:
                 old: os.stat_result | None = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -941,9 +875,9 @@ class _Extractor:
     def _whiteout(self, entry: _Entry, rel: list[str]) -> None:
         """`.wh.name` / `.wh..wh..opq` per the OCI image spec (overlay or flatten form)."""
         name = rel[-1]
-        parent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        parent = fs.components(self.root, "/".join(self.base + rel[:-1]))
         if name == WH_OPAQUE:
-            pfd = _open_dir(self.root_fd, parent, create=True)
+            pfd = fs.open_dir(self.root_fd, parent, create=True)
             try:
                 if self.mode == "overlay":
                     os.setxattr(f"/proc/self/fd/{pfd}", "trusted.overlay.opaque", b"y")
@@ -960,7 +894,7 @@ class _Extractor:
         key = tuple(parent + [victim])
         if key in self.written:
             return  # a whiteout only hides lower layers, never this layer's own file
-        pfd = _open_dir(self.root_fd, parent, create=True)
+        pfd = fs.open_dir(self.root_fd, parent, create=True)
         try:
             try:
                 old = os.stat(victim, dir_fd=pfd, follow_symlinks=False)
@@ -991,12 +925,12 @@ class _Extractor:
                     os.close(cfd)
 
     def _hardlink(self, entry: _Entry, pfd: int, name: str, old: os.stat_result | None) -> None:
-        rel = _clean(entry.linkname)
+        rel = fs.clean(entry.linkname)
         if rel is None or not rel:
             raise self._err(entry, f"hardlink target {entry.linkname!r} is outside the {self.what}")
-        tparent = _resolve(self.root, "/".join(self.base + rel[:-1]), True)
+        tparent = fs.components(self.root, "/".join(self.base + rel[:-1]))
         try:
-            tfd = _open_dir(self.root_fd, tparent, create=False)
+            tfd = fs.open_dir(self.root_fd, tparent, create=False)
         except (FileNotFoundError, NotADirectoryError):
             raise self._err(entry, f"hardlink target {entry.linkname!r} does not exist") from None
         try:
@@ -1081,7 +1015,7 @@ class _Extractor:
         for key in sorted(self.dirs, key=len, reverse=True):
             entry = self.dirs[key]
             try:
-                fd = _open_dir(self.root_fd, list(key), create=False)
+                fd = fs.open_dir(self.root_fd, list(key), create=False)
             except OSError:
                 continue  # replaced or removed by a later entry
             try:
@@ -1125,17 +1059,17 @@ def extract_archive(fileobj: BinaryIO, root: Path, dest: str) -> None:
     symlinks resolve inside `dest`, so no entry can reach elsewhere in the image.
     """
     root = Path(root)
-    base = _resolve(root, dest, True)
+    base = fs.components(root, dest)
     root_fd = os.open(root, _DIR_FLAGS)
     try:
-        os.close(_open_dir(root_fd, base, create=True))
+        os.close(fs.open_dir(root_fd, base, create=True))
     except OSError as e:
         raise PybuildError(f"cannot extract an archive into {dest}: {e.strerror}") from None
     finally:
         os.close(root_fd)
     jail = root.joinpath(*base)
     counted = _Counted(open_decompressed(fileobj), _max_size(None))
-    ex = _Extractor(jail, _resolve(jail, "/", True), "plain", "archive")
+    ex = _Extractor(jail, fs.components(jail, "/"), "plain", "archive")
     try:
         ex.run(counted)
     finally:

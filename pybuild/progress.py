@@ -19,7 +19,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable
 
 from pybuild.errors import PybuildError
 

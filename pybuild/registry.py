@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -313,7 +313,7 @@ class RegistryClient:
 
         def fetch() -> requests.Response:
             resp = self._send(t, "GET", url, headers={"Accept": ACCEPT_MANIFESTS})
-            resp.content  # read the body inside the retry: a drop mid-body is retried
+            _ = resp.content  # read the body inside the retry: a drop mid-body is retried
             return resp
 
         resp = self._retrying(t, fetch)
@@ -505,13 +505,13 @@ def _parallel(items: list[Descriptor], work: Callable[[Descriptor, threading.Eve
     return [f.result() for f in futures]
 
 
-def _platform_string(p: dict | None) -> str:
+def _platform_string(p: dict[str, Any] | None) -> str:
     p = p or {}
     out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
     return out + (f"/{p['variant']}" if p.get("variant") else "")
 
 
-def _choose_platform(t: _Target, index: dict) -> Descriptor:
+def _choose_platform(t: _Target, index: dict[str, Any]) -> Descriptor:
     """The linux/<host arch> entry of a manifest list, preferring the host's variant."""
     host = _image.host_platform()
     entries: list[Descriptor] = []
@@ -560,7 +560,7 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None) -> Des
     t = _Target(r, "pulling", (f"repository:{r.repository}:pull",))
     body, media_type, digest = client.get_manifest(t, r.ref)
     index: tuple[bytes, str, str] | None = None
-    platform: dict | None = None
+    platform: dict[str, Any] | None = None
     if media_type in INDEX_TYPES:
         index = (body, media_type, digest)
         chosen = _choose_platform(t, json.loads(body))
@@ -704,7 +704,7 @@ def push_artifact(store: Store, dest: str, config: Descriptor, layers: list[Desc
 
 
 def fetch_artifact(store: Store, ref: str, *, client: RegistryClient | None = None
-                   ) -> tuple[dict, list[Descriptor]] | None:
+                   ) -> tuple[dict[str, Any], list[Descriptor]] | None:
     """The config document and layer list of the artifact at `ref`; None if it is absent.
 
     Only the config blob is downloaded; layers are fetched on demand with `fetch_blobs`.

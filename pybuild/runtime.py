@@ -9,6 +9,8 @@ a RUN (checked against docker 20.10's BuildKit on this machine): see docs/runtim
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 import json
 import os
@@ -26,8 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pybuild.liveness import process_start
+from pybuild import fs
 from pybuild.errors import NeedsRootError, PybuildError
+from pybuild.liveness import process_start
 
 STATE_DIR = Path("/run/pybuild")
 """Everything this module leaves on the host while a container runs (tmpfs: gone at reboot)."""
@@ -49,7 +52,6 @@ READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 NOFILE_LIMIT = 1048576
 DEFAULT_HOSTNAME = "buildkitsandbox"
 
-_MAX_SYMLINKS = 40
 _READ_SIZE = 65536
 _SIGNAL_CHECK_MS = 200
 _KILL_TIMEOUT = 10.0
@@ -84,7 +86,7 @@ class RunSpec:
     tty: bool = False
 
 
-def build_spec(spec: RunSpec) -> dict:
+def build_spec(spec: RunSpec) -> dict[str, Any]:
     """The OCI runtime spec for `spec`, without a container id: reusable by `runc create`."""
     if not spec.args:
         raise PybuildError("nothing to run: the command is empty")
@@ -98,7 +100,7 @@ def build_spec(spec: RunSpec) -> dict:
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.network == "none":
         namespaces.append({"type": "network"})  # the runtime brings lo up in it
-    user: dict = {"uid": spec.uid, "gid": spec.gid}
+    user: dict[str, Any] = {"uid": spec.uid, "gid": spec.gid}
     nofile = _nofile_limit()
     if spec.additional_gids:
         user["additionalGids"] = list(spec.additional_gids)
@@ -144,9 +146,9 @@ def _nofile_limit() -> int:
     return min(NOFILE_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def _default_mounts() -> list[dict]:
+def _default_mounts() -> list[dict[str, Any]]:
     """The kernel filesystems every container gets, with BuildKit's options."""
-    def mount(dest: str, typ: str, source: str, options: list[str]) -> dict:
+    def mount(dest: str, typ: str, source: str, options: list[str]) -> dict[str, Any]:
         return {"destination": dest, "type": typ, "source": source, "options": options}
     return [
         mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
@@ -191,40 +193,6 @@ def _hosts_file(hostname: str) -> Path:
     return path
 
 
-def _resolve(rootfs: Path, path: str, *, follow_last: bool = True) -> list[str]:
-    """Components of `path` inside rootfs, symlinks followed as the container would see them.
-
-    Absolute links restart at rootfs and `..` stops at it, so the result never leaves the
-    rootfs; missing components are kept literally.
-    """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = Path(rootfs).joinpath(*resolved, name)
-        try:
-            st = os.lstat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            resolved.append(name)
-            continue
-        if stat.S_ISLNK(st.st_mode) and (parts or follow_last):
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                raise PybuildError(f"too many levels of symbolic links in {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(name)
-    return resolved
-
-
 def mount_stubs(rootfs: Path, destinations: Iterable[str]) -> list[str]:
     """Paths the runtime will have to create to mount on `destinations`, deepest first.
 
@@ -233,7 +201,7 @@ def mount_stubs(rootfs: Path, destinations: Iterable[str]) -> list[str]:
     """
     stubs: set[str] = set()
     for dest in destinations:
-        comps = _resolve(Path(rootfs), dest)
+        comps = fs.components(rootfs, dest)
         while comps and not os.path.lexists(Path(rootfs).joinpath(*comps)):
             stubs.add("/" + "/".join(comps))
             comps = comps[:-1]
@@ -249,7 +217,7 @@ def remove_mount_stubs(rootfs: Path, stubs: Iterable[str]) -> None:
     parent's atime/mtime are restored so the layer does not record a change there.
     """
     for stub in stubs:
-        parent_comps = _resolve(Path(rootfs), os.path.dirname(stub))
+        parent_comps = fs.components(rootfs, os.path.dirname(stub))
         parent = Path(rootfs).joinpath(*parent_comps)
         target = parent / os.path.basename(stub)
         try:
@@ -274,7 +242,7 @@ def _existing_parents(rootfs: Path, stubs: list[str]) -> dict[Path, _DirState]:
         parent = os.path.dirname(stub)
         if parent in stubs:
             continue
-        path = Path(rootfs).joinpath(*_resolve(Path(rootfs), parent))
+        path = Path(rootfs).joinpath(*fs.components(rootfs, parent))
         if path not in states:
             st = os.lstat(path)
             states[path] = (st.st_atime_ns, st.st_mtime_ns, frozenset(os.listdir(path)))
@@ -297,18 +265,10 @@ def _restore_parents(rootfs: Path, states: dict[Path, _DirState]) -> None:
 
 def _ensure_cwd(rootfs: Path, cwd: str) -> None:
     """Create a missing working directory (0755, root-owned) as BuildKit does for RUN."""
-    comps = _resolve(rootfs, cwd)
-    for i in range(1, len(comps) + 1):
-        path = Path(rootfs).joinpath(*comps[:i])
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mkdir(path, 0o755)
-            os.chmod(path, 0o755)
-            os.chown(path, 0, 0)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise PybuildError(f"working directory {cwd} is not a directory in the image")
+    try:
+        fs.mkdir_p(rootfs, cwd, uid=0, gid=0)
+    except fs.NotADirectory:
+        raise PybuildError(f"working directory {cwd} is not a directory in the image") from None
 
 
 def _require_root() -> None:

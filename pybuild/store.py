@@ -64,9 +64,9 @@ class Descriptor:
     digest: str
     size: int
     annotations: dict[str, str] | None = None
-    platform: dict | None = None
+    platform: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The OCI JSON form (camelCase keys, optional fields omitted)."""
         d: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.annotations:
@@ -76,7 +76,7 @@ class Descriptor:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Descriptor":
+    def from_dict(cls, d: dict[str, Any]) -> Descriptor:
         """Parse an OCI descriptor; PybuildError if a required field is missing or wrong."""
         try:
             media_type, digest, size = d["mediaType"], d["digest"], d["size"]
@@ -130,7 +130,7 @@ class BlobWriter:
     compressor. Leaving the `with` block without commit() removes the temp file.
     """
 
-    def __init__(self, store: "Store", expected_digest: str | None) -> None:
+    def __init__(self, store: Store, expected_digest: str | None) -> None:
         self._store = store
         self._expected = check_digest(expected_digest) if expected_digest else None
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=_TEMP_PREFIX, suffix=".tmp")
@@ -142,7 +142,7 @@ class BlobWriter:
         self._size = 0
         self._done = False
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,7 +257,7 @@ class Store:
             w.write(data)
             return w.commit(media_type)
 
-    def put_json(self, obj: dict, media_type: str) -> Descriptor:
+    def put_json(self, obj: dict[str, Any], media_type: str) -> Descriptor:
         """Store `obj` as canonical compact JSON."""
         return self.put_bytes(canonical_json(obj), media_type)
 
@@ -286,7 +286,7 @@ class Store:
         with self.open_blob(digest) as f:
             return f.read()
 
-    def read_json(self, digest: str) -> dict:
+    def read_json(self, digest: str) -> dict[str, Any]:
         """A blob parsed as a JSON object; PybuildError if it is not one."""
         try:
             obj = json.loads(self.read_bytes(digest))
@@ -309,7 +309,7 @@ class Store:
         """The familiar form a tag is stored under: "myapp" → "myapp:latest"."""
         return parse_reference(name).familiar
 
-    def _read_index(self) -> dict:
+    def _read_index(self) -> dict[str, Any]:
         try:
             index = json.loads(self.index_path.read_bytes())
         except FileNotFoundError:
@@ -317,9 +317,9 @@ class Store:
         except json.JSONDecodeError as e:
             raise PybuildError(f"{self.index_path} is corrupt: {e}") from None
         index.setdefault("manifests", [])
-        return index
+        return dict(index)
 
-    def _write_index(self, index: dict) -> None:
+    def _write_index(self, index: dict[str, Any]) -> None:
         _atomic_write(self.index_path, json.dumps(index, indent=2).encode() + b"\n", self.tmp_dir)
 
     def set_tag(self, name: str, desc: Descriptor) -> None:
@@ -438,7 +438,7 @@ class Store:
             return []
         if not isinstance(obj, dict):
             return []
-        refs: list[dict] = list(obj.get("manifests") or []) + list(obj.get("layers") or [])
+        refs: list[dict[str, Any]] = list(obj.get("manifests") or []) + list(obj.get("layers") or [])
         for key in ("config", "subject"):
             if isinstance(obj.get(key), dict):
                 refs.append(obj[key])

@@ -74,7 +74,7 @@ class Registry:
         self.proc: subprocess.Popen | None = None
         self.ready_url = f"http://{self.addr}/v2/"
 
-    def start(self) -> "Registry":
+    def start(self) -> Registry:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([str(REGISTRY), "serve", str(self.config)], stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -103,7 +103,7 @@ class Registry:
         if self.proc is not None:
             _stop(self.proc)
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -121,7 +121,7 @@ class _Server:
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "_Server":
+    def __enter__(self) -> _Server:
         self.thread.start()
         return self
 

@@ -309,7 +309,7 @@ def test_bad_input_leaves_store_untouched(busybox: Pybuild, tmp_path: Path, dock
     before = store_snapshot(busybox.root)
     proc = busybox("build", "-t", "bad", str(ctx), check=False)
     assert proc.returncode != 0
-    err_lines = [l for l in proc.stderr.splitlines() if l.startswith(("Dockerfile", "error"))]
+    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("Dockerfile", "error"))]
     assert err_lines and err_lines[-1].startswith(expected), proc.stderr
     assert "Traceback" not in proc.stderr
     assert store_snapshot(busybox.root) == before

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
@@ -121,7 +121,7 @@ def test_display_helpers() -> None:
     assert containers.human_duration(3600) == "About an hour"
     assert containers.human_duration(5 * 3600) == "5 hours"
     assert containers.human_duration(3 * 86400) == "3 days"
-    now = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2024, 1, 1, tzinfo=UTC)
     c = containers.Container(id="a" * 64, name="n", image="i", image_id="sha256:x",
                              created=(now - timedelta(minutes=5)).isoformat(),
                              command=["sh", "-c", "echo hello world, a long one"],

@@ -367,18 +367,6 @@ def test_extract_archive_into_dest_resolved_in_root(tmp_path: Path) -> None:
     assert (root / "srv" / "sub" / ".wh.b").read_bytes() == b"plain file"
 
 
-def test_resolve_in_root_follows_links_as_the_container(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "usr" / "lib").mkdir(parents=True)
-    os.symlink("usr/lib", root / "lib")
-    os.symlink("/usr/../../../lib", root / "abs")
-    os.symlink("../../../../etc", root / "usr" / "up")
-    assert layer.resolve_in_root(root, "/lib/x") == root / "usr" / "lib" / "x"
-    assert layer.resolve_in_root(root, "abs/y") == root / "usr" / "lib" / "y"
-    assert layer.resolve_in_root(root, "/usr/up/passwd") == root / "etc" / "passwd"
-    assert layer.resolve_in_root(root, "../../lib", follow_last=False) == root / "lib"
-
-
 @needs_root
 @pytest.mark.parametrize("fmt", ["gnu", "posix", "ustar"])
 def test_applies_archives_written_by_gnu_tar(tmp_path: Path, fmt: str) -> None:

@@ -98,10 +98,9 @@ def test_digest_mismatch_stores_nothing(store: Store) -> None:
 
 
 def test_aborted_or_uncommitted_writer_leaves_nothing(store: Store) -> None:
-    with pytest.raises(RuntimeError):
-        with store.writer() as w:
-            w.write(b"partial")
-            raise RuntimeError("build step failed")
+    with pytest.raises(RuntimeError), store.writer() as w:
+        w.write(b"partial")
+        raise RuntimeError("build step failed")
     with store.writer() as w:
         w.write(b"never committed")
     assert list(store.tmp_dir.iterdir()) == [] and list(store.iter_blobs()) == []
@@ -172,7 +171,7 @@ def test_concurrent_writers_from_two_processes(store: Store) -> None:
     assert list(store.tmp_dir.iterdir()) == []
 
 
-def _hold_lock_then_report(root: str, conn: "multiprocessing.connection.Connection") -> None:
+def _hold_lock_then_report(root: str, conn: multiprocessing.connection.Connection) -> None:
     fd = os.open(Path(root) / "lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

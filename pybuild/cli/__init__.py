@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except DockerfileError as e:
         if args.debug:
             traceback.print_exc()

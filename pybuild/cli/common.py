@@ -43,7 +43,7 @@ def human(n: float) -> str:
     return f"{n}"
 
 
-def table(headers: list[str], rows: list[Sequence[Any]]) -> None:
+def table(headers: list[str], rows: Sequence[Sequence[Any]]) -> None:
     """Left-aligned columns separated by three spaces, like docker's tables."""
     cells = [headers] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

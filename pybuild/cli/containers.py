@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from pybuild.cli.common import key_values, open_store, table
@@ -39,7 +39,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         for c in found:
             print(c.id if args.no_trunc else c.short_id)
         return 0
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [(c.id if args.no_trunc else c.short_id, c.image,
              containers.command_text(c, trunc=not args.no_trunc),
              containers.human_duration((now - containers.parse_time(c.created)).total_seconds())

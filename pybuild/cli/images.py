@@ -32,7 +32,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     store = open_store(args)
     rows = []
-    for name, desc in sorted(store.list_tags().items()):
+    for name in sorted(store.list_tags()):
         img = image.load(store, name)
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         size = sum(d.size for d in img.layers)

@@ -213,7 +213,7 @@ class Mount:
     def rw(self) -> bool:
         return not self.readonly
 
-    def expand(self, lex: ShellLex, env: Mapping[str, str]) -> "Mount":
+    def expand(self, lex: ShellLex, env: Mapping[str, str]) -> Mount:
         """The same mount with its values expanded in the step's environment."""
         return parse_mount(self.spec, self.line, _expander(lex, env, self.line))
 
@@ -638,9 +638,7 @@ def _arg(node: Node) -> Arg:
     return Arg(args=pairs, **_common(node))
 
 
-_SIGNALS = frozenset("""ABRT ALRM BUS CHLD CLD CONT FPE HUP ILL INT IO IOT KILL PIPE POLL PROF
-PWR QUIT SEGV STKFLT STOP SYS TERM TRAP TSTP TTIN TTOU URG USR1 USR2 VTALRM WINCH XCPU XFSZ
-RTMIN RTMAX""".split())
+_SIGNALS = frozenset(["ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ", "RTMIN", "RTMAX"])
 
 
 def _check_signal(node: Node, sig: str) -> str:
@@ -698,7 +696,7 @@ def _healthcheck(node: Node) -> Healthcheck:
     if not cmd:
         raise _err(node, "Missing command after HEALTHCHECK CMD")
     test = (["CMD"] if node.json else ["CMD-SHELL"]) + cmd
-    durations: dict[str, int] = {}
+    durations: dict[str, Any] = {}
     for flag in ("interval", "timeout", "start-period", "start-interval"):
         value = flags.get(flag, "")
         nanos = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from pybuild.dockerfile.shell import GO_SPACES, ShellLex, go_quote
 from pybuild.errors import DockerfileError
@@ -57,7 +57,7 @@ class Node:
     original: str = ""
     start_line: int = 0
     end_line: int = 0
-    inner: "Node | None" = None
+    inner: Node | None = None
     keyword: str = ""  # the instruction word as written (for messages: `unknown instruction: FOO`)
 
 

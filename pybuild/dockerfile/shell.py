@@ -67,7 +67,7 @@ class _Words:
 class _Scanner:
     """One pass over a word; every helper consumes characters, so expansion stays linear."""
 
-    def __init__(self, lex: "ShellLex", text: str, env: Mapping[str, str]) -> None:
+    def __init__(self, lex: ShellLex, text: str, env: Mapping[str, str]) -> None:
         self.lex = lex
         self.text = text
         # Go's text/scanner, which BuildKit's lexer reads with, skips a byte order mark at
@@ -235,9 +235,8 @@ class _Scanner:
             null_is_unset = True
             ch = self.next()
             modifier += ch
-        if ch not in ("+", "-", "?", "#", "%"):
-            if not null_is_unset:
-                raise _LexError(f"unsupported modifier ({modifier}) in substitution")
+        if ch not in ("+", "-", "?", "#", "%") and not null_is_unset:
+            raise _LexError(f"unsupported modifier ({modifier}) in substitution")
         raw = ch in ("#", "%")
         if null_is_unset and raw:
             raise _LexError(f"unsupported modifier ({modifier}) in substitution")
@@ -299,7 +298,7 @@ class _LexError(Exception):
     """Internal: a malformed word; turned into a DockerfileError naming the word."""
 
 
-def _pattern_regex(pattern: str, greedy: bool, anchored: bool) -> "re.Pattern[str]":
+def _pattern_regex(pattern: str, greedy: bool, anchored: bool) -> re.Pattern[str]:
     """A shell glob (`*`, `?`, `\\x`) as a regex; other characters are literal."""
     out = ["^"] if anchored else []
     star = ".*" if greedy else ".*?"

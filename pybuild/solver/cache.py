@@ -120,7 +120,7 @@ class Cache:
             self.db.executemany("DELETE FROM cache_records WHERE key = ?", [(k,) for k in keys])
 
 
-def _record(row: tuple) -> Record:
+def _record(row: tuple[Any, ...]) -> Record:
     (key, parent, slot, description, digest, media_type, size, diff_id, chain_id, inputs,
      created, last_used, hits) = row
     return Record(key, parent, slot, description, Descriptor(media_type, digest, size), diff_id,

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from pybuild import fs
 from pybuild.context import PatternMatcher, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
-from pybuild.layer import extract_archive, is_archive, resolve_in_root
+from pybuild.fs import resolve_in_root
+from pybuild.layer import extract_archive, is_archive
 
 if TYPE_CHECKING:
     from pybuild.solver.git import GitRef
@@ -170,25 +172,10 @@ class _Copier:
         """Create missing directories of a container path: 0755 (or --chmod), owned by
         --chown or root."""
         uid, gid = self.req.chown or (0, 0)
-        current = "/"
-        for comp in [c for c in path.split("/") if c]:
-            current = posixpath.join(current, comp)
-            host = resolve_in_root(self.rootfs, current)
-            if not os.path.lexists(host):
-                # A dangling link resolves to a path whose tail is missing: create that tail
-                # (all of it inside the rootfs, and free of symlinks by construction).
-                walk = self.rootfs
-                for part in host.relative_to(self.rootfs).parts:
-                    walk = walk / part
-                    if not os.path.lexists(walk):
-                        os.mkdir(walk, 0o700)
-                        os.chown(walk, uid, gid, follow_symlinks=False)
-                        os.chmod(walk, self.dir_mode)
-                continue
-            st = os.lstat(host)
-            if not stat.S_ISDIR(st.st_mode):
-                raise DockerfileError(f"cannot create directory {current}: a file is in the way", self.req.line)
-        return resolve_in_root(self.rootfs, path)
+        try:
+            return fs.mkdir_p(self.rootfs, path, mode=self.dir_mode, uid=uid, gid=gid)
+        except fs.PathError as e:
+            raise DockerfileError(str(e), self.req.line) from None
 
     def copy_source(self, src: Path, dest: str, forced_dir: bool) -> None:
         rel = os.path.relpath(src, self.req.source_root)

@@ -13,17 +13,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import posixpath
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
+from pybuild import fs
 from pybuild import image as imagemod
 from pybuild import runtime
 from pybuild.solver import history as hist
@@ -37,7 +37,6 @@ from pybuild.solver.users import resolve_chown, resolve_user
 from pybuild.context import BuildContext
 from pybuild.dockerfile import ShellLex, instructions as ins, parse, stages
 from pybuild.errors import DockerfileError, PybuildError, StepError
-from pybuild.layer import resolve_in_root
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
 from pybuild.snapshot import Snapshotter, chain_ids
@@ -730,7 +729,7 @@ class Solver:
         if idx is not None:
             return "stage " + self._stage(idx).key
         img = self._resolve_image(parse_reference(name), line)
-        return "image " + img.manifest_desc.digest
+        return "image " + str(img.manifest_desc.digest)
 
     @contextmanager
     def _view(self, name: str) -> Iterator[Path]:
@@ -805,9 +804,9 @@ class Solver:
     def _display(self, s: StageState, raw: Any) -> str:
         """A step's name as BuildKit shows it: the original text, variables it knows filled in."""
         try:
-            return self.display_lex.expand(raw.original, s.env_map())
+            return str(self.display_lex.expand(raw.original, s.env_map()))
         except DockerfileError:
-            return raw.original
+            return str(raw.original)
 
     def _excerpt(self, raw: Any) -> SourceExcerpt:
         return SourceExcerpt(self.opts.dockerfile_name, self.text.split("\n"),
@@ -819,9 +818,9 @@ class Solver:
     def _format_time(self, t: float) -> str:
         """RFC 3339 in UTC; SOURCE_DATE_EPOCH replaces every time when set."""
         if self.opts.source_date_epoch is not None:
-            return datetime.fromtimestamp(self.opts.source_date_epoch, tz=timezone.utc) \
+            return datetime.fromtimestamp(self.opts.source_date_epoch, tz=UTC) \
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
-        return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _set_env(env: list[str], key: str, value: str) -> list[str]:
@@ -856,7 +855,7 @@ def _fill_times(history: list[dict[str, Any]], now: str) -> None:
 
 
 def manifest_config_digest(store: Store, manifest: Descriptor) -> str:
-    return store.read_json(manifest.digest)["config"]["digest"]
+    return str(store.read_json(manifest.digest)["config"]["digest"])
 
 
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:
@@ -886,7 +885,7 @@ def _heredoc_script(command: str, heredocs: list[Any]) -> str | None:
     word = command.strip().lstrip("<").lstrip("-").strip("'\"")
     if not command.strip().startswith("<<") or word != heredocs[0].name:
         return None
-    return heredocs[0].data
+    return str(heredocs[0].data)
 
 
 @contextmanager
@@ -931,12 +930,7 @@ def _ports(p: str, line: int) -> list[str]:
 
 def _mkdir_p(rootfs: Path, path: str, uid: int, gid: int) -> None:
     """Create `path` inside rootfs, every new directory owned by uid:gid (as BuildKit)."""
-    cur = "/"
-    for part in [p for p in path.split("/") if p]:
-        cur = os.path.join(cur, part)
-        target = resolve_in_root(rootfs, cur)
-        if not os.path.lexists(target):
-            os.mkdir(target, 0o755)
-            os.chown(target, uid, gid)
-        elif not os.path.isdir(target):
-            raise PybuildError(f"cannot create directory {cur}: a file is in the way")
+    try:
+        fs.mkdir_p(rootfs, path, uid=uid, gid=gid)
+    except fs.NotADirectory:
+        raise PybuildError(f"cannot create directory {path}: a file is in the way") from None

@@ -7,11 +7,12 @@ The rules are runc's/BuildKit's (moby/sys/user GetExecUser, BuildKit's readUser)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pybuild import fs
 from pybuild.errors import PybuildError
-from pybuild.layer import resolve_in_root
 
 _MAX_ID = 2**31 - 1
 
@@ -26,11 +27,13 @@ class _Entry:
 
 def _read_db(rootfs: Path, path: str) -> list[str]:
     """Lines of an account file in the rootfs; a missing file reads as empty."""
-    host = resolve_in_root(rootfs, path)
     try:
-        return host.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        with os.fdopen(fs.open_in_root(rootfs, path), "rb") as f:
+            return f.read().decode("utf-8", errors="surrogateescape").splitlines()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, fs.NotADirectory):
         return []
+    except fs.PathError as exc:
+        raise PybuildError(f"cannot read {path} in the image: {exc.reason}") from None
     except OSError as exc:
         raise PybuildError(f"cannot read {path} in the image: {exc.strerror}") from None
 

@@ -12,7 +12,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import tarsafe
