@@ -29,9 +29,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pybuild.dockerfile import parse, parser, shell
-from pybuild.dockerfile.parser import Node
-from pybuild.errors import DockerfileError
+from pybuild.dockerfile import parse, parser, shell  # noqa: E402
+from pybuild.dockerfile.parser import Node  # noqa: E402
+from pybuild.errors import DockerfileError  # noqa: E402
 
 try:
     import dockerfile as go_parser
