@@ -43,6 +43,31 @@ DEFAULT_CAPS = [
     "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]
+# Linux capabilities by number (capability.h), for `RUN --security=insecure`.
+CAP_NAMES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+]
+
+
+def privileged_caps() -> list[str]:
+    """Every capability this process may hand on (its bounding set): BuildKit's insecure
+    mode gives all of them (dockerfile_runsecurity_test.go: CapBnd 0x3fffffffff and up)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        bnd = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapBnd:")), 16)
+    except (OSError, StopIteration, ValueError):
+        return list(DEFAULT_CAPS)
+    return [name for i, name in enumerate(CAP_NAMES) if bnd >> i & 1]
+
+
 MASKED_PATHS = [
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -84,6 +109,7 @@ class RunSpec:
     hostname: str = DEFAULT_HOSTNAME
     readonly_rootfs: bool = False
     tty: bool = False
+    privileged: bool = False  # RUN --security=insecure: all capabilities, /proc and /sys unmasked
 
 
 def build_spec(spec: RunSpec) -> dict[str, Any]:
@@ -112,7 +138,8 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
             "args": list(spec.args),
             "env": list(spec.env),
             "cwd": spec.cwd,
-            "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
+            "capabilities": {k: privileged_caps() if spec.privileged else list(DEFAULT_CAPS)
+                             for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": False,
         },
@@ -126,8 +153,8 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
         "linux": {
             "namespaces": namespaces,
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
+            "maskedPaths": [] if spec.privileged else list(MASKED_PATHS),
+            "readonlyPaths": [] if spec.privileged else list(READONLY_PATHS),
         },
     }
 

@@ -51,7 +51,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         source_date_epoch=epoch, explain=args.explain, pull=args.pull,
         cache_from=[parse_cache_spec(v, "--cache-from") for v in args.cache_from or []],
         cache_to=[parse_cache_spec(v, "--cache-to") for v in args.cache_to or []],
-        registry=lambda: client_from_args(args))
+        registry=lambda: client_from_args(args), allow=_entitlements(args.allow))
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
     if args.check:
@@ -104,6 +104,17 @@ def _check(opts: Any) -> Any:
 
 
 # ----- images ------------------------------------------------------------------------
+def _entitlements(values: list[str] | None) -> list[str]:
+    """--allow values (BuildKit's entitlement names; network.host is always granted here)."""
+    out = []
+    for v in values or []:
+        for item in v.split(","):
+            if item not in ("security.insecure", "network.host"):
+                raise PybuildError(f"invalid --allow value {item!r}: security.insecure or network.host")
+            out.append(item)
+    return out
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", parents=[common], help="build an image from a Dockerfile",
                        description="Build an image from a Dockerfile and a context directory, "
@@ -137,6 +148,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="say why each rebuilt step missed the cache (always on with --progress=plain)")
     b.add_argument("--check", action="store_true",
                    help="parse and plan only: print stages and steps, build nothing")
+    b.add_argument("--allow", action="append", metavar="ENTITLEMENT",
+                   help="grant an entitlement: security.insecure lets RUN --security=insecure "
+                        "run with every capability")
     b.add_argument("--pull", action="store_true",
                    help="always look for a newer base image in its registry")
     b.add_argument("--push", action="store_true", help="push every -t name after the build")

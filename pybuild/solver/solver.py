@@ -75,6 +75,7 @@ class BuildOptions:
     pull: bool = False
     cache_from: list[Any] = field(default_factory=list)
     cache_to: list[Any] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)  # entitlements: security.insecure
     # Makes the RegistryClient with the user's TLS/insecure flags; called only when a build
     # talks to a registry, so local builds never import the HTTP stack.
     registry: Any = None
@@ -479,6 +480,12 @@ class Solver:
                    if not (k in PROXY_ARGS and k in s.from_arg)]
         proxies = stages.proxy_env(self.opts.build_args)
         hostname = self.opts.build_args.get("BUILDKIT_SANDBOX_HOSTNAME") or runtime.DEFAULT_HOSTNAME
+        privileged = raw.security == "insecure"
+        if privileged and "security.insecure" not in self.opts.allow:
+            # BuildKit refuses it unless the build grants the entitlement
+            # (dockerfile_runsecurity_test.go testRunSecurityInsecure)
+            raise DockerfileError("entitlement security.insecure is not allowed "
+                                  "(pybuild build --allow security.insecure)", raw.line)
         network = (raw.network or self.opts.network or "host").lower()
         if network == "default":
             network = self.opts.network or "host"
@@ -510,6 +517,7 @@ class Solver:
                 spec = runtime.RunSpec(rootfs=active.rootfs, args=argv,
                                        env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
                                        additional_gids=groups, network=network, hostname=hostname,
+                                       privileged=privileged,
                                        mounts=host + prep.mounts + script_mounts)
                 vid = self._current_vid
                 status = runtime.run(spec, lambda data: self.progress.vertex_log(vid, data))

@@ -433,3 +433,22 @@ def test_copy_parents_doublestar_key_covers_every_match(busybox: Pybuild, tmp_pa
     (ctx / "src" / "a.txt").write_text("second")
     out = busybox("build", "-t", "stars", str(ctx))
     assert "second" in out.stdout + out.stderr
+
+
+def test_run_security_insecure_needs_the_entitlement(busybox: Pybuild, tmp_path: Path) -> None:
+    # dockerfile_runsecurity_test.go testRunSecurityInsecure / testRunSecurityDefault: the
+    # default set is docker's; insecure gets every capability (upstream: 0x3fffffffff and up;
+    # here: all that this host's bounding set holds, which may lack a few)
+    host = next(ln.split()[1] for ln in Path("/proc/self/status").read_text().splitlines()
+                if ln.startswith("CapBnd:"))
+    ctx = _context(tmp_path, f"""
+        FROM busybox
+        RUN [ "$(grep CapBnd /proc/self/status)" = "$(printf 'CapBnd:\\t00000000a80425fb')" ]
+        RUN --security=insecure [ "$(grep CapBnd /proc/self/status | cut -f 2)" = {host} ]
+        RUN --security=sandbox [ "$(grep CapBnd /proc/self/status)" = "$(printf 'CapBnd:\\t00000000a80425fb')" ]
+        """)
+    assert int(host, 16) & 0xa80425fb == 0xa80425fb and int(host, 16) > 0xa80425fb
+    out = busybox("build", "-q", str(ctx), check=False)
+    assert out.returncode != 0
+    assert "Dockerfile:3: entitlement security.insecure is not allowed" in out.stderr
+    busybox("build", "-q", "--allow", "security.insecure", str(ctx))
