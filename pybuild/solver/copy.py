@@ -432,9 +432,11 @@ def key_sources(patterns: list[str]) -> list[str]:
 
 
 def _parse_checksum(checksum: str, line: int | None) -> tuple[str, str]:
-    algo, _, hexdigest = checksum.partition(":")
-    if algo not in _CHECKSUM_ALGOS or not hexdigest:
-        raise DockerfileError(f"invalid checksum {checksum!r}: expected sha256:<hex>", line)
+    algo, sep, hexdigest = checksum.partition(":")
+    if not sep or not algo or not hexdigest:
+        raise DockerfileError(f"invalid checksum digest format: {checksum}", line)
+    if algo not in _CHECKSUM_ALGOS:  # go-digest's Parse (dockerfile_addchecksum tests)
+        raise DockerfileError(f"unsupported digest algorithm: {checksum}", line)
     if len(hexdigest) != hashlib.new(algo).digest_size * 2 or any(c not in "0123456789abcdef" for c in hexdigest):
         raise DockerfileError(f"invalid checksum digest format: {checksum}", line)
     return algo, hexdigest
@@ -526,6 +528,8 @@ def check_add_sources(is_add: bool, sources: list[str], checksum: str | None,
             raise DockerfileError("checksum can't be specified for multiple sources", line)
         if out[0][1] is None and not sources[0].startswith(("http://", "https://")):
             raise DockerfileError("checksum requires HTTP(S) or Git sources", line)
+        if out[0][1] is None:
+            _parse_checksum(checksum, line)  # a bad digest fails before anything runs
     return out
 
 

@@ -417,6 +417,20 @@ def test_add_unpack_flag(busybox: Pybuild, tmp_path: Path) -> None:
                 && [ -f /remote/a.tar.gz ] && [ "$(cat /remote-unpacked/inside.txt)" = in ]
             """))
         busybox("build", "-q", str(ctx))
+        # dockerfile_add_test.go (was dockerfile_addchecksum_test.go) testAddChecksum
+        import hashlib
+
+        good = "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest()
+        for i, (checksum, message) in enumerate([
+                (good, None), ("sha256:" + "0" * 64, "checksum mismatch"),
+                ("md5:7e55db001d319a94b0b713529a756623", "unsupported digest algorithm"),
+                ("sha256:abc", "invalid checksum digest format")]):
+            d = tmp_path / f"c{i}"
+            d.mkdir()
+            (d / "Dockerfile").write_text(f"FROM busybox\nADD --checksum={checksum} {url} /tmp/foo\n")
+            out = busybox("build", "-q", str(d), check=message is None)
+            if message is not None:
+                assert out.returncode != 0 and message in out.stderr and "Dockerfile:2:" in out.stderr
     finally:
         server.shutdown()
         server.server_close()
