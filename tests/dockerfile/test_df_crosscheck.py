@@ -18,29 +18,20 @@ wrong are listed so a change on either side is noticed.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from conftest import load_bench
 from pybuild.dockerfile import parse, parser
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_oracle() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_oracle", REPO / "bench" / "fuzz_oracle.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ORACLE = _load_oracle()
+ORACLE = load_bench("fuzz_oracle")
 needs_oracle = pytest.mark.skipif(ORACLE.go_parser is None,
                                   reason="the PyPI package `dockerfile` (BuildKit's parser) is not installed")
 
