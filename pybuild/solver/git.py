@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 from pybuild.errors import DockerfileError
 
 _PROTO = re.compile(r"^[a-zA-Z0-9]+://")
-_SCP = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*@([^:/]+):(.+)$")  # sshutil's scp-style URL
+_SCP = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*@([^:/-][^:/]*):(.+)$")  # sshutil's scp-style URL
 _SUPPORTED = ("http", "https", "ssh", "git")
 _HEX = re.compile(r"[0-9a-f]+")
 _TIMEOUT = 600
@@ -98,11 +98,23 @@ def parse_git_ref(src: str, line: int | None = None) -> GitRef | None:
     if tag and branch:
         raise DockerfileError("branch conflicts with tag", line)
     for extra in (tag, branch):
+        _check_ref(extra, line)
+    for extra in (tag, branch):
         if extra:
             if ref and ref != extra:
                 raise DockerfileError(f'ref conflicts: "{ref}" vs "{extra}"', line)
             ref = extra
+    _check_ref(ref, line)
     return GitRef(remote, ref, subdir, checksum, keep)
+
+
+_BAD_REF = re.compile(r"^-|[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|/$|\.lock$|^/")
+
+
+def _check_ref(ref: str, line: int | None) -> None:
+    """git's ref rules (check-ref-format), and never a word git would read as an option."""
+    if ref and _BAD_REF.search(ref):
+        raise DockerfileError(f"invalid git ref {ref!r}", line)
 
 
 def _git(args: list[str], cwd: Path | None, line: int | None) -> str:
@@ -178,6 +190,6 @@ def checkout(ref: GitRef, commit: str, keep_git_dir: bool, line: int | None) -> 
         src = work
         if ref.subdir:
             src = work / ref.subdir
-            if src.is_symlink() or not src.is_dir() or not str(src.resolve()).startswith(str(work.resolve())):
+            if src.is_symlink() or not src.is_dir() or not src.resolve().is_relative_to(work.resolve()):
                 raise DockerfileError(f"subdir {ref.subdir!r} not found in {ref.remote}#{ref.ref}", line)
         yield src

@@ -123,3 +123,16 @@ def test_cache_dir_key_separates_owner_and_mode() -> None:
     assert cache_dir_key(m(uid=1), "/c") != cache_dir_key(m(uid=2), "/c")
     assert cache_dir_key(m(uid=0), "/c") == cache_dir_key(m(mode=0o755), "/c")  # same Mkdir
     assert cache_dir_key(m(uid=1), "/c") != cache_dir_key(m(), "/c")
+
+
+@pytest.mark.parametrize("src", [
+    "https://h/r.git#--upload-pack=touch /tmp/pwned",  # would be an option to git fetch
+    "https://h/r.git?ref=-x", "https://h/r.git?branch=a..b", "https://h/r.git#a b",
+])
+def test_hostile_git_refs_are_refused(src: str) -> None:
+    with pytest.raises(DockerfileError, match="invalid git ref"):
+        parse_git_ref(src, 4)
+
+
+def test_scp_host_cannot_be_an_ssh_option() -> None:
+    assert parse_git_ref("git@-oProxyCommand=touch:x.git") is None  # a local path then
