@@ -159,13 +159,36 @@ def _no_blanks_after_heredoc_operator(sc: Any) -> str:
     return "<"
 
 
-def _ours_v0_12(text: str, old_json: bool, old_heredoc: bool) -> Parsed:
+_HEALTH = parser._health
+
+
+def _health_bytewise(rest: str, escape: str) -> Any:
+    """parseHealthConfig's byte loops: bytes 0x85 and 0xA0 inside a character end the
+    HEALTHCHECK type word too (the same byte-wise reading as the flags)."""
+    raw = rest.encode("utf-8", "surrogateescape")
+    sep = 0
+    while sep < len(raw) and chr(raw[sep]) not in shell.GO_SPACES:
+        sep += 1
+    if sep == 0:
+        return [], False, None
+    nxt = sep
+    while nxt < len(raw) and chr(raw[nxt]) in shell.GO_SPACES:
+        nxt += 1
+    words, is_json, _ = parser._maybe_json(raw[nxt:].decode("utf-8", "ignore"), escape)
+    return [raw[:sep].decode("utf-8", "ignore")] + words, is_json, None
+
+
+def _ours_v0_12(text: str, old_json: bool, old_heredoc: bool, bytewise: bool = False) -> Parsed:
     """pybuild's parser with chosen upstream changes undone:
     - old_json: json.NewDecoder's reading (see _json_v0_12);
     - old_heredoc: today's lexer keeps the blanks after `<<` in that word, so `<<  EOF` (also
       across a continuation) is a heredoc (BuildKit 0b77373ab, lex.go
-      processPossibleHeredoc); v0.12.5 split it into `<<` and `EOF`."""
+      processPossibleHeredoc); v0.12.5 split it into `<<` and `EOF`;
+    - bytewise: BuildKit's byte-wise flag reader (see _extract_flags_bytewise)."""
     saved_json, saved_lt = parser._parse_json, shell._Scanner.possible_heredoc
+    if bytewise:
+        parser._extract_flags = _extract_flags_bytewise
+        parser._DISPATCH["healthcheck"] = _health_bytewise
     if old_json:
         parser._parse_json = _json_v0_12
     if old_heredoc:
@@ -174,23 +197,24 @@ def _ours_v0_12(text: str, old_json: bool, old_heredoc: bool) -> Parsed:
         return ours(text)
     finally:
         parser._parse_json = saved_json
+        parser._extract_flags = _EXTRACT_FLAGS
+        parser._DISPATCH["healthcheck"] = _HEALTH
         shell._Scanner.possible_heredoc = saved_lt  # type: ignore[method-assign]
 
 
-def _bytewise_flags(result: Parsed) -> Parsed:
+_EXTRACT_FLAGS = parser._extract_flags
+
+
+def _extract_flags_bytewise(line: str) -> tuple[str, list[str]]:
     """BuildKit reads flag words byte by byte as runes (split_command.go extractBuilderFlags,
-    still so today): a non-ASCII character in a flag comes out Latin-1 double-encoded. pybuild
-    reads characters (a `--mount=target=/données` stays what was written)."""
-    if result[0] != "ok":
-        return result
-    return ("ok", [n[:6] + (tuple(f.encode("utf-8", "replace").decode("latin-1") for f in n[6]),) + n[7:]
-                   for n in result[1]])
-
-
-def _mojibake_splits(text: str) -> bool:
-    """The byte-wise reader also ends a flag word at a byte 0x85 or 0xA0 (U+0085 and U+00A0
-    are spaces to unicode.IsSpace), which the middle of a character like `Å` or U+00A0 holds."""
-    return any(0x85 in c.encode() or 0xA0 in c.encode() for c in text if not c.isascii())
+    still so today): each byte of a non-ASCII character becomes its own Latin-1 character,
+    and bytes 0x85 and 0xA0 (U+0085, U+00A0: spaces to unicode.IsSpace) end a word. pybuild's
+    own reader run over that byte view is exactly Go's loop; the rest of the line goes on as
+    bytes (the wrapper drops the invalid UTF-8 a split leaves). pybuild reads characters, so
+    a `--mount=target=/données` stays what was written."""
+    view = line.encode("utf-8", "surrogateescape").decode("latin-1")
+    rest, flags = _EXTRACT_FLAGS(view)
+    return rest.encode("latin-1").decode("utf-8", "ignore"), flags
 
 
 def _variants(text: str) -> list[tuple[str, Parsed, Parsed]]:
@@ -203,13 +227,12 @@ def _variants(text: str) -> list[tuple[str, Parsed, Parsed]]:
         go = theirs(t)
         for old_json in (False, True):
             for old_heredoc in (False, True):
-                mine = _ours_v0_12(t, old_json, old_heredoc)
                 for flags in (False, True):
                     name = "+".join(n for n, on in (
                         ("heredoc-blanks", old_heredoc), ("new-shell-modifiers", mods),
                         ("json-trailing-text", old_json), ("bytewise-flags", flags)) if on)
                     if name:
-                        out.append((name, _bytewise_flags(mine) if flags else mine, go))
+                        out.append((name, _ours_v0_12(t, old_json, old_heredoc, flags), go))
     return out
 
 
@@ -219,8 +242,6 @@ def explain(text: str) -> str | None:
     for name, mine, go in _variants(text):
         if mine == go:
             return name
-    if _mojibake_splits(text) and "--" in text:
-        return "bytewise-flags-split"
     return None
 
 

@@ -20,6 +20,7 @@ from pybuild.errors import DockerfileError
 _S = "[\t\n\f\r ]"
 _RE_DIRECTIVE = re.compile(rf"#{_S}*([a-zA-Z][a-zA-Z0-9]*){_S}*=(.*)")
 _DIRECTIVE_SPACE = "\t\n\f\r "
+_ASCII_SPACES = frozenset("\t\n\v\f\r ")
 _RE_WHITESPACE = re.compile(r"[\t\v\f\r ]+")
 _RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)", re.S)
 _RE_LEADING_TABS = re.compile(r"^\t+", re.M)
@@ -460,13 +461,15 @@ def _name_val(key: str) -> Callable[[str, str], _Args]:
 
 
 def _health(rest: str, escape: str) -> _Args:
+    # BuildKit's parseHealthConfig tests bytes (unicode.IsSpace(rune(rest[i]))): a multi-byte
+    # character never starts with a space byte, so only ASCII blanks separate here.
     sep = 0
-    while sep < len(rest) and rest[sep] not in GO_SPACES:
+    while sep < len(rest) and rest[sep] not in _ASCII_SPACES:
         sep += 1
     if sep == 0:
         return [], False, None
     nxt = sep
-    while nxt < len(rest) and rest[nxt] in GO_SPACES:
+    while nxt < len(rest) and rest[nxt] in _ASCII_SPACES:
         nxt += 1
     words, is_json, _ = _maybe_json(rest[nxt:], escape)
     return [rest[:sep]] + words, is_json, None

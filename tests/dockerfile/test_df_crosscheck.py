@@ -184,6 +184,24 @@ def test_heredoc_words_as_go_lexes_them(text: str, names: list[str]) -> None:
 
 
 @needs_oracle
+def test_healthcheck_type_ends_at_ascii_blanks() -> None:
+    """parseHealthConfig reads bytes: U+00A0 after `CMD ` is part of the command."""
+    text = "FROM a\nHEALTHCHECK CMD \u00a0 x\n"
+    assert parse(text).nodes[1].args == ["CMD", "\u00a0 x"]
+    _assert_same(text)
+
+
+@needs_oracle
+def test_difference_bytewise_split_inside_a_character() -> None:
+    """A byte 0xA0 inside a character ends a flag word in BuildKit: `--x=\u00a0y` reaches it
+    as `--x=Â` and the rest `y`; explained by BuildKit's byte reader, modelled exactly."""
+    text = "FROM a\nCOPY --x=\u00a0y a b\n"
+    ours, theirs = ORACLE.compare(text)
+    assert theirs[1][1][6] == ("--x=\u00c2",) and theirs[1][1][7] == ("y", "a", "b")
+    assert ORACLE.explain(text) == "bytewise-flags"
+
+
+@needs_oracle
 def test_heredoc_delimiter_keeps_unset_variables() -> None:
     """`<<E$X` names the delimiter `E$X` (heredocsFromLine lexes with SkipUnsetEnv)."""
     text = "FROM a\nRUN <<E$X\nhi\nE$X\nRUN echo ${X?err} <<EOF\nyo\nEOF\n"
