@@ -70,6 +70,10 @@ def theirs(text: str) -> Parsed:
         cmds = go_parser.parse_string(text)
     except go_parser.GoParseError as e:
         return ("error", str(e))
+    except UnicodeDecodeError:
+        # Go handed back bytes that are not UTF-8: only its byte-wise flag reader can cut a
+        # character in two (see _extract_flags_bytewise), and the wrapper cannot decode that
+        return ("undecodable", None)
     return ("ok", [(c.cmd, c.sub_cmd, c.json, c.original, c.start_line, c.end_line,
                     tuple(c.flags), tuple(c.value),
                     tuple((h.name, h.content) for h in c.heredocs)) for c in cmds])
@@ -239,6 +243,9 @@ def _variants(text: str) -> list[tuple[str, Parsed, Parsed]]:
 def explain(text: str) -> str | None:
     """The documented difference that accounts for a disagreement on `text`, or None."""
     text = feedable(text)
+    if theirs(text)[0] == "undecodable":
+        split = any(0x85 in c.encode() or 0xA0 in c.encode() for c in text if not c.isascii())
+        return "bytewise-flags-undecodable" if split else None
     for name, mine, go in _variants(text):
         if mine == go:
             return name
