@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -85,12 +85,14 @@ class Exec:
     mounts: tuple[Any, ...]  # each mount's meaning (mounts.cache_key_of)
     bind_sources: tuple[Any, ...]  # what the bind mounts show (content or stage keys)
     security: str = "sandbox"
+    hostname: str = "buildkitsandbox"  # BUILDKIT_SANDBOX_HOSTNAME (runtime.DEFAULT_HOSTNAME)
 
     def inputs(self) -> dict[str, Any]:
         return {"op": "run", "argv": list(self.argv), "env": dict(self.env),
                 "args": dict(self.args), "cwd": self.cwd, "user": self.user,
                 "network": self.network, "mounts": list(self.mounts),
-                "bind_sources": list(self.bind_sources), "security": self.security}
+                "bind_sources": list(self.bind_sources), "security": self.security,
+                "hostname": self.hostname}
 
 
 @dataclass(frozen=True)
@@ -123,16 +125,21 @@ class FileCopy:
     heredocs: tuple[tuple[str, str], ...] = ()
     urls: tuple[str, ...] = ()
     checksum: str = ""
-    downloads: tuple[str, ...] = ()  # each URL's content now (revalidated), when no checksum
-    keep_git_dir: bool = False
+    downloads: tuple[Any, ...] = ()  # each URL's content now (revalidated), when no checksum
+    # ADD of git repositories: (remote, resolved commit, subdir, keep .git) each; the commit
+    # is resolved before the lookup, so a branch or tag that moved is another key
+    git: tuple[tuple[str, str, str, bool], ...] = ()
+    unpack: bool | None = None  # ADD --unpack; None: not given (ADD's default)
 
     def inputs(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": "add" if self.add else "copy", "dest": self.dest,
                                "workdir": self.workdir, "chown": self.chown,
                                "chmod": self.chmod, "exclude": list(self.exclude),
                                "parents": self.parents, "link": self.link}
-        if self.keep_git_dir:
-            out["keep_git_dir"] = True
+        if self.git:
+            out["git"] = [list(g) for g in self.git]
+        if self.unpack is not None:
+            out["unpack"] = self.unpack
         if self.heredocs:
             out["heredocs"] = [list(h) for h in self.heredocs]
         if self.urls:
