@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +45,7 @@ from pybuild import network as netmod
 from pybuild import restart as restartmod
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.fs import resolve_in_root
-from pybuild.liveness import exclusive, process_start
+from pybuild.liveness import exclusive, process_start, remove_tree
 from pybuild.snapshot import Active, Snapshotter, chain_ids
 from pybuild.solver.users import resolve_user
 from pybuild.store import Store
@@ -668,7 +667,7 @@ def _finish(store: Store, cid: str, exit_code: int | None, *, error: str = "") -
         _bring_down(store, c)
         _unmount(container_dir(store, cid) / "merged")
         if c.auto_remove:
-            shutil.rmtree(container_dir(store, cid), ignore_errors=True)
+            remove_tree(container_dir(store, cid))
             return
         _write(store, c)
 
@@ -679,7 +678,7 @@ def _destroy(store: Store, c: Container) -> None:
     _bring_down(store, c)
     cdir = container_dir(store, c.id)
     _unmount(cdir / "merged")
-    shutil.rmtree(cdir, ignore_errors=True)
+    remove_tree(cdir)
 
 
 def refresh(store: Store, c: Container) -> Container:

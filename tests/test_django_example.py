@@ -144,7 +144,7 @@ def docker(built: Pybuild, base_tar: Path, context: Path,
 
 def test_plan_has_wheels_and_runtime_stages(tmp_path: Path) -> None:
     """The frontend reads the Dockerfile without a daemon or root: two stages, in order."""
-    out = Pybuild(tmp_path / "store")("build", "--check", str(EXAMPLE)).stdout
+    out = Pybuild(tmp_path / "store")("build", "--call", "outline", str(EXAMPLE)).stdout
     assert "stages needed: wheels, runtime" in out
     assert "RUN --mount=type=secret,id=pip-ca,required=false" in out
     assert "RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels" in out
@@ -412,3 +412,17 @@ def test_same_image_with_any_jobs(built: Pybuild, context: Path, tmp_path: Path)
               *secret_args(), str(context), timeout=900)
         digests.append(json.loads(meta.read_text())["containerimage.digest"])
     assert len(set(digests)) == 1, digests
+
+
+def test_the_examples_own_tests_pass_through_the_pytest_plugin(built: Pybuild, netns: Netns) -> None:
+    """examples/django-app/tests uses pybuild's pytest plugin (pybuild_image,
+    pybuild_container): run it as a user would, on the store `built` made (so the image
+    comes from its cache), inside the test's network namespace."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([*netns.prefix, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--rootdir", str(EXAMPLE), "--pybuild-root", str(built.root),
+                           str(EXAMPLE / "tests")], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout
+    assert netns.link_names() == ["lo"]  # the fixture removed its container

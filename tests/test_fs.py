@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pybuild import fs
+from pybuild.liveness import remove_tree
 
 
 @pytest.fixture
@@ -174,10 +175,10 @@ def test_remove_tree_any_depth_never_follows_links(tmp_path: Path, host: Path) -
         (top / "wide" / f"x{i}").mkdir()
     os.symlink(str(host), top / "wide" / "x7" / "out")       # a link to a host directory
     os.symlink(str(host / "secret"), top / "file-link")
-    fs.remove_tree(top)
+    remove_tree(top)
     assert not os.path.lexists(top)
     assert (host / "secret").read_text() == "host secret\n"
-    fs.remove_tree(top)                       # already gone: nothing to do
+    remove_tree(top)                       # already gone: nothing to do
     (tmp_path / "plain").write_text("x")
-    fs.remove_tree(tmp_path / "plain")
+    remove_tree(tmp_path / "plain")
     assert not (tmp_path / "plain").exists()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pybuild import fs
+from pybuild.liveness import remove_tree
 from pybuild.context import BuildContext, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.liveness import process_start
@@ -151,7 +152,9 @@ class MountPreparer:
     """Builds the runtime mounts of one RUN; the caller supplies stage/image rootfs views."""
 
     def __init__(self, store_root: Path, context: BuildContext, secrets: dict[str, SecretSource],
-                 view: Callable[[str], Any], source_key: Callable[[str], str]) -> None:
+                 view: Callable[[str], Any], source_key: Callable[[str], str],
+                 ssh: Any = None) -> None:
+        self.ssh = ssh  # pybuild.solver.ssh.Agents of --ssh, or None
         self.cache_root = store_root / "cache-mounts"
         self.tmp_root = store_root / "tmp"
         self.context = context
@@ -180,7 +183,14 @@ class MountPreparer:
                 elif kind == "secret":
                     self._secret(stack, m, target, out, line)
                 elif kind == "ssh":
-                    raise DockerfileError("RUN --mount=type=ssh is not supported by pybuild yet", line)
+                    from pybuild.solver.ssh import forward
+
+                    n = sum(1 for x in mounts[:mounts.index(m)] if (x.type or "").lower() == "ssh")
+                    fwd = stack.enter_context(forward(self.ssh, m, target, n, line))
+                    if fwd is not None:
+                        out.mounts.append(Mount(fwd[1], "bind", fwd[0], ["bind"]))
+                        if not any(e.startswith("SSH_AUTH_SOCK=") for e in out.env):
+                            out.env.append(f"SSH_AUTH_SOCK={fwd[1]}")
                 else:
                     raise DockerfileError(f"unsupported mount type {kind!r}", line)
             yield out
@@ -211,7 +221,7 @@ class MountPreparer:
             try:
                 os.rename(tmp, data)
             except OSError:
-                fs.remove_tree(tmp, ignore_errors=True)
+                remove_tree(tmp)
         sharing = (m.sharing or "shared").lower()
         source = data
         if sharing in ("locked", "private"):
@@ -225,7 +235,7 @@ class MountPreparer:
                 except BlockingIOError:
                     # In use: a private mount gets a fresh directory of its own.
                     source = Path(tempfile.mkdtemp(dir=self.cache_root))
-                    stack.callback(fs.remove_tree, source, ignore_errors=True)
+                    stack.callback(remove_tree, source)
         opts = ["rbind", "ro" if m.readonly else "rw"]
         return Mount(target, "bind", str(source), opts)
 
@@ -252,7 +262,7 @@ class MountPreparer:
     def _scratch(self, stack: ExitStack) -> Path:
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
-        stack.callback(fs.remove_tree, tmp, ignore_errors=True)
+        stack.callback(remove_tree, tmp)
         return tmp
 
     def _context_view(self, stack: ExitStack, source: str | None, line: int, copy: bool) -> Path:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-KEY_VERSION = 3
+KEY_VERSION = 4
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -86,13 +86,15 @@ class Exec:
     bind_sources: tuple[Any, ...]  # what the bind mounts show (content or stage keys)
     security: str = "sandbox"
     hostname: str = "buildkitsandbox"  # BUILDKIT_SANDBOX_HOSTNAME (runtime.DEFAULT_HOSTNAME)
+    # --add-host / --ulimit / --shm-size (run_options.key_of): in the key only when given
+    run_options: tuple[tuple[str, Any], ...] = ()
 
     def inputs(self) -> dict[str, Any]:
         return {"op": "run", "argv": list(self.argv), "env": dict(self.env),
                 "args": dict(self.args), "cwd": self.cwd, "user": self.user,
                 "network": self.network, "mounts": list(self.mounts),
                 "bind_sources": list(self.bind_sources), "security": self.security,
-                "hostname": self.hostname}
+                "hostname": self.hostname, **dict(self.run_options)}
 
 
 @dataclass(frozen=True)
@@ -159,10 +161,13 @@ class FileCopy:
 LayerOp = Exec | Mkdir | FileCopy
 
 
-def source_label(src: StageRef | ImageSource) -> str:
-    """How a stage or image source shows in a record: "stage KEY" / "image DIGEST"."""
+def source_label(src: StageRef | ImageSource | ContextSource) -> str:
+    """How a stage or image source shows in a record: "stage KEY" / "image DIGEST"
+    (a --build-context directory: "context KEY")."""
     if isinstance(src, StageRef):
         return "stage " + src.stage_key
+    if isinstance(src, ContextSource):
+        return "context " + src.key()
     return "image " + src.digest
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import Pybuild
 
-from pybuild import fs
+from pybuild.liveness import remove_tree
 from pybuild.context import BuildContext, PatternMatcher, go_clean, walk_visible
 from pybuild.errors import PybuildError
 from pybuild.patterns import compile_go_glob
@@ -189,7 +189,7 @@ def test_deep_trees_walk_without_recursion(tmp_path: Path) -> None:
         assert len(entries) == 1 + 1500 + 1 and entries[-1][0].endswith("/leaf.txt")
         assert "d/" * 1500 + "leaf.txt" in ctx.manifest([root])
     finally:
-        fs.remove_tree(root)
+        remove_tree(root)
 
 
 def _make_deep(top: Path, depth: int) -> None:
@@ -218,4 +218,4 @@ def test_a_context_deeper_than_path_max_fails_in_one_line(busybox: Pybuild, tmp_
         # the context is the cause, not a Dockerfile line: one line naming the path and why
         assert "File name too long" in last and "..." in last and len(last) < 400, last
     finally:
-        fs.remove_tree(ctx)
+        remove_tree(ctx)
