@@ -447,14 +447,10 @@ class BuildContext:
     def _resolve_sources(self, patterns: list[str], line: int) -> list[Path]:
         out: list[Path] = []
         for written in patterns:
-            # An absolute source is relative to the context root, where ".." stops (BuildKit):
-            # "/../../x" is the context's x, while a relative "../x" leaves the context.
-            if written.startswith("/"):
-                cleaned = go_clean(written).lstrip("/") or "."
-            else:
-                cleaned = go_clean(written) or "."
-            if cleaned == ".." or cleaned.startswith("../"):
-                raise DockerfileError(f"forbidden path outside the build context: {written}", line)
+            # Every source is relative to the context root, where ".." stops: "../x" and
+            # "/../../x" are the context's x (reference.md "Copying from the build context":
+            # parent navigation is removed; docker 20.10 agrees, tests/parity/copy_parent_navigation).
+            cleaned = go_clean("/" + written).lstrip("/") or "."
             if has_wildcards(cleaned):
                 matches = self._expand(cleaned, written, line)
             else:

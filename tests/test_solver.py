@@ -279,8 +279,8 @@ def test_cancel_stops_every_running_step(env: Env) -> None:
      "Dockerfile:1: FROM --platform=windows/amd64: invalid platform"),
     ("FROM scratch\nRUN --security=insecure true\n",
      "Dockerfile:2: RUN --security=insecure needs the security.insecure entitlement"),
-    ("FROM scratch\nADD --keep-git-dir https://example.com/x.git /x\n",
-     "Dockerfile:2: ADD --keep-git-dir applies to git sources"),
+    ("FROM scratch\nCOPY https://example.invalid/x.git /x\n",
+     "Dockerfile:2: source can't be a git ref for COPY"),
 ])
 def test_refused_flags_name_the_line(env: Env, text: str, message: str) -> None:
     with pytest.raises(DockerfileError) as e:

@@ -2,7 +2,8 @@
 
 FROM --platform (the host's works, another is refused), RUN --security=insecure (needs
 --allow security.insecure, then runs privileged), COPY --link (a layer of its own, cached
-whatever is below it), ADD --keep-git-dir (refused until git sources exist).
+whatever is below it), ADD --keep-git-dir (works on git sources, tests/conformance; a flag
+that contradicts the URL's query is refused before anything is fetched).
 """
 
 from __future__ import annotations
@@ -53,11 +54,12 @@ def test_from_platform(busybox: Pybuild, tmp_path: Path) -> None:
         f"linux/{host_arch()} only (no multi-platform builds yet)")
 
 
-def test_add_keep_git_dir_is_refused(busybox: Pybuild, tmp_path: Path) -> None:
-    ctx = ctx_with(tmp_path, "FROM busybox\nADD --keep-git-dir=true https://example.invalid/r.git /r\n")
+def test_add_keep_git_dir_contradicting_the_url_is_refused(busybox: Pybuild, tmp_path: Path) -> None:
+    ctx = ctx_with(tmp_path, "FROM busybox\n"
+                   "ADD --keep-git-dir=false https://example.invalid/r.git?keep-git-dir=true /r\n")
     refused = busybox("build", str(ctx), check=False)
     assert refused.returncode == 1
-    assert "Dockerfile:2: ADD --keep-git-dir applies to git sources" in refused.stderr
+    assert "Dockerfile:2: inconsistent keep-git-dir configuration" in refused.stderr
 
 
 def _logs(out: str, step: str) -> list[str]:

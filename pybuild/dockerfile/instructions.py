@@ -71,7 +71,7 @@ _FLAG_TYPES: dict[str, dict[str, str]] = {
     "copy": {"chown": _STR, "chmod": _STR, "from": _STR, "link": _BOOL, "parents": _BOOL,
              "exclude": _LIST},
     "add": {"chown": _STR, "chmod": _STR, "link": _BOOL, "keep-git-dir": _BOOL, "checksum": _STR,
-            "exclude": _LIST},
+            "exclude": _LIST, "unpack": _BOOL},
     "healthcheck": {"interval": _STR, "timeout": _STR, "start-period": _STR,
                     "start-interval": _STR, "retries": _STR},
 }
@@ -230,6 +230,14 @@ def parse_mount(spec: str, line: int, expand: Expander | None) -> Mount:
         raise fail(f"failed to parse csv mounts: {e}") from None
     kv: dict[str, Any] = {"type": "bind"}
     ro_auto = True
+    if expand is None and any(f.partition("=")[0].lower() == "type" and "$" in f.partition("=")[2]
+                              for f in fields):
+        # `type=$T`: today's BuildKit expands every value but `from` when the step runs and
+        # checks nothing else before (commands_runmount.go parseMount without an expander).
+        frm = [f.partition("=")[2] for f in fields if f.partition("=")[0].lower() == "from"]
+        if frm and "$" in frm[-1][:-1]:
+            raise fail("'from' doesn't support variable expansion, define alias stage instead")
+        return Mount(spec=spec, line=line, from_=frm[-1] if frm else None)
     for fld in fields:
         key, has_value, value = fld.partition("=")
         key = key.lower()
@@ -252,8 +260,6 @@ def parse_mount(spec: str, line: int, expand: Expander | None) -> Mount:
             value = expand(value)
         deferred = expand is None and "$" in value
         if key == "type":
-            if deferred:
-                raise fail(f"'{key}' doesn't support variable expansion")
             if value.lower() not in MOUNT_TYPES:
                 raise fail(f"unsupported mount type {go_quote(value)}"
                            + suggest(value.lower(), MOUNT_TYPES, True))
@@ -392,7 +398,8 @@ class Add(_CopyLike):
     """ADD has no --from or --parents: those fields stay None/False."""
 
     checksum: str | None = None
-    keep_git_dir: bool = False
+    keep_git_dir: bool | None = None  # None: not given (a git URL's query may set it)
+    unpack: bool | None = None  # None: ADD's default, local archives unpacked, URLs not
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -615,8 +622,8 @@ def _copy(node: Node) -> _CopyLike:
                   link=flags.get("link", False), exclude=flags.get("exclude", []), heredocs=docs,
                   **_common(node))
     if node.name == "add":
-        return Add(checksum=flags.get("checksum"), keep_git_dir=flags.get("keep-git-dir", False),
-                   **common)
+        return Add(checksum=flags.get("checksum"), keep_git_dir=flags.get("keep-git-dir"),
+                   unpack=flags.get("unpack"), **common)
     return Copy(from_=flags.get("from"), parents=flags.get("parents", False), **common)
 
 
@@ -698,7 +705,8 @@ def _healthcheck(node: Node) -> Healthcheck:
                 nanos = parse_duration(value)
             except ValueError as e:
                 raise _err(node, str(e)) from None
-            if nanos < 1_000_000:  # an explicit 0s too (Docker 20.10)
+            # an explicit 0s means the default (today's parseOptInterval; 20.10 refused it)
+            if nanos != 0 and nanos < 1_000_000:
                 raise _err(node, f"Interval {go_quote(flag)} cannot be less than 1ms")
         durations[flag.replace("-", "_")] = nanos
     retries = 0
@@ -707,8 +715,8 @@ def _healthcheck(node: Node) -> Healthcheck:
         if not re.fullmatch(r"[+-]?[0-9]+", value) or abs(int(value)) >= 2 ** 31:
             raise _err(node, f'strconv.ParseInt: parsing {go_quote(value)}: invalid syntax')
         retries = int(value)
-        if retries < 1:  # Docker 20.10's frontend; later ones allow 0
-            raise _err(node, f"--retries must be at least 1 (not {retries})")
+        if retries < 0:  # today's frontend allows 0 (the default); 20.10 wanted at least 1
+            raise _err(node, f"--retries cannot be negative ({retries})")
     return Healthcheck(test=test, retries=retries, **durations, **_common(node))
 
 

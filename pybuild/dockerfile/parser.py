@@ -20,8 +20,9 @@ from pybuild.errors import DockerfileError
 _S = "[\t\n\f\r ]"
 _RE_DIRECTIVE = re.compile(rf"#{_S}*([a-zA-Z][a-zA-Z0-9]*){_S}*=(.*)")
 _DIRECTIVE_SPACE = "\t\n\f\r "
+_ASCII_SPACES = frozenset("\t\n\v\f\r ")
 _RE_WHITESPACE = re.compile(r"[\t\v\f\r ]+")
-_RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)([^<]*)", re.S)
+_RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)", re.S)
 _RE_LEADING_TABS = re.compile(r"^\t+", re.M)
 _DIRECTIVES = ("syntax", "escape", "check")
 _HEREDOC_INSTRUCTIONS = ("run", "copy", "add")
@@ -200,7 +201,9 @@ class _Parser:
                     continue
                 cont, done = self.d.trim_continuation(cont)
                 parts.append(cont)
-                end = self.pos
+            # BuildKit ends the span at the last line read: at the end of the file that
+            # includes the blank and comment lines an unfinished continuation swallowed.
+            end = self.pos
             if empty_continuation:
                 self.warnings.append(f"line {start}: empty continuation lines will become errors "
                                      "in a future release")
@@ -255,7 +258,8 @@ def _can_contain_heredoc(node: Node) -> bool:
 
 def heredocs_from_line(line: str) -> list[Heredoc]:
     """The heredocs an instruction line opens, in order (bodies still empty)."""
-    lex = ShellLex("\\", raw_quotes=True, raw_escapes=True)
+    # Unset variables stay as written (`<<E$X` names the delimiter `E$X`), as in BuildKit.
+    lex = ShellLex("\\", raw_quotes=True, raw_escapes=True, skip_unset_env=True)
     try:
         words = lex.expand_words(line, {})
     except DockerfileError:
@@ -481,13 +485,15 @@ def _name_val(key: str) -> Callable[[str, str], _Args]:
 
 
 def _health(rest: str, escape: str) -> _Args:
+    # BuildKit's parseHealthConfig tests bytes (unicode.IsSpace(rune(rest[i]))): a multi-byte
+    # character never starts with a space byte, so only ASCII blanks separate here.
     sep = 0
-    while sep < len(rest) and rest[sep] not in GO_SPACES:
+    while sep < len(rest) and rest[sep] not in _ASCII_SPACES:
         sep += 1
     if sep == 0:
         return [], False, None
     nxt = sep
-    while nxt < len(rest) and rest[nxt] in GO_SPACES:
+    while nxt < len(rest) and rest[nxt] in _ASCII_SPACES:
         nxt += 1
     words, is_json, _ = _maybe_json(rest[nxt:], escape)
     return [rest[:sep]] + words, is_json, None

@@ -52,7 +52,8 @@ class _Words:
             self.add_char(ch)
 
     def add_raw_string(self, text: str) -> None:
-        self.word.append(text)
+        if text:  # an empty quoted string makes no word of its own (Go's wordsStruct)
+            self.word.append(text)
         self.in_word = True
 
     def result(self) -> list[str]:
@@ -69,7 +70,9 @@ class _Scanner:
     def __init__(self, lex: ShellLex, text: str, env: Mapping[str, str]) -> None:
         self.lex = lex
         self.text = text
-        self.pos = 0
+        # Go's text/scanner, which BuildKit's lexer reads with, skips a byte order mark at
+        # the start of its input: `<<\ufeffEOF` names the delimiter `EOF`.
+        self.pos = 1 if text.startswith("\ufeff") else 0
         self.env = env
         self.matched: set[str] = set()
 
@@ -95,7 +98,7 @@ class _Scanner:
         lex = self.lex
         result: list[str] = []
         words = _Words()
-        specials: dict[str, Callable[[], str]] = {"$": self.dollar}
+        specials: dict[str, Callable[[], str]] = {"$": self.dollar, "<": self.possible_heredoc}
         if not lex.skip_process_quotes:
             specials["'"] = self.single_quote
             specials['"'] = self.double_quote
@@ -128,6 +131,18 @@ class _Scanner:
         if stop != _EOF:
             raise _LexError(f"unexpected end of statement while looking for matching {stop}")
         return "".join(result), words.result()
+
+    def possible_heredoc(self) -> str:
+        """`<<` keeps the blanks after it in its word: `<<  EOF` is one heredoc word (today's
+        BuildKit, lex.go processPossibleHeredoc, 0b77373ab "allow whitespace in heredocs")."""
+        self.pos += 1
+        if self.peek() != "<":
+            return "<"
+        self.pos += 1
+        start = self.pos
+        while self.peek() in ("\t", "\r", " "):
+            self.pos += 1
+        return "<<" + self.text[start:self.pos]
 
     def single_quote(self) -> str:
         # Everything up to the next ' is literal; a ' cannot be escaped inside.

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pybuild.dockerfile import instructions as ins
-from pybuild.dockerfile.parser import Dockerfile
+from pybuild.dockerfile.parser import Dockerfile, parse
 from pybuild.dockerfile.shell import ShellLex, go_quote
 from pybuild.errors import DockerfileError
 from pybuild import platforms
@@ -29,8 +29,24 @@ BUILTIN_ARGS = PROXY_ARGS | frozenset(PLATFORM_ARGS) | frozenset([
     "BUILDKIT_INLINE_CACHE", "BUILDKIT_CACHE_MOUNT_NS", "BUILDKIT_MULTI_PLATFORM",
     "BUILDKIT_SANDBOX_HOSTNAME", "BUILDKIT_SYNTAX", "BUILDKIT_CONTEXT_KEEP_GIT_DIR",
     "BUILDKIT_DOCKERFILE_CHECK",
-    "SOURCE_DATE_EPOCH"])
+    "SOURCE_DATE_EPOCH", "TARGETSTAGE"])
 _INDEX = re.compile(r"[+-]?[0-9]+")
+
+
+def proxy_env(build_args: Mapping[str, str]) -> list[str]:
+    """RUN's proxy variables from --build-arg: each in both spellings, the lower-case
+    argument winning when both are given (BuildKit's proxyEnvFromBuildArgs reads them
+    case-insensitively in sorted order; exec.go proxyEnvList sets `HTTP_PROXY` and
+    `http_proxy`). Empty values set nothing. They stay out of the image and the cache key."""
+    values: dict[str, str] = {}
+    for key in sorted(build_args):
+        if key in PROXY_ARGS:
+            values[key.lower()] = build_args[key]
+    out = []
+    for name in ("http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"):
+        if values.get(name):
+            out += [f"{name.upper()}={values[name]}", f"{name}={values[name]}"]
+    return out
 
 
 def platform_args(machine: str | None = None,
@@ -89,8 +105,15 @@ def _split(df: Dockerfile) -> tuple[list[ins.Arg], list[tuple[ins.From, list[ins
 
 
 def _meta_args(meta: list[ins.Arg], lex: ShellLex, build_args: dict[str, str],
-               target: dict[str, str] | None = None) -> dict[str, str]:
+               target: dict[str, str] | None = None, stage: str | None = None) -> dict[str, str]:
     env = platform_args(target=target)
+    # Today's BuildKit predefines TARGETSTAGE (platform.go defaultArgs): the --target name, or
+    # "default"; a stage sees it once it declares `ARG TARGETSTAGE` (dockerfile_args_test.go
+    # testTargetStageNameArg).
+    env["TARGETSTAGE"] = stage or "default"
+    for key in ("TARGETSTAGE", *PLATFORM_ARGS):
+        if key in build_args:
+            env[key] = build_args[key]
     for instr in meta:
         for name, default in instr.args:
             if name in build_args:
@@ -100,10 +123,8 @@ def _meta_args(meta: list[ins.Arg], lex: ShellLex, build_args: dict[str, str],
                     env[name] = lex.expand(default, env)
                 except DockerfileError as e:
                     raise DockerfileError(e.message, instr.line) from None
-            else:
-                # BuildKit (Docker 20.10): a global `ARG TARGETPLATFORM` with no value
-                # shadows the automatic platform value, so stages see it unset.
-                env.pop(name, None)
+            # A global `ARG TARGETPLATFORM` with no value keeps the automatic value (today's
+            # BuildKit, convert.go buildMetaArgs; the 20.10 engine unset it: docs/parity.md).
     return env
 
 
@@ -165,7 +186,7 @@ def plan(df: Dockerfile, build_args: dict[str, str], target: str | None,
     `platform` is the target platform (the host's when None)."""
     lex = ShellLex(df.escape)
     meta, groups = _split(df)
-    meta_env = _meta_args(meta, lex, build_args, platform)
+    meta_env = _meta_args(meta, lex, build_args, platform, target)
     all_stages: list[Stage] = []
     resolver = _Resolver(all_stages)
     for index, (frm, body) in enumerate(groups):
@@ -181,6 +202,8 @@ def plan(df: Dockerfile, build_args: dict[str, str], target: str | None,
     for stage in all_stages:
         stage.instructions = [_link(instr, stage, resolver, lex, meta_env)
                               for instr in stage.instructions]
+    for stage in all_stages:
+        _link_triggers(stage, all_stages, resolver, lex, meta_env)
     _check_cycles(all_stages)
     if target:
         found = resolver.by_name(target)
@@ -221,6 +244,23 @@ def _link(instr: ins.Instruction, stage: Stage, resolver: _Resolver, lex: ShellL
                 if idx is not None:
                     stage.deps.add(idx)
     return instr
+
+
+def _link_triggers(stage: Stage, all_stages: list[Stage], resolver: _Resolver, lex: ShellLex,
+                   meta_env: dict[str, str]) -> None:
+    """A stage built FROM another stage runs that stage's ONBUILD triggers: the stages they
+    read (`ONBUILD COPY --from=src`) are its dependencies too, resolved as stage names
+    (dockerfile_onbuild_test.go testOnBuildInheritedStageWithFrom)."""
+    if stage.base_stage is None:
+        return
+    for instr in all_stages[stage.base_stage].instructions:
+        if not isinstance(instr, ins.Onbuild):
+            continue
+        try:
+            trigger = ins.from_node(parse(instr.expression).nodes[0])
+        except DockerfileError:
+            continue  # reported with its line when the trigger runs
+        _link(trigger, stage, resolver, lex, meta_env)
 
 
 def _check_cycles(stages: list[Stage]) -> None:

@@ -193,7 +193,8 @@ _LABELS = {"argv": "command", "args": "build arg", "env": "env", "cwd": "working
            "user": "user", "network": "network", "mounts": "mounts", "dest": "destination",
            "chown": "--chown", "chmod": "--chmod", "sources": "sources", "from": "source",
            "path": "path", "exclude": "--exclude", "heredocs": "heredoc", "urls": "URLs",
-           "downloads": "downloaded content", "checksum": "--checksum"}
+           "downloads": "downloaded content", "checksum": "--checksum",
+           "hostname": "hostname", "git": "git source", "unpack": "--unpack"}
 
 
 def _binds_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:

@@ -13,12 +13,15 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from pybuild import fs
@@ -27,8 +30,76 @@ from pybuild.errors import DockerfileError, PybuildError
 from pybuild.fs import resolve_in_root
 from pybuild.layer import extract_archive, is_archive
 
+if TYPE_CHECKING:
+    from pybuild.solver.git import GitRef
+
 _CHECKSUM_ALGOS = ("sha256", "sha384", "sha512")
 _CHUNK = 1 << 20
+
+
+_CHMOD_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=](?:[ugo]|[rwxXst]*))+)")
+_CHMOD_ACTION = re.compile(r"([-+=])([ugo]|[rwxXst]*)")
+_WHO = {"u": 0o4700, "g": 0o2070, "o": 0o0007}
+_SHIFT = {"u": 6, "g": 3, "o": 0}
+
+
+@dataclass(frozen=True)
+class Chmod:
+    """`--chmod`: octal (`755`) or, since Dockerfile 1.14, symbolic as chmod(1) (`go-w`,
+    `u=rwX,go=rX`, `+x`, `g=u`); reference.md "COPY --chmod". A symbolic mode applies to each
+    entry's own mode; `X` adds execute for directories and already-executable files."""
+
+    text: str
+    octal: int | None = None
+
+    def mode(self, current: int, is_dir: bool) -> int:
+        if self.octal is not None:
+            return self.octal
+        original = current & 0o7777
+        mode = original
+        for clause in self.text.split(","):
+            m = _CHMOD_CLAUSE.fullmatch(clause)
+            assert m is not None  # checked by parse_chmod
+            who = m.group(1).replace("a", "ugo") or "ugo"
+            mask = 0
+            for w in set(who):
+                mask |= _WHO[w]
+            if set(who) == {"u", "g", "o"}:
+                mask |= 0o1000
+            for op, perm in _CHMOD_ACTION.findall(m.group(2)):
+                bits = 0
+                if perm in _SHIFT:  # copy another class's bits: g=u
+                    rwx = (mode >> _SHIFT[perm]) & 7
+                    bits = rwx << 6 | rwx << 3 | rwx
+                for ch in perm if perm not in _SHIFT else "":
+                    bits |= {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000,
+                             "X": 0o111 if is_dir or original & 0o111 else 0}[ch]
+                bits &= mask
+                if op == "+":
+                    mode |= bits
+                elif op == "-":
+                    mode &= ~bits
+                else:
+                    mode = (mode & ~mask) | bits
+        return mode
+
+
+def parse_chmod(text: str, line: int | None) -> Chmod:
+    """A --chmod value checked as BuildKit's convert_copy.go does, before anything runs."""
+    octal_error = DockerfileError(
+        f"invalid chmod parameter: '{text}'. it should be octal string and between 0 and 07777", line)
+    if text[:1].isdigit():
+        if not all(c in "01234567" for c in text) or int(text, 8) > 0o7777:
+            raise octal_error
+        return Chmod(text, int(text, 8))
+    if not text or not all(_CHMOD_CLAUSE.fullmatch(c) for c in text.split(",")):
+        raise DockerfileError(f"invalid chmod parameter: '{text}': not an octal or a symbolic mode "
+                              "(like u=rwX,go=rX)", line)
+    return Chmod(text)
+
+
+def _chmod_of(value: int | Chmod | None) -> Chmod | None:
+    return Chmod(oct(value), value) if isinstance(value, int) else value
 
 
 @dataclass
@@ -46,13 +117,22 @@ class CopyRequest:
     dest: str
     workdir: str = "/"
     chown: tuple[int, int] | None = None
-    chmod: int | None = None
+    chmod: int | Chmod | None = None
     exclude: list[str] = field(default_factory=list)
     parents: bool = False
     is_add: bool = False
     line: int | None = None
     ignore: PatternMatcher | None = None
     keep_owner: bool = False
+    # How many source arguments were written (0: one per source). The "destination must be a
+    # directory" rule counts arguments, not wildcard matches (BuildKit's dispatchCopy).
+    source_args: int = 0
+    # --parents: the sources as written and how to resolve one of them (wildcards and all)
+    # into paths below `source_root`, so each keeps the part after its own `/./` pivot.
+    patterns: list[str] = field(default_factory=list)
+    resolve: Callable[[str], list[Path]] | None = None
+    # ADD --unpack=<bool>: None is ADD's default (local archives are unpacked)
+    unpack: bool | None = None
 
 
 def _dest_path(dest: str, workdir: str) -> tuple[str, bool]:
@@ -77,6 +157,12 @@ class _Copier:
         self.exclude = PatternMatcher(req.exclude)
         self.links: dict[tuple[int, int], Path | str] = {}
         self.dirs: list[tuple[str, str, os.stat_result]] = []
+        self.chmod = _chmod_of(req.chmod)
+        # Directories COPY creates take an octal --chmod too (today's BuildKit:
+        # dockerfile_copy_test.go testCopyChmod, `COPY --chmod=770 foo /parent/sub/foo` makes
+        # /parent/sub 0770); with a symbolic mode they are 0755 (fsutil copy.Copy's MkdirAll
+        # takes only CopyInfo.Mode, which a symbolic mode leaves unset).
+        self.dir_mode = self.chmod.octal if self.chmod and self.chmod.octal is not None else 0o755
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         if self.req.chown is not None:
@@ -86,10 +172,11 @@ class _Copier:
         return 0, 0
 
     def mkdir_p(self, path: str) -> Path:
-        """Create missing directories of a container path: 0755, owned by --chown or root."""
+        """Create missing directories of a container path: 0755 (or --chmod), owned by
+        --chown or root."""
         uid, gid = self.req.chown or (0, 0)
         try:
-            return fs.mkdir_p(self.rootfs, path, uid=uid, gid=gid)
+            return fs.mkdir_p(self.rootfs, path, mode=self.dir_mode, uid=uid, gid=gid)
         except fs.PathError as e:
             raise DockerfileError(str(e), self.req.line) from None
 
@@ -183,7 +270,7 @@ class _Copier:
                 _copy_fd(sfd, dfd, st.st_size)
                 uid, gid = self.owner(st)
                 os.fchown(dfd, uid, gid)
-                mode = self.req.chmod if self.req.chmod is not None else stat.S_IMODE(st.st_mode)
+                mode = self.chmod.mode(st.st_mode, False) if self.chmod else stat.S_IMODE(st.st_mode)
                 os.fchmod(dfd, mode & 0o7777)
                 _copy_xattrs(sfd, dfd)
                 os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -220,7 +307,8 @@ class _Copier:
         uid, gid = self.owner(st)
         os.chown(dst, uid, gid, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            mode = self.req.chmod if self.req.chmod is not None else stat.S_IMODE(st.st_mode)
+            mode = self.chmod.mode(st.st_mode, stat.S_ISDIR(st.st_mode)) if self.chmod \
+                else stat.S_IMODE(st.st_mode)
             os.chmod(dst, mode & 0o7777)
             _copy_xattrs(src, dst)
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
@@ -298,7 +386,7 @@ def _multi_error(is_add: bool, line: int | None) -> DockerfileError:
 
 def copy_into(rootfs: Path, req: CopyRequest) -> None:
     """Apply one COPY/ADD of local paths to `rootfs` (Docker's destination rules)."""
-    _apply(Path(rootfs), req, unpack=req.is_add)
+    _apply(Path(rootfs), req, unpack=req.is_add if req.unpack is None else req.unpack)
 
 
 def _apply(rootfs: Path, req: CopyRequest, unpack: bool) -> None:
@@ -307,13 +395,10 @@ def _apply(rootfs: Path, req: CopyRequest, unpack: bool) -> None:
     copier = _Copier(rootfs, req, unpack)
     try:
         if req.parents:
-            for src in req.sources:
-                rel = go_clean(os.path.relpath(src, req.source_root))
-                is_dir = resolve_in_root(req.source_root, rel).is_dir()
-                keep = rel if is_dir else posixpath.dirname(rel)
-                copier.copy_source(src, go_clean(posixpath.join(dest, keep)) if keep not in ("", ".") else dest, True)
+            _copy_parents(copier, req, dest)
             return
-        if len(req.sources) > 1 and not forced_dir and not resolve_in_root(rootfs, dest).is_dir():
+        args = req.source_args or len(req.sources)
+        if args > 1 and not forced_dir and not resolve_in_root(rootfs, dest).is_dir():
             raise _multi_error(req.is_add, req.line)
         for src in req.sources:
             copier.copy_source(src, dest, forced_dir)
@@ -322,10 +407,95 @@ def _apply(rootfs: Path, req: CopyRequest, unpack: bool) -> None:
         raise DockerfileError(f"{cmd} failed: {exc.strerror}: {exc.filename}", req.line) from None
 
 
+def parents_pivot(written: str) -> int:
+    """How many leading path components `COPY --parents` drops from the matches of a source:
+    those before its first `/./` (rsync's --relative pivot), none without one. A trailing
+    `/.` is no pivot (dockerfile_parents_test.go testCopyRelativeParents: `/test/a/./b/./c`
+    gives /out/b/c)."""
+    at = written.find("/./")
+    if at < 0:
+        return 0
+    prefix = go_clean(written[:at]).strip("/")
+    return 0 if prefix in ("", ".") else len(prefix.split("/"))
+
+
+def _copy_parents(copier: _Copier, req: CopyRequest, dest: str) -> None:
+    """Each match keeps its path (after its source's pivot) below the destination, which
+    exists afterwards even when a wildcard matched nothing (testCopyParentsMissingDirectory)."""
+    copier.mkdir_p(dest)
+    if req.resolve is not None and req.patterns:
+        groups = []
+        for p in req.patterns:
+            if "**" in p:
+                groups += _doublestar_matches(req, p)
+            else:
+                groups.append((parents_pivot(p), req.resolve(p)))
+    else:
+        groups = [(0, req.sources)]
+    for drop, sources in groups:
+        for src in sources:
+            rel = go_clean(os.path.relpath(src, req.source_root)).strip("/")
+            kept = "/".join(rel.split("/")[drop:]) if rel != "." else ""
+            is_dir = resolve_in_root(req.source_root, rel).is_dir()
+            keep = kept if is_dir else posixpath.dirname(kept)
+            target = go_clean(posixpath.join(dest, keep)) if keep not in ("", ".") else dest
+            copier.copy_source(src, target, True)
+
+
+def _doublestar_matches(req: CopyRequest, written: str) -> list[tuple[int, list[Path]]]:
+    """`--parents` sources with `**`: BuildKit copies the pivot's parent with the rest as an
+    include pattern (convert_copy.go, patternmatcher semantics: `**` spans any number of
+    directories, none included). For each parent the wildcard matches: (components to drop,
+    the top-most matching entries)."""
+    parent, sep, pattern = written.partition("/./")
+    if not sep:
+        parent, pattern = "/", written
+    base = go_clean("/" + parent).strip("/")
+    assert req.resolve is not None
+    tops = req.resolve(base) if base else [req.source_root]
+    include = PatternMatcher([go_clean("/" + pattern).lstrip("/")])
+    out = []
+    for top in tops:
+        if not top.is_dir():
+            continue
+        rel_top = go_clean(os.path.relpath(top, req.source_root)).strip("/")
+        rel_top = "" if rel_top == "." else rel_top
+        filters: list[tuple[PatternMatcher, str]] = []
+        if req.ignore is not None:
+            filters.append((req.ignore, rel_top + "/" if rel_top else ""))
+        found: list[Path] = []
+        taken: list[str] = []
+        for rel, _st in walk_visible(top, filters):
+            if any(rel.startswith(t + "/") for t in taken) or not include.matches(rel):
+                continue
+            taken.append(rel)
+            found.append(top / rel)
+        out.append((len(rel_top.split("/")) if rel_top and sep else 0, found))
+    return out
+
+
+def key_sources(patterns: list[str]) -> list[str]:
+    """What a COPY's cache key must cover beyond its resolved sources: for a `--parents`
+    source with `**`, the directory before its first wildcard (a superset of the matches)."""
+    out = []
+    for p in patterns:
+        if "**" in p:
+            comps = go_clean("/" + p.replace("/./", "/")).strip("/").split("/")
+            literal = []
+            for c in comps:
+                if any(ch in c for ch in "*?[\\"):
+                    break
+                literal.append(c)
+            out.append("/".join(literal) or ".")
+    return out
+
+
 def _parse_checksum(checksum: str, line: int | None) -> tuple[str, str]:
-    algo, _, hexdigest = checksum.partition(":")
-    if algo not in _CHECKSUM_ALGOS or not hexdigest:
-        raise DockerfileError(f"invalid checksum {checksum!r}: expected sha256:<hex>", line)
+    algo, sep, hexdigest = checksum.partition(":")
+    if not sep or not algo or not hexdigest:
+        raise DockerfileError(f"invalid checksum digest format: {checksum}", line)
+    if algo not in _CHECKSUM_ALGOS:  # go-digest's Parse (dockerfile_addchecksum tests)
+        raise DockerfileError(f"unsupported digest algorithm: {checksum}", line)
     if len(hexdigest) != hashlib.new(algo).digest_size * 2 or any(c not in "0123456789abcdef" for c in hexdigest):
         raise DockerfileError(f"invalid checksum digest format: {checksum}", line)
     return algo, hexdigest
@@ -445,9 +615,11 @@ def _file_digest(path: Path, algo: str) -> str:
 
 
 def add_urls(rootfs: Path, fetched: list[Fetched], dest: str, workdir: str,
-             chown: tuple[int, int] | None, chmod: int | None, line: int | None) -> None:
-    """ADD of remote files: never extracted, named after the URL path, mode 0600 and the
-    server's Last-Modified as mtime (BuildKit's rules)."""
+             chown: tuple[int, int] | None, chmod: int | Chmod | None, line: int | None,
+             unpack: bool = False) -> None:
+    """ADD of remote files: named after the URL path, mode 0600 and the server's
+    Last-Modified as mtime (BuildKit's rules); extracted only with --unpack=true
+    (reference.md "ADD --unpack")."""
     with tempfile.TemporaryDirectory(prefix="pybuild-add-") as tmp:
         sources: list[Path] = []
         for i, f in enumerate(fetched):
@@ -466,12 +638,49 @@ def add_urls(rootfs: Path, fetched: list[Fetched], dest: str, workdir: str,
             os.chmod(out, 0o600)
             os.utime(out, (mtime, mtime))
             sources.append(out)
-        req = CopyRequest(sources, Path(tmp), dest, workdir, chown, chmod, is_add=True, line=line)
+        req = CopyRequest(sources, Path(tmp), dest, workdir, chown, chmod, is_add=True, line=line,
+                          source_args=len(fetched))
+        _apply(Path(rootfs), req, unpack=unpack)
+
+
+def add_git(rootfs: Path, ref: GitRef, commit: str, keep_git_dir: bool, dest: str, workdir: str,
+            chown: tuple[int, int] | None, chmod: int | Chmod | None, line: int | None) -> None:
+    """ADD of a git repository: the checkout's contents (or its subdir) into `dest`, owned
+    by root or --chown, `.git` only with --keep-git-dir (dockerfile_addgit_test.go testAddGit)."""
+    from pybuild.solver import git
+
+    with git.checkout(ref, commit, keep_git_dir, line) as src:
+        req = CopyRequest([src], src, dest, workdir, chown, chmod, is_add=True, line=line)
         _apply(Path(rootfs), req, unpack=False)
 
 
+def check_add_sources(is_add: bool, sources: list[str], checksum: str | None,
+                      line: int | None) -> list[tuple[str, GitRef | None]]:
+    """Each source with its git repository (None for URLs and paths), checked as BuildKit's
+    convert_copy.go does before anything runs."""
+    from pybuild.solver import git
+
+    out: list[tuple[str, GitRef | None]] = []
+    for src in sources:
+        ref = git.parse_git_ref(src, line)
+        if ref is not None and not is_add:
+            raise DockerfileError("source can't be a git ref for COPY", line)
+        if ref is None and not is_add and src.startswith(("http://", "https://")):
+            raise DockerfileError("source can't be a URL for COPY", line)
+        out.append((src, ref))
+    if checksum:
+        if len(sources) != 1:
+            raise DockerfileError("checksum can't be specified for multiple sources", line)
+        if out[0][1] is None and not sources[0].startswith(("http://", "https://")):
+            raise DockerfileError("checksum requires HTTP(S) or Git sources", line)
+        if out[0][1] is None:
+            _parse_checksum(checksum, line)  # a bad digest fails before anything runs
+    return out
+
+
 def write_heredoc_files(rootfs: Path, files: list[tuple[str, str]], dest: str, workdir: str,
-                        chown: tuple[int, int] | None, chmod: int | None, line: int | None = None) -> None:
+                        chown: tuple[int, int] | None, chmod: int | Chmod | None,
+                        line: int | None = None) -> None:
     """COPY <<EOF: each here-document becomes a file named after its delimiter (mode 0644)."""
     with tempfile.TemporaryDirectory(prefix="pybuild-heredoc-") as tmp:
         sources: list[Path] = []

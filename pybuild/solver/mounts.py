@@ -125,6 +125,18 @@ def bind_key(m: Any, workdir: str, context: BuildContext, source_key: Callable[[
     return {"target": target, "source": source, "files": context.manifest([path])}
 
 
+def cache_dir_key(mount: Any, cid: str) -> str:
+    """Which directory a cache mount shares: its id alone, or, when it has a base (uid, gid
+    or mode, which BuildKit makes with a Mkdir; from=/source=), the id and that base, as
+    BuildKit's getRefCacheDir keys `id:<base ref>`. `uid=1000` and `uid=2000` caches of the
+    same target are two directories, each created with its own owner and mode."""
+    parts = [f"{k}={getattr(mount, k)}" for k in ("from_", "source") if getattr(mount, k, None)]
+    if any(getattr(mount, k, None) is not None for k in ("uid", "gid", "mode")):
+        # the Mkdir's effective values: an explicit default is the same directory
+        parts.append(f"mkdir={mount.uid or 0}:{mount.gid or 0}:{_mode(mount.mode, 0o755):o}")
+    return ":".join([cid, *parts])
+
+
 @dataclass
 class Prepared:
     """Runtime mounts for one RUN and the env additions (secrets with `env=`).
@@ -189,7 +201,7 @@ class MountPreparer:
         cid = m.id or target
         # The id names a directory only through its hash: no id can name a path.
         name = cid if not m.from_ else json.dumps([cid, self.source_key(m.from_), _clean_abs(m.source)])
-        base = self.cache_root / hashlib.sha256(name.encode()).hexdigest()[:32]
+        base = self.cache_root / hashlib.sha256(cache_dir_key(m, name).encode()).hexdigest()[:32]
         data = base / "data"
         if not data.exists():
             self.cache_root.mkdir(parents=True, exist_ok=True)

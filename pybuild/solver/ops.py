@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-KEY_VERSION = 3  # 3: every layer op names its platform
+KEY_VERSION = 5  # 3: every layer op names its platform; 4: hostname, git commits, unpack
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -85,6 +85,7 @@ class Exec:
     mounts: tuple[Any, ...]  # each mount's meaning (mounts.cache_key_of)
     bind_sources: tuple[Any, ...]  # what the bind mounts show (content or stage keys)
     security: str = "sandbox"
+    hostname: str = "buildkitsandbox"  # BUILDKIT_SANDBOX_HOSTNAME (runtime.DEFAULT_HOSTNAME)
     # --add-host / --ulimit / --shm-size (run_options.key_of): in the key only when given
     run_options: tuple[tuple[str, Any], ...] = ()
     platform: str = ""  # os/arch[/variant] the process runs as (emulated when foreign)
@@ -95,7 +96,7 @@ class Exec:
             "args": dict(self.args), "cwd": self.cwd, "user": self.user,
             "network": self.network, "mounts": list(self.mounts),
             "bind_sources": list(self.bind_sources), "security": self.security,
-            **dict(self.run_options)})
+            "hostname": self.hostname, **dict(self.run_options)})
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,11 @@ class FileCopy:
     heredocs: tuple[tuple[str, str], ...] = ()
     urls: tuple[str, ...] = ()
     checksum: str = ""
-    downloads: tuple[str, ...] = ()  # each URL's content now (revalidated), when no checksum
-    keep_git_dir: bool = False
+    downloads: tuple[Any, ...] = ()  # each URL's content now (revalidated), when no checksum
+    # ADD of git repositories: (remote, resolved commit, subdir, keep .git) each; the commit
+    # is resolved before the lookup, so a branch or tag that moved is another key
+    git: tuple[tuple[str, str, str, bool], ...] = ()
+    unpack: bool | None = None  # ADD --unpack; None: not given (ADD's default)
     platform: str = ""
 
     def inputs(self) -> dict[str, Any]:
@@ -139,8 +143,10 @@ class FileCopy:
                                "workdir": self.workdir, "chown": self.chown,
                                "chmod": self.chmod, "exclude": list(self.exclude),
                                "parents": self.parents, "link": self.link}
-        if self.keep_git_dir:
-            out["keep_git_dir"] = True
+        if self.git:
+            out["git"] = [list(g) for g in self.git]
+        if self.unpack is not None:
+            out["unpack"] = self.unpack
         if self.heredocs:
             out["heredocs"] = [list(h) for h in self.heredocs]
         if self.urls:

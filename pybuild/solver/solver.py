@@ -13,6 +13,7 @@ invalidate a later RUN, but an ARG the RUN can see does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -263,7 +264,11 @@ class Solver:
                         break  # may need the image's ENV: checked when the step runs
                     srcs.append(s)
                 else:
-                    local = [s for s in srcs if not _is_url(s)]
+                    from pybuild.solver.copy import check_add_sources
+
+                    kinds = check_add_sources(isinstance(i, ins.Add), srcs,
+                                              getattr(i, "checksum", None), i.line)
+                    local = [s for s, ref in kinds if ref is None and not _is_url(s)]
                     if local:
                         self.ctx.resolve_sources(local, i.line)
 
@@ -286,9 +291,6 @@ class Solver:
                 and "security.insecure" not in self.opts.allow:
             raise DockerfileError("RUN --security=insecure needs the security.insecure "
                                   "entitlement: pass --allow security.insecure", i.line)
-        if isinstance(i, ins.Add) and i.keep_git_dir:
-            raise DockerfileError("ADD --keep-git-dir applies to git sources, which pybuild "
-                                  "does not fetch yet", i.line)
 
     # ----- stages ------------------------------------------------------------------
     def _stage(self, index: int) -> StageState:
@@ -583,7 +585,8 @@ class Solver:
             argv = shell + [_with_heredocs(raw.command, raw.heredocs)]
         run_env = [f"{k}={v}" for k, v in s.vars.items()
                    if not (k in PROXY_ARGS and k in s.from_arg)]
-        proxies = [f"{k}={v}" for k, v in self.opts.build_args.items() if k in PROXY_ARGS]
+        proxies = stages.proxy_env(self.opts.build_args)
+        hostname = self.opts.build_args.get("BUILDKIT_SANDBOX_HOSTNAME") or runtime.DEFAULT_HOSTNAME
         network = (raw.network or self.opts.network or "host").lower()
         if network == "default":
             network = self.opts.network or "host"
@@ -605,6 +608,7 @@ class Solver:
                                               lambda name: self._source_key(name, raw.line))),
                       bind_sources=tuple(self._bind_sources(mounts, cwd, raw.line)),
                       security=security, platform=platform_string(s.platform),
+                      hostname=hostname,
                       run_options=run_options.key_of(self.opts.extra_hosts, self.opts.ulimits,
                                                      self.opts.shm_size))
         display = self._display(s, raw)
@@ -615,8 +619,7 @@ class Solver:
             from pybuild.solver.users import resolve_user
 
             platforms.ensure_emulation(s.platform)  # a foreign arch: QEMU through binfmt_misc
-            uid, gid, groups = resolve_user(snap.rootfs, cfg.get("User") or "root") \
-                if cfg.get("User") else (0, 0, [])
+            uid, gid, groups = resolve_user(snap.rootfs, cfg.get("User") or "")
             cwd = cfg.get("WorkingDir") or "/"
             preparer = MountPreparer(self.store.root, self.ctx, self.opts.secrets, self._view,
                                      lambda name: self._source_key(name, raw.line),
@@ -625,7 +628,7 @@ class Solver:
                     _script_mount(script, argv) as script_mounts:
                 spec = runtime.RunSpec(rootfs=snap.rootfs, args=argv,
                                        env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
-                                       additional_gids=groups, network=network,
+                                       additional_gids=groups, network=network, hostname=hostname,
                                        mounts=prep.mounts + script_mounts,
                                        privileged=security == "insecure",
                                        ulimits=self.opts.ulimits, shm_size=self.opts.shm_size,
@@ -645,8 +648,14 @@ class Solver:
         workdir = cfg.get("WorkingDir") or "/"
         dest = e.dest
         heredocs = list(e.heredocs or [])
-        urls = [x for x in e.sources if is_add and _is_url(x)]
-        local = [x for x in e.sources if x not in urls]  # heredoc files come separately
+        # the checks BuildKit makes before anything runs (convert_copy.go), and each git
+        # source's commit resolved now: a branch or tag that moved is another key
+        from pybuild.solver.copy import check_add_sources, key_sources, parse_chmod
+
+        kinds = check_add_sources(is_add, list(e.sources), getattr(e, "checksum", None), raw.line)
+        gits = [(ref, *self._git_commit(e, ref, raw.line)) for _, ref in kinds if ref is not None]
+        urls = [x for x, ref in kinds if ref is None and is_add and _is_url(x)]
+        local = [x for x, ref in kinds if ref is None and x not in urls]  # heredocs come separately
         fetched: list[Any] = []
         checksum = (getattr(e, "checksum", None) or "") if urls else ""
         if urls and not checksum:  # keyed on what the server sends now (revalidated)
@@ -660,7 +669,12 @@ class Solver:
         elif local:
             # resolved once: the key's file digests and the copy read the same paths
             context_paths = self.ctx.resolve_sources(local, raw.line)
-            source = ops.ContextSource(tuple(sorted(self.ctx.manifest(context_paths).items())))
+            # a `--parents` source with `**` keys the directory it walks, not only its matches
+            extra = self.ctx.resolve_sources(key_sources(local), raw.line) if e.parents else []
+            source = ops.ContextSource(tuple(sorted(self.ctx.manifest(context_paths + extra).items())))
+        if e.chmod:
+            parse_chmod(e.chmod, raw.line)  # a bad mode fails before the step starts
+        unpack = getattr(e, "unpack", None)
         op = ops.FileCopy(add=is_add, dest=dest, workdir=workdir, chown=e.chown or "",
                           chmod=e.chmod or "", exclude=tuple(e.exclude or []),
                           parents=bool(e.parents), link=bool(e.link),
@@ -669,7 +683,10 @@ class Solver:
                           heredocs=tuple((h.name, h.content) for h in heredocs),
                           urls=tuple(urls), checksum=checksum,
                           downloads=tuple(f.key() for f in fetched),
-                          platform=platform_string(s.platform))
+                          platform=platform_string(s.platform),
+                          git=tuple((ref.remote, commit, ref.subdir, keep)
+                                    for ref, commit, keep in gits),
+                          unpack=unpack)
         word = "ADD" if is_add else "COPY"
         display = self._display(s, raw)
         # history shows the words after expansion, flags dropped (BuildKit's wording)
@@ -686,41 +703,64 @@ class Solver:
                 link_owner = resolve_chown(root, e.chown)
 
         def do(snap: Snapshot, vid: str) -> None:
-            # what only a step that runs needs: a warm build never imports it
-            from pybuild.solver.copy import CopyRequest, add_urls, copy_into, write_heredoc_files
+            # what only a step that runs needs (a warm build reads only the checks above)
+            from pybuild.solver.copy import (CopyRequest, add_git, add_urls, copy_into,
+                                             write_heredoc_files)
             from pybuild.solver.users import resolve_chown
 
             if e.link:
                 owner = link_owner
             else:
                 owner = resolve_chown(snap.rootfs, e.chown) if e.chown else None
-            chmod = int(e.chmod, 8) if e.chmod else None
+            chmod = parse_chmod(e.chmod, raw.line) if e.chmod else None
             if heredocs:
                 write_heredoc_files(snap.rootfs, [(h.name, h.content) for h in heredocs],
                                     dest, workdir, owner, chmod)
+            for ref, commit, keep in gits:
+                add_git(snap.rootfs, ref, commit, keep, dest, workdir, owner, chmod, raw.line)
             if urls:
                 from pybuild.solver.copy import fetch_urls
 
                 got = fetched or fetch_urls(self.store.root / "http-cache", urls,
                                             getattr(e, "checksum", None), raw.line)
-                add_urls(snap.rootfs, got, dest, workdir, owner, chmod, raw.line)
+                add_urls(snap.rootfs, got, dest, workdir, owner, chmod, raw.line,
+                         unpack=bool(unpack))
             if local and e.from_:
                 with self._view(e.from_) as root:
-                    paths = BuildContext.for_rootfs(root).resolve_sources(local, raw.line)
+                    from_ctx = BuildContext.for_rootfs(root)
+                    paths = from_ctx.resolve_sources(local, raw.line)
                     copy_into(snap.rootfs, CopyRequest(
                         paths, root, dest, workdir, owner, chmod, list(e.exclude or []),
-                        bool(e.parents), is_add, raw.line, keep_owner=True))
+                        bool(e.parents), is_add, raw.line, keep_owner=True,
+                        source_args=len(e.sources), patterns=local,
+                        resolve=lambda p: from_ctx.resolve_sources([p], raw.line)))
             elif local:
                 copy_into(snap.rootfs, CopyRequest(
                     context_paths, self.ctx.root, dest, workdir, owner, chmod,
                     list(e.exclude or []), bool(e.parents), is_add, raw.line,
-                    ignore=self.ctx.matcher))
+                    ignore=self.ctx.matcher, source_args=len(e.sources), patterns=local,
+                    resolve=lambda p: self.ctx.resolve_sources([p], raw.line),
+                    unpack=unpack))
 
         self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link))
 
     def _source_key(self, name: str, line: int) -> str:
         """A stage's or image's label in a key: "stage KEY" / "image DIGEST"."""
         return ops.source_label(self._source(name, line))
+
+    def _git_commit(self, e: Any, ref: Any, line: int) -> tuple[str, bool]:
+        """(commit, keep .git) of an ADD git source: flag and URL must agree (convert_copy.go)."""
+        from pybuild.solver.git import resolve_commit
+
+        flag_keep, flag_sum = getattr(e, "keep_git_dir", None), getattr(e, "checksum", None)
+        if flag_keep is not None and ref.keep_git_dir is not None and flag_keep != ref.keep_git_dir:
+            raise DockerfileError("inconsistent keep-git-dir configuration", line)
+        if flag_sum and ref.checksum and flag_sum != ref.checksum:
+            raise DockerfileError(f'checksum mismatch "{flag_sum}" != "{ref.checksum}"', line)
+        keep = bool(ref.keep_git_dir if ref.keep_git_dir is not None else flag_keep)
+        if flag_sum and not ref.checksum:
+            ref = dataclasses.replace(ref, checksum=flag_sum)
+        return resolve_commit(ref, line), keep
 
     def _bind_sources(self, mounts: list[Any], workdir: str, line: int) -> list[Any]:
         """What a RUN's bind mounts show it: part of its key, as BuildKit hashes them."""

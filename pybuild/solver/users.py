@@ -88,9 +88,16 @@ def resolve_user(rootfs: Path, spec: str) -> tuple[int, int, list[int]]:
 
     Supplementary groups only come with the implicit form (no `:group`), from the groups
     listing the user by name; a numeric uid without a passwd entry runs with gid 0.
+
+    No USER is uid 0 looked up like any other (BuildKit's executor/oci GetUser, since the
+    CVE-2023-25173 fix): root also gets the groups that list `root`; when that lookup fails
+    it is plain 0:0 without groups.
     """
     if not spec:
-        return 0, 0, []
+        try:
+            return resolve_user(rootfs, "0")
+        except PybuildError:
+            return 0, 0, []
     user, _, group = spec.partition(":")
     uid_arg, gid_arg = _numeric(user), _numeric(group)
     if uid_arg is not None and gid_arg is not None and uid_arg >= 0 and gid_arg >= 0:

@@ -64,7 +64,7 @@ def error(text: str, **kw: object) -> DockerfileError:
     ("FROM scratch\nHEALTHCHECK --interval=5y CMD x\n",
      "time: unknown unit \"y\" in duration \"5y\"", 2),
     ("FROM scratch\nHEALTHCHECK --timeout=-1s CMD x\n", "Interval \"timeout\" cannot be less than 1ms", 2),
-    ("FROM scratch\nHEALTHCHECK --interval=0s CMD x\n", "Interval \"interval\" cannot be less than 1ms", 2),
+    ("FROM scratch\nHEALTHCHECK --interval=1ns CMD x\n", "Interval \"interval\" cannot be less than 1ms", 2),
     ("FROM scratch\nEXPOSE 70000\n", "Invalid containerPort: 70000", 2),
     ("FROM scratch\nEXPOSE 80-70\n", "Invalid containerPort: 80-70", 2),
     ("FROM scratch\nEXPOSE abc\n", "Invalid containerPort: abc", 2),
@@ -73,8 +73,7 @@ def error(text: str, **kw: object) -> DockerfileError:
     ("FROM scratch\nARG =x\n", "ARG names can not be blank", 2),
     ("FROM scratch\nHEALTHCHECK --interval=1us CMD x\n",
      "Interval \"interval\" cannot be less than 1ms", 2),
-    ("FROM scratch\nHEALTHCHECK --retries=-1 CMD x\n", "--retries must be at least 1 (not -1)", 2),
-    ("FROM scratch\nHEALTHCHECK --retries=0 CMD x\n", "--retries must be at least 1 (not 0)", 2),
+    ("FROM scratch\nHEALTHCHECK --retries=-1 CMD x\n", "--retries cannot be negative (-1)", 2),
     ("FROM scratch\nHEALTHCHECK --retries=x CMD x\n",
      "strconv.ParseInt: parsing \"x\": invalid syntax", 2),
     ("FROM scratch\nRUN --network=bridge x\n", "unsupported network mode \"bridge\"", 2),
@@ -162,3 +161,15 @@ def test_deferred_mount_values_are_checked_on_expand() -> None:
     with pytest.raises(DockerfileError) as info:
         run.expand(ShellLex(), {"U": "bob"})
     assert (info.value.message, info.value.line) == ("invalid value bob for uid", 2)
+
+
+@pytest.mark.parametrize("text, retries, interval", [
+    # today's BuildKit, instructions/parse.go parseHealthcheck and parseOptInterval
+    ("FROM scratch\nHEALTHCHECK --retries=0 CMD x\n", 0, 0),
+    ("FROM scratch\nHEALTHCHECK --interval=0s --retries=2 CMD x\n", 2, 0),
+])
+def test_healthcheck_zero_values_mean_the_default(text: str, retries: int, interval: int) -> None:
+    from pybuild.dockerfile import instructions as ins
+
+    hc = ins.from_node(parse(text).nodes[1])
+    assert isinstance(hc, ins.Healthcheck) and (hc.retries, hc.interval) == (retries, interval)

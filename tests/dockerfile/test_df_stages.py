@@ -86,7 +86,7 @@ def test_describe() -> None:
     host = stages.platform_args()
     expected = [
         "target: stage-1 (stage 1); stages needed: base, stage-1",
-        *[f"global arg {k}={v}" for k, v in sorted({**host, "V": "1"}.items())],
+        *[f"global arg {k}={v}" for k, v in sorted({**host, "TARGETSTAGE": "default", "V": "1"}.items())],
         "stage 0 base: FROM alpine:1  # line 2",
         "     3: RUN echo hi",
         "stage 1: FROM stage base [needs 0]  # line 5",

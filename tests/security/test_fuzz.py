@@ -7,27 +7,17 @@ the same generator with a CI-sized budget and shrinks any failure to its random 
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import REPO
+from conftest import load_bench
 
 
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_dockerfile", REPO / "bench" / "fuzz_dockerfile.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-FUZZ = _load_bench()
+FUZZ = load_bench("fuzz_dockerfile")
 _SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
