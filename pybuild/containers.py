@@ -37,7 +37,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pybuild import fs, runtime
+from pybuild import fs, rootless, runtime
 from pybuild import image as imagemod
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.fs import resolve_in_root
@@ -468,7 +468,8 @@ def _write_bundle(cdir: Path, rootfs: Path, c: Container, config: dict[str, Any]
                            additional_gids=groups, network=opts.network,
                            mounts=host + volumes, hostname=c.short_id)
     oci = runtime.build_spec(spec)
-    oci["linux"]["cgroupsPath"] = f"/pybuild/{c.runc_id}"
+    if not rootless.inside():
+        oci["linux"]["cgroupsPath"] = f"/pybuild/{c.runc_id}"
     (cdir / "config.json").write_text(json.dumps(oci, indent=1))
 
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pybuild import __version__
+from pybuild import __version__, rootless
 from pybuild.cli import build, cache, containers, doctor, images, registry
 from pybuild.cli.common import DEFAULT_ROOT
 from pybuild.errors import DockerfileError, PybuildError
@@ -123,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if os.geteuid() != 0 and not rootless.inside() and command != "doctor" \
+            and not os.environ.get("PYBUILD_NO_USERNS"):
+        # rootless: run this same command again inside a user + mount namespace
+        try:
+            return rootless.reexec(argv)
+        except PybuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args))
