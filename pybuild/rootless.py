@@ -147,6 +147,18 @@ def problems() -> list[str]:
     return out
 
 
+def describe() -> str:
+    """One line on the namespace this process runs in (read from /proc/self/uid_map)."""
+    try:
+        maps = [line.split() for line in Path("/proc/self/uid_map").read_text().splitlines()]
+    except OSError:
+        maps = []
+    shown = ", ".join(f"{m[0]}..{int(m[0]) + int(m[2]) - 1} -> {m[1]}..{int(m[1]) + int(m[2]) - 1}"
+                      for m in maps if len(m) == 3)
+    return (f"user namespace uid map {shown}; store {default_root()}; "
+            f"state {state_dir()}")
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -156,27 +168,71 @@ def _unshare(flags: int) -> None:
         raise RootlessError(f"cannot create a user namespace: {os.strerror(err)}")
 
 
-def reexec(argv: list[str]) -> int:
-    """Run `python -m pybuild argv` inside a new user + mount namespace; its exit status."""
-    missing = problems()
-    if missing:
-        raise RootlessError("rootless mode unavailable: " + "; ".join(missing))
-    uid, gid = os.getuid(), os.getgid()
-    name = _user_name(uid)
-    subuid = sub_range("/etc/subuid", uid, name)
-    subgid = sub_range("/etc/subgid", gid, name) or sub_range("/etc/subgid", uid, name)
-    assert subuid is not None and subgid is not None
-    ensure_state_dir()
+def _setns(path: str, nstype: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, nstype) != 0:
+            raise RootlessError(f"cannot join {path}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+
+
+def _exec_inside(argv: list[str], uid: int) -> None:
+    """Become root of the joined namespace and exec `python -m pybuild argv`."""
+    os.setresgid(0, 0, 0)
+    os.setgroups([])
+    os.setresuid(0, 0, 0)
+    env = dict(os.environ)
+    env[ENV_INSIDE] = str(uid)
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.execve(sys.executable, [sys.executable, "-m", "pybuild", *argv], env)
+
+
+def _pause_forever() -> None:
+    """The namespace holder (podman's pause process): containers started with `run -d`
+    live in this user and mount namespace, so later commands can signal and unmount them."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.chdir("/")
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    while True:
+        signal.pause()
+
+
+def pause_pid() -> int | None:
+    """The live pause process of this user's namespace, if any."""
+    from pybuild.liveness import process_start
+
+    try:
+        pid_s, start = (state_dir() / "pause.pid").read_text().split()
+        pid = int(pid_s)
+    except (OSError, ValueError):
+        return None
+    return pid if process_start(pid) == start else None
+
+
+def _create(argv: list[str], uid: int, gid: int, subuid: IdRange, subgid: IdRange,
+            lock: int) -> int:
+    """A new user + mount namespace with a pause process in it; run argv there.
+
+    `lock` (held) is released once the pause process's pid is on disk."""
+    from pybuild.liveness import process_start
+
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
+    pid_r, pid_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child: unshare, wait for the maps, become root inside, exec
-        code = 1
         try:
-            os.close(ready_r)
-            os.close(go_w)
+            for fd in (ready_r, go_w, pid_r, lock):
+                os.close(fd)
             _unshare(CLONE_NEWUSER | CLONE_NEWNS)
             os.write(ready_w, b"1")
             if os.read(go_r, 1) != b"1":
@@ -187,17 +243,18 @@ def reexec(argv: list[str]) -> int:
             if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
                 raise RootlessError("cannot make the mount namespace private: "
                                     + os.strerror(ctypes.get_errno()))
-            env = dict(os.environ)
-            env[ENV_INSIDE] = str(uid)
-            package_parent = str(Path(__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = os.pathsep.join(
-                [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-            os.execve(sys.executable, [sys.executable, "-m", "pybuild", *argv], env)
+            holder = os.fork()
+            if holder == 0:
+                os.close(pid_w)
+                _pause_forever()
+            os.write(pid_w, str(holder).encode())
+            os.close(pid_w)
+            _exec_inside(argv, uid)
         except BaseException as e:  # noqa: BLE001 - the child must never return into main()
             print(f"error: {e}", file=sys.stderr)
-        os._exit(code)
-    os.close(ready_w)
-    os.close(go_r)
+        os._exit(1)
+    for fd in (ready_w, go_r, pid_w):
+        os.close(fd)
     try:
         if os.read(ready_r, 1) != b"1":
             _, status = os.waitpid(pid, 0)
@@ -210,10 +267,21 @@ def reexec(argv: list[str]) -> int:
                 os.waitpid(pid, 0)
                 raise RootlessError(f"{tool} failed: {res.stderr.strip() or res.returncode}")
         os.write(go_w, b"1")
+        holder_s = b""
+        while chunk := os.read(pid_r, 32):
+            holder_s += chunk
+        if holder_s.isdigit():
+            holder = int(holder_s)
+            tmp = state_dir() / f".pause.pid.{os.getpid()}"
+            tmp.write_text(f"{holder} {process_start(holder)}\n")
+            os.replace(tmp, state_dir() / "pause.pid")
     finally:
-        os.close(ready_r)
-        os.close(go_w)
+        for fd in (ready_r, go_w, pid_r, lock):
+            os.close(fd)
+    return _wait(pid)
 
+
+def _wait(pid: int) -> int:
     def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(pid, signum)
@@ -230,3 +298,44 @@ def reexec(argv: list[str]) -> int:
             continue
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def reexec(argv: list[str]) -> int:
+    """Run `python -m pybuild argv` inside this user's namespace; its exit status.
+
+    The namespace is made once (with the pause process holding it) and joined after, so
+    every command sees the same mounts and can signal the same containers.
+    """
+    import fcntl
+
+    missing = problems()
+    if missing:
+        raise RootlessError("rootless mode unavailable: " + "; ".join(missing))
+    uid, gid = os.getuid(), os.getgid()
+    name = _user_name(uid)
+    subuid = sub_range("/etc/subuid", uid, name)
+    subgid = sub_range("/etc/subgid", gid, name) or sub_range("/etc/subgid", uid, name)
+    assert subuid is not None and subgid is not None
+    d = ensure_state_dir()
+    lock = os.open(d / "pause.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        holder = pause_pid()
+    except BaseException:
+        os.close(lock)
+        raise
+    if holder is None:
+        return _create(argv, uid, gid, subuid, subgid, lock)
+    os.close(lock)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _setns(f"/proc/{holder}/ns/user", CLONE_NEWUSER)
+            _setns(f"/proc/{holder}/ns/mnt", CLONE_NEWNS)
+            _exec_inside(argv, uid)
+        except BaseException as e:  # noqa: BLE001 - the child must never return into main()
+            print(f"error: {e}", file=sys.stderr)
+        os._exit(1)
+    return _wait(pid)

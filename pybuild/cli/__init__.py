@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if os.geteuid() != 0 and not rootless.inside() and command != "doctor" \
-            and not os.environ.get("PYBUILD_NO_USERNS"):
-        # rootless: run this same command again inside a user + mount namespace
+    if os.geteuid() != 0 and not rootless.inside() \
+            and not (command == "doctor" and rootless.problems()):
+        # rootless: run this same command again inside a user + mount namespace (doctor
+        # reports what is missing from outside when it cannot get in)
         try:
             return rootless.reexec(argv)
         except PybuildError as e:
