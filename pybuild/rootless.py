@@ -118,17 +118,18 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-def problems() -> list[str]:
+def problems(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid",
+             max_namespaces: str = "/proc/sys/user/max_user_namespaces") -> list[str]:
     """What this machine lacks for rootless mode, each naming the missing piece."""
     out: list[str] = []
     uid, gid = os.getuid(), os.getgid()
     name = _user_name(uid)
     try:
-        max_ns = int(Path("/proc/sys/user/max_user_namespaces").read_text().strip())
+        max_ns = int(Path(max_namespaces).read_text().strip())
     except (OSError, ValueError):
         max_ns = -1
     if max_ns == 0:
-        out.append("user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)")
+        out.append(f"user namespaces are disabled ({max_namespaces} is 0)")
     try:
         if Path("/proc/sys/kernel/unprivileged_userns_clone").read_text().strip() == "0":
             out.append("unprivileged user namespaces are disabled "
@@ -138,11 +139,11 @@ def problems() -> list[str]:
     for tool in ("newuidmap", "newgidmap"):
         if shutil.which(tool) is None:
             out.append(f"{tool} is missing (install Debian's uidmap package)")
-    if sub_range("/etc/subuid", uid, name) is None:
-        out.append(f"no subordinate uid range for user {name} in /etc/subuid "
+    if sub_range(subuid, uid, name) is None:
+        out.append(f"no subordinate uid range for user {name} in {subuid} "
                    f"(usermod --add-subuids 100000-165535 {name})")
-    if sub_range("/etc/subgid", gid, name) is None and sub_range("/etc/subgid", uid, name) is None:
-        out.append(f"no subordinate gid range for user {name} in /etc/subgid "
+    if sub_range(subgid, gid, name) is None and sub_range(subgid, uid, name) is None:
+        out.append(f"no subordinate gid range for user {name} in {subgid} "
                    f"(usermod --add-subgids 100000-165535 {name})")
     return out
 

@@ -69,7 +69,8 @@ def build_parser(only: Any = None) -> argparse.ArgumentParser:
     def globals_(root: Any, debug: Any) -> argparse.ArgumentParser:
         g = argparse.ArgumentParser(add_help=False)
         g.add_argument("--root", default=root,
-                       help=f"store directory (env PYBUILD_ROOT; default {DEFAULT_ROOT})")
+                       help=f"store directory (env PYBUILD_ROOT; default {DEFAULT_ROOT}; "
+                            "/var/lib/pybuild as root, $XDG_DATA_HOME/pybuild rootless)")
         g.add_argument("--debug", action="store_true", default=debug,
                        help="show tracebacks on errors")
         return g
