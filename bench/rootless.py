@@ -109,7 +109,7 @@ def main() -> int:
         }
     medians = {k: statistics.median(v) for k, v in times.items()}
     out = {"scenario": "rootless (cold multi-stage build)",
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "runs": times, "median": medians, "load": loads, "versions": versions}
     results = REPO / "bench" / "results" / "rootless.json"
     results.write_text(json.dumps(out, indent=1) + "\n")

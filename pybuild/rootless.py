@@ -41,8 +41,15 @@ class RootlessError(PybuildError):
 
 
 def inside() -> bool:
-    """True in the re-executed process inside the user namespace."""
-    return bool(os.environ.get(ENV_INSIDE))
+    """True in the re-executed process inside the user namespace (the variable alone is
+    not enough: in the initial namespace uid_map is the identity map of every uid)."""
+    if not os.environ.get(ENV_INSIDE):
+        return False
+    try:
+        first = Path("/proc/self/uid_map").read_text().split()
+    except OSError:
+        return False
+    return first[:3] != ["0", "0", "4294967295"]
 
 
 def active() -> bool:
@@ -282,8 +289,17 @@ def _create(argv: list[str], uid: int, gid: int, subuid: IdRange, subgid: IdRang
     return _wait(pid)
 
 
+def _terminal_group_is_ours() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
+
+
 def _wait(pid: int) -> int:
     def forward(signum: int, _frame: object) -> None:
+        if signum == signal.SIGINT and _terminal_group_is_ours():
+            return  # Ctrl-C: the terminal sent it to the child as well (same group)
         try:
             os.kill(pid, signum)
         except ProcessLookupError:

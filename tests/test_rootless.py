@@ -100,12 +100,18 @@ def test_paths_for_root(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rootless.state_dir() == Path("/run/pybuild")
 
 
+def test_variable_alone_does_not_make_rootless(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(rootless.ENV_INSIDE, "1000")
+    if open("/proc/self/uid_map").read().split()[:3] == ["0", "0", "4294967295"]:
+        assert not rootless.inside()
+
+
 def test_rootless_spec_has_no_cgroups(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     spec = runtime.RunSpec(rootfs=str(tmp_path), args=["true"], env=[])
     monkeypatch.delenv(rootless.ENV_INSIDE, raising=False)
     as_root = runtime.build_spec(spec)
     assert "resources" in as_root["linux"]
-    monkeypatch.setenv(rootless.ENV_INSIDE, "1000")
+    monkeypatch.setattr(rootless, "inside", lambda: True)
     cfg = runtime.build_spec(spec)
     assert "resources" not in cfg["linux"]
     dests = {m["destination"]: m for m in cfg["mounts"]}
