@@ -195,7 +195,8 @@ def _exec_inside(argv: list[str], uid: int) -> None:
     package_parent = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(
         [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    os.execve(sys.executable, [sys.executable, "-m", "pybuild", *argv], env)
+    # -P: the working directory (a build context, say) never shadows the package
+    os.execve(sys.executable, [sys.executable, "-P", "-m", "pybuild", *argv], env)
 
 
 def _pause_forever() -> None:

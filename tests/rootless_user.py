@@ -39,11 +39,11 @@ class User:
         base.update(extra)
         return [f"{k}={v}" for k, v in base.items()]
 
-    def run(self, argv: list[str], *, timeout: int = 300,
+    def run(self, argv: list[str], *, timeout: int = 300, cwd: str = "/",
             **extra: str) -> subprocess.CompletedProcess[str]:
         """argv as the user, with a clean environment (HOME, XDG_RUNTIME_DIR, PYTHONPATH)."""
         return subprocess.run(["runuser", "-u", self.name, "--", "env", "-i",
-                               *self.env(**extra), *argv], cwd="/", capture_output=True,
+                               *self.env(**extra), *argv], cwd=cwd, capture_output=True,
                               text=True, timeout=timeout)
 
     def pybuild(self, *args: str, check: bool = True, timeout: int = 300,

@@ -282,3 +282,17 @@ def test_missing_newuidmap_is_named(user: User) -> None:
     res = user.pybuild("doctor", check=False, PATH="/nonexistent")
     assert res.returncode == 1
     assert "rootless: newuidmap is missing (install Debian's uidmap package)" in res.stdout
+
+
+def test_working_directory_never_shadows_the_package(user: User) -> None:
+    """The re-exec runs `python -P -m pybuild`: a `pybuild/` dir in the working directory
+    (a build context, say) is not imported inside the namespace."""
+    d = user.home.parent / "shadow"
+    (d / "pybuild").mkdir(parents=True)
+    (d / "pybuild" / "__init__.py").write_text("")
+    (d / "pybuild" / "__main__.py").write_text("print('SHADOWED')\n")
+    subprocess.run(["chmod", "-R", "o+rX", str(d)], check=True)
+    res = user.run([user.python, "-P", "-m", "pybuild", "images"], cwd=str(d))
+    assert res.returncode == 0, res.stderr
+    assert "SHADOWED" not in res.stdout
+    assert res.stdout.startswith("REPOSITORY")
