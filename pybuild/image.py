@@ -444,11 +444,16 @@ def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
 def save_docker_archive(store: Store, names: list[str], out: Path) -> None:
     """Write `docker save`'s format (manifest.json, repositories, config, layer.tar files)."""
     entries = _collect(store, names)
+    with _atomic_output(Path(out)) as f:
+        write_docker_archive(store, entries, f)
+
+
+def write_docker_archive(store: Store, entries: list[_Entry], f: BinaryIO) -> None:
+    """The docker-archive of `entries` (image + names), streamed to `f`."""
     manifest: list[dict[str, Any]] = []
     repositories: dict[str, dict[str, str]] = {}
     written: set[str] = set()
-    with _atomic_output(Path(out)) as f, tarfile.open(fileobj=f, mode="w|",
-                                                        format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             img = entry.image
             try:
@@ -486,6 +491,12 @@ def save_oci_archive(store: Store, names: list[str], out: Path) -> None:
     io.containerd.image.name (the fully qualified name containerd-based tools import by).
     """
     entries = _collect(store, names)
+    with _atomic_output(Path(out)) as f:
+        write_oci_archive(store, entries, f)
+
+
+def write_oci_archive(store: Store, entries: list[_Entry], f: BinaryIO) -> None:
+    """The OCI archive of `entries` (image + names), streamed to `f`."""
     index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     blobs: list[Descriptor] = []
     for entry in entries:
@@ -501,8 +512,7 @@ def save_oci_archive(store: Store, names: list[str], out: Path) -> None:
                            if tag else None)
             index["manifests"].append(
                 Descriptor(OCI_MANIFEST, img.manifest_desc.digest, size, annotations, plat).to_dict())
-    with _atomic_output(Path(out)) as f, tarfile.open(fileobj=f, mode="w|",
-                                                        format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
         tar.addfile(_tar_info("blobs", directory=True))
         tar.addfile(_tar_info("blobs/sha256", directory=True))

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from collections.abc import Callable
 
 from pybuild.errors import PybuildError
@@ -283,13 +283,14 @@ class Progress:
             tr.completed = now if total and current >= total else None
             self._on_transfer(v, tr, now)
 
-    def warning(self, message: str) -> None:
-        """A build-wide warning, listed after the build like BuildKit does."""
+    def warning(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        """A build-wide warning, listed after the build like BuildKit does. `detail` is the
+        structured form (a build check's rule, url, lines) that rawjson carries."""
         with self._lock:
             if self._closed:
                 return
             self._warnings.append(message)
-            self._on_warning(message)
+            self._on_warning(message, detail)
 
     def explain(self, vid: str, reason: str) -> None:
         """Why a step was rebuilt (its cache key changed)."""
@@ -393,7 +394,7 @@ class Progress:
     def _on_transfer(self, v: _Vertex, tr: _Transfer, now: float) -> None:
         """A transfer counter moved."""
 
-    def _on_warning(self, message: str) -> None:
+    def _on_warning(self, message: str, detail: dict[str, Any] | None = None) -> None:
         """A warning was recorded in self._warnings."""
 
     def _on_explain(self, v: _Vertex, reason: str) -> None:
@@ -609,8 +610,11 @@ class RawJSONProgress(Progress):
             logs=list(v.tail), source=source,
         )
 
-    def _on_warning(self, message: str) -> None:
-        self._emit("warning", message=message)
+    def _on_warning(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        if detail is None:
+            self._emit("warning", message=message)
+        else:
+            self._emit("warning", message=message, check=detail)
 
     def _on_summary(self, s: BuildSummary) -> None:
         self._emit(

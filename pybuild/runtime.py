@@ -23,7 +23,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +101,11 @@ class RunSpec:
     # RUN --security=insecure: every capability, all devices, /sys and cgroups writable,
     # nothing masked (BuildKit's insecure mode, what `docker run --privileged` gives)
     privileged: bool = False
+    # docker build --ulimit (OCI rlimit type, soft, hard) and --shm-size (bytes)
+    ulimits: list[tuple[str, int, int]] = field(default_factory=list)
+    shm_size: int | None = None
+    # docker build --add-host (host, ip): lines of /etc/hosts (host_mounts)
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)
 
 
 def build_spec(spec: RunSpec) -> dict[str, Any]:
@@ -126,7 +131,7 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
         for kernel_fs in mounts:
             if kernel_fs["destination"] in ("/sys", "/sys/fs/cgroup"):
                 kernel_fs["options"] = [o for o in kernel_fs["options"] if o != "ro"]
-    config = {
+    config = _with_limits(spec, {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": spec.tty,
@@ -151,7 +156,7 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
             "maskedPaths": [] if spec.privileged else list(MASKED_PATHS),
             "readonlyPaths": [] if spec.privileged else list(READONLY_PATHS),
         },
-    }
+    })
     if rootless.inside():
         rootless_spec(config)
     return config
@@ -172,6 +177,21 @@ def rootless_spec(config: dict[str, Any]) -> None:
         mounts.append(m)
     config["mounts"] = mounts
     config["linux"].pop("resources", None)
+
+
+def _with_limits(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """--ulimit replaces or adds rlimits; --shm-size sizes the /dev/shm tmpfs."""
+    if spec.ulimits:
+        given = {t for t, _, _ in spec.ulimits}
+        config["process"]["rlimits"] = [r for r in config["process"]["rlimits"]
+                                        if r["type"] not in given] + [
+            {"type": t, "soft": soft, "hard": hard} for t, soft, hard in spec.ulimits]
+    if spec.shm_size:
+        for m in config["mounts"]:
+            if m["destination"] == "/dev/shm":
+                m["options"] = [o for o in m["options"] if not o.startswith("size=")] + [
+                    f"size={spec.shm_size}"]
+    return config
 
 
 def _kernel_caps() -> list[str]:
@@ -213,7 +233,8 @@ def _default_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def host_mounts(rootfs: Path, *, hostname: str = DEFAULT_HOSTNAME) -> tuple[list[Mount], list[str]]:
+def host_mounts(rootfs: Path, *, hostname: str = DEFAULT_HOSTNAME,
+                extra_hosts: Sequence[tuple[str, str]] = ()) -> tuple[list[Mount], list[str]]:
     """Read-only binds of /etc/resolv.conf (the host's) and /etc/hosts, and the mount stubs.
 
     /etc/hosts is BuildKit's generated file (localhost and the sandbox hostname), not the
@@ -227,13 +248,16 @@ def host_mounts(rootfs: Path, *, hostname: str = DEFAULT_HOSTNAME) -> tuple[list
     resolv = Path("/etc/resolv.conf")
     if resolv.exists():
         mounts.append(Mount("/etc/resolv.conf", "bind", str(resolv.resolve()), list(options)))
-    mounts.append(Mount("/etc/hosts", "bind", str(_hosts_file(hostname)), list(options)))
+    mounts.append(Mount("/etc/hosts", "bind", str(_hosts_file(hostname, extra_hosts)),
+                        list(options)))
     return mounts, mount_stubs(rootfs, [m.destination for m in mounts])
 
 
-def _hosts_file(hostname: str) -> Path:
-    """A hosts file with BuildKit's content, shared by all steps with the same hostname."""
+def _hosts_file(hostname: str, extra_hosts: Sequence[tuple[str, str]] = ()) -> Path:
+    """A hosts file with BuildKit's content (then one line per --add-host), shared by all
+    steps with the same content."""
     content = f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    content += "".join(f"{ip}\t{host}\n" for host, ip in extra_hosts)
     path = STATE_DIR / "etc" / f"hosts-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -153,10 +153,6 @@ class Snapshotter:
         with contextlib.suppress(OSError), open(d / "verified", "a") as f:
             f.write(desc.digest + "\n")
 
-    def verify_layer(self, desc: Descriptor, diff_id: str) -> None:
-        """PybuildError unless the stored blob `desc` has the diff_id `diff_id`."""
-        verify_layer(self.store, desc, diff_id)
-
     def _extract(self, desc: Descriptor, diff_id: str, chain_id: str) -> None:
         final = self._dir(chain_id)
         tmp, lock = self._tmp_dir()
@@ -223,25 +219,32 @@ class Snapshotter:
         if a.readonly and len(lowers) == 1:
             lowers.append(self._empty)  # overlay wants two lowers without an upper
         opts = self._overlay_options(a, [os.path.abspath(p) for p in lowers])
+        links_fd: int | None = None
         if len(opts) > _MAX_MOUNT_DATA:
-            # Absolute snapshot paths are long: short links in the mount's own dir keep
-            # many layers within one page of mount data, with no chdir (other threads
-            # resolve relative paths at the same time).
+            # Absolute snapshot paths are long (and the store's own path may be): short
+            # links in the mount's own dir, reached through this process's fd of that dir
+            # (`/proc/self/fd/N/1f`, ~20 bytes a layer whatever the store path), keep
+            # docker's 127 layers within one page of mount data, with no chdir (other
+            # threads resolve relative paths at the same time).
             links = a.dir / "l"
             links.mkdir(exist_ok=True)
-            short = []
             for i, p in enumerate(lowers):
                 os.symlink(p.resolve(), links / f"{i:x}")
-                short.append(str((links / f"{i:x}").absolute()))
-            opts = self._overlay_options(a, short)
-        if len(opts) > _MAX_MOUNT_DATA:
-            raise PybuildError(f"image has too many layers to mount ({len(lowers)})")
-        # mount(2) directly: no mount(8) process per step.
-        # In a user namespace (rootless.py) overlay keeps its xattrs as user.overlay.*.
-        extra = ",index=off,xino=off" + (",userxattr" if rootless.inside() else "")
-        ret = _libc.mount(b"overlay", os.fsencode(a.rootfs), b"overlay", 0,
-                          (opts + extra).encode())
-        err = ctypes.get_errno()
+            links_fd = os.open(links, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            opts = self._overlay_options(a, [f"/proc/self/fd/{links_fd}/{i:x}"
+                                             for i in range(len(lowers))])
+        try:
+            if len(opts) > _MAX_MOUNT_DATA:
+                raise PybuildError(f"image has too many layers to mount ({len(lowers)})")
+            # mount(2) directly: no mount(8) process per step.
+            # In a user namespace (rootless.py) overlay keeps its xattrs as user.overlay.*.
+            extra = ",index=off,xino=off" + (",userxattr" if rootless.inside() else "")
+            ret = _libc.mount(b"overlay", os.fsencode(a.rootfs), b"overlay", 0,
+                              (opts + extra).encode())
+            err = ctypes.get_errno()
+        finally:
+            if links_fd is not None:
+                os.close(links_fd)
         if ret != 0:
             raise PybuildError(f"overlay mount failed: {os.strerror(err)}")
 

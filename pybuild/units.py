@@ -27,6 +27,15 @@ def human_size(n: float) -> str:
     return decimal_size(n, ".3g")
 
 
+def binary_size(n: float) -> str:
+    """docker stats' memory: binary units, two decimals (45.2MiB shows as 45.20MiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.2f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def bytes_text(n: int) -> str:
     """BuildKit's progress sizes (go-units Bytes, %.2f): 1.14MB, 98B."""
     return decimal_size(n, ".2f")

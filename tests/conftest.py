@@ -140,3 +140,7 @@ def no_leaks(tmp_path: Path) -> Iterator[None]:
     bundles = Path("/run/pybuild/bundles")
     for config in bundles.glob("*/config.json") if bundles.exists() else []:
         assert str(tmp_path) not in config.read_text(), f"container left behind: {config.parent}"
+
+
+# The run side's fixtures (a network namespace per test, the CLI inside it).
+from container_fixtures import cli, netns  # noqa: E402, F401

@@ -439,3 +439,20 @@ def test_umoci_unpack_of_oci_save_matches_the_build(busybox: Pybuild, tmp_path: 
         return out
 
     assert tree(tmp_path / "bundle" / "rootfs") == tree(ours)
+
+
+def test_many_layers_under_a_long_store_path(busybox_tar: Path, tmp_path: Path) -> None:
+    """A RUN on 100 layers, in a store whose path is long: the overlay's lowerdir list
+    must stay within one page of mount data (short links reached through an fd)."""
+    from conftest import require_build_tools
+
+    pb = Pybuild(tmp_path / ("long-" + "x" * 180) / "store")
+    require_build_tools()
+    pb("import", str(busybox_tar), "busybox")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    steps = "".join(f"WORKDIR /d{i}\n" for i in range(100))  # a layer each, no container
+    (ctx / "Dockerfile").write_text(f"FROM busybox\n{steps}RUN ls -d /d[0-9]* | wc -l > /count\n")
+    pb("build", "-t", "deep", str(ctx))
+    out = pb("run", "--rm", "--network", "none", "deep", "cat", "/count").stdout
+    assert out.strip() == "100"

@@ -5,100 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
 
-from conftest import Pybuild, overlay_mounts
+from container_fixtures import Cli, ps_rows, runc_ids, wait_for
+from conftest import overlay_mounts
 from pybuild import containers, image, runtime
 from pybuild.snapshot import Snapshotter, chain_ids
 from pybuild.store import Store
 from pybuild.errors import PybuildError
-
-# Runs the real CLI with the container commands registered (the lead adds them to MODULES).
-_MAIN = ("import sys\n"
-         "from pybuild import cli\n"
-         "from pybuild.cli import containers\n"
-         "if containers not in cli.MODULES:\n"
-         "    cli.MODULES.append(containers)\n"
-         "sys.exit(cli.main())\n")
-RUNC_ROOT = "/run/pybuild/containers-runc"
-
-
-class Cli:
-    """`pybuild` with the container commands, on the store of a `Pybuild` fixture."""
-
-    def __init__(self, pybuild: Pybuild) -> None:
-        self.root = pybuild.root
-        self.build_cli = pybuild
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-c", _MAIN, "--root", str(self.root), *args]
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"pybuild {' '.join(args)} failed ({proc.returncode}):\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def build(self, tmp: Path, tag: str, dockerfile: str) -> None:
-        ctx = tmp / f"ctx-{tag}"
-        ctx.mkdir()
-        (ctx / "Dockerfile").write_text(dockerfile)
-        self.build_cli("build", "-t", tag, str(ctx))
-
-    def container_dirs(self) -> list[Path]:
-        d = self.root / "containers"
-        return [p for p in d.iterdir() if p.is_dir()] if d.exists() else []
-
-
-def runc_ids() -> list[str]:
-    out = subprocess.run(["runc", "--root", RUNC_ROOT, "list", "-q"], capture_output=True,
-                         text=True).stdout
-    return out.split()
-
-
-@pytest.fixture
-def cli(busybox: Pybuild, tmp_path: Path) -> Iterator[Cli]:
-    """A store with busybox; every container left is force-removed, then nothing may remain."""
-    c = Cli(busybox)
-    yield c
-    ids = c("ps", "-aq", "--no-trunc", check=False).stdout.split()
-    if ids:
-        c("rm", "-f", *ids, check=False)
-    assert [m for m in overlay_mounts() if str(tmp_path) in m] == []
-    assert not any(rid.removeprefix(containers.RUNC_ID_PREFIX) in ids for rid in runc_ids())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def ps_rows(cli: Cli, *flags: str) -> list[list[str]]:
-    lines = cli("ps", *flags).stdout.splitlines()
-    assert lines[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
-    return [[c for c in line.split("   ") if c.strip()] for line in lines[1:]]
-
 
 # ----------------------------------------------------------------------------- pure rules
 def test_process_args_follow_docker_rules() -> None:
@@ -151,8 +70,8 @@ def test_foreground_streams_and_propagates_exit_code(cli: Cli) -> None:
               check=False)
     assert (res.returncode, res.stdout, res.stderr) == (3, "out\n", "err\n")
     rows = ps_rows(cli, "-a")
-    assert [(r[1], r[2], r[4], r[5]) for r in rows] == [
-        ("busybox", '"sh -c echo out; ech…"', rows[0][4], "fg")]
+    assert [(r[1], r[2], r[4], r[5], r[6]) for r in rows] == [
+        ("busybox", '"sh -c echo out; ech…"', rows[0][4], "", "fg")]
     assert rows[0][4].startswith("Exited (3) ")
     assert ps_rows(cli) == []  # not running
     assert sorted(cli("logs", "fg").stdout.splitlines()) == ["err", "out"]
@@ -263,25 +182,22 @@ def test_network_none_has_only_loopback(cli: Cli) -> None:
 
 # ----------------------------------------------------------------------------- detached
 def test_detached_container_outlives_its_starter(cli: Cli, tmp_path: Path) -> None:
-    port = free_port()
+    port = 18080
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("served from a container\n")
-    res = cli("run", "-d", "--name", "web", "-v", f"{www}:/www:ro", "busybox", "sh", "-c",
+    res = cli("run", "-d", "--name", "web", "--network", "host", "-v", f"{www}:/www:ro",
+              "busybox", "sh", "-c",
               f"echo starting; exec httpd -f -v -p 127.0.0.1:{port} -h /www")
     cid = res.stdout.strip()
     assert len(cid) == 64 and res.stderr == ""
 
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                return r.read() == b"served from a container\n"
-        except OSError:
-            return False
+    def answers() -> bool:  # the host network here is the test's namespace
+        return cli.netns.fetch(f"http://127.0.0.1:{port}/") == "served from a container\n"
 
     wait_for(answers, "httpd to answer")
     rows = ps_rows(cli)
-    assert [(r[0], r[1], r[5]) for r in rows] == [(cid[:12], "busybox", "web")]
+    assert [(r[0], r[1], r[6]) for r in rows] == [(cid[:12], "busybox", "web")]
     assert rows[0][4].startswith("Up ")
     assert cli("logs", "web").stdout.startswith("starting\n")
     wait_for(lambda: "response:200" in cli("logs", cid[:8]).stdout, "the request in the log")

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from container_fixtures import Netns
 from conftest import REPO, Pybuild, require_build_tools
 from engines import Docker, docker_engine, free_port
 
@@ -142,7 +144,7 @@ def docker(built: Pybuild, base_tar: Path, context: Path,
 
 def test_plan_has_wheels_and_runtime_stages(tmp_path: Path) -> None:
     """The frontend reads the Dockerfile without a daemon or root: two stages, in order."""
-    out = Pybuild(tmp_path / "store")("build", "--check", str(EXAMPLE)).stdout
+    out = Pybuild(tmp_path / "store")("build", "--call", "outline", str(EXAMPLE)).stdout
     assert "stages needed: wheels, runtime" in out
     assert "RUN --mount=type=secret,id=pip-ca,required=false" in out
     assert "RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels" in out
@@ -279,6 +281,32 @@ def test_site_serves_under_pybuild_run(built: Pybuild) -> None:
         built("rm", "-f", name, check=False)
 
 
+def test_site_on_the_bridge_with_a_published_port(built: Pybuild, netns: Netns) -> None:
+    """What `make demo` runs: the default bridge, -p 127.0.0.1:8000:8000, the image's own
+    HEALTHCHECK probed; inside a namespace of the test's, as every network test."""
+    def pb(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*netns.prefix, sys.executable, "-m", "pybuild", "--root",
+                               str(built.root), *args], capture_output=True, text=True,
+                              check=True, cwd=REPO, timeout=120)
+
+    pb("run", "-d", "--name", "demo", "-p", "127.0.0.1:8000:8000", "django-test")
+    try:
+        deadline = time.monotonic() + 60
+        while netns.fetch("http://127.0.0.1:8000/healthz") != "ok":
+            assert time.monotonic() < deadline, "the published port did not answer"
+            time.sleep(0.5)
+        assert "Hello from pybuild" in (netns.fetch("http://127.0.0.1:8000/") or "")
+        assert "127.0.0.1:8000->8000/tcp" in pb("ps").stdout
+        assert "--dport 8000 -j DNAT --to-destination 10.88.0.2:8000" in netns.iptables()
+        # HEALTHCHECK --interval=15s --start-period=20s: healthy after the first probe
+        while "(healthy)" not in pb("ps").stdout:
+            assert time.monotonic() < deadline + 30, pb("inspect", "demo").stdout
+            time.sleep(1)
+    finally:
+        pb("rm", "-f", "demo")
+    assert netns.link_names() == ["lo"]
+
+
 def _steps(plain_output: str) -> dict[str, bool]:
     """Step title -> whether it was a cache hit, from `--progress=plain` output."""
     titles: dict[str, str] = {}
@@ -322,26 +350,37 @@ def test_unchanged_rebuild_gives_the_same_image(built: Pybuild, context: Path) -
     assert first.startswith("sha256:") and first == second
 
 
-def test_demo_script_runs_twice(tmp_path: Path, base_tar: Path) -> None:
-    """`make demo` end to end, against a private store: builds, serves on :8000, and a second
-    run rebuilds from cache and restarts the container."""
+def test_demo_script_runs_twice(tmp_path: Path, base_tar: Path, netns: Netns) -> None:
+    """`make demo` end to end, against a private store: serves on 127.0.0.1:8000 through the
+    default bridge, and a second run rebuilds from cache and replaces the container.
+
+    The script runs inside the test's network namespace (its bridge and rules live and
+    die there). That namespace has no way out, so the image is built here first, where
+    pip can reach its index: the script's own build is then all cache hits.
+    """
     pb = Pybuild(tmp_path / "store")
     if not _has_run_command(pb):
         pytest.skip("this pybuild has no `run` command yet")
-    if not port_is_free(8000):
-        pytest.skip("127.0.0.1:8000 is in use; the demo serves there")
+    pb("import", str(base_tar), BASE_REF)
+    pb("build", "-q", "-t", "django-app", *secret_args(), str(EXAMPLE))
     env = {**os.environ, "PYBUILD_ROOT": str(pb.root), "PYBUILD_DEMO_CACHE": str(base_tar.parent),
-           "PYBUILD_PROGRESS": "plain"}
+           "PYBUILD_PROGRESS": "plain", "PYBUILD_DEMO_CHECKOUT": "1"}
     try:
         for _ in range(2):
-            proc = subprocess.run(["bash", str(EXAMPLE / "demo.sh")], cwd=REPO, env=env,
-                                  capture_output=True, text=True, timeout=900)
+            proc = subprocess.run([*netns.prefix, "bash", str(EXAMPLE / "demo.sh")], cwd=REPO,
+                                  env=env, capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
             assert SEED in proc.stdout
+            assert "127.0.0.1:8000->8000/tcp" in proc.stdout  # its `pybuild ps`
         assert "already imported" in proc.stdout
-        check_site("http://127.0.0.1:8000")
+        assert "0 cached" not in proc.stdout
+        page = netns.fetch("http://127.0.0.1:8000/") or ""
+        assert page.count(SEED) == 1 and re.search(r'/static/notes/style\.[0-9a-f]{12}\.css', page)
+        assert "--to-destination 10.88.0." in netns.iptables()
     finally:
-        pb("rm", "-f", "django-app", check=False)
+        subprocess.run([*netns.prefix, sys.executable, "-m", "pybuild", "--root", str(pb.root),
+                        "rm", "-f", "django-app"], cwd=REPO, capture_output=True, check=False)
+    assert netns.link_names() == ["lo"]
 
 
 def test_pushed_to_a_registry_and_run_by_docker(built: Pybuild, docker: Docker) -> None:
@@ -373,3 +412,17 @@ def test_same_image_with_any_jobs(built: Pybuild, context: Path, tmp_path: Path)
               *secret_args(), str(context), timeout=900)
         digests.append(json.loads(meta.read_text())["containerimage.digest"])
     assert len(set(digests)) == 1, digests
+
+
+def test_the_examples_own_tests_pass_through_the_pytest_plugin(built: Pybuild, netns: Netns) -> None:
+    """examples/django-app/tests uses pybuild's pytest plugin (pybuild_image,
+    pybuild_container): run it as a user would, on the store `built` made (so the image
+    comes from its cache), inside the test's network namespace."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([*netns.prefix, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--rootdir", str(EXAMPLE), "--pybuild-root", str(built.root),
+                           str(EXAMPLE / "tests")], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout
+    assert netns.link_names() == ["lo"]  # the fixture removed its container

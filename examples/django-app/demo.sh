@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: build this Django example with pybuild and run it on http://127.0.0.1:8000/.
+# `make demo`: build this Django example with pybuild and run it on http://127.0.0.1:8000/:
+# on the default `pybuild` bridge, its port 8000 published on the host's 127.0.0.1:8000.
 # Run from the repository root, as root, once the dependencies are installed (make deps).
 # Idempotent: a second run rebuilds (from cache) and restarts the container.
 set -euo pipefail
@@ -12,8 +13,9 @@ name=django-app
 url=http://127.0.0.1:8000/
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
-# The console script when pip installed it, else the package straight from this checkout.
-if command -v pybuild >/dev/null 2>&1; then
+# The console script when pip installed it, else (or with PYBUILD_DEMO_CHECKOUT=1, as the
+# tests do) the package straight from this checkout.
+if [[ -z ${PYBUILD_DEMO_CHECKOUT:-} ]] && command -v pybuild >/dev/null 2>&1; then
     pb=(pybuild)
 else
     pb=(env "PYTHONPATH=$here/../..${PYTHONPATH:+:$PYTHONPATH}" python3 -m pybuild)
@@ -56,13 +58,14 @@ if (exec 3<>/dev/tcp/127.0.0.1/8000) 2>/dev/null; then
     echo "demo.sh: something else already listens on 127.0.0.1:8000; stop it and retry" >&2
     exit 1
 fi
-"${pb[@]}" run -d --name "$name" --network host "$name"
+"${pb[@]}" run -d --name "$name" -p 127.0.0.1:8000:8000 "$name"
 
 # 4. Wait for gunicorn (migrations run first), then show the page.
 step "waiting for $url"
 for _ in $(seq 60); do
     if page=$(curl -fsS --max-time 2 "$url" 2>/dev/null); then
         printf '%s\n' "$page" | head -n 15
+        "${pb[@]}" ps
         step "the Django site built by pybuild is up at $url (stop it: ${pb[*]} rm -f $name)"
         exit 0
     fi

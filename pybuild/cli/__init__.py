@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from pybuild import __version__, rootless
-from pybuild.cli import build, cache, containers, doctor, images, registry
+from pybuild.cli import advise, attest, build, cache, containers, doctor, images, registry, system
 from pybuild.cli.common import DEFAULT_ROOT
 from pybuild.errors import DockerfileError, PybuildError
 
-MODULES = [build, images, registry, cache, containers, doctor]
+MODULES = [build, images, registry, cache, containers, doctor, system, advise, attest]
 
 
 class _Names:

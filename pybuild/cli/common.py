@@ -53,16 +53,16 @@ def unpack_for_builds(store: Any, name: str, label: str | None = None) -> None:
     the layers are only hashed.
     """
     from pybuild import image
-    from pybuild.snapshot import Snapshotter, check_layers
+    from pybuild.snapshot import Snapshotter, check_layers, verify_layer
 
     try:
         img = image.load(store, name)
         check_layers(img.layers, img.diff_ids)
-        snaps = Snapshotter(store)
         if os.geteuid() != 0:
             for desc, diff_id in zip(img.layers, img.diff_ids):
-                snaps.verify_layer(desc, diff_id)
+                verify_layer(store, desc, diff_id)
             return
+        snaps = Snapshotter(store)
         snaps.cleanup_work_dirs()  # what a killed pull or import left behind
         snaps.ensure(img.layers, img.diff_ids)
     except PybuildError as e:

@@ -1,4 +1,4 @@
-"""Image commands: import, images, inspect, tag, rmi, save."""
+"""Image commands: import, images, inspect, tag, rmi, save, load, history."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pybuild.cli.common import open_store, table, unpack_for_builds, writing_image
 from pybuild.errors import PybuildError
@@ -33,13 +33,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_images(args: argparse.Namespace) -> int:
     from pybuild import image
+    from pybuild.disk import layer_sizes
 
     store = open_store(args)
     rows = []
     for name in sorted(store.list_tags()):
         img = image.load(store, name)
         repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
-        size = sum(d.size for d in img.layers)
+        size = sum(layer_sizes(store, img))  # extracted sizes, as docker images shows
         rows.append((repo, tag, img.config_desc.digest.split(":")[1][:12],
                      img.config.get("created", "")[:19].replace("T", " "), human_size(size)))
     if args.quiet:
@@ -52,10 +53,15 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pybuild import image
+    from pybuild.cli.containers import inspect_container
 
     store = open_store(args)
     out = []
     for name in args.names:
+        found = inspect_container(args, name)  # docker inspect: containers, then images
+        if found is not None:
+            out.append(found)
+            continue
         img = image.load(store, name)
         out.append({"Id": img.config_desc.digest, "RepoTags": [
             t for t, d in store.list_tags().items() if d.digest == img.manifest_desc.digest],
@@ -111,6 +117,74 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from pybuild.load import load_archive
+
+    store = open_store(args)
+    src: BinaryIO
+    if args.input and args.input != "-":
+        try:
+            src = open(args.input, "rb")
+        except OSError as e:
+            raise PybuildError(f"open {args.input}: {e.strerror}") from None
+        what = f"load {args.input}"
+    else:
+        if sys.stdin.isatty():
+            raise PybuildError("requested load from stdin, but stdin is empty")
+        src = sys.stdin.buffer
+        what = "load from stdin"
+    with src:
+        loaded = load_archive(store, src, what)
+    for digest in loaded.manifests:
+        unpack_for_builds(store, digest)
+    for line in loaded.lines():
+        print(line)
+    return 0
+
+
+HISTORY_FIELDS = ["ID", "CreatedSince", "CreatedAt", "CreatedBy", "Size", "Comment"]
+
+
+def _ellipsis(text: str, width: int) -> str:
+    """docker's Ellipsis: cut to `width` characters, the last one an ellipsis."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from datetime import datetime, UTC
+
+    from pybuild.cli.format import render
+    from pybuild.containers import human_duration, parse_time
+    from pybuild.disk import history
+
+    rows = history(open_store(args), args.image)
+    now = datetime.now(UTC)
+    out = []
+    for r in rows:
+        image_id = r.id if args.no_trunc or r.id == "<missing>" else r.id.split(":", 1)[-1][:12]
+        created_by = r.created_by.replace("\t", " ")
+        try:
+            created = parse_time(r.created)
+            since = human_duration((now - created).total_seconds()) + " ago"
+            at = created.astimezone().isoformat(timespec="seconds")
+        except ValueError:
+            since = at = "N/A"
+        out.append({"ID": image_id, "CreatedSince": since if args.human else at,
+                    "CreatedAt": at, "CreatedBy": created_by if args.no_trunc
+                    else _ellipsis(created_by, 45),
+                    "Size": human_size(r.size) if args.human else str(r.size), "Comment": r.comment})
+    if args.quiet:
+        for row in out:
+            print(row["ID"])
+        return 0
+    template = args.format or "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+    for line in render(template, out, HISTORY_FIELDS,
+                       {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                        "CreatedBy": "CREATED BY"}):
+        print(line)
+    return 0
+
+
 # ----- parser --------------------------------------------------------------------------
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     i = sub.add_parser("import", parents=[common], help="import a rootfs tarball as a one-layer image",
@@ -126,10 +200,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     im.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     im.set_defaults(func=cmd_images)
 
-    ins = sub.add_parser("inspect", parents=[common], help="show an image as JSON",
-                         description="Print the manifest and config of images (by tag or ID).")
-    ins.add_argument("names", nargs="+", metavar="IMAGE",
-                     help="tag, image ID (or a unique prefix), or manifest digest")
+    ins = sub.add_parser("inspect", parents=[common], help="show an image or a container as JSON",
+                         description="Print a container's state and settings (by name or ID), "
+                                     "or the manifest and config of an image (by tag or ID).")
+    ins.add_argument("names", nargs="+", metavar="NAME",
+                     help="container name or ID; image tag, ID (or a unique prefix), or "
+                          "manifest digest")
     ins.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("tag", parents=[common], help="add a name to an image",
@@ -152,3 +228,26 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--format", choices=["docker", "oci"], default="docker",
                    help="docker-archive for docker/podman load (default) or an OCI archive")
     s.set_defaults(func=cmd_save)
+
+    ld = sub.add_parser("load", parents=[common], help="load images from a docker or OCI archive",
+                        description="Load images from a docker-archive (`docker save`, "
+                                    "`pybuild save`) or an OCI archive, read from a file or "
+                                    "stdin, plain or compressed, as `docker load` does. Every "
+                                    "blob is checked against its digest before anything is "
+                                    "stored.")
+    ld.add_argument("-i", "--input", metavar="FILE",
+                    help="read from FILE instead of stdin")
+    ld.set_defaults(func=cmd_load)
+
+    h = sub.add_parser("history", parents=[common], help="show the history of an image",
+                       description="Show each step that made an image, newest first, with the "
+                                   "size of its layer (as `docker history`).")
+    h.add_argument("image", metavar="IMAGE", help="tag or image ID")
+    h.add_argument("--no-trunc", action="store_true", help="do not truncate IDs and commands")
+    h.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
+    h.add_argument("-H", "--human", default=True, type=lambda v: v.lower() in ("1", "true", "yes"),
+                   metavar="BOOL", help="sizes and dates in human readable form (default true)")
+    h.add_argument("--format", metavar="TEMPLATE",
+                   help="Go-template-like format: table, {{.ID}}, {{.CreatedSince}}, "
+                        "{{.CreatedAt}}, {{.CreatedBy}}, {{.Size}}, {{.Comment}}, {{json .}}")
+    h.set_defaults(func=cmd_history)

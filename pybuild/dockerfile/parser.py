@@ -59,6 +59,9 @@ class Node:
     end_line: int = 0
     inner: Node | None = None
     keyword: str = ""  # the instruction word as written (for messages: `unknown instruction: FOO`)
+    # The comment lines just above the instruction, `#` and spaces removed, directives left
+    # out (BuildKit's PrevComment: stage descriptions, per-instruction `# check=` options).
+    comments: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +70,9 @@ class Dockerfile:
     escape: str
     nodes: list[Node]
     warnings: list[str] = field(default_factory=list)
+    # The last line of each instruction that had an empty continuation line (where
+    # BuildKit's NoEmptyContinuation check points).
+    empty_continuations: list[int] = field(default_factory=list)
 
 
 class _Directives:
@@ -144,6 +150,19 @@ class _Parser:
         self.pos = 0  # index of the next line to read; also the 1-based number of the last read
         self.d = _Directives()
         self.warnings: list[str] = []
+        self.empty_continuations: list[int] = []
+        self.comments: list[str] = []
+
+    def _note_comment(self, raw: str, directives_before: int) -> None:
+        """Keep BuildKit's PrevComment: comment text since the last instruction; a bare `#`
+        clears it, directives are not comments."""
+        if not _is_comment(raw) or len(self.d.seen) != directives_before:
+            return
+        text = _trim_newline(raw).strip("".join(GO_SPACES))[1:].strip("".join(GO_SPACES))
+        if text:
+            self.comments.append(text)
+        else:
+            self.comments = []
 
     def _process(self, raw: str, strip_left: bool) -> str:
         line = _trim_newline(raw)
@@ -161,7 +180,9 @@ class _Parser:
         while self.pos < len(lines):
             raw = lines[self.pos]
             self.pos += 1
+            directives_before = len(self.d.seen)
             line = self._process(raw, True)
+            self._note_comment(raw, directives_before)
             start = end = self.pos
             line, done = self.d.trim_continuation(line)
             if done and line == "":
@@ -183,12 +204,14 @@ class _Parser:
             if empty_continuation:
                 self.warnings.append(f"line {start}: empty continuation lines will become errors "
                                      "in a future release")
+                self.empty_continuations.append(end)
             joined = "".join(parts)
             try:
                 node = _node_from_line(joined, self.d.escape)
             except DockerfileError as e:
                 raise DockerfileError(e.message, start) from None
             node.start_line = start
+            node.comments, self.comments = self.comments, []
             if _can_contain_heredoc(node) and "<<" in joined:
                 end = self._read_heredocs(node, joined, start, end)
             node.end_line = end
@@ -198,7 +221,8 @@ class _Parser:
             nodes.append(node)
         if not nodes:
             raise DockerfileError("file with no instructions", None)
-        return Dockerfile(dict(self.d.seen), self.d.escape, nodes, self.warnings)
+        return Dockerfile(dict(self.d.seen), self.d.escape, nodes, self.warnings,
+                          self.empty_continuations)
 
     def _read_heredocs(self, node: Node, line: str, start: int, end: int) -> int:
         try:

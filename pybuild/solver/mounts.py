@@ -139,7 +139,9 @@ class MountPreparer:
     """Builds the runtime mounts of one RUN; the caller supplies stage/image rootfs views."""
 
     def __init__(self, store_root: Path, context: BuildContext, secrets: dict[str, SecretSource],
-                 view: Callable[[str], Any], source_key: Callable[[str], str]) -> None:
+                 view: Callable[[str], Any], source_key: Callable[[str], str],
+                 ssh: Any = None) -> None:
+        self.ssh = ssh  # pybuild.solver.ssh.Agents of --ssh, or None
         self.cache_root = store_root / "cache-mounts"
         self.tmp_root = store_root / "tmp"
         self.context = context
@@ -168,7 +170,14 @@ class MountPreparer:
                 elif kind == "secret":
                     self._secret(stack, m, target, out, line)
                 elif kind == "ssh":
-                    raise DockerfileError("RUN --mount=type=ssh is not supported by pybuild yet", line)
+                    from pybuild.solver.ssh import forward
+
+                    n = sum(1 for x in mounts[:mounts.index(m)] if (x.type or "").lower() == "ssh")
+                    fwd = stack.enter_context(forward(self.ssh, m, target, n, line))
+                    if fwd is not None:
+                        out.mounts.append(Mount(fwd[1], "bind", fwd[0], ["bind"]))
+                        if not any(e.startswith("SSH_AUTH_SOCK=") for e in out.env):
+                            out.env.append(f"SSH_AUTH_SOCK={fwd[1]}")
                 else:
                     raise DockerfileError(f"unsupported mount type {kind!r}", line)
             yield out

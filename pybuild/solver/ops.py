@@ -85,12 +85,15 @@ class Exec:
     mounts: tuple[Any, ...]  # each mount's meaning (mounts.cache_key_of)
     bind_sources: tuple[Any, ...]  # what the bind mounts show (content or stage keys)
     security: str = "sandbox"
+    # --add-host / --ulimit / --shm-size (run_options.key_of): in the key only when given
+    run_options: tuple[tuple[str, Any], ...] = ()
 
     def inputs(self) -> dict[str, Any]:
         return {"op": "run", "argv": list(self.argv), "env": dict(self.env),
                 "args": dict(self.args), "cwd": self.cwd, "user": self.user,
                 "network": self.network, "mounts": list(self.mounts),
-                "bind_sources": list(self.bind_sources), "security": self.security}
+                "bind_sources": list(self.bind_sources), "security": self.security,
+                **dict(self.run_options)}
 
 
 @dataclass(frozen=True)
@@ -152,10 +155,13 @@ class FileCopy:
 LayerOp = Exec | Mkdir | FileCopy
 
 
-def source_label(src: StageRef | ImageSource) -> str:
-    """How a stage or image source shows in a record: "stage KEY" / "image DIGEST"."""
+def source_label(src: StageRef | ImageSource | ContextSource) -> str:
+    """How a stage or image source shows in a record: "stage KEY" / "image DIGEST"
+    (a --build-context directory: "context KEY")."""
     if isinstance(src, StageRef):
         return "stage " + src.stage_key
+    if isinstance(src, ContextSource):
+        return "context " + src.key()
     return "image " + src.digest
 
 

@@ -18,14 +18,18 @@ from pybuild.store import Descriptor, Store
 
 CONFIG_MEDIA_TYPE = "application/vnd.pybuild.cache.config.v1+json"
 FORMAT_VERSION = 1
+# type=inline: the cache document rides in the image config under this key
+INLINE_KEY = "io.pybuild.cache.v1"
 
 
 @dataclass(frozen=True)
 class CacheSpec:
     """A parsed `--cache-to`/`--cache-from` value: `type=registry,ref=R[,mode=min|max]`."""
 
-    ref: str
+    ref: str             # registry reference; for type=local the layout directory
     mode: str = "min"
+    type: str = "registry"  # registry | local | inline
+    tag: str = "latest"     # type=local: the layout's tag
 
 
 def parse_cache_spec(value: str, flag: str) -> CacheSpec:
@@ -38,8 +42,23 @@ def parse_cache_spec(value: str, flag: str) -> CacheSpec:
             continue
         fields[k.strip().lower()] = v.strip()
     kind = fields.get("type", "registry")
-    if kind != "registry":
-        raise PybuildError(f"{flag}: unsupported cache type {kind!r} (only type=registry)")
+    if kind not in ("registry", "local", "inline"):
+        raise PybuildError(f"{flag}: unsupported cache type {kind!r} (registry, local, inline)")
+    if kind == "inline":
+        if flag != "--cache-to":
+            raise PybuildError(f"{flag}: type=inline is written by --cache-to; read an inline "
+                               f"cache with --cache-from type=registry,ref=IMAGE")
+        if fields.get("mode", "min") != "min":
+            raise PybuildError(f"{flag}: type=inline only supports mode=min")
+        return CacheSpec("", "min", "inline")
+    if kind == "local":
+        key = "dest" if flag == "--cache-to" else "src"
+        if not fields.get(key):
+            raise PybuildError(f"{flag}: {key}= is required (type=local,{key}=DIR)")
+        mode = fields.get("mode", "min")
+        if mode not in ("min", "max"):
+            raise PybuildError(f"{flag}: mode must be min or max, not {mode!r}")
+        return CacheSpec(fields[key], mode, "local", fields.get("tag") or "latest")
     if not fields.get("ref"):
         raise PybuildError(f"{flag}: ref= is required (type=registry,ref=HOST/REPO:TAG)")
     mode = fields.get("mode", "min")
@@ -55,20 +74,46 @@ def export(store: Store, spec: CacheSpec, records: list[Record], client: Any) ->
     seen: dict[str, Record] = {}
     for r in records:
         seen.setdefault(r.key, r)
-    doc = {"version": FORMAT_VERSION, "records": [_to_json(r) for r in seen.values()]}
+    doc = document(list(seen.values()))
     config = store.put_json(doc, CONFIG_MEDIA_TYPE)
     layers = list({r.layer.digest: r.layer for r in seen.values()}.values())
+    if spec.type == "local":
+        from pybuild.solver import local_cache
+
+        return local_cache.export(store, spec.ref, spec.tag, config, layers)
     return registry.push_artifact(store, spec.ref, config, layers, client=client)
+
+
+def document(records: list[Record]) -> dict[str, Any]:
+    """The cache document (format: docs/cache.md) listing `records`."""
+    return {"version": FORMAT_VERSION, "records": [_to_json(r) for r in records]}
+
+
+def inline_config(specs: list[CacheSpec], records: list[Record]) -> dict[str, Any]:
+    """What --cache-to type=inline adds to the image config (nothing without it)."""
+    if not any(s.type == "inline" for s in specs):
+        return {}
+    return {INLINE_KEY: document(list({r.key: r for r in records}.values()))}
 
 
 def load(store: Store, spec: CacheSpec, client: Any) -> dict[str, Record]:
     """Records offered by `spec.ref` (empty if nothing was exported there yet)."""
     from pybuild import registry
 
-    found = registry.fetch_artifact(store, spec.ref, client=client)
-    if found is None:
-        return {}
-    doc, _layers = found
+    if spec.type == "local":
+        from pybuild.solver import local_cache
+
+        local = local_cache.load(spec.ref, spec.tag)
+        if local is None:
+            return {}
+        doc = local
+    else:
+        found = registry.fetch_artifact(store, spec.ref, client=client)
+        if found is None:
+            return {}
+        doc, _layers = found
+        if isinstance(doc.get(INLINE_KEY), dict):  # an image built with --cache-to type=inline
+            doc = doc[INLINE_KEY]
     if doc.get("version") != FORMAT_VERSION or not isinstance(doc.get("records"), list):
         raise PybuildError(f"--cache-from {spec.ref}: not a pybuild cache (format "
                            f"{doc.get('version')!r})")
@@ -85,6 +130,11 @@ def load(store: Store, spec: CacheSpec, client: Any) -> dict[str, Record]:
 def fetch_layer(store: Store, spec: CacheSpec, rec: Record, client: Any) -> None:
     from pybuild import registry
 
+    if spec.type == "local":
+        from pybuild.solver import local_cache
+
+        local_cache.fetch_layer(store, spec.ref, rec.layer)
+        return
     registry.fetch_blobs(store, spec.ref, [rec.layer], client=client)
 
 

@@ -38,7 +38,8 @@ from pybuild.platforms import host_arch, is_host
 from pybuild.progress import BuildSummary, Progress, SourceExcerpt
 from pybuild.reference import parse_reference
 from pybuild.solver import history as hist
-from pybuild.solver import ops, remote_cache
+from pybuild.solver import ops, remote_cache, run_options
+from pybuild.solver.named_contexts import NamedContexts
 from pybuild.solver.cache import Cache, Record, explain, key_path
 from pybuild.solver.mounts import MountPreparer, SecretSource, bind_key, mounts_key
 from pybuild.solver.scheduler import Future, Scheduler
@@ -83,6 +84,13 @@ class BuildOptions:
     registry: Any = None
     jobs: int | None = None  # vertices doing work at once; None: the CPU count
     allow: list[str] = field(default_factory=list)  # entitlements (--allow security.insecure)
+    # --build-context NAME=...: pybuild.solver.named_contexts.NamedContext by name
+    contexts: dict[str, Any] = field(default_factory=dict)
+    # --add-host (host, ip), --ulimit (rlimit type, soft, hard), --shm-size (bytes)
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)
+    ulimits: list[tuple[str, int, int]] = field(default_factory=list)
+    shm_size: int | None = None
+    ssh: Any = None  # pybuild.solver.ssh.Agents for --ssh, or None
 
 
 @dataclass
@@ -169,8 +177,8 @@ class Solver:
         plan = stages.plan(df, self.opts.build_args, self.opts.target)
         self.plan = plan
         self.ctx = BuildContext(self.opts.context, self.opts.dockerfile)
-        for w in plan.warnings:
-            self.progress.warning(w)
+        # plan.warnings (empty continuation lines) are reported by the build checks
+        # (NoEmptyContinuation), which the command line runs after load().
         if plan.unused_build_args:
             self.progress.warning("One or more build-args [" + " ".join(sorted(plan.unused_build_args))
                                   + "] were not consumed")
@@ -193,9 +201,11 @@ class Solver:
     def _build(self, store: Store) -> BuildResult:
         plan = self.plan
         self.store = store
+        self.named = NamedContexts(self.opts.contexts, store,
+                                   lambda ref: self._resolve_image(parse_reference(ref), 0))
         wanted = []
         for st in plan.stages:  # "load metadata": a missing base fails before any write
-            if st.base_stage is None and st.base != "scratch":
+            if st.base_stage is None and st.base != "scratch" and not self.named.has(st.base):
                 wanted.append((parse_reference(st.base), st.from_line))
         for ref, line in wanted:  # all at once
             self._image_future(ref, line)
@@ -294,7 +304,7 @@ class Solver:
     def _base(self, st: Any) -> StageState:
         vid = self._vertex()
         name = self._step_name(st, 1, None, f"FROM {st.base}")
-        if st.base_stage is not None:
+        if st.base_stage is not None and not self.named.has(st.base):
             parent = self._stage(st.base_stage)
             self.progress.vertex_started(vid, name)
             self.progress.vertex_done(vid)
@@ -314,7 +324,7 @@ class Solver:
             given = "@" in st.base or ":" in st.base.rsplit("/", 1)[-1]
             name = self._step_name(st, 1, None, f"FROM {ref.canonical if given else ref.full_name}")
             self.progress.vertex_started(vid, name)
-            img = self._resolve_image(ref, st.from_line)
+            img = self.named.image(st.base) or self._resolve_image(ref, st.from_line)
             self.progress.vertex_done(vid)
             cfg = json.loads(json.dumps(img.config.get("config") or {}))
             if not any(e.startswith("PATH=") for e in cfg.get("Env") or []):
@@ -561,7 +571,9 @@ class Solver:
                       mounts=tuple(mounts_key(mounts, cwd,
                                               lambda name: self._source_key(name, raw.line))),
                       bind_sources=tuple(self._bind_sources(mounts, cwd, raw.line)),
-                      security=security)
+                      security=security,
+                      run_options=run_options.key_of(self.opts.extra_hosts, self.opts.ulimits,
+                                                     self.opts.shm_size))
         display = self._display(s, raw)
         created_by = hist.run([(k, s.vars.get(k, "")) for k in s.arg_decls if k not in PROXY_ARGS],
                               argv)
@@ -573,14 +585,17 @@ class Solver:
                 if cfg.get("User") else (0, 0, [])
             cwd = cfg.get("WorkingDir") or "/"
             preparer = MountPreparer(self.store.root, self.ctx, self.opts.secrets, self._view,
-                                     lambda name: self._source_key(name, raw.line))
+                                     lambda name: self._source_key(name, raw.line),
+                                     ssh=self.opts.ssh)
             with preparer.prepare(mounts, cwd, raw.line) as prep, \
                     _script_mount(script, argv) as script_mounts:
                 spec = runtime.RunSpec(rootfs=snap.rootfs, args=argv,
                                        env=run_env + proxies + prep.env, cwd=cwd, uid=uid, gid=gid,
                                        additional_gids=groups, network=network,
                                        mounts=prep.mounts + script_mounts,
-                                       privileged=security == "insecure")
+                                       privileged=security == "insecure",
+                                       ulimits=self.opts.ulimits, shm_size=self.opts.shm_size,
+                                       extra_hosts=self.opts.extra_hosts)
                 status = self.worker.execute(
                     spec, lambda data: self.progress.vertex_log(vid, data), self.sched.cancel)
             if status != 0:
@@ -843,13 +858,18 @@ class Solver:
 
     # ----- sources from other stages and images ----------------------------------------
     def _stage_index(self, name: str) -> int | None:
+        if self.named.has(name):
+            return None  # a named context wins over a stage of that name (buildx)
         for st in self.plan.stages:
             if (st.name and st.name.lower() == name.lower()) or str(st.index) == name:
                 return st.index
         return None
 
-    def _source(self, name: str, line: int) -> ops.StageRef | ops.ImageSource:
+    def _source(self, name: str, line: int) -> ops.StageRef | ops.ImageSource | ops.ContextSource:
         """A `--from` name as a typed source: a stage of this build (waited for), or an image."""
+        named = self.named.source(name)
+        if named is not None:
+            return named  # type: ignore[no-any-return]
         idx = self._stage_index(name)
         if idx is not None:
             return ops.StageRef(idx, self._stage(idx).key)
@@ -859,12 +879,16 @@ class Solver:
     @contextmanager
     def _view(self, name: str) -> Iterator[Path]:
         """A read-only mounted view of a stage's or an image's filesystem."""
+        named_dir = self.named.directory(name)
+        if named_dir is not None:
+            yield named_dir  # --build-context NAME=DIR: the directory itself
+            return
         idx = self._stage_index(name)
         if idx is not None:
             st = self._stage(idx)
             layers, diff_ids = st.layers, st.diff_ids
         else:
-            img = self._resolve_image(parse_reference(name), 0)
+            img = self.named.image(name) or self._resolve_image(parse_reference(name), 0)
             layers, diff_ids = img.layers, img.diff_ids
         self._fetch_layers(layers, None)
         self._cleanup_once()
@@ -900,6 +924,7 @@ class Solver:
         self.progress.vertex_started(vid, "exporting to image")
         with self.sched.slot():
             self._fetch_layers(s.layers, vid)
+            config.update(remote_cache.inline_config(self.opts.cache_to, s.records))
             manifest = imagemod.write(self.store, config, s.layers)
         image_id = manifest_config_digest(self.store, manifest)
         with self.store.lock():
@@ -913,6 +938,8 @@ class Solver:
         result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
                              self.steps_run, self.steps_cached, sizes, self.timings)
         for spec in self.opts.cache_to:
+            if spec.type == "inline":
+                continue  # already in the image config
             vid = self._vertex()
             self.progress.vertex_started(vid, f"exporting cache to {spec.ref} (mode={spec.mode})")
             # mode=max: every finished stage, in Dockerfile order (not the order they

@@ -84,7 +84,7 @@ class RealWorker:
 
     def execute(self, spec: runtime.RunSpec, on_output: Callable[[bytes], None],
                 cancel: threading.Event) -> int:
-        host, _stubs = runtime.host_mounts(spec.rootfs)
+        host, _stubs = runtime.host_mounts(spec.rootfs, extra_hosts=spec.extra_hosts)
         spec.mounts = host + spec.mounts
         return runtime.run(spec, on_output, cancel=cancel)
 

@@ -1,0 +1,98 @@
+"""Attestations stored as BuildKit stores them: an attestation manifest beside the image.
+
+The tag points at an OCI index with two entries: the image manifest (with its platform) and
+an attestation manifest (platform `unknown/unknown`, annotated
+`vnd.docker.reference.type: attestation-manifest` and `vnd.docker.reference.digest: <image>`)
+whose layers are in-toto statements (`application/vnd.in-toto+json`, annotated with their
+`in-toto.io/predicate-type`). Registries, `docker buildx imagetools inspect` and clients that
+do not know attestations read it as a multi-platform image with one runnable platform.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pybuild.errors import PybuildError
+from pybuild.store import OCI_INDEX, OCI_MANIFEST, Descriptor, Store
+
+IN_TOTO = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+REF_TYPE = "vnd.docker.reference.type"
+REF_DIGEST = "vnd.docker.reference.digest"
+ATTESTATION_MANIFEST = "attestation-manifest"
+PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
+UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
+_CONFIG = "application/vnd.oci.image.config.v1+json"
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """One in-toto statement read back from the store."""
+
+    predicate_type: str
+    statement: dict[str, Any]
+    digest: str
+
+
+def subject_name(ref: str, platform: dict[str, str]) -> str:
+    """BuildKit's subject: `pkg:docker/<ref>?platform=linux%2Famd64`."""
+    plat = "/".join(p for p in (platform.get("os"), platform.get("architecture"),
+                                platform.get("variant")) if p)
+    return f"pkg:docker/{ref}?platform={plat.replace('/', '%2F')}"
+
+
+def statement(predicate_type: str, predicate: dict[str, Any], subject: str,
+              image_digest: str) -> dict[str, Any]:
+    algo, _, hexdigest = image_digest.partition(":")
+    return {"_type": STATEMENT_TYPE, "subject": [{"name": subject, "digest": {algo: hexdigest}}],
+            "predicateType": predicate_type, "predicate": predicate}
+
+
+def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) -> Descriptor:
+    """Store the statements and return an index holding the image and its attestations."""
+    if image.platform is None:
+        raise PybuildError("an attested image needs a platform in its descriptor")
+    layers = []
+    diff_ids = []
+    for st in statements:
+        desc = store.put_json(st, IN_TOTO)
+        layers.append(Descriptor(IN_TOTO, desc.digest, desc.size,
+                                 {PREDICATE_ANNOTATION: str(st["predicateType"])}).to_dict())
+        diff_ids.append(desc.digest)
+    config = {"architecture": "unknown", "os": "unknown", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    config_desc = store.put_json(config, _CONFIG)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc.to_dict(),
+                "layers": layers}
+    att = store.put_json(manifest, OCI_MANIFEST)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        Descriptor(image.media_type, image.digest, image.size, None, image.platform).to_dict(),
+        Descriptor(OCI_MANIFEST, att.digest, att.size,
+                   {REF_DIGEST: image.digest, REF_TYPE: ATTESTATION_MANIFEST},
+                   UNKNOWN_PLATFORM).to_dict(),
+    ]}
+    return store.put_json(index, OCI_INDEX)
+
+
+def read(store: Store, index_digest: str) -> list[Attestation]:
+    """The statements attached to the images of an index (none for a plain manifest)."""
+    doc = store.read_json(index_digest)
+    out: list[Attestation] = []
+    for entry in doc.get("manifests") or []:
+        if not isinstance(entry, dict) or (entry.get("annotations") or {}).get(REF_TYPE) \
+                != ATTESTATION_MANIFEST:
+            continue
+        att = store.read_json(Descriptor.from_dict(entry).digest)
+        for layer in att.get("layers") or []:
+            d = Descriptor.from_dict(layer)
+            if d.media_type != IN_TOTO:
+                continue
+            with store.open_blob(d.digest) as f:
+                data = f.read(64 << 20)
+            st = json.loads(data)
+            if not isinstance(st, dict):
+                raise PybuildError(f"attestation {d.digest} is not a JSON object")
+            out.append(Attestation(str(st.get("predicateType", "")), st, d.digest))
+    return out
