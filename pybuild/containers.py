@@ -438,9 +438,25 @@ def _volume_mounts(cdir: Path, rootfs: Path, specs: list[str], image_volumes: li
     return sorted(mounts.values(), key=lambda m: m.destination.count("/"))
 
 
+def _rootless_network(mode: str, opts: RunOptions) -> str:
+    """Rootless containers share the host's network namespace (the default bridge is
+    netavark's, which needs root) or get an isolated one; no port publishing yet."""
+    if opts.publish or opts.publish_all:
+        raise PybuildError("port publishing (-p/-P) is not available in rootless mode: "
+                           "the container shares the host's network, use its ports directly")
+    if mode == netmod.DEFAULT_NETWORK:
+        return "host"
+    if mode not in ("host", "none") and not mode.startswith("container:"):
+        raise PybuildError(f"network {mode!r}: bridge networks need root (netavark); "
+                           "rootless containers use --network host or none")
+    return mode
+
+
 def _network_mode(store: Store, opts: RunOptions) -> str:
     """The checked --network value; container:NAME becomes container:ID."""
     mode = netmod.parse_mode(store.root, opts.network)
+    if rootless.inside():
+        mode = _rootless_network(mode, opts)
     user_network = mode not in ("host", "none", netmod.DEFAULT_NETWORK) \
         and not mode.startswith("container:")
     if opts.aliases and not user_network:

@@ -296,3 +296,16 @@ def test_working_directory_never_shadows_the_package(user: User) -> None:
     assert res.returncode == 0, res.stderr
     assert "SHADOWED" not in res.stdout
     assert res.stdout.startswith("REPOSITORY")
+
+
+def test_rootless_run_networks(user: User, built: dict[str, str]) -> None:
+    """The default network is the host's (the pybuild bridge needs root); -p and bridge
+    networks are refused in one line, naming why."""
+    res = user.pybuild("run", "--rm", "-p", "8080:80", "app", check=False)
+    assert res.returncode != 0
+    assert res.stderr.strip() == ("error: port publishing (-p/-P) is not available in rootless "
+                                  "mode: the container shares the host's network, use its "
+                                  "ports directly")
+    host_ifaces = sorted(Path("/sys/class/net").iterdir())
+    res = user.pybuild("run", "--rm", "app", "ls", "/sys/class/net")
+    assert sorted(res.stdout.split()) == sorted(p.name for p in host_ifaces)
