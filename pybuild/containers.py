@@ -37,7 +37,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pybuild import fs, runtime
+from pybuild import fs, rootless, runtime
 from pybuild import health as healthmod
 from pybuild import image as imagemod
 from pybuild import limits as limitsmod
@@ -438,9 +438,25 @@ def _volume_mounts(cdir: Path, rootfs: Path, specs: list[str], image_volumes: li
     return sorted(mounts.values(), key=lambda m: m.destination.count("/"))
 
 
+def _rootless_network(mode: str, opts: RunOptions) -> str:
+    """Rootless containers share the host's network namespace (the default bridge is
+    netavark's, which needs root) or get an isolated one; no port publishing yet."""
+    if opts.publish or opts.publish_all:
+        raise PybuildError("port publishing (-p/-P) is not available in rootless mode: "
+                           "the container shares the host's network, use its ports directly")
+    if mode == netmod.DEFAULT_NETWORK:
+        return "host"
+    if mode not in ("host", "none") and not mode.startswith("container:"):
+        raise PybuildError(f"network {mode!r}: bridge networks need root (netavark); "
+                           "rootless containers use --network host or none")
+    return mode
+
+
 def _network_mode(store: Store, opts: RunOptions) -> str:
     """The checked --network value; container:NAME becomes container:ID."""
     mode = netmod.parse_mode(store.root, opts.network)
+    if rootless.inside():
+        mode = _rootless_network(mode, opts)
     user_network = mode not in ("host", "none", netmod.DEFAULT_NETWORK) \
         and not mode.startswith("container:")
     if opts.aliases and not user_network:
@@ -585,8 +601,13 @@ def _write_bundle(store: Store, cdir: Path, rootfs: Path, c: Container, config: 
         # a bridge container joins the namespace netavark sets up; container:X joins X's,
         # whose path is only known once X runs (see _bring_up)
         oci["linux"]["namespaces"].append({"type": "network", "path": netmod.netns_path(c.id)})
-    oci["linux"]["cgroupsPath"] = _cgroups_path(c)
-    oci["linux"]["resources"].update(limitsmod.oci_resources(limitsmod.Limits(**c.limits)))
+    resources = limitsmod.oci_resources(limitsmod.Limits(**c.limits))
+    if not rootless.inside():
+        oci["linux"]["cgroupsPath"] = _cgroups_path(c)
+        oci["linux"]["resources"].update(resources)
+    elif resources:
+        raise PybuildError("resource limits need cgroups, which rootless mode does not have "
+                           "(no cgroup is delegated to this user)")
     (cdir / "config.json").write_text(json.dumps(oci, indent=1))
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import zstandard
 from isal import isal_zlib
 
-from pybuild import fs
+from pybuild import fs, rootless
 from pybuild.errors import PybuildError
 from pybuild.liveness import remove_tree
 
@@ -49,6 +49,12 @@ DEFAULT_MAX_SIZE = 64 << 30
 MAX_SPECIAL = 1 << 20   # largest PAX / GNU long-name header accepted (as Go's archive/tar)
 MAX_NAME = 4096         # PATH_MAX
 OVERLAY_XATTR = "trusted.overlay."
+USER_OVERLAY_XATTR = "user.overlay."  # overlay mounted with userxattr (rootless.py)
+
+
+def overlay_xattr(name: str) -> str:
+    """overlay's own xattr `name` (opaque, redirect...) as this process's mounts write it."""
+    return (USER_OVERLAY_XATTR if rootless.inside() else OVERLAY_XATTR) + name
 WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
 _DIR_FLAGS = fs.DIR_FLAGS
@@ -266,6 +272,8 @@ def _xattrs(path: bytes, follow: bool = False) -> tuple[list[tuple[bytes, bytes]
             continue
         if key.startswith(OVERLAY_XATTR):
             overlay[key] = value
+        elif rootless.inside() and key.startswith(USER_OVERLAY_XATTR):  # a rootless upper
+            overlay[OVERLAY_XATTR + key[len(USER_OVERLAY_XATTR):]] = value
         else:
             keep.append((os.fsencode(key), value))
     return keep, overlay
@@ -925,7 +933,7 @@ class _Extractor:
             pfd = fs.open_dir(self.root_fd, parent, create=True)
             try:
                 if self.mode == "overlay":
-                    os.setxattr(f"/proc/self/fd/{pfd}", "trusted.overlay.opaque", b"y")
+                    os.setxattr(f"/proc/self/fd/{pfd}", overlay_xattr("opaque"), b"y")
                 else:
                     self._prune(pfd, tuple(parent))
             finally:

@@ -28,12 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pybuild import fs
+from pybuild import fs, rootless
 from pybuild.errors import Cancelled, NeedsRootError, PybuildError
 from pybuild.liveness import process_start, remove_tree
 
-STATE_DIR = Path("/run/pybuild")
-"""Everything this module leaves on the host while a container runs (tmpfs: gone at reboot)."""
+STATE_DIR = rootless.state_dir()
+"""Everything this module leaves on the host while a container runs (tmpfs: gone at reboot):
+/run/pybuild for root, `$XDG_RUNTIME_DIR/pybuild` in rootless mode (rootless.py)."""
 BUNDLES_DIR = STATE_DIR / "bundles"
 ID_PREFIX = "pybuild-"
 
@@ -130,7 +131,7 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
         for kernel_fs in mounts:
             if kernel_fs["destination"] in ("/sys", "/sys/fs/cgroup"):
                 kernel_fs["options"] = [o for o in kernel_fs["options"] if o != "ro"]
-    return _with_limits(spec, {
+    config = _with_limits(spec, {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": spec.tty,
@@ -156,6 +157,26 @@ def build_spec(spec: RunSpec) -> dict[str, Any]:
             "readonlyPaths": [] if spec.privileged else list(READONLY_PATHS),
         },
     })
+    if rootless.inside():
+        rootless_spec(config)
+    return config
+
+
+def rootless_spec(config: dict[str, Any]) -> None:
+    """What runc needs in a user namespace without delegated cgroups (runc's own rootless
+    spec): /sys is a read-only rbind of ours (sysfs needs a network namespace this user
+    namespace owns; RUN shares the host's), no cgroup mount, no device cgroup."""
+    mounts = []
+    for m in config["mounts"]:
+        if m["destination"] == "/sys/fs/cgroup":
+            continue
+        if m["destination"] == "/sys":
+            rw = "ro" not in m["options"]
+            m = {"destination": "/sys", "type": "none", "source": "/sys",
+                 "options": ["rbind", "nosuid", "noexec", "nodev"] + ([] if rw else ["ro"])}
+        mounts.append(m)
+    config["mounts"] = mounts
+    config["linux"].pop("resources", None)
 
 
 def _with_limits(spec: RunSpec, config: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +212,7 @@ def _nofile_limit() -> int:
     cap_sys_resource = 1 << 24
     status = Path("/proc/self/status").read_text()
     eff = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
-    if eff & cap_sys_resource:
+    if eff & cap_sys_resource and not rootless.inside():
         return min(NOFILE_LIMIT, int(Path("/proc/sys/fs/nr_open").read_text()))
     return min(NOFILE_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
@@ -440,7 +461,8 @@ def run(spec: RunSpec, on_output: Callable[[bytes], None], *, runtime: str | Non
         raise PybuildError(f"root filesystem {spec.rootfs} does not exist")
     config = build_spec(spec)
     cid = ID_PREFIX + secrets.token_hex(8)
-    config["linux"]["cgroupsPath"] = f"/pybuild/{cid}"
+    if not rootless.inside():
+        config["linux"]["cgroupsPath"] = f"/pybuild/{cid}"
     _ensure_cwd(Path(spec.rootfs), spec.cwd)
     stubs = mount_stubs(Path(spec.rootfs), [m.destination for m in spec.mounts])
     stub_parents = _existing_parents(Path(spec.rootfs), stubs)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybuild import layer
+from pybuild import layer, rootless
 from pybuild.digest import Digest
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.liveness import lock_held, remove_tree, tree_size
@@ -237,8 +237,10 @@ class Snapshotter:
             if len(opts) > _MAX_MOUNT_DATA:
                 raise PybuildError(f"image has too many layers to mount ({len(lowers)})")
             # mount(2) directly: no mount(8) process per step.
+            # In a user namespace (rootless.py) overlay keeps its xattrs as user.overlay.*.
+            extra = ",index=off,xino=off" + (",userxattr" if rootless.inside() else "")
             ret = _libc.mount(b"overlay", os.fsencode(a.rootfs), b"overlay", 0,
-                              (opts + ",index=off,xino=off").encode())
+                              (opts + extra).encode())
             err = ctypes.get_errno()
         finally:
             if links_fd is not None:

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pybuild import __version__
+from pybuild import __version__, rootless
 from pybuild.cli import advise, attest, build, cache, containers, doctor, images, registry, system
 from pybuild.cli.common import DEFAULT_ROOT
 from pybuild.errors import DockerfileError, PybuildError
@@ -69,7 +69,8 @@ def build_parser(only: Any = None) -> argparse.ArgumentParser:
     def globals_(root: Any, debug: Any) -> argparse.ArgumentParser:
         g = argparse.ArgumentParser(add_help=False)
         g.add_argument("--root", default=root,
-                       help=f"store directory (env PYBUILD_ROOT; default {DEFAULT_ROOT})")
+                       help=f"store directory (env PYBUILD_ROOT; default {DEFAULT_ROOT}; "
+                            "/var/lib/pybuild as root, $XDG_DATA_HOME/pybuild rootless)")
         g.add_argument("--debug", action="store_true", default=debug,
                        help="show tracebacks on errors")
         return g
@@ -123,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if os.geteuid() != 0 and not rootless.inside() \
+            and not (command == "doctor" and rootless.problems()):
+        # rootless: run this same command again inside a user + mount namespace (doctor
+        # reports what is missing from outside when it cannot get in)
+        try:
+            return rootless.reexec(argv)
+        except PybuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args))

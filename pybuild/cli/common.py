@@ -9,9 +9,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pybuild import rootless
 from pybuild.errors import PybuildError
 
-DEFAULT_ROOT = "/var/lib/pybuild"
+DEFAULT_ROOT = rootless.default_root()
 
 
 def open_store(args: argparse.Namespace) -> Any:

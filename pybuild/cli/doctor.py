@@ -10,8 +10,16 @@ from pybuild.cli.common import open_store
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """One line per problem, then a summary; exit 1 while problems remain."""
-    from pybuild import doctor
+    from pybuild import doctor, rootless
 
+    if rootless.active():
+        missing = [] if rootless.inside() else rootless.problems()
+        for m in missing:
+            print(f"rootless: {m}")
+        if missing:
+            print("rootless mode unavailable: the store was not checked")
+            return 1
+        print(f"rootless: {rootless.describe()}")
     store = open_store(args)
     report = doctor.repair(store) if args.repair else doctor.check(store)
     for p in report.problems:

@@ -16,12 +16,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pybuild import rootless
 from pybuild.errors import PybuildError
 from pybuild.network._ports import PortMapping
 from pybuild.network._records import Network
 
 _SEARCH = ("/usr/lib/podman", "/usr/libexec/podman", "/usr/local/lib/podman")
-_STATE = Path("/run/pybuild/netavark")
+_STATE = rootless.state_dir() / "netavark"
 _TIMEOUT = 60.0
 
 

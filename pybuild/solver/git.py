@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from pybuild.errors import DockerfileError
+from pybuild.liveness import remove_tree
 
 _PROTO = re.compile(r"^[a-zA-Z0-9]+://")
 _SCP = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*@([^:/-][^:/]*):(.+)$")  # sshutil's scp-style URL
@@ -186,7 +187,7 @@ def checkout(ref: GitRef, commit: str, keep_git_dir: bool, line: int | None) -> 
             except DockerfileError:
                 pass  # a tag name: stay detached
         if not keep_git_dir:
-            shutil.rmtree(work / ".git")
+            remove_tree(work / ".git")
         src = work
         if ref.subdir:
             src = work / ref.subdir

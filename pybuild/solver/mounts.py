@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pybuild import fs
+from pybuild import fs, rootless
 from pybuild.liveness import remove_tree
 from pybuild.context import BuildContext, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.liveness import process_start
 from pybuild.runtime import Mount
 
-SECRETS_DIR = Path("/run/pybuild/secrets")
+SECRETS_DIR = rootless.state_dir() / "secrets"
 
 
 @dataclass(frozen=True)

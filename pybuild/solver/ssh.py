@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pybuild import rootless
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.liveness import remove_tree
 
 DEFAULT_TARGET = "/run/buildkit/ssh_agent.{}"
-RUN_DIR = Path("/run/pybuild/ssh")
+RUN_DIR = rootless.state_dir() / "ssh"
 
 
 @dataclass
