@@ -368,7 +368,10 @@ def test_not_root_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert cli.main(["--root", str(tmp_path / "s"), "build", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err == "error: building needs root (overlay mounts and runc): run pybuild as root\n"
+    # without root pybuild goes rootless (pybuild/rootless.py); where this machine cannot
+    # (no subuid range for the user), one line names the missing piece
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "rootless mode unavailable" in err or "building needs root" in err, err
     assert not (tmp_path / "s").exists()
 
 
@@ -384,9 +387,11 @@ def test_network_none_zstd_and_platform(busybox: Pybuild, tmp_path: Path) -> Non
     assert int((out / "links-host").read_text()) >= 1
     layers = json.loads(busybox("inspect", "net").stdout)[0]["Manifest"]["layers"]
     assert [d["mediaType"] for d in layers[1:]] == ["application/vnd.oci.image.layer.v1.tar+zstd"] * 2
-    bad = busybox("build", "--platform", "linux/s390x", str(tmp_path / "ctx"), check=False)
+    # foreign platforms build under QEMU now (tests/test_platforms.py); a platform that is
+    # no platform is one clear line, before anything is built or fetched
+    bad = busybox("build", "--platform", "linux/notanarch", str(tmp_path / "ctx"), check=False)
     assert bad.returncode == 1
-    assert bad.stderr.strip().startswith("error: platform linux/s390x is not supported")
+    assert bad.stderr.strip() == "error: invalid platform 'linux/notanarch': unknown architecture 'notanarch'"
 
 
 def test_unresolvable_and_special_context_files(busybox: Pybuild, tmp_path: Path) -> None:
