@@ -828,6 +828,10 @@ def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[De
                 chunked: bool) -> None:
     """Each blob the registry lacks: mounted from another repository it is known to be in,
     else uploaded; 4 at a time. Blobs already there are skipped (HEAD)."""
+    # A damaged store is refused before any transfer starts (whatever the registry answers
+    # to the others meanwhile); upload_blob checks again as it reads (the file may change).
+    for d in blobs:
+        check_stored_blob(store, d)
     sources = {d.digest: [repo for repo in known_repositories(store, t.ref.registry, d.digest)
                           if repo != t.ref.repository] for d in blobs}
 
