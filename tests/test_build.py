@@ -343,8 +343,11 @@ def test_interrupt_during_run_cleans_up(busybox: Pybuild, tmp_path: Path, no_lea
     write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo started; sleep 60\n"})
     before = store_snapshot(busybox.root)
     env = dict(os.environ, PYBUILD_PROGRESS="plain")
+    # started with SIGINT ignored, as a background job of a script (or a CI runner) is:
+    # pybuild takes Ctrl-C back, as docker does
     proc = subprocess.Popen([sys.executable, "-m", "pybuild", "--root", str(busybox.root), "build",
-                             str(tmp_path / "ctx")], stderr=subprocess.PIPE, text=True, env=env)
+                             str(tmp_path / "ctx")], stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
     seen = ""

@@ -115,6 +115,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _take_interrupts() -> None:
+    """Ctrl-C and SIGTERM stop a command cleanly even when pybuild was started with them
+    ignored or blocked (a background job of a script, some CI runners), as docker's
+    signal.Notify does: otherwise a build could not be interrupted at all."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     owners = _owners()
     argv = _normalise(list(sys.argv[1:] if argv is None else argv), set(owners))
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         except PybuildError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _take_interrupts()
     try:
         return int(args.func(args))
     except DockerfileError as e:
