@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import re
 import threading
 import time
@@ -552,8 +553,9 @@ class RegistryClient:
             raise t.fail(str(e)) from None
 
     def upload_blob(self, t: _Target, store: Store, desc: Descriptor, mount_from: list[str],
-                    chunked: bool) -> str:
-        """Mount or upload one blob; returns "mounted" or "uploaded"."""
+                    chunked: bool, verified: BlobFingerprint | None = None) -> str:
+        """Mount or upload one blob; returns "mounted" or "uploaded". `verified` is what
+        check_stored_blob returned for it: the file is hashed again only if it changed since."""
         label = _short(desc.digest)
         uploads = f"/v2/{t.ref.repository}/blobs/uploads/"
 
@@ -577,8 +579,11 @@ class RegistryClient:
             if not location:
                 raise t.fail(f"registry {t.registry} opened an upload without a Location")
             location = self._location(t, self.base_url(t.registry) + "/", location)
-            check_stored_blob(store, desc)
             with store.open_blob(desc.digest) as f:
+                # replaced or written since the check: hashed again, and it must be this file
+                if not verified_unchanged(f, verified) and \
+                        not verified_unchanged(f, check_stored_blob(store, desc)):
+                    raise PybuildError(f"blob {desc.digest} changed while it was pushed")
                 if chunked:
                     offset = 0
                     while offset < desc.size:
@@ -622,9 +627,20 @@ class RegistryClient:
         return digest
 
 
-def check_stored_blob(store: Store, desc: Descriptor) -> None:
+# What identifies the bytes of a blob file that was hashed: (device, inode, size, mtime_ns,
+# ctime_ns) of the open file. A store blob is written to a temporary name and renamed, and
+# any write in place moves mtime/ctime, so the same fingerprint is the same bytes.
+BlobFingerprint = tuple[int, int, int, int, int]
+
+
+def _fingerprint(st: os.stat_result) -> BlobFingerprint:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def check_stored_blob(store: Store, desc: Descriptor) -> BlobFingerprint:
     """A stored blob has its descriptor's size and digest (read through, streaming): so a
-    push never sends a truncated or altered blob under a digest it does not have."""
+    push never sends a truncated or altered blob under a digest it does not have. Returns
+    the fingerprint of the file that was hashed (`verified_unchanged` tells it again)."""
     path = store.blob_path(desc.digest)
     try:
         size = path.stat().st_size
@@ -637,12 +653,23 @@ def check_stored_blob(store: Store, desc: Descriptor) -> None:
                            f"doctor`)")
     h = hasher(desc.digest)
     with store.open_blob(desc.digest) as f:
+        before = _fingerprint(os.fstat(f.fileno()))
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+        after = _fingerprint(os.fstat(f.fileno()))
     got = f"{desc.digest.split(':', 1)[0]}:{h.hexdigest()}"
-    if got != desc.digest:
+    if got != desc.digest or before[2] != desc.size:
         raise PybuildError(f"blob {desc.digest} in the store hashes to {got}: not pushed "
                            f"(the store is damaged: run `pybuild doctor`)")
+    if after != before:
+        raise PybuildError(f"blob {desc.digest} changed while it was checked: not pushed")
+    return before
+
+
+def verified_unchanged(f: BinaryIO, verified: BlobFingerprint | None) -> bool:
+    """Whether the open blob file `f` is the very file `check_stored_blob` hashed (same
+    inode, size, mtime and ctime): then its bytes need no second hash before they are sent."""
+    return verified is not None and _fingerprint(os.fstat(f.fileno())) == verified
 
 
 # ---- where blobs are known to be (for cross-repository mounts) ------------------------
@@ -829,9 +856,9 @@ def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[De
     """Each blob the registry lacks: mounted from another repository it is known to be in,
     else uploaded; 4 at a time. Blobs already there are skipped (HEAD)."""
     # A damaged store is refused before any transfer starts (whatever the registry answers
-    # to the others meanwhile); upload_blob checks again as it reads (the file may change).
-    for d in blobs:
-        check_stored_blob(store, d)
+    # to the others meanwhile). Each blob is hashed once, here: upload_blob sends the file
+    # only if it is still the one hashed (same inode, size, mtime, ctime), else hashes again.
+    verified = {d.digest: check_stored_blob(store, d) for d in blobs}
     sources = {d.digest: [repo for repo in known_repositories(store, t.ref.registry, d.digest)
                           if repo != t.ref.repository] for d in blobs}
 
@@ -841,7 +868,7 @@ def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[De
         if client.blob_exists(t, d.digest):
             client._report(_short(d.digest), d.size, d.size)
             return "exists"
-        return client.upload_blob(t, store, d, sources[d.digest], chunked)
+        return client.upload_blob(t, store, d, sources[d.digest], chunked, verified[d.digest])
 
     _parallel(blobs, send)
 
