@@ -18,7 +18,9 @@ import functools
 import hashlib
 import itertools
 import json
+import os
 import posixpath
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -675,6 +677,8 @@ class Solver:
         if e.chmod:
             parse_chmod(e.chmod, raw.line)  # a bad mode fails before the step starts
         unpack = getattr(e, "unpack", None)
+        incremental = self._incremental_copy(s, e, is_add, local, context_paths,
+                                             bool(heredocs or urls or gits))
         op = ops.FileCopy(add=is_add, dest=dest, workdir=workdir, chown=e.chown or "",
                           chmod=e.chmod or "", exclude=tuple(e.exclude or []),
                           parents=bool(e.parents), link=bool(e.link),
@@ -740,9 +744,30 @@ class Solver:
                     list(e.exclude or []), bool(e.parents), is_add, raw.line,
                     ignore=self.ctx.matcher, source_args=len(e.sources), patterns=local,
                     resolve=lambda p: self.ctx.resolve_sources([p], raw.line),
-                    unpack=unpack))
+                    unpack=unpack, incremental=incremental))
 
-        self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link))
+        self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link),
+                      incremental=incremental)
+
+    def _incremental_copy(self, s: StageState, e: Any, is_add: bool, local: list[str],
+                          paths: list[Path], other_sources: bool) -> Any:
+        """An IncrementalCopy for a plain `COPY <context dir> <dest>` (one source, a real
+        directory, nothing from a stage, URL, git or heredoc, no --parents), else None."""
+        if is_add or e.from_ or e.parents or other_sources or len(local) != 1 or len(paths) != 1:
+            return None
+        try:
+            if not stat.S_ISDIR(os.lstat(paths[0]).st_mode):
+                return None
+        except OSError:
+            return None
+        from pybuild.context import PatternMatcher
+        from pybuild.solver.copy import tree_filters
+        from pybuild.solver.incremental import IncrementalCopy
+
+        rel = os.path.relpath(paths[0], self.ctx.root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        filters = tree_filters(PatternMatcher(list(e.exclude or [])), self.ctx.matcher, prefix)
+        return IncrementalCopy(paths[0], filters)
 
     def _source_key(self, name: str, line: int) -> str:
         """A stage's or image's label in a key: "stage KEY" / "image DIGEST"."""
@@ -776,7 +801,7 @@ class Solver:
 
     def _fs_step(self, s: StageState, raw: Any, display: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], created_by: str | None = None,
-                 link: bool = False) -> None:
+                 link: bool = False, incremental: Any = None) -> None:
         """One cached filesystem step: look up, else mount, run `do`, commit."""
         s.step += 1
         vid = self._vertex()
@@ -811,7 +836,8 @@ class Solver:
             self._append_layer(s, rec.layer, rec.diff_id, created_by, chain_key, rec.created)
             return
         try:
-            rec = self._execute(s, raw, vid, name, op, do, key, parent, inputs, slot, step, link)
+            rec = self._execute(s, raw, vid, name, op, do, key, parent, inputs, slot, step, link,
+                                incremental)
         except BaseException as err:
             running.set_exception(err)
             raise
@@ -828,8 +854,10 @@ class Solver:
 
     def _execute(self, s: StageState, raw: Any, vid: str, name: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], key: str, parent: str,
-                 inputs: dict[str, Any], slot: str, step: str, link: bool) -> Record:
-        """Run a step that missed the cache on a fresh snapshot; record it."""
+                 inputs: dict[str, Any], slot: str, step: str, link: bool,
+                 incremental: Any = None) -> Record:
+        """Run a step that missed the cache on a fresh snapshot; record it. An incremental
+        COPY's upper starts as its step's previous layer when that can be built on."""
         if self.opts.explain:
             prev = self.cache.previous(step)
             reason = explain(prev, parent, inputs)
@@ -841,7 +869,11 @@ class Solver:
             with self.sched.slot():
                 self._cleanup_once()
                 self._fetch_layers(layers, vid)
-                with self.worker.prepare(layers, diff_ids) as snap:
+                seed = None
+                if incremental is not None and not self._skip_cache(s):
+                    seed = incremental.seed_for(self.cache.previous(step), parent, inputs,
+                                                slot, self.worker.own_layer)
+                with self.worker.prepare(layers, diff_ids, seed=seed) as snap:
                     do(snap, vid)
                     desc, diff_id = self.worker.commit(
                         snap, s.diff_ids, compression=self.opts.compression,
@@ -862,6 +894,8 @@ class Solver:
         rec = Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now,
                      step=step)
         self.cache.put(rec)
+        if incremental is not None:
+            incremental.remember(key, chain_id, slot, self.worker.own_layer)
         return rec
 
     def _cleanup_once(self) -> None:
