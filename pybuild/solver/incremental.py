@@ -90,30 +90,36 @@ class IncrementalCopy:
         return seed
 
     def _seed(self, upper: Path, snapshot: Path, state: dict[str, Any]) -> None:
-        try:
-            clone_tree(os.fspath(snapshot), os.fspath(upper))
-        except OSError:
-            _empty(upper)  # e.g. snapshots on another filesystem: a full copy
-            return
         self.copied_at = time.time_ns()
         walked = list(walk_visible(self.source, self.filters))
+        self.walked = walked
         old: dict[str, _Sig] = {rel: tuple(sig) for rel, *sig in state["entries"]}
         trusted_before = int(state["copied_at"]) - context.RACY_MARGIN_NS
         new = {rel: st for rel, st in walked}
-        base = os.fspath(upper) + "/" + state["target"].strip("/")
+        unchanged: set[str] = set()
+        doomed: list[str] = []
         for rel, sig in old.items():
             st = new.get(rel)
             if st is not None:
                 now = _sig(st)
-                if now == sig and max(now[4], now[5]) < trusted_before:
-                    self.unchanged.add(rel)
-                    continue
                 if stat.S_ISDIR(sig[2]) and stat.S_ISDIR(now[2]):
                     continue  # kept; its changed children are handled one by one
-            _remove(base + "/" + rel)
-        self.unchanged = {rel for rel in self.unchanged if not stat.S_ISDIR(new[rel].st_mode)}
-        self.reused = len(self.unchanged)
-        self.walked = walked
+                if now == sig and max(now[4], now[5]) < trusted_before:
+                    unchanged.add(rel)
+                    continue
+            doomed.append(rel)
+        if len(unchanged) < len(doomed):
+            return  # mostly new (or racily clean) files: a plain full copy is cheaper
+        try:
+            clone_tree(os.fspath(snapshot), os.fspath(upper))
+            base = os.fspath(upper) + "/" + state["target"].strip("/")
+            for rel in doomed:
+                _remove(base + "/" + rel)
+        except OSError:
+            _empty(upper)  # e.g. snapshots on another filesystem: a full copy
+            return
+        self.unchanged = unchanged
+        self.reused = len(unchanged)
         self.target = state["target"]
         self.active = True
 
