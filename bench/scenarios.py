@@ -480,6 +480,7 @@ def _many_files(tool: str, mode: str, dirs: int, per_dir: int = 100) -> Callable
         name = f"files{dirs * per_dir // 1000}k-{mode}-{tool}"
         return ManyFilesCase(_adapter(bench, tool, name), bench.subdir(f"{name}-ctx-"), bench,
                              mode, dirs, per_dir)
+    return make
 # Foreign-architecture RUN steps under QEMU user emulation (arm64 on an amd64 host): a
 # shell loop of 300 forks and a sha256 of 4 MiB, i.e. emulated process start-up and
 # emulated compute, on Debian's arm64 busybox (tests/test_platforms.py fetches it).
