@@ -419,6 +419,9 @@ class BuildContext:
                 raise PybuildError(f"error reading {ignore_file.name}: {exc.strerror}") from None
         self.matcher = PatternMatcher(patterns)
         self.memo: DigestMemo | None = None
+        # per directory `manifest` walked: (when the walk started, its entries), so a COPY
+        # of that directory copies what its key covers without a second walk
+        self.walks: dict[str, tuple[int, list[tuple[str, os.stat_result]]]] = {}
 
     @classmethod
     def for_rootfs(cls, root: Path) -> BuildContext:
@@ -431,6 +434,7 @@ class BuildContext:
         ctx.root = Path(os.path.abspath(root))
         ctx.matcher = PatternMatcher([])
         ctx.memo = None
+        ctx.walks = {}
         return ctx
 
     def is_ignored(self, rel: str) -> bool:
@@ -568,8 +572,11 @@ class BuildContext:
             if stat.S_ISDIR(top_st.st_mode):
                 prefix = "" if rel == "." else rel + "/"
                 base = os.fspath(path) + "/"
-                for child, st in walk_visible(path, [(self.matcher, prefix)]):
+                started = time.time_ns()
+                entries = list(walk_visible(path, [(self.matcher, prefix)]))
+                for child, st in entries:
                     record(out, prefix + child, base + child, st)
+                self.walks[os.fspath(path)] = (started, entries)
                 if self.memo is not None:  # the whole directory was walked
                     self.memo.forget_unseen_below(base)
         if self.memo is not None:

@@ -57,9 +57,13 @@ class IncrementalCopy:
     """One `COPY <dir>` of the context: plans the reuse before the mount, guides the
     copier (`skip`, `walk`) and files the state after the commit."""
 
-    def __init__(self, source: Path, filters: list[tuple[PatternMatcher, str]]) -> None:
+    def __init__(self, source: Path, filters: list[tuple[PatternMatcher, str]],
+                 walked: tuple[int, list[tuple[str, os.stat_result]]] | None = None) -> None:
         self.source = source
         self.filters = filters
+        # the key's own walk of `source` with the same filters (BuildContext.walks): what
+        # the copy copies is then what the key covers, and the tree is walked once
+        self.prewalked = walked
         self.walked: list[tuple[str, os.stat_result]] | None = None  # what the copy walked
         self.unchanged: set[str] = set()   # entries the seeded upper already holds
         self.active = False                # the upper was seeded from the previous layer
@@ -90,9 +94,7 @@ class IncrementalCopy:
         return seed
 
     def _seed(self, upper: Path, snapshot: Path, state: dict[str, Any]) -> None:
-        self.copied_at = time.time_ns()
-        walked = list(walk_visible(self.source, self.filters))
-        self.walked = walked
+        walked = self.walk()
         old: dict[str, _Sig] = {rel: tuple(sig) for rel, *sig in state["entries"]}
         trusted_before = int(state["copied_at"]) - context.RACY_MARGIN_NS
         new = {rel: st for rel, st in walked}
@@ -126,7 +128,9 @@ class IncrementalCopy:
     # ----- during the copy ---------------------------------------------------------------
     def walk(self) -> list[tuple[str, os.stat_result]]:
         """The entries to copy: the planning walk when seeded, else a walk now (recorded)."""
-        if self.walked is None:
+        if self.walked is None and self.prewalked is not None:
+            self.copied_at, self.walked = self.prewalked
+        elif self.walked is None:
             self.copied_at = time.time_ns()
             self.walked = list(walk_visible(self.source, self.filters))
         return self.walked

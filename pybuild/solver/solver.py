@@ -767,7 +767,9 @@ class Solver:
         rel = os.path.relpath(paths[0], self.ctx.root)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         filters = tree_filters(PatternMatcher(list(e.exclude or [])), self.ctx.matcher, prefix)
-        return IncrementalCopy(paths[0], filters)
+        # without --exclude the copy walks what the key's manifest walked: reuse that walk
+        walked = None if e.exclude else self.ctx.walks.get(os.fspath(paths[0]))
+        return IncrementalCopy(paths[0], filters, walked)
 
     def _source_key(self, name: str, line: int) -> str:
         """A stage's or image's label in a key: "stage KEY" / "image DIGEST"."""
