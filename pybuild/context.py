@@ -300,10 +300,11 @@ class DigestMemo:
             if self._connect is not None:
                 db = self._connect()
                 _memo_table(db)
-                for ino, size, mtime, ctime, hashed, digest, path in db.execute(
-                        "SELECT ino, size, mtime_ns, ctime_ns, hashed_ns, sha256, path"
+                # paths are read only when some entry was not seen (forget_unseen_below)
+                for ino, size, mtime, ctime, hashed, digest in db.execute(
+                        "SELECT ino, size, mtime_ns, ctime_ns, hashed_ns, sha256"
                         " FROM context_digests WHERE dev = ?", (dev,)):
-                    rows[ino] = (size, mtime, ctime, hashed, digest, path)
+                    rows[ino] = (size, mtime, ctime, hashed, digest, "")
             self._rows[dev] = rows
             self._seen[dev] = set()
         return rows
@@ -342,8 +343,13 @@ class DigestMemo:
                 seen = self._seen[dev]
                 if len(rows) <= len(seen):
                     continue
-                gone = [ino for ino, row in rows.items()
-                        if ino not in seen and row[5].startswith(prefix)]
+                unseen = [ino for ino in rows if ino not in seen]
+                stored: dict[int, str] = {}
+                if unseen and self._connect is not None:
+                    stored = dict(self._connect().execute(
+                        "SELECT ino, path FROM context_digests WHERE dev = ?", (dev,)))
+                gone = [ino for ino in unseen
+                        if (rows[ino][5] or stored.get(ino, "")).startswith(prefix)]
                 for ino in gone:
                     del rows[ino]
                     self._dirty.pop((dev, ino), None)
