@@ -33,11 +33,14 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pybuild import context
 from pybuild.context import PatternMatcher, walk_visible
 from pybuild.liveness import remove_tree
+
+if TYPE_CHECKING:
+    from pybuild.solver.cache import Record
 
 STATE_VERSION = 1
 _Sig = tuple[int, int, int, int, int, int, int]  # dev, ino, mode, size, mtime, ctime, nlink
@@ -73,7 +76,7 @@ class IncrementalCopy:
         self.reused = 0                    # entries taken from the previous layer
 
     # ----- before the mount ------------------------------------------------------------
-    def seed_for(self, prev: Any, parent: str, inputs: dict[str, Any], slot: str,
+    def seed_for(self, prev: Record | None, parent: str, inputs: dict[str, Any], slot: str,
                  own_layer: Callable[[str], Path | None]) -> Callable[[Path], None] | None:
         """The upper's seed when the previous record `prev` of this step (`slot`) can be
         built on: same parent, same op but for the source files, its snapshot and state here."""

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pybuild import fs
 from pybuild import image as imagemod
@@ -49,6 +49,9 @@ from pybuild.solver.mounts import MountPreparer, SecretSource, bind_key, mounts_
 from pybuild.solver.scheduler import Future, Scheduler
 from pybuild.solver.worker import RealWorker, Snapshot, Worker
 from pybuild.store import Descriptor, Store
+
+if TYPE_CHECKING:
+    from pybuild.solver.incremental import IncrementalCopy
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -750,7 +753,7 @@ class Solver:
                       incremental=incremental)
 
     def _incremental_copy(self, s: StageState, e: Any, is_add: bool, local: list[str],
-                          paths: list[Path], other_sources: bool) -> Any:
+                          paths: list[Path], other_sources: bool) -> IncrementalCopy | None:
         """An IncrementalCopy for a plain `COPY <context dir> <dest>` (one source, a real
         directory, nothing from a stage, URL, git or heredoc, no --parents), else None."""
         if is_add or e.from_ or e.parents or other_sources or len(local) != 1 or len(paths) != 1:
@@ -803,7 +806,7 @@ class Solver:
 
     def _fs_step(self, s: StageState, raw: Any, display: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], created_by: str | None = None,
-                 link: bool = False, incremental: Any = None) -> None:
+                 link: bool = False, incremental: IncrementalCopy | None = None) -> None:
         """One cached filesystem step: look up, else mount, run `do`, commit."""
         s.step += 1
         vid = self._vertex()
@@ -857,7 +860,7 @@ class Solver:
     def _execute(self, s: StageState, raw: Any, vid: str, name: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], key: str, parent: str,
                  inputs: dict[str, Any], slot: str, step: str, link: bool,
-                 incremental: Any = None) -> Record:
+                 incremental: IncrementalCopy | None = None) -> Record:
         """Run a step that missed the cache on a fresh snapshot; record it. An incremental
         COPY's upper starts as its step's previous layer when that can be built on."""
         if self.opts.explain:
