@@ -8,6 +8,7 @@ runner the one command to time (`command`), and cleans up (`after`, `close`).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 import tempfile
@@ -74,6 +75,14 @@ class Bench:
         if self._docker_host is None:
             self._docker_host = self.stack.enter_context(docker_engine())
         return Docker(self._docker_host, self.workdir / "docker-config")
+
+    def daemon_marker(self) -> str | None:
+        """What the private engine's dockerd and containerd have in their command lines
+        (their state directory), or None for an engine this bench did not start."""
+        host = self._docker_host or ""
+        if not host.startswith("unix://") or os.environ.get("DOCKER_HOST"):
+            return None
+        return str(Path(host[len("unix://"):]).parent)
 
     def buildah_isolation(self) -> str | None:
         if self._isolation is None:
