@@ -680,8 +680,9 @@ class Solver:
         if e.chmod:
             parse_chmod(e.chmod, raw.line)  # a bad mode fails before the step starts
         unpack = getattr(e, "unpack", None)
-        incremental = self._incremental_copy(s, e, is_add, local, context_paths,
-                                             bool(heredocs or urls or gits))
+        # made only when the step runs (a warm build imports neither copy.py nor this)
+        incremental = functools.cache(lambda: self._incremental_copy(
+            e, is_add, local, context_paths, bool(heredocs or urls or gits)))
         op = ops.FileCopy(add=is_add, dest=dest, workdir=workdir, chown=e.chown or "",
                           chmod=e.chmod or "", exclude=tuple(e.exclude or []),
                           parents=bool(e.parents), link=bool(e.link),
@@ -747,12 +748,12 @@ class Solver:
                     list(e.exclude or []), bool(e.parents), is_add, raw.line,
                     ignore=self.ctx.matcher, source_args=len(e.sources), patterns=local,
                     resolve=lambda p: self.ctx.resolve_sources([p], raw.line),
-                    unpack=unpack, incremental=incremental))
+                    unpack=unpack, incremental=incremental()))
 
         self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link),
                       incremental=incremental)
 
-    def _incremental_copy(self, s: StageState, e: Any, is_add: bool, local: list[str],
+    def _incremental_copy(self, e: Any, is_add: bool, local: list[str],
                           paths: list[Path], other_sources: bool) -> IncrementalCopy | None:
         """An IncrementalCopy for a plain `COPY <context dir> <dest>` (one source, a real
         directory, nothing from a stage, URL, git or heredoc, no --parents), else None."""
@@ -806,7 +807,8 @@ class Solver:
 
     def _fs_step(self, s: StageState, raw: Any, display: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], created_by: str | None = None,
-                 link: bool = False, incremental: IncrementalCopy | None = None) -> None:
+                 link: bool = False,
+                 incremental: Callable[[], IncrementalCopy | None] | None = None) -> None:
         """One cached filesystem step: look up, else mount, run `do`, commit."""
         s.step += 1
         vid = self._vertex()
@@ -860,7 +862,7 @@ class Solver:
     def _execute(self, s: StageState, raw: Any, vid: str, name: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], key: str, parent: str,
                  inputs: dict[str, Any], slot: str, step: str, link: bool,
-                 incremental: IncrementalCopy | None = None) -> Record:
+                 incremental: Callable[[], IncrementalCopy | None] | None = None) -> Record:
         """Run a step that missed the cache on a fresh snapshot; record it. An incremental
         COPY's upper starts as its step's previous layer when that can be built on."""
         if self.opts.explain:
@@ -870,14 +872,15 @@ class Solver:
                 reason = "--no-cache" if self.opts.no_cache else "--no-cache-filter"
             self.progress.explain(vid, reason)
         layers, diff_ids = ([], []) if link else (s.layers, s.diff_ids)
+        inc = incremental() if incremental is not None else None
         try:
             with self.sched.slot():
                 self._cleanup_once()
                 self._fetch_layers(layers, vid)
                 seed = None
-                if incremental is not None and not self._skip_cache(s):
-                    seed = incremental.seed_for(self.cache.previous(step), parent, inputs,
-                                                slot, self.worker.own_layer)
+                if inc is not None and not self._skip_cache(s):
+                    seed = inc.seed_for(self.cache.previous(step), parent, inputs, slot,
+                                        self.worker.own_layer)
                 with self.worker.prepare(layers, diff_ids, seed=seed) as snap:
                     do(snap, vid)
                     desc, diff_id = self.worker.commit(
@@ -899,8 +902,8 @@ class Solver:
         rec = Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now,
                      step=step)
         self.cache.put(rec)
-        if incremental is not None:
-            incremental.remember(key, chain_id, slot, self.worker.own_layer)
+        if inc is not None:
+            inc.remember(key, chain_id, slot, self.worker.own_layer)
         return rec
 
     def _cleanup_once(self) -> None:
