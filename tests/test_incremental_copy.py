@@ -126,6 +126,9 @@ def test_state_file_is_checked_before_use(tmp_path: Path) -> None:
     assert read({**good, "entries": [["../a", 1, 2, 3, 4, 5, 6, 7]]}) is None
     assert read({**good, "entries": [["/a", 1, 2, 3, 4, 5, 6, 7]]}) is None
     assert read({**good, "entries": [["a", 1, 2, 3]]}) is None
+    for bad in ("a\0b", "a//b", "./a", "a/", ""):
+        assert read({**good, "entries": [[bad, 1, 2, 3, 4, 5, 6, 7]]}) is None, bad
+    assert read({**good, "target": "."}) is not None
     path.write_text("{not json")
     assert incremental._read_state(path, "sha256:k") is None
 
@@ -145,3 +148,18 @@ def test_clone_tree_links_files_and_remakes_dirs(tmp_path: Path) -> None:
     assert (st.st_mode & 0o7777, st.st_mtime) == (0o710, OLD)
     assert os.lstat(dst / "d").st_ino != os.lstat(src / "d").st_ino
     assert (dst / "d" / "e").is_dir()
+
+
+def test_removal_never_follows_a_link_out_of_the_upper(tmp_path: Path) -> None:
+    """A state naming `link/x` where `link` is a symlink (no walk yields that; a damaged
+    state could) removes nothing through the link; plain entries and directories go."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_text("keep me")
+    upper = tmp_path / "upper"
+    (upper / "ctx" / "d" / "deep").mkdir(parents=True)
+    (upper / "ctx" / "f").write_text("f")
+    (upper / "ctx" / "link").symlink_to(outside)
+    incremental._remove_all(upper, "ctx", ["link/x", "f", "d", "d/deep", "missing/y"])
+    assert (outside / "x").read_text() == "keep me"
+    assert sorted(os.listdir(upper / "ctx")) == ["link"]

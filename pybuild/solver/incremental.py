@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pybuild import context
+from pybuild import context, fs
 from pybuild.context import PatternMatcher, walk_visible
 from pybuild.liveness import remove_tree
 
@@ -117,9 +117,7 @@ class IncrementalCopy:
             return  # mostly new (or racily clean) files: a plain full copy is cheaper
         try:
             clone_tree(os.fspath(snapshot), os.fspath(upper))
-            base = os.fspath(upper) + "/" + state["target"].strip("/")
-            for rel in doomed:
-                _remove(base + "/" + rel)
+            _remove_all(upper, state["target"], doomed)
         except OSError:
             _empty(upper)  # e.g. snapshots on another filesystem: a full copy
             return
@@ -171,22 +169,44 @@ def _read_state(path: Path, key: str) -> dict[str, Any] | None:
     ok = isinstance(state, dict) and state.get("v") == STATE_VERSION and state.get("key") == key \
         and isinstance(state.get("target"), str) and isinstance(state.get("copied_at"), int) \
         and isinstance(state.get("entries"), list) \
-        and all(isinstance(e, list) and len(e) == 8 and isinstance(e[0], str)
-                and ".." not in e[0].split("/") and not e[0].startswith("/")
+        and all(isinstance(e, list) and len(e) == 8 and _safe_rel(e[0])
                 and all(isinstance(x, int) for x in e[1:]) for e in state["entries"])
-    return state if ok and ".." not in state["target"].split("/") else None
+    return state if ok and (state["target"] == "." or _safe_rel(state["target"])) else None
 
 
-def _remove(path: str) -> None:
-    """An entry of the seeded upper, whatever it is (a directory with all below it)."""
+def _remove_all(upper: Path, target: str, rels: list[str]) -> None:
+    """Remove each entry `target/rel` of the seeded upper, whatever it is (a directory with
+    all below it). Every component is opened with O_NOFOLLOW (fs.open_dir): a link in
+    the way is never followed out of the upper; a parent already gone means nothing is
+    left to remove."""
+    root = os.open(upper, fs.DIR_FLAGS)
     try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    if stat.S_ISDIR(st.st_mode):
-        remove_tree(path)
-    else:
-        os.unlink(path)
+        base = fs.open_dir(root, _parts(target))
+    finally:
+        os.close(root)
+    try:
+        for rel in rels:
+            *parents, name = rel.split("/")
+            try:
+                dfd = fs.open_dir(base, parents)
+            except OSError:
+                continue
+            try:
+                remove_tree(name, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(base)
+
+
+def _parts(path: str) -> list[str]:
+    return [c for c in path.split("/") if c not in ("", ".")]
+
+
+def _safe_rel(rel: object) -> bool:
+    """A relative path of plain components (no "", ".", "..", NUL): what a walk yields."""
+    return isinstance(rel, str) and "\0" not in rel and \
+        all(c not in ("", ".", "..") for c in rel.split("/"))
 
 
 def _empty(directory: Path) -> None:
