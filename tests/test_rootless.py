@@ -409,3 +409,58 @@ def test_slirp_missing_pieces_are_named(monkeypatch: pytest.MonkeyPatch, tmp_pat
     fake.chmod(0o755)
     monkeypatch.setattr(_slirp, "TUN", str(tmp_path / "no-tun"))
     assert "is not readable and writable by this user" in _slirp.available()
+
+
+def _fuse_processes(needle: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"fuse-overlayfs") and any(needle.encode() in a for a in argv):
+            out.append(int(d.name))
+    return out
+
+
+def test_rootless_fuse_overlayfs_fallback(user: User, context: Path,
+                                          built: dict[str, str]) -> None:
+    """PYBUILD_FUSE_OVERLAYFS=1 forces the fallback a kernel without unprivileged overlayfs
+    takes: said once, the same image digest as the root build, and `run` works on it."""
+    if shutil.which("fuse-overlayfs") is None:
+        pytest.skip("fuse-overlayfs not installed")
+    data = user.home / "fuse-data"
+    env = {"XDG_DATA_HOME": str(data), rootless.ENV_FUSE: "1"}
+    res = user.pybuild("build", "--progress", "quiet", "-t", "app", str(context), **env)
+    assert _digest(res) == built["root"]
+    note = "rootless: using fuse-overlayfs: PYBUILD_FUSE_OVERLAYFS=1\n"
+    assert res.stderr.count("fuse-overlayfs") == 1 and note in res.stderr, res.stderr
+    # the container's rootfs too: owners, and the lowers' whiteout and opaque directory
+    res = user.pybuild("run", "--rm", "--network", "none", "app", "sh", "-c",
+                       "id; ls /old; ls /old/d", **env)
+    assert res.stdout.split("\n") == ["uid=1000(app) gid=1000(app)", "d", "n", ""]
+    assert _fuse_processes(str(data)) == []
+
+
+def test_normalize_fuse_upper(tmp_path: Path) -> None:
+    """fuse-overlayfs's opaque marks stay only where the kernel puts them: on a directory
+    created where a lower has something at that path."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "x").mkdir(parents=True)
+    (lower / "x" / "f").write_text("old")
+    (lower / "keep" / "sub").mkdir(parents=True)
+    for d in ("x", "new", "keep/sub"):
+        (upper / d).mkdir(parents=True)
+        try:
+            os.setxattr(upper / d, rootless.FUSE_OPAQUE_XATTR, b"y")
+        except OSError as e:
+            pytest.skip(f"no user xattrs on {tmp_path}: {e}")
+        (upper / d / ".wh..wh..opq").write_text("")
+        if d == "new":
+            (upper / d / "file").write_text("n")
+        os.utime(upper / d, (1000, 1000))
+    rootless.normalize_fuse_upper(upper, [lower])
+    for d, opaque in (("x", True), ("new", False), ("keep/sub", True)):
+        assert sorted(p.name for p in (upper / d).iterdir()) == (["file"] if d == "new" else [])
+        assert os.listxattr(upper / d) == (["user.overlay.opaque"] if opaque else [])
+        assert (upper / d).stat().st_mtime == 1000
