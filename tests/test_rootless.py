@@ -360,6 +360,12 @@ def test_rootless_publish_port(user: User, built: dict[str, str]) -> None:
         assert res.returncode != 0
         assert f"Bind for 127.0.0.1:{port} failed: port is already allocated" in res.stderr
         assert "Traceback" not in res.stderr
+        # a host port below 1024 (ip_unprivileged_port_start): the kernel's refusal, named
+        if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() == "1024":
+            res = user.pybuild("run", "--rm", "-p", "127.0.0.1:80:80", "app", "true",
+                               check=False)
+            assert res.stderr.strip() == ("error: cannot publish 127.0.0.1:80/tcp: "
+                                          "Permission denied"), res.stderr
         assert sorted(p.name for p in netns.parent.iterdir()) == sorted(
             [netns.name, netns.name + ".sock", netns.name + ".log"])
         # inside: slirp4netns's address and DNS; the host's loopback is not reachable
@@ -377,11 +383,12 @@ def test_rootless_publish_port(user: User, built: dict[str, str]) -> None:
         assert "nameserver 10.0.2.3" in res.stdout
         assert "inet 10.0.2.100/24" in res.stdout
         assert res.stdout.strip().endswith("REFUSED")
+        user.pybuild("stop", "-t", "1", name)  # httpd as pid 1 ignores SIGTERM: killed
+        assert _slirp_processes(str(netns.parent)) == []
+        assert list(netns.parent.iterdir()) == []
     finally:
         user.pybuild("rm", "-f", name, check=False)
     assert name not in user.pybuild("ps", "-a").stdout
-    assert _slirp_processes(str(netns.parent)) == []
-    assert list(netns.parent.iterdir()) == []
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of our GETs
         s.bind(("127.0.0.1", port))  # nothing listens there any more

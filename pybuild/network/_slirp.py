@@ -93,6 +93,8 @@ def start(netns: Path, ports: list[PortMapping]) -> tuple[str, list[PortMapping]
         except BaseException:
             proc.kill()
             proc.wait()
+            for p in (sock, log):
+                p.unlink(missing_ok=True)
             raise
     finally:
         for sig, handler in saved.items():
@@ -163,6 +165,7 @@ def _forward(sock: Path, m: PortMapping) -> PortMapping:
         if "return" in reply:
             return PortMapping(m.container_port, m.protocol, m.host_ip, port)
         if attempt == tries - 1:
+            _probe(m, port)  # taken since our probe (another container starting): say so
             err = reply.get("error")
             desc = err.get("desc") if isinstance(err, dict) else err
             raise PybuildError(f"cannot publish {m.host_ip or '0.0.0.0'}:{port}/{m.protocol}: "
