@@ -320,17 +320,21 @@ def test_rootless_network_modes(user: User, built: dict[str, str]) -> None:
     assert sorted(res.stdout.split()) == host_ifaces
 
 
-def _slirp_processes(needle: str) -> list[int]:
-    """pids of slirp4netns processes whose command line names `needle` (a netns path)."""
+def _processes(binary: str, needle: str) -> list[int]:
+    """pids of `binary` processes whose command line names `needle` (a path)."""
     out = []
     for d in Path("/proc").iterdir():
         try:
             argv = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"slirp4netns") and any(needle.encode() in a for a in argv):
+        if argv and argv[0].endswith(binary.encode()) and any(needle.encode() in a for a in argv):
             out.append(int(d.name))
     return out
+
+
+def _slirp_processes(needle: str) -> list[int]:
+    return _processes("slirp4netns", needle)
 
 
 def test_rootless_publish_port(user: User, built: dict[str, str]) -> None:
@@ -418,18 +422,6 @@ def test_slirp_missing_pieces_are_named(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert "is not readable and writable by this user" in _slirp.available()
 
 
-def _fuse_processes(needle: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"fuse-overlayfs") and any(needle.encode() in a for a in argv):
-            out.append(int(d.name))
-    return out
-
-
 def test_rootless_fuse_overlayfs_fallback(user: User, context: Path,
                                           built: dict[str, str]) -> None:
     """PYBUILD_FUSE_OVERLAYFS=1 forces the fallback a kernel without unprivileged overlayfs
@@ -446,7 +438,7 @@ def test_rootless_fuse_overlayfs_fallback(user: User, context: Path,
     res = user.pybuild("run", "--rm", "--network", "none", "app", "sh", "-c",
                        "id; ls /old; ls /old/d", **env)
     assert res.stdout.split("\n") == ["uid=1000(app) gid=1000(app)", "d", "n", ""]
-    assert _fuse_processes(str(data)) == []
+    assert _processes("fuse-overlayfs", str(data)) == []
 
 
 def test_normalize_fuse_upper(tmp_path: Path) -> None:
