@@ -267,6 +267,8 @@ def test_rootless_doctor(user: User, built: dict[str, str]) -> None:
     res = user.pybuild("doctor")
     assert res.stdout.startswith("rootless: user namespace uid map 0..0 -> ")
     assert f"1..65536 -> {SUBID_START}..{SUBID_START + 65535}" in res.stdout
+    assert "rootless: container network: slirp4netns (published ports forwarded by it)\n" \
+        in res.stdout
     assert "0 problem(s) found" in res.stdout
 
 
@@ -463,3 +465,28 @@ def test_normalize_fuse_upper(tmp_path: Path) -> None:
         assert sorted(p.name for p in (upper / d).iterdir()) == (["file"] if d == "new" else [])
         assert os.listxattr(upper / d) == (["user.overlay.opaque"] if opaque else [])
         assert (upper / d).stat().st_mtime == 1000
+
+
+def test_fuse_fallback_decision(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The kernel's refusal (EPERM, EINVAL, ENODEV) switches to fuse-overlayfs once, said
+    once; other errors are not a reason; without fuse-overlayfs the missing piece is named."""
+    import errno
+
+    monkeypatch.setattr(rootless, "inside", lambda: True)
+    monkeypatch.setattr(rootless, "_fuse_reason", None)
+    monkeypatch.delenv(rootless.ENV_FUSE, raising=False)
+    assert not rootless.fuse_overlay_wanted()
+    assert not rootless.fuse_overlay_fallback(errno.ENOSPC)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(rootless.RootlessError, match="fuse-overlayfs is not installed"):
+        rootless.fuse_overlay_fallback(errno.EPERM)
+    fake = tmp_path / "fuse-overlayfs"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert rootless.fuse_overlay_fallback(errno.EPERM)
+    assert rootless.fuse_overlay_fallback(errno.EINVAL)
+    assert rootless.fuse_overlay_wanted()
+    assert capsys.readouterr().err == ("rootless: using fuse-overlayfs: the kernel refused "
+                                       "overlayfs in the user namespace (Operation not "
+                                       "permitted)\n")
