@@ -33,7 +33,7 @@ from rootless_user import EPOCH, ROOT, User, missing, rootless_user, user_device
 BUSYBOX = Path("/bin/busybox")
 # one user and subid range per pytest-xdist worker
 USER = f"pbrootless{worker_slot()}"
-SUBID_START = 200000 + worker_slot() * 70000
+SUBID_START = 400000 + worker_slot() * 70000  # clear of bench (300000) and older runs
 SUBIDS = f"{SUBID_START}-{SUBID_START + 65535}"
 DOCKERFILE = """\
 FROM scratch AS base
