@@ -6,7 +6,7 @@ PYTHON ?= python3
 APT_PACKAGES := runc crun skopeo umoci docker-registry busybox-static mmdebstrap \
 	buildah podman docker.io containerd iproute2 curl ca-certificates apache2-utils \
 	openssl python3-pip netavark aardvark-dns iptables util-linux tcpdump conntrack git openssh-client openssh-server \
-	qemu-user-static uidmap fuse-overlayfs
+	qemu-user-static uidmap fuse-overlayfs slirp4netns
 STAMP := .make-stamps
 # Most tests wait on runc, registries and engines, not the CPU: three workers on two cores.
 TEST_WORKERS ?= 3
