@@ -1,6 +1,7 @@
 """Share the build cache through a registry: `--cache-to` / `--cache-from type=registry`.
 
-The cache travels as one OCI manifest: its config blob (media type
+(type=local writes BuildKit's own cache format instead: pybuild/solver/local_cache.py.)
+The registry cache travels as one OCI manifest: its config blob (media type
 `application/vnd.pybuild.cache.config.v1+json`) lists the cache records, and its layers
 are the records' layer blobs. Importing reads only the config; a layer is downloaded the
 first time a step hits its record. The format is documented in docs/cache.md.
@@ -74,13 +75,13 @@ def export(store: Store, spec: CacheSpec, records: list[Record], client: Any) ->
     seen: dict[str, Record] = {}
     for r in records:
         seen.setdefault(r.key, r)
+    if spec.type == "local":  # BuildKit's own cache format (pybuild/solver/local_cache.py)
+        from pybuild.solver import local_cache
+
+        return local_cache.export(store, spec.ref, spec.tag, list(seen.values()))
     doc = document(list(seen.values()))
     config = store.put_json(doc, CONFIG_MEDIA_TYPE)
     layers = list({r.layer.digest: r.layer for r in seen.values()}.values())
-    if spec.type == "local":
-        from pybuild.solver import local_cache
-
-        return local_cache.export(store, spec.ref, spec.tag, config, layers)
     return registry.push_artifact(store, spec.ref, config, layers, client=client)
 
 
@@ -103,17 +104,13 @@ def load(store: Store, spec: CacheSpec, client: Any) -> dict[str, Record]:
     if spec.type == "local":
         from pybuild.solver import local_cache
 
-        local = local_cache.load(spec.ref, spec.tag)
-        if local is None:
-            return {}
-        doc = local
-    else:
-        found = registry.fetch_artifact(store, spec.ref, client=client)
-        if found is None:
-            return {}
-        doc, _layers = found
-        if isinstance(doc.get(INLINE_KEY), dict):  # an image built with --cache-to type=inline
-            doc = doc[INLINE_KEY]
+        return local_cache.load(spec.ref, spec.tag)
+    found = registry.fetch_artifact(store, spec.ref, client=client)
+    if found is None:
+        return {}
+    doc, _layers = found
+    if isinstance(doc.get(INLINE_KEY), dict):  # an image built with --cache-to type=inline
+        doc = doc[INLINE_KEY]
     if doc.get("version") != FORMAT_VERSION or not isinstance(doc.get("records"), list):
         raise PybuildError(f"--cache-from {spec.ref}: not a pybuild cache (format "
                            f"{doc.get('version')!r})")
