@@ -96,6 +96,8 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
             _attest(args, opts, result, attest_opts, started)
         if outputs:
             _export_outputs(args, progress, result, outputs)
+            if exporters.stores_no_image(outputs) and result.new_image and not attest_opts.wanted:
+                exporters.discard_image(open_store(args), result.manifest)
         progress.summary(summary_of(result, time.monotonic() - start))
     finally:
         progress.close()

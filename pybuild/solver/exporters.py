@@ -34,7 +34,7 @@ from pybuild import image as imagemod
 from pybuild import layer
 from pybuild.errors import PybuildError
 from pybuild.reference import parse_reference
-from pybuild.store import Store
+from pybuild.store import Descriptor, Store
 
 TYPES = ("image", "registry", "docker", "oci", "local", "tar")
 _OPTIONS = {
@@ -181,6 +181,34 @@ def export(store: Store, img: imagemod.Image, outputs: list[OutputSpec], tags: l
                 messages.append(f"pushed {parse_reference(n).familiar}: {digest}")
         done()
     return messages
+
+
+def stores_no_image(outputs: list[OutputSpec]) -> bool:
+    """Whether the outputs are only local/tar ones: BuildKit's local and tar exporters
+    write files and store no image (its build cache stays)."""
+    return bool(outputs) and all(o.type in ("local", "tar") for o in outputs)
+
+
+def discard_image(store: Store, manifest: Descriptor) -> bool:
+    """Take a just-built image out of the store again: its manifest and config blobs, unless
+    a tag (of this or another build) or a container holds them. Its layers stay, as the
+    cache records' layers (prune reclaims them). True when something was removed."""
+    from pybuild.containers import list_containers
+
+    with store.lock():
+        if not store.has_blob(manifest.digest):
+            return False
+        config = store.read_json(manifest.digest).get("config") or {}
+        config_digest = config.get("digest") if isinstance(config, dict) else None
+        live = store.reachable()
+        if manifest.digest in live or config_digest in live or \
+                any(c.image_id == config_digest for c in list_containers(store)):
+            return False
+        for digest in (manifest.digest, config_digest):
+            if isinstance(digest, str):
+                with contextlib.suppress(FileNotFoundError):
+                    store.blob_path(digest).unlink()
+    return True
 
 
 def _title(o: OutputSpec) -> str:

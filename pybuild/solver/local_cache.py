@@ -102,13 +102,16 @@ def cache_config(records: list[Record]) -> tuple[dict[str, Any], list[Descriptor
         return at
 
     out: list[dict[str, Any]] = []
-    for k in keys:
-        item: dict[str, Any] = {"digest": k}
+    for k in keys:  # fields in spec.go's order: layers (results), digest, inputs
         rec = by_key.get(k)
-        if rec is not None:
-            if rec.parent:
-                item["inputs"] = [[{"link": index[rec.parent]}]]
-            item["layers"] = [{"layer": chain(k, frozenset()), "createdAt": rfc3339(rec.created)}]
+        if rec is None:
+            out.append({"digest": k})
+            continue
+        item: dict[str, Any] = {
+            "layers": [{"layer": chain(k, frozenset()), "createdAt": rfc3339(rec.created)}],
+            "digest": k}
+        if rec.parent:
+            item["inputs"] = [[{"link": index[rec.parent]}]]
         out.append(item)
     return {"layers": layers, "records": out}, list(descs.values())
 
