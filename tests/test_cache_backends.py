@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,12 @@ def test_cache_config_is_buildkits_shape_and_reads_back(tmp_path: Path) -> None:
     local_cache.export(store, str(tmp_path / "c"), "v2", records[:1])
     buildkit_cache(tmp_path / "c", "v1")
     assert len(buildkit_cache(tmp_path / "c", "v2")["records"]) == 2
+    # exports into one directory at once (CI jobs sharing a cache dir) keep every tag
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: local_cache.export(store, str(tmp_path / "c"), f"t{i}",
+                                                   records[:1 + i % 4]), range(8)))
+    for i in range(8):
+        buildkit_cache(tmp_path / "c", f"t{i}")
 
 
 def _layout(root: Path, config: dict[str, Any], layers: list[dict[str, Any]],

@@ -39,6 +39,8 @@ from typing import Any
 from pybuild import fs
 from pybuild.errors import PybuildError
 from pybuild.image import _atomic_output
+from pybuild.liveness import exclusive
+from pybuild.oci_documents import LAYER_TYPES
 from pybuild.solver.cache import Record
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
                            REF_NAME, Descriptor, Store, canonical_json, check_digest)
@@ -82,23 +84,30 @@ def cache_config(records: list[Record]) -> tuple[dict[str, Any], list[Descriptor
     layers: list[dict[str, Any]] = []
     chain_at: dict[tuple[str, int], int] = {}
     descs: dict[str, Descriptor] = {}
+    done: dict[str, int] = {}  # record key -> its chain's index
 
-    def chain(key: str, seen: frozenset[str]) -> int:
-        """The index of the layer chain that is record `key`'s filesystem (-1: none here)."""
-        rec = by_key.get(key)
-        if rec is None or key in seen:
-            return -1
-        parent = chain(rec.parent, seen | {key})
-        at = chain_at.get((rec.layer.digest, parent))
-        if at is None:
-            at = chain_at[(rec.layer.digest, parent)] = len(layers)
-            layers.append({"blob": rec.layer.digest} | ({"parent": parent} if parent else {}))
-        if rec.layer.digest not in descs:
-            notes = {UNCOMPRESSED: rec.diff_id, CREATED_AT: rfc3339(rec.created)}
-            if rec.description:
-                notes[DESCRIPTION] = rec.description
-            descs[rec.layer.digest] = Descriptor(rec.layer.media_type, rec.layer.digest,
-                                                 rec.layer.size, notes)
+    def chain(key: str) -> int:
+        """The index of the layer chain that is record `key`'s filesystem: its parent
+        steps' layers up to the first one not exported, then its own."""
+        steps: list[Record] = []
+        seen: set[str] = set()
+        while key in by_key and key not in seen and key not in done:
+            seen.add(key)
+            steps.append(by_key[key])
+            key = by_key[key].parent
+        at = done.get(key, -1)
+        for rec in reversed(steps):
+            parent = at
+            at = chain_at.setdefault((rec.layer.digest, parent), len(layers))
+            if at == len(layers):
+                layers.append({"blob": rec.layer.digest} | ({"parent": parent} if parent else {}))
+            if rec.layer.digest not in descs:
+                notes = {UNCOMPRESSED: rec.diff_id, CREATED_AT: rfc3339(rec.created)}
+                if rec.description:
+                    notes[DESCRIPTION] = rec.description
+                descs[rec.layer.digest] = Descriptor(rec.layer.media_type, rec.layer.digest,
+                                                     rec.layer.size, notes)
+            done[rec.key] = at
         return at
 
     out: list[dict[str, Any]] = []
@@ -108,7 +117,7 @@ def cache_config(records: list[Record]) -> tuple[dict[str, Any], list[Descriptor
             out.append({"digest": k})
             continue
         item: dict[str, Any] = {
-            "layers": [{"layer": chain(k, frozenset()), "createdAt": rfc3339(rec.created)}],
+            "layers": [{"layer": chain(k), "createdAt": rfc3339(rec.created)}],
             "digest": k}
         if rec.parent:
             item["inputs"] = [[{"link": index[rec.parent]}]]
@@ -145,16 +154,19 @@ def export(store: Store, dest: str, tag: str, records: list[Record]) -> str:
         blobs.mkdir(parents=True, exist_ok=True)
         for d in [*layers, config, desc]:
             _copy_blob(store, d.digest, blobs)
-        index = _read_index(root, must=False, what=f"--cache-to type=local,dest={dest}")
-        index["manifests"] = [m for m in index["manifests"] if not isinstance(m, dict)
-                              or (m.get("annotations") or {}).get(REF_NAME) != tag
-                              or (m.get("annotations") or {}).get(IMAGE_NAME)]
-        index["manifests"].append(Descriptor(OCI_MANIFEST, desc.digest, desc.size,
-                                             {REF_NAME: tag}).to_dict())
-        index.setdefault("schemaVersion", 2)
-        index.setdefault("mediaType", OCI_INDEX)
-        _atomic(root / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
-        _atomic(root / "index.json", json.dumps(index, indent=2).encode() + b"\n")
+        # two builds exporting into one DIR at once: the index is read and replaced under a
+        # lock, as BuildKit's client does (index.json.lock); each keeps its own tag
+        with exclusive(root / "index.json.lock"):
+            index = _read_index(root, must=False, what=f"--cache-to type=local,dest={dest}")
+            index["manifests"] = [m for m in index["manifests"] if not isinstance(m, dict)
+                                  or (m.get("annotations") or {}).get(REF_NAME) != tag
+                                  or (m.get("annotations") or {}).get(IMAGE_NAME)]
+            index["manifests"].append(Descriptor(OCI_MANIFEST, desc.digest, desc.size,
+                                                 {REF_NAME: tag}).to_dict())
+            index.setdefault("schemaVersion", 2)
+            index.setdefault("mediaType", OCI_INDEX)
+            _atomic(root / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
+            _atomic(root / "index.json", json.dumps(index, indent=2).encode() + b"\n")
     except OSError as e:
         raise PybuildError(f"--cache-to type=local,dest={dest}: {e.strerror}: "
                            f"{e.filename}") from None
@@ -365,6 +377,9 @@ def load(src: str, tag: str) -> dict[str, Record]:
                            f"media type {found[:80]!r}, want {CACHE_CONFIG})")
     for m in listed:
         d = _descriptor(m, what)
+        if d.media_type not in LAYER_TYPES:
+            raise PybuildError(f"{what}: blob {d.digest} has media type {d.media_type[:80]!r}, "
+                               f"not a layer")
         layer_descs.setdefault(d.digest, d)
     return parse_config(_blob_json(root, config, what), layer_descs, what)
 
