@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -149,7 +150,9 @@ def test_cache_config_is_buildkits_shape_and_reads_back(tmp_path: Path) -> None:
     base = _h("0")
     records = [_rec(_h("1"), base, blobs["a"], _h("d")), _rec(_h("2"), _h("1"), blobs["b"], _h("e")),
                _rec(_h("3"), _h("2"), blobs["c"], _h("f")), _rec(_h("4"), base, blobs["b"], _h("e"))]
+    before = store_snapshot(store.root)
     digest = local_cache.export(store, str(tmp_path / "c"), "v1", records)
+    assert store_snapshot(store.root) == before  # the cache documents go to DIR only
     config = buildkit_cache(tmp_path / "c", "v1")
     by_digest = {r["digest"]: r for r in config["records"]}
     assert by_digest[base] == {"digest": base}  # the base: a key without a result
@@ -177,6 +180,7 @@ def test_cache_config_is_buildkits_shape_and_reads_back(tmp_path: Path) -> None:
                                                    records[:1 + i % 4]), range(8)))
     for i in range(8):
         buildkit_cache(tmp_path / "c", f"t{i}")
+    assert sorted(os.listdir(tmp_path / "c")) == ["blobs", "index.json", "oci-layout"]
 
 
 def _layout(root: Path, config: dict[str, Any], layers: list[dict[str, Any]],

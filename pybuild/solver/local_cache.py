@@ -28,10 +28,13 @@ against its digest; a layer is copied into the store only when a step hits its r
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,6 @@ from typing import Any
 from pybuild import fs
 from pybuild.errors import PybuildError
 from pybuild.image import _atomic_output
-from pybuild.liveness import exclusive
 from pybuild.oci_documents import LAYER_TYPES
 from pybuild.solver.cache import Record
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
@@ -125,6 +127,10 @@ def cache_config(records: list[Record]) -> tuple[dict[str, Any], list[Descriptor
     return {"layers": layers, "records": out}, list(descs.values())
 
 
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def _atomic(path: Path, data: bytes) -> None:
     with _atomic_output(path) as f:
         f.write(data)
@@ -139,24 +145,53 @@ def _copy_blob(store: Store, digest: str, blobs: Path) -> None:
             out.write(chunk)
 
 
+@contextlib.contextmanager
+def _index_lock(path: Path) -> Iterator[None]:
+    """An flock on `path`, removed afterwards as BuildKit's client removes index.json.lock
+    (so the layout keeps only its own files). A waiter that locked a file already unlinked
+    by the holder before it tries again on the new one."""
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                return
+        finally:
+            os.close(fd)
+
+
 def export(store: Store, dest: str, tag: str, records: list[Record]) -> str:
     """Write `records` as a BuildKit cache into the layout at `dest` under `tag`; returns
     the cache manifest's digest."""
     root = Path(dest)
     blobs = root / "blobs" / "sha256"
     config_doc, layers = cache_config(records)
-    config = store.put_bytes(json.dumps(config_doc, separators=(",", ":")).encode(), CACHE_CONFIG)
+    config_bytes = json.dumps(config_doc, separators=(",", ":")).encode()
+    config = Descriptor(CACHE_CONFIG, _sha256(config_bytes), len(config_bytes))
     manifest = canonical_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                                "config": config.to_dict(),
                                "layers": [d.to_dict() for d in layers]})
-    desc = store.put_bytes(manifest, OCI_MANIFEST)
+    desc = Descriptor(OCI_MANIFEST, _sha256(manifest), len(manifest))
     try:
         blobs.mkdir(parents=True, exist_ok=True)
-        for d in [*layers, config, desc]:
+        for d in layers:
             _copy_blob(store, d.digest, blobs)
+        for d, data in ((config, config_bytes), (desc, manifest)):  # never in the store
+            target = blobs / d.digest.split(":", 1)[1]
+            if not target.is_file() or target.is_symlink():
+                _atomic(target, data)
         # two builds exporting into one DIR at once: the index is read and replaced under a
         # lock, as BuildKit's client does (index.json.lock); each keeps its own tag
-        with exclusive(root / "index.json.lock"):
+        with _index_lock(root / "index.json.lock"):
             index = _read_index(root, must=False, what=f"--cache-to type=local,dest={dest}")
             index["manifests"] = [m for m in index["manifests"] if not isinstance(m, dict)
                                   or (m.get("annotations") or {}).get(REF_NAME) != tag
@@ -201,7 +236,7 @@ def _read_index(root: Path, must: bool = True, what: str = "") -> dict[str, Any]
 
 def _blob_json(root: Path, desc: Descriptor, what: str) -> dict[str, Any]:
     data = _read(root, "blobs/sha256/" + desc.digest.split(":", 1)[1], what)
-    if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
+    if _sha256(data) != desc.digest:
         raise PybuildError(f"{what}: blob {desc.digest} does not match its digest")
     if desc.size != len(data):
         raise PybuildError(f"{what}: blob {desc.digest} is {len(data)} bytes, its "
