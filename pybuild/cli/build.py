@@ -503,11 +503,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="where the result goes (repeatable): type=local,dest=DIR (or just DIR), "
                         "type=tar,dest=FILE (or - for stdout), type=oci,dest=FILE, "
                         "type=docker[,dest=FILE], type=image[,name=N][,push=true], "
-                        "type=registry,name=N; default: the store, tagged with -t")
+                        "type=registry,name=N; default: the store, tagged with -t; "
+                        "with only local/tar outputs no image is stored (the cache stays)")
     b.add_argument("--cache-from", action="append", metavar="type=registry,ref=REF",
-                   help="use build cache exported to a registry (repeatable)")
+                   help="use build cache (repeatable): type=registry,ref=REF (also an image "
+                        "pushed with an inline cache), or type=local,src=DIR[,tag=T] "
+                        "(BuildKit's local cache format)")
     b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
-                   help="export the build cache to a registry (mode=max: every stage)")
+                   help="export the build cache (mode=max: every stage): type=registry,ref=REF, "
+                        "type=local,dest=DIR[,tag=T] (BuildKit's local cache format, an OCI "
+                        "layout), or type=inline (in the image config)")
     b.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
                    help="steps that run at once: independent stages build in parallel "
                         "(default: the number of CPUs)")
