@@ -35,11 +35,21 @@ def test_specs_parse() -> None:
     assert parse_cache_spec("type=local,src=/c,tag=v2", "--cache-from") == \
         CacheSpec("/c", "min", "local", "v2")
     assert parse_cache_spec("type=inline", "--cache-to").type == "inline"
+    assert not parse_cache_spec("type=local,dest=/c,image-manifest=false", "--cache-to").image_manifest
+    assert parse_cache_spec("type=local,src=/c,digest=" + _h("a"), "--cache-from").digest == _h("a")
     for value, flag, message in [("type=local", "--cache-to", "dest= is required"),
                                  ("type=local,dest=/c", "--cache-from", "src= is required"),
                                  ("type=inline", "--cache-from", "is written by --cache-to"),
                                  ("type=inline,mode=max", "--cache-to", "only supports mode=min"),
-                                 ("type=gha", "--cache-to", "unsupported cache type")]:
+                                 ("type=gha", "--cache-to", "unsupported cache type"),
+                                 ("type=local,dest=/c,compression=zstd", "--cache-to",
+                                  "type=local has no option 'compression'"),
+                                 ("type=local,src=/c,image-manifest=true", "--cache-from",
+                                  "no option 'image-manifest'"),
+                                 ("type=local,dest=/c,image-manifest=maybe", "--cache-to",
+                                  "image-manifest must be true or false"),
+                                 ("type=local,src=/c,digest=sha256:../x", "--cache-from",
+                                  "digest")]:
         with pytest.raises(PybuildError, match=message):
             parse_cache_spec(value, flag)
 
@@ -174,6 +184,15 @@ def test_cache_config_is_buildkits_shape_and_reads_back(tmp_path: Path) -> None:
     local_cache.export(store, str(tmp_path / "c"), "v2", records[:1])
     buildkit_cache(tmp_path / "c", "v1")
     assert len(buildkit_cache(tmp_path / "c", "v2")["records"]) == 2
+    # image-manifest=false: BuildKit's index shape, read back the same; digest= instead of a tag
+    idx = local_cache.export(store, str(tmp_path / "c"), "idx", records, image_manifest=False)
+    entry = [m for m in json.loads((tmp_path / "c" / "index.json").read_text())["manifests"]
+             if m["annotations"] == {REF_NAME: "idx"}][0]
+    doc = json.loads(_blob(tmp_path / "c", idx, entry["size"]))
+    assert entry["mediaType"] == doc["mediaType"] == OCI_INDEX
+    assert [m["mediaType"] for m in doc["manifests"]][-1] == "application/vnd.buildkit.cacheconfig.v0"
+    assert local_cache.load(str(tmp_path / "c"), "idx") == back
+    assert local_cache.load(str(tmp_path / "c"), "no-such-tag", digest) == back
     # exports into one directory at once (CI jobs sharing a cache dir) keep every tag
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: local_cache.export(store, str(tmp_path / "c"), f"t{i}",

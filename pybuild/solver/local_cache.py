@@ -169,18 +169,26 @@ def _index_lock(path: Path) -> Iterator[None]:
             os.close(fd)
 
 
-def export(store: Store, dest: str, tag: str, records: list[Record]) -> str:
+def export(store: Store, dest: str, tag: str, records: list[Record], *,
+           image_manifest: bool = True) -> str:
     """Write `records` as a BuildKit cache into the layout at `dest` under `tag`; returns
-    the cache manifest's digest."""
+    the cache manifest's digest. `image_manifest=False` writes BuildKit's older shape: an
+    OCI image index listing the layers and then the config."""
     root = Path(dest)
     blobs = root / "blobs" / "sha256"
     config_doc, layers = cache_config(records)
     config_bytes = json.dumps(config_doc, separators=(",", ":")).encode()
     config = Descriptor(CACHE_CONFIG, _sha256(config_bytes), len(config_bytes))
-    manifest = canonical_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                               "config": config.to_dict(),
-                               "layers": [d.to_dict() for d in layers]})
-    desc = Descriptor(OCI_MANIFEST, _sha256(manifest), len(manifest))
+    if image_manifest:
+        media_type = OCI_MANIFEST
+        manifest = canonical_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                   "config": config.to_dict(),
+                                   "layers": [d.to_dict() for d in layers]})
+    else:
+        media_type = OCI_INDEX
+        manifest = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            d.to_dict() for d in [*layers, config]]})
+    desc = Descriptor(media_type, _sha256(manifest), len(manifest))
     try:
         blobs.mkdir(parents=True, exist_ok=True)
         for d in layers:
@@ -196,7 +204,7 @@ def export(store: Store, dest: str, tag: str, records: list[Record]) -> str:
             index["manifests"] = [m for m in index["manifests"] if not isinstance(m, dict)
                                   or (m.get("annotations") or {}).get(REF_NAME) != tag
                                   or (m.get("annotations") or {}).get(IMAGE_NAME)]
-            index["manifests"].append(Descriptor(OCI_MANIFEST, desc.digest, desc.size,
+            index["manifests"].append(Descriptor(media_type, desc.digest, desc.size,
                                                  {REF_NAME: tag}).to_dict())
             index.setdefault("schemaVersion", 2)
             index.setdefault("mediaType", OCI_INDEX)
@@ -377,13 +385,18 @@ def parse_config(doc: dict[str, Any], layer_descs: dict[str, Descriptor],
     return out
 
 
-def load(src: str, tag: str) -> dict[str, Record]:
-    """The records of the cache tagged `tag` in the layout at `src` (none if it is absent)."""
+def load(src: str, tag: str, digest: str = "") -> dict[str, Record]:
+    """The records of the cache tagged `tag` in the layout at `src` (none if it is absent),
+    or of the cache manifest `digest` (BuildKit's `digest=`: index.json is not read)."""
     root = Path(src)
     what = f"--cache-from type=local,src={src}"
-    if not (root / "index.json").exists():
+    if digest:
+        name = "blobs/sha256/" + check_digest(digest).split(":", 1)[1]
+        entry: Descriptor | None = Descriptor("", digest, len(_read(root, name, what)))
+    elif not (root / "index.json").exists():
         return {}
-    entry = _find(_read_index(root, what=what), tag, what)
+    else:
+        entry = _find(_read_index(root, what=what), tag, what)
     if entry is None:
         return {}
     manifest = _blob_json(root, entry, what)

@@ -31,6 +31,8 @@ class CacheSpec:
     mode: str = "min"
     type: str = "registry"  # registry | local | inline
     tag: str = "latest"     # type=local: the layout's tag
+    digest: str = ""        # type=local --cache-from: the cache manifest, instead of the tag
+    image_manifest: bool = True  # type=local --cache-to: an image manifest (else an index)
 
 
 def parse_cache_spec(value: str, flag: str) -> CacheSpec:
@@ -56,10 +58,25 @@ def parse_cache_spec(value: str, flag: str) -> CacheSpec:
         key = "dest" if flag == "--cache-to" else "src"
         if not fields.get(key):
             raise PybuildError(f"{flag}: {key}= is required (type=local,{key}=DIR)")
+        # BuildKit's local cache options that pybuild implements; any other is refused,
+        # never parsed and ignored
+        known = {"type", key, "mode", "tag"} | ({"image-manifest"} if flag == "--cache-to"
+                                                else {"digest"})
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise PybuildError(f"{flag}: type=local has no option {unknown[0]!r} "
+                               f"({', '.join(sorted(known - {'type'}))})")
         mode = fields.get("mode", "min")
         if mode not in ("min", "max"):
             raise PybuildError(f"{flag}: mode must be min or max, not {mode!r}")
-        return CacheSpec(fields[key], mode, "local", fields.get("tag") or "latest")
+        manifest = fields.get("image-manifest", "true").lower()
+        if manifest not in ("true", "false", "1", "0"):
+            raise PybuildError(f"{flag}: image-manifest must be true or false, not {manifest!r}")
+        digest = fields.get("digest", "")
+        if digest:
+            digest = str(Digest.sha256(digest, f"{flag} digest"))
+        return CacheSpec(fields[key], mode, "local", fields.get("tag") or "latest", digest,
+                         manifest in ("true", "1"))
     if not fields.get("ref"):
         raise PybuildError(f"{flag}: ref= is required (type=registry,ref=HOST/REPO:TAG)")
     mode = fields.get("mode", "min")
@@ -78,7 +95,8 @@ def export(store: Store, spec: CacheSpec, records: list[Record], client: Any) ->
     if spec.type == "local":  # BuildKit's own cache format (pybuild/solver/local_cache.py)
         from pybuild.solver import local_cache
 
-        return local_cache.export(store, spec.ref, spec.tag, list(seen.values()))
+        return local_cache.export(store, spec.ref, spec.tag, list(seen.values()),
+                                  image_manifest=spec.image_manifest)
     doc = document(list(seen.values()))
     config = store.put_json(doc, CONFIG_MEDIA_TYPE)
     layers = list({r.layer.digest: r.layer for r in seen.values()}.values())
@@ -104,7 +122,7 @@ def load(store: Store, spec: CacheSpec, client: Any) -> dict[str, Record]:
     if spec.type == "local":
         from pybuild.solver import local_cache
 
-        return local_cache.load(spec.ref, spec.tag)
+        return local_cache.load(spec.ref, spec.tag, spec.digest)
     found = registry.fetch_artifact(store, spec.ref, client=client)
     if found is None:
         return {}
