@@ -132,6 +132,27 @@ def test_a_bad_output_fails_before_the_build(busybox: Pybuild, tmp_path: Path) -
     assert store_snapshot(busybox.root) == before
 
 
+def test_discard_image_takes_only_an_image_nothing_holds(tmp_path: Path) -> None:
+    """Root-free: the local/tar-only cleanup leaves a tagged image, and any image while
+    another build of the store runs (it holds the gc lock shared)."""
+    from pybuild import image as imagemod
+    from pybuild.solver.exporters import discard_image
+    from pybuild.store import Store
+
+    store = Store(tmp_path / "store")
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    manifest = imagemod.write(store, config, [])
+    config_digest = store.read_json(manifest.digest)["config"]["digest"]
+    store.set_tag("kept:1", manifest)
+    assert not discard_image(store, manifest) and store.has_blob(manifest.digest)
+    store.remove_tag("kept:1")
+    with store.gc_lock(shared=True):  # another build running
+        assert not discard_image(store, manifest) and store.has_blob(manifest.digest)
+    assert discard_image(store, manifest)
+    assert not store.has_blob(manifest.digest) and not store.has_blob(config_digest)
+    assert not discard_image(store, manifest)  # already gone: nothing to do
+
+
 # ---- real builds ---------------------------------------------------------------------------
 
 def test_local_and_tar_outputs_of_a_target_stage(busybox: Pybuild, tmp_path: Path,

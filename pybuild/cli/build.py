@@ -91,13 +91,16 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         solver.load()
         report_checks(solver.plan, opts, args, progress)
         started = _now()
-        result = solver.build(open_store(args))
-        if attest_opts.wanted:
-            _attest(args, opts, result, attest_opts, started)
-        if outputs:
-            _export_outputs(args, progress, result, outputs)
-            if exporters.stores_no_image(outputs) and result.new_image and not attest_opts.wanted:
-                exporters.discard_image(open_store(args), result.manifest)
+        # the gc lock, shared, from the build to its outputs: no prune (and no other
+        # build's discard_image) takes the image while the exporters read it
+        with open_store(args).gc_lock(shared=True):
+            result = solver.build(open_store(args))
+            if attest_opts.wanted:
+                _attest(args, opts, result, attest_opts, started)
+            if outputs:
+                _export_outputs(args, progress, result, outputs)
+        if exporters.stores_no_image(outputs) and result.new_image and not attest_opts.wanted:
+            exporters.discard_image(open_store(args), result.manifest)
         progress.summary(summary_of(result, time.monotonic() - start))
     finally:
         progress.close()

@@ -192,9 +192,21 @@ def stores_no_image(outputs: list[OutputSpec]) -> bool:
 def discard_image(store: Store, manifest: Descriptor) -> bool:
     """Take a just-built image out of the store again: its manifest and config blobs, unless
     a tag (of this or another build) or a container holds them. Its layers stay, as the
-    cache records' layers (prune reclaims them). True when something was removed."""
+    cache records' layers (prune reclaims them). True when something was removed.
+
+    Only when no other build of this store is running or exporting (they hold the gc lock
+    shared, and one may be about to read this very image): else the image is left, as a
+    dangling one `pybuild image prune` removes."""
     from pybuild.containers import list_containers
 
+    try:
+        with store.gc_lock(shared=False, blocking=False):
+            return _discard(store, manifest, list_containers)
+    except BlockingIOError:
+        return False
+
+
+def _discard(store: Store, manifest: Descriptor, list_containers: Callable[[Store], Any]) -> bool:
     with store.lock():
         if not store.has_blob(manifest.digest):
             return False
