@@ -193,6 +193,7 @@ def test_cache_config_is_buildkits_shape_and_reads_back(tmp_path: Path) -> None:
     assert [m["mediaType"] for m in doc["manifests"]][-1] == "application/vnd.buildkit.cacheconfig.v0"
     assert local_cache.load(str(tmp_path / "c"), "idx") == back
     assert local_cache.load(str(tmp_path / "c"), "no-such-tag", digest) == back
+    assert local_cache.load(str(tmp_path / "c"), "no-such-tag", idx) == back
     # exports into one directory at once (CI jobs sharing a cache dir) keep every tag
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: local_cache.export(store, str(tmp_path / "c"), f"t{i}",
@@ -203,7 +204,7 @@ def test_cache_config_is_buildkits_shape_and_reads_back(tmp_path: Path) -> None:
 
 
 def _layout(root: Path, config: dict[str, Any], layers: list[dict[str, Any]],
-            index_form: bool = False, tag: str = "latest") -> Path:
+            index_form: bool = False, tag: str = "latest", typed: bool = True) -> Path:
     """A cache as BuildKit writes it, built by hand from the spec."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -218,7 +219,10 @@ def _layout(root: Path, config: dict[str, Any], layers: list[dict[str, Any]],
         doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*layers, cfg]}
     else:
         doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cfg, "layers": layers}
-    m = {"mediaType": doc["mediaType"]} | put(json.dumps(doc).encode())
+    media_type = doc["mediaType"]
+    if not typed:  # optional in the document (the index entry names it, or it is inferred)
+        del doc["mediaType"]
+    m = {"mediaType": media_type} | put(json.dumps(doc).encode())
     (root / "index.json").write_text(json.dumps(
         {"schemaVersion": 2, "mediaType": OCI_INDEX,
          "manifests": [m | {"annotations": {REF_NAME: tag}}]}))
@@ -240,8 +244,8 @@ def _gz_layer(root: Path, body: bytes) -> dict[str, Any]:
 def test_a_buildkit_written_cache_reads(tmp_path: Path) -> None:
     """Both of BuildKit's manifest shapes, with selectors, several inputs, a result-less
     source record and a chain of two layers: every record with a described result reads."""
-    for index_form in (False, True):
-        root = tmp_path / f"bk{index_form}"
+    for index_form, typed in ((False, True), (True, True), (False, False), (True, False)):
+        root = tmp_path / f"bk{index_form}{typed}"
         l1, l2 = _gz_layer(root, b"one" * 100), _gz_layer(root, b"two" * 100)
         config = {"layers": [{"blob": l1["digest"], "parent": -1}, {"blob": l2["digest"]}],
                   "records": [{"digest": _h("a")},
@@ -253,7 +257,10 @@ def test_a_buildkit_written_cache_reads(tmp_path: Path) -> None:
                               {"digest": _h("d"), "layers": [{"layer": 1,  # Go's zero time
                                                                 "createdAt": "0001-01-01T00:00:00Z"}],
                                "chains": [{"layers": [0, 1]}]}]}
-        got = local_cache.load(str(_layout(root, config, [l1, l2], index_form)), "latest")
+        got = local_cache.load(str(_layout(root, config, [l1, l2], index_form, typed=typed)),
+                               "latest")
+        entry = json.loads((root / "index.json").read_text())["manifests"][0]
+        assert local_cache.load(str(root), "", entry["digest"]) == got  # digest=: inferred
         assert sorted(got) == [_h("b"), _h("c"), _h("d")]
         assert got[_h("c")].layer.digest == l2["digest"] and got[_h("c")].parent == _h("b")
         assert got[_h("c")].created == 1714558272.5

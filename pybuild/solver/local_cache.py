@@ -400,7 +400,8 @@ def load(src: str, tag: str, digest: str = "") -> dict[str, Record]:
     if entry is None:
         return {}
     manifest = _blob_json(root, entry, what)
-    media_type = manifest.get("mediaType") or entry.media_type
+    media_type = manifest.get("mediaType") or entry.media_type or (  # inferred, as BuildKit
+        OCI_MANIFEST if "config" in manifest else OCI_INDEX if "manifests" in manifest else "")
     layer_descs: dict[str, Descriptor] = {}
     config: Descriptor | None = None
     if media_type in (OCI_MANIFEST, DOCKER_MANIFEST):
