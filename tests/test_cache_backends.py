@@ -36,6 +36,7 @@ def test_specs_parse() -> None:
         CacheSpec("/c", "min", "local", "v2")
     assert parse_cache_spec("type=inline", "--cache-to").type == "inline"
     assert not parse_cache_spec("type=local,dest=/c,image-manifest=false", "--cache-to").image_manifest
+    assert parse_cache_spec("type=local,dest=/c,reset=true,oci-mediatypes=true", "--cache-to").reset
     assert parse_cache_spec("type=local,src=/c,digest=" + _h("a"), "--cache-from").digest == _h("a")
     for value, flag, message in [("type=local", "--cache-to", "dest= is required"),
                                  ("type=local,dest=/c", "--cache-from", "src= is required"),
@@ -49,7 +50,9 @@ def test_specs_parse() -> None:
                                  ("type=local,dest=/c,image-manifest=maybe", "--cache-to",
                                   "image-manifest must be true or false"),
                                  ("type=local,src=/c,digest=sha256:../x", "--cache-from",
-                                  "digest")]:
+                                  "digest"),
+                                 ("type=local,dest=/c,oci-mediatypes=false", "--cache-to",
+                                  "oci-mediatypes=false is not supported")]:
         with pytest.raises(PybuildError, match=message):
             parse_cache_spec(value, flag)
 
@@ -194,6 +197,16 @@ def test_cache_config_is_buildkits_shape_and_reads_back(tmp_path: Path) -> None:
     assert local_cache.load(str(tmp_path / "c"), "idx") == back
     assert local_cache.load(str(tmp_path / "c"), "no-such-tag", digest) == back
     assert local_cache.load(str(tmp_path / "c"), "no-such-tag", idx) == back
+    # reset=true: the blobs no tag reaches any more go (here: tag r moved to one record)
+    local_cache.export(store, str(tmp_path / "r"), "r", records)
+    local_cache.export(store, str(tmp_path / "r"), "r", records[:1], reset=True)
+    config = buildkit_cache(tmp_path / "r", "r")
+    manifest = json.loads((tmp_path / "r" / "index.json").read_text())["manifests"][0]
+    left = {"sha256:" + n for n in os.listdir(tmp_path / "r" / "blobs" / "sha256")}
+    assert left == {manifest["digest"], blobs["a"],
+                    json.loads(_blob(tmp_path / "r", manifest["digest"],
+                                     manifest["size"]))["config"]["digest"]}
+    assert len(config["records"]) == 2
     # exports into one directory at once (CI jobs sharing a cache dir) keep every tag
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: local_cache.export(store, str(tmp_path / "c"), f"t{i}",

@@ -170,10 +170,11 @@ def _index_lock(path: Path) -> Iterator[None]:
 
 
 def export(store: Store, dest: str, tag: str, records: list[Record], *,
-           image_manifest: bool = True) -> str:
+           image_manifest: bool = True, reset: bool = False) -> str:
     """Write `records` as a BuildKit cache into the layout at `dest` under `tag`; returns
     the cache manifest's digest. `image_manifest=False` writes BuildKit's older shape: an
-    OCI image index listing the layers and then the config."""
+    OCI image index listing the layers and then the config. `reset` then removes the blobs
+    no tag of index.json reaches any more (BuildKit's reset=true)."""
     root = Path(dest)
     blobs = root / "blobs" / "sha256"
     config_doc, layers = cache_config(records)
@@ -210,10 +211,39 @@ def export(store: Store, dest: str, tag: str, records: list[Record], *,
             index.setdefault("mediaType", OCI_INDEX)
             _atomic(root / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
             _atomic(root / "index.json", json.dumps(index, indent=2).encode() + b"\n")
+            if reset:
+                _reset(root, index, f"--cache-to type=local,dest={dest},reset=true")
     except OSError as e:
         raise PybuildError(f"--cache-to type=local,dest={dest}: {e.strerror}: "
                            f"{e.filename}") from None
     return desc.digest
+
+
+def _reset(root: Path, index: dict[str, Any], what: str) -> None:
+    """Remove the blobs of `root` that no entry of `index` reaches (through a manifest's
+    config and layers, or an index's manifests). Nothing is removed when a document it
+    names cannot be read: what it would have kept is unknown."""
+    keep: set[str] = set()
+    todo = [m for m in index["manifests"] if isinstance(m, dict)]
+    while todo:
+        desc = _descriptor(todo.pop(), what)
+        if desc.digest in keep:
+            continue
+        keep.add(desc.digest)
+        if desc.media_type in (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LIST):
+            try:
+                doc = _blob_json(root, desc, what)
+            except PybuildError:
+                return
+            children = doc.get("manifests") if "manifests" in doc else \
+                [doc.get("config"), *(doc.get("layers") or [])]
+            todo += [c for c in children or [] if isinstance(c, dict)]
+    blobs = root / "blobs" / "sha256"
+    for entry in os.scandir(blobs):
+        if len(entry.name) == 64 and "sha256:" + entry.name not in keep and \
+                entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 # ---- reading ---------------------------------------------------------------------------

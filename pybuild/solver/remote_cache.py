@@ -33,6 +33,7 @@ class CacheSpec:
     tag: str = "latest"     # type=local: the layout's tag
     digest: str = ""        # type=local --cache-from: the cache manifest, instead of the tag
     image_manifest: bool = True  # type=local --cache-to: an image manifest (else an index)
+    reset: bool = False     # type=local --cache-to: drop the blobs index.json no longer names
 
 
 def parse_cache_spec(value: str, flag: str) -> CacheSpec:
@@ -60,8 +61,8 @@ def parse_cache_spec(value: str, flag: str) -> CacheSpec:
             raise PybuildError(f"{flag}: {key}= is required (type=local,{key}=DIR)")
         # BuildKit's local cache options that pybuild implements; any other is refused,
         # never parsed and ignored
-        known = {"type", key, "mode", "tag"} | ({"image-manifest"} if flag == "--cache-to"
-                                                else {"digest"})
+        known = {"type", key, "mode", "tag"} | (
+            {"image-manifest", "oci-mediatypes", "reset"} if flag == "--cache-to" else {"digest"})
         unknown = sorted(set(fields) - known)
         if unknown:
             raise PybuildError(f"{flag}: type=local has no option {unknown[0]!r} "
@@ -69,14 +70,20 @@ def parse_cache_spec(value: str, flag: str) -> CacheSpec:
         mode = fields.get("mode", "min")
         if mode not in ("min", "max"):
             raise PybuildError(f"{flag}: mode must be min or max, not {mode!r}")
-        manifest = fields.get("image-manifest", "true").lower()
-        if manifest not in ("true", "false", "1", "0"):
-            raise PybuildError(f"{flag}: image-manifest must be true or false, not {manifest!r}")
+        flags = {}
+        for name in ("image-manifest", "oci-mediatypes", "reset"):
+            v = fields.get(name, "false" if name == "reset" else "true").lower()
+            if v not in ("true", "false", "1", "0"):
+                raise PybuildError(f"{flag}: {name} must be true or false, not {v!r}")
+            flags[name] = v in ("true", "1")
+        if not flags["oci-mediatypes"]:
+            raise PybuildError(f"{flag}: oci-mediatypes=false is not supported (pybuild writes "
+                               f"OCI media types, BuildKit's default)")
         digest = fields.get("digest", "")
         if digest:
             digest = str(Digest.sha256(digest, f"{flag} digest"))
         return CacheSpec(fields[key], mode, "local", fields.get("tag") or "latest", digest,
-                         manifest in ("true", "1"))
+                         flags["image-manifest"], flags["reset"])
     if not fields.get("ref"):
         raise PybuildError(f"{flag}: ref= is required (type=registry,ref=HOST/REPO:TAG)")
     mode = fields.get("mode", "min")
@@ -96,7 +103,7 @@ def export(store: Store, spec: CacheSpec, records: list[Record], client: Any) ->
         from pybuild.solver import local_cache
 
         return local_cache.export(store, spec.ref, spec.tag, list(seen.values()),
-                                  image_manifest=spec.image_manifest)
+                                  image_manifest=spec.image_manifest, reset=spec.reset)
     doc = document(list(seen.values()))
     config = store.put_json(doc, CONFIG_MEDIA_TYPE)
     layers = list({r.layer.digest: r.layer for r in seen.values()}.values())
