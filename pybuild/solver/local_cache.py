@@ -78,10 +78,19 @@ def _parse_time(value: Any) -> float | None:
         return None
 
 
+def _is_digest(value: str) -> bool:
+    try:
+        check_digest(value)
+    except PybuildError:
+        return False
+    return True
+
+
 def cache_config(records: list[Record]) -> tuple[dict[str, Any], list[Descriptor]]:
     """BuildKit's cache config for `records` and the annotated layer descriptors it names."""
     by_key = {r.key: r for r in records}
-    keys = sorted(by_key.keys() | {r.parent for r in records if r.parent})  # as BuildKit sorts
+    parents = {r.parent for r in records if _is_digest(r.parent)}
+    keys = sorted(by_key.keys() | parents)  # as BuildKit sorts them
     index = {k: i for i, k in enumerate(keys)}
     layers: list[dict[str, Any]] = []
     chain_at: dict[tuple[str, int], int] = {}
@@ -121,7 +130,7 @@ def cache_config(records: list[Record]) -> tuple[dict[str, Any], list[Descriptor
         item: dict[str, Any] = {
             "layers": [{"layer": chain(k), "createdAt": rfc3339(rec.created)}],
             "digest": k}
-        if rec.parent:
+        if rec.parent in index:
             item["inputs"] = [[{"link": index[rec.parent]}]]
         out.append(item)
     return {"layers": layers, "records": out}, list(descs.values())
