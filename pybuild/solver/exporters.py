@@ -14,6 +14,9 @@ mounted as one read-only overlay and its merged view streams, as an uncompressed
 the destination (through the one safe extractor for DIR, so nothing in the image can
 reach outside DIR). The exporters take plain arguments: the store, the final image
 (manifest, config, layers), the outputs, the names; they know nothing of the build.
+A build with only local/tar outputs stores no image, as BuildKit's local and tar exporters:
+`discard_image` takes the image it wrote out of the store again (its layers stay, as the
+cache's).
 """
 
 from __future__ import annotations
