@@ -533,12 +533,14 @@ class Store:
                     self._lock_fd = None
 
     @contextlib.contextmanager
-    def gc_lock(self, *, shared: bool) -> Iterator[None]:
+    def gc_lock(self, *, shared: bool, blocking: bool = True) -> Iterator[None]:
         """Builds hold it shared while they write blobs no tag or record names yet;
-        garbage collection holds it exclusive, so it never deletes a build's fresh blobs."""
+        garbage collection holds it exclusive, so it never deletes a build's fresh blobs.
+        With `blocking=False`, BlockingIOError when it cannot be had at once."""
         fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                        | (0 if blocking else fcntl.LOCK_NB))
             yield
         finally:
             os.close(fd)
