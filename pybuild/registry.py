@@ -38,7 +38,7 @@ from pybuild.auth import (DOCKER_HUB_AUTH_KEY, AuthError, Authenticator, AuthPro
 from pybuild.errors import PybuildError
 from pybuild.oci_documents import (MAX_CONFIG, MAX_MANIFEST, DocumentError, ImageConfig, Index,
                                    Manifest, check_digest, check_image, digest_of, hasher,
-                                   kind_of, parse_config, parse_document)
+                                   kind_of, parse_config, parse_document, parse_manifest)
 from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES,
@@ -797,6 +797,9 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     if top is not None and _image.is_index(store, top):
         # a multi-platform tag: every manifest (its blobs first) by digest, the index last
         for entry in _image.index_entries(store, top):
+            if _is_attestation(entry):
+                _push_attestation(store, client, t, entry, local, chunked)
+                continue
             _push_manifest(store, client, t, _image.load_descriptor(store, entry, local),
                            entry.digest, local, chunked)
         return client.put_manifest(t, r.tag or "latest", store.read_bytes(top.digest),
@@ -814,14 +817,43 @@ def _push_manifest(store: Store, client: RegistryClient, t: _Target, img: _image
     if media_type not in MANIFEST_TYPES:
         media_type = OCI_MANIFEST
     blobs = list({d.digest: d for d in [img.config_desc, *img.layers]}.values())
+    return _push_document(store, client, t, body, media_type, blobs, tag, local, chunked)
+
+
+def _push_document(store: Store, client: RegistryClient, t: _Target, body: bytes,
+                   media_type: str, blobs: list[Descriptor], tag: str, local: str,
+                   chunked: bool) -> str:
+    """The blobs a manifest names (checked present first), then the manifest itself."""
     for d in blobs:
         if not store.has_blob(d.digest):
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
                                f"(run `pybuild doctor`)")
     _send_blobs(client, t, store, blobs, chunked)
     digest = client.put_manifest(t, tag, body, media_type)
-    _record(store, r.registry, r.repository, [d.digest for d in blobs])
+    _record(store, t.ref.registry, t.ref.repository, [d.digest for d in blobs])
     return digest
+
+
+def _is_attestation(entry: Descriptor) -> bool:
+    """An index entry that is BuildKit's attestation manifest (statements, not an image)."""
+    from pybuild.attest.manifest import ATTESTATION_MANIFEST, REF_TYPE
+
+    return (entry.annotations or {}).get(REF_TYPE) == ATTESTATION_MANIFEST
+
+
+def _push_attestation(store: Store, client: RegistryClient, t: _Target, entry: Descriptor,
+                      local: str, chunked: bool) -> str:
+    """An attestation manifest by digest: its config and in-toto layers are not an image's
+    (no rootfs to check), so it is read as an artifact and its bytes sent as stored."""
+    what = f"image {local}: attestation manifest {_short(entry.digest)}"
+    if not store.has_blob(entry.digest):
+        raise PybuildError(f"{what} is missing from the store (run `pybuild doctor`)")
+    body = store.read_bytes(entry.digest)
+    doc = parse_manifest(body, what, artifact=True)
+    _sha256_only(t, [doc.config, *doc.layers])
+    blobs = list({d.digest: d for d in [doc.config, *doc.layers]}.values())
+    return _push_document(store, client, t, body, entry.media_type, blobs, entry.digest, local,
+                          chunked)
 
 
 def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[Descriptor],
