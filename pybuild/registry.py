@@ -811,7 +811,6 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
 def _push_manifest(store: Store, client: RegistryClient, t: _Target, img: _image.Image,
                    tag: str, local: str, chunked: bool) -> str:
     """One image manifest's blobs, then the manifest under `tag` (a tag or its digest)."""
-    r = t.ref
     body = store.read_bytes(img.manifest_desc.digest)
     media_type = kind_of(img.manifest, img.manifest_desc.media_type)
     if media_type not in MANIFEST_TYPES:
