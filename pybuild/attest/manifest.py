@@ -36,11 +36,16 @@ class Attestation:
     digest: str
 
 
+def platform_query(platform: dict[str, str]) -> str:
+    """A platform as BuildKit's purls carry it: `linux%2Farm64` (arm64's implied v8 left out)."""
+    from pybuild.platforms import normal_string
+
+    return normal_string(platform).replace("/", "%2F")
+
+
 def subject_name(ref: str, platform: dict[str, str]) -> str:
     """BuildKit's subject: `pkg:docker/<ref>?platform=linux%2Famd64`."""
-    plat = "/".join(p for p in (platform.get("os"), platform.get("architecture"),
-                                platform.get("variant")) if p)
-    return f"pkg:docker/{ref}?platform={plat.replace('/', '%2F')}"
+    return f"pkg:docker/{ref}?platform={platform_query(platform)}"
 
 
 def statement(predicate_type: str, predicate: dict[str, Any], subject: str,
@@ -50,10 +55,9 @@ def statement(predicate_type: str, predicate: dict[str, Any], subject: str,
             "predicateType": predicate_type, "predicate": predicate}
 
 
-def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) -> Descriptor:
-    """Store the statements and return an index holding the image and its attestations."""
-    if image.platform is None:
-        raise PybuildError("an attested image needs a platform in its descriptor")
+def attestation_manifest(store: Store, image: Descriptor, statements: list[dict[str, Any]]
+                         ) -> Descriptor:
+    """Store the statements about `image` in an attestation manifest; its index entry."""
     layers = []
     diff_ids = []
     for st in statements:
@@ -67,13 +71,28 @@ def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) ->
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc.to_dict(),
                 "layers": layers}
     att = store.put_json(manifest, OCI_MANIFEST)
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        Descriptor(image.media_type, image.digest, image.size, None, image.platform).to_dict(),
-        Descriptor(OCI_MANIFEST, att.digest, att.size,
-                   {REF_DIGEST: image.digest, REF_TYPE: ATTESTATION_MANIFEST},
-                   UNKNOWN_PLATFORM).to_dict(),
-    ]}
+    return Descriptor(OCI_MANIFEST, att.digest, att.size,
+                      {REF_DIGEST: image.digest, REF_TYPE: ATTESTATION_MANIFEST}, UNKNOWN_PLATFORM)
+
+
+def attach_all(store: Store, attested: list[tuple[Descriptor, list[dict[str, Any]]]]
+               ) -> Descriptor:
+    """An index of every image (with its platform) and, after them, one attestation
+    manifest per image in the same order, as BuildKit's image exporter writes it."""
+    images, atts = [], []
+    for image, statements in attested:
+        if image.platform is None:
+            raise PybuildError("an attested image needs a platform in its descriptor")
+        images.append(Descriptor(image.media_type, image.digest, image.size, None,
+                                 image.platform).to_dict())
+        atts.append(attestation_manifest(store, image, statements).to_dict())
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": images + atts}
     return store.put_json(index, OCI_INDEX)
+
+
+def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) -> Descriptor:
+    """Store the statements and return an index holding the image and its attestations."""
+    return attach_all(store, [(image, statements)])
 
 
 def read(store: Store, index_digest: str) -> list[Attestation]:

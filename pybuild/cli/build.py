@@ -71,12 +71,9 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         ssh=args.agents, platform=plats[0] if len(plats) == 1 else None)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
-    from pybuild.attest.for_build import AttestOptions, parse_provenance, parse_sbom
+    from pybuild.attest.for_build import AttestOptions, now, parse_provenance, parse_sbom
 
     attest_opts = AttestOptions(parse_sbom(args.sbom), parse_provenance(args.provenance))
-    if attest_opts.wanted and len(plats) > 1:
-        raise PybuildError("--sbom/--provenance with several --platform values is not supported "
-                           "yet: attest one platform per build")
     call = parse_call(args)
     if call.name != "build":
         return _call(call, opts, args)
@@ -90,10 +87,12 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
             if len(plats) > 1 else Solver(opts, progress)
         solver.load()
         report_checks(solver.plan, opts, args, progress)
-        started = _now()
+        started = now()
         result = solver.build(open_store(args))
         if attest_opts.wanted:
-            _attest(args, opts, result, attest_opts, started)
+            from pybuild.attest.for_build import attest_build
+
+            attest_build(open_store(args), opts, result, attest_opts, started)
         if outputs:
             _export_outputs(args, progress, result, outputs)
         progress.summary(summary_of(result, time.monotonic() - start))
@@ -120,44 +119,6 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         progress.result_line(result.image_id)
         _advice_line(args, opts, result, mode)
     return 0
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _attest(args: argparse.Namespace, opts: Any, result: Any, attest_opts: Any, started: str) -> None:
-    """--sbom / --provenance: statements about the built image, in an index beside it."""
-    from pybuild.attest import provenance
-    from pybuild.attest.for_build import attest
-    from pybuild.platforms import host_platform
-
-    from pybuild import image
-
-    plat = host_platform()
-    img = image.load(open_store(args), result.manifest.digest)
-    made = [h.get("created_by", "") for h in img.config.get("history") or [] if not h.get("empty_layer")]
-    layers = [provenance.LayerStep(step, 0, d.digest, d.media_type, d.size)
-              for step, d in zip(made, img.layers, strict=False)]
-    facts = provenance.BuildFacts(
-        dockerfile_path=opts.dockerfile_name, dockerfile_bytes=opts.dockerfile.read_bytes(),
-        platform=f"{plat['os']}/{plat['architecture']}", started=started, finished=_now(),
-        target=opts.target, build_args=dict(opts.build_args), secret_ids=sorted(opts.secrets),
-        materials=[provenance.Material(_image_purl(ref, plat), digest)
-                   for ref, digest in result.materials],
-        layers=layers, no_cache=opts.no_cache)
-    attest(open_store(args), result.manifest, list(result.tags), attest_opts, facts)
-
-
-def _image_purl(ref: str, plat: dict[str, str]) -> str:
-    """BuildKit's material name for a base image: pkg:docker/busybox@latest?platform=…"""
-    from pybuild.reference import parse_reference
-
-    r = parse_reference(ref)
-    version = r.tag or r.digest or "latest"
-    return f"pkg:docker/{r.familiar_name}@{version}?platform={plat['os']}%2F{plat['architecture']}"
 
 
 def _export_outputs(args: argparse.Namespace, progress: Any, result: Any, outputs: list[Any]) -> None:

@@ -142,6 +142,8 @@ class BuildResult:
     steps: list[dict[str, Any]] = field(default_factory=list)  # name, cached, seconds
     # the base images it used: (canonical reference, manifest digest), for provenance
     materials: list[tuple[str, str]] = field(default_factory=list)
+    # a multi-platform build: each platform's own result, in --platform order
+    platforms: list[BuildResult] = field(default_factory=list)
 
 
 class Solver:
@@ -1170,7 +1172,7 @@ class PlatformsBuild:
         return BuildResult(index, index.digest, tags, sum(r.steps_run for r in results),
                            sum(r.steps_cached for r in results),
                            [x for r in results for x in r.layers],
-                           [x for r in results for x in r.steps])
+                           [x for r in results for x in r.steps], platforms=results)
 
 
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:
