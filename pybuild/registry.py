@@ -38,7 +38,7 @@ from pybuild.auth import (DOCKER_HUB_AUTH_KEY, AuthError, Authenticator, AuthPro
 from pybuild.errors import PybuildError
 from pybuild.oci_documents import (MAX_CONFIG, MAX_MANIFEST, DocumentError, ImageConfig, Index,
                                    Manifest, check_digest, check_image, digest_of, hasher,
-                                   kind_of, parse_config, parse_document, parse_manifest)
+                                   kind_of, parse_config, parse_document)
 from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES,
@@ -792,12 +792,14 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     r = parse_reference(dest)
     if r.digest:
         raise PybuildError(f"cannot push to a digest reference: {dest} (push to a tag)")
+    from pybuild.attest.manifest import is_attestation
+
     t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
     top = None if local.startswith("sha256:") else store.resolve_tag(parse_reference(local).familiar)
     if top is not None and _image.is_index(store, top):
         # a multi-platform tag: every manifest (its blobs first) by digest, the index last
         for entry in _image.index_entries(store, top):
-            if _is_attestation(entry):
+            if is_attestation(entry):
                 _push_attestation(store, client, t, entry, local, chunked)
                 continue
             _push_manifest(store, client, t, _image.load_descriptor(store, entry, local),
@@ -833,26 +835,15 @@ def _push_document(store: Store, client: RegistryClient, t: _Target, body: bytes
     return digest
 
 
-def _is_attestation(entry: Descriptor) -> bool:
-    """An index entry that is BuildKit's attestation manifest (statements, not an image)."""
-    from pybuild.attest.manifest import ATTESTATION_MANIFEST, REF_TYPE
-
-    return (entry.annotations or {}).get(REF_TYPE) == ATTESTATION_MANIFEST
-
-
 def _push_attestation(store: Store, client: RegistryClient, t: _Target, entry: Descriptor,
                       local: str, chunked: bool) -> str:
     """An attestation manifest by digest: its config and in-toto layers are not an image's
     (no rootfs to check), so it is read as an artifact and its bytes sent as stored."""
-    what = f"image {local}: attestation manifest {_short(entry.digest)}"
-    if not store.has_blob(entry.digest):
-        raise PybuildError(f"{what} is missing from the store (run `pybuild doctor`)")
-    body = store.read_bytes(entry.digest)
-    doc = parse_manifest(body, what, artifact=True)
-    _sha256_only(t, [doc.config, *doc.layers])
-    blobs = list({d.digest: d for d in [doc.config, *doc.layers]}.values())
-    return _push_document(store, client, t, body, entry.media_type, blobs, entry.digest, local,
-                          chunked)
+    from pybuild.attest.manifest import blobs_of
+
+    _, *blobs = blobs_of(store, entry, f"image {local}")
+    return _push_document(store, client, t, store.read_bytes(entry.digest), entry.media_type,
+                          blobs, entry.digest, local, chunked)
 
 
 def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[Descriptor],

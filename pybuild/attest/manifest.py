@@ -95,6 +95,30 @@ def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) ->
     return attach_all(store, [(image, statements)])
 
 
+def is_attestation(entry: Descriptor) -> bool:
+    """An index entry that is an attestation manifest (statements, not a runnable image)."""
+    return (entry.annotations or {}).get(REF_TYPE) == ATTESTATION_MANIFEST
+
+
+def blobs_of(store: Store, entry: Descriptor, what: str) -> list[Descriptor]:
+    """The attestation manifest `entry` and the blobs it names (config, statements), checked
+    as an artifact: its layers are in-toto JSON, not filesystem tars. `what` names it in
+    errors."""
+    from pybuild.oci_documents import parse_manifest
+
+    label = f"{what}: attestation manifest {entry.digest}"
+    if not store.has_blob(entry.digest):
+        raise PybuildError(f"{label} is missing from the store (run `pybuild doctor`)")
+    doc = parse_manifest(store.read_bytes(entry.digest), label, artifact=True)
+    out = [entry]
+    for d in (doc.config, *doc.layers):
+        if not d.digest.startswith("sha256:"):
+            raise PybuildError(f"{label}: blob {d.digest[:24]}... is not sha256")
+        if all(o.digest != d.digest for o in out):
+            out.append(d)
+    return out
+
+
 def read(store: Store, index_digest: str) -> list[Attestation]:
     """The statements attached to the images of an index (none for a plain manifest)."""
     doc = store.read_json(index_digest)

@@ -39,7 +39,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str) -> int:
     from pybuild.progress import make_progress
     from pybuild.solver.mounts import parse_secret_flag
-    from pybuild.solver.solver import BuildOptions, PlatformsBuild, Solver, summary_of
+    from pybuild.solver.solver import BuildOptions
 
     from pybuild.platforms import parse_platforms
 
@@ -71,33 +71,23 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         ssh=args.agents, platform=plats[0] if len(plats) == 1 else None)
     if args.push and not opts.tags:
         raise PybuildError("--push needs at least one -t NAME to push to")
-    from pybuild.attest.for_build import AttestOptions, now, parse_provenance, parse_sbom
+    from pybuild.attest.for_build import AttestOptions, parse_provenance, parse_sbom
 
     attest_opts = AttestOptions(parse_sbom(args.sbom), parse_provenance(args.provenance))
     call = parse_call(args)
     if call.name != "build":
         return _call(call, opts, args)
     NeedsRootError.require("building")
+    from pybuild import api
+
     progress = make_progress(mode)
     if type(progress).__name__ in ("PlainProgress", "RawJSONProgress"):
         opts.explain = True  # logs and event streams always say why a step was rebuilt
     start = time.monotonic()
-    try:
-        solver: Solver | PlatformsBuild = PlatformsBuild(opts, progress, plats) \
-            if len(plats) > 1 else Solver(opts, progress)
-        solver.load()
-        report_checks(solver.plan, opts, args, progress)
-        started = now()
-        result = solver.build(open_store(args))
-        if attest_opts.wanted:
-            from pybuild.attest.for_build import attest_build
-
-            attest_build(open_store(args), opts, result, attest_opts, started)
-        if outputs:
-            _export_outputs(args, progress, result, outputs)
-        progress.summary(summary_of(result, time.monotonic() - start))
-    finally:
-        progress.close()
+    result = api.solve(opts, progress, open_store(args), platforms=plats, attest=attest_opts,
+                       before=lambda plan: report_checks(plan, opts, args, progress),
+                       after=(lambda r: _export_outputs(args, progress, r, outputs))
+                       if outputs else None)
     if args.iidfile:
         Path(args.iidfile).write_text(result.image_id)
     if args.metadata_file:
@@ -109,11 +99,10 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
             "duration_seconds": round(time.monotonic() - start, 3),
             "steps": result.steps}, indent=2) + "\n")
     if args.push:
-        from pybuild import registry
+        from pybuild.cli.registry import registry_kwargs
 
-        store = open_store(args)
         for tag in result.tags:
-            digest = registry.push(store, tag, tag, client=client_from_args(args))
+            digest = api.push(tag, store=open_store(args), **registry_kwargs(args))
             print(f"pushed {tag}: {digest}", file=sys.stderr)
     if not any(o.to_stdout for o in outputs):
         progress.result_line(result.image_id)
@@ -135,9 +124,10 @@ def _export_outputs(args: argparse.Namespace, progress: Any, result: Any, output
         return lambda: progress.vertex_done(vid)
 
     def push(name: str) -> str:
-        from pybuild import registry
+        from pybuild import api
+        from pybuild.cli.registry import registry_kwargs
 
-        return str(registry.push(store, name, name, client=client_from_args(args)))
+        return api.push(name, store=store, **registry_kwargs(args))
 
     for message in exporters.export(store, image.load(store, result.manifest.digest), outputs,
                                     list(args.tag or []), push=push, report=report):

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pybuild.cli.common import open_store, table, unpack_for_builds, writing_image
+from pybuild.cli.common import open_store, table
 from pybuild.errors import PybuildError
 from pybuild.units import human_size
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from pybuild import image
+    from pybuild.api import unpack_for_builds, writing_image
     from pybuild.reference import parse_reference
 
     src = Path(args.tarball)
@@ -123,28 +122,15 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from pybuild import image
+    from pybuild import api
 
-    from pybuild.platforms import parse_platform
-
-    store = open_store(args)
-    plat = parse_platform(args.platform) if args.platform else None
-    for n in args.names:
-        image.load(store, n, plat)  # a clear error before anything is written
-    out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        if args.format == "oci":
-            image.save_oci_archive(store, args.names, tmp, plat)
-        else:
-            image.save_docker_archive(store, args.names, tmp, plat)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    api.save(args.names, args.output, store=open_store(args), format=args.format,
+             platform=args.platform)
     return 0
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from pybuild.api import unpack_for_builds
     from pybuild.load import load_archive
 
     store = open_store(args)
