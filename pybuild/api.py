@@ -13,6 +13,7 @@ by `pybuild/__init__.py` are the stable surface; everything else is private.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -108,16 +109,12 @@ class Image:
         from pybuild.store import OCI_INDEX
 
         out: dict[str, dict[str, Any]] = {}
-        hexdigest = self.digest.partition(":")[2]
         for tag in self.tags:
             top = self.store.resolve_tag(tag)
             if top is None or top.media_type != OCI_INDEX:
                 continue
-            for att in manifest.read(self.store, top.digest):
-                subjects = att.statement.get("subject") or []
-                if any(isinstance(sub, dict) and (sub.get("digest") or {}).get("sha256") == hexdigest
-                       for sub in subjects):
-                    out.setdefault(att.predicate_type, att.statement)
+            for att in manifest.read(self.store, top.digest, self.digest):
+                out.setdefault(att.predicate_type, att.statement)
         return out
 
     @classmethod
@@ -204,7 +201,9 @@ def solve(opts: Any, reporter: Progress, store: Store, *,
         started = now()
         result = solver.build(store)
         if attest is not None and attest.wanted:
-            attest_build(store, opts, result, attest, started)
+            index = attest_build(store, opts, result, attest, started)
+            if result.platforms:  # a multi-platform build is known by its index: the new one
+                result = dataclasses.replace(result, manifest=index, image_id=index.digest)
         if after is not None:
             after(result)
         reporter.summary(summary_of(result, time.monotonic() - start))

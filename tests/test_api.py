@@ -120,7 +120,7 @@ def test_the_api_page_runs_as_written(cli: object, tmp_path: Path) -> None:
 
     text = (REPO / "docs" / "api.md").read_text()
     pairs = re.findall(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", text, re.S)
-    assert len(pairs) == 3
+    assert len(pairs) == 4
     marker = "\n#----\n"
     code = "STORE = __import__('sys').argv[1]\n" + "".join(
         f"{src}print({marker!r}, end='')\n" for src, _out in pairs)
@@ -129,7 +129,7 @@ def test_the_api_page_runs_as_written(cli: object, tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=REPO, timeout=180)
     assert proc.returncode == 0, proc.stderr
     outputs = proc.stdout.split(marker)
-    assert outputs[:3] == [out for _src, out in pairs]
+    assert outputs[:4] == [out for _src, out in pairs]
 
 
 def test_attested_build_push_pull_and_save(busybox: Pybuild, tmp_path: Path) -> None:

@@ -326,8 +326,12 @@ def test_attestations_per_platform_pushed(multi: Pybuild, tmp_path: Path) -> Non
         local[m["platform"]["architecture"]] = m["digest"]
     with registry_server() as addr:
         ref = f"{addr}/att/multi:1"
-        multi("build", "--platform", "linux/amd64,linux/arm64", "--sbom", "--provenance=mode=max",
-              "-t", ref, "--push", str(ctx))
+        built = multi("build", "-q", "--platform", "linux/amd64,linux/arm64", "--sbom",
+                      "--provenance=mode=max", "-t", ref, "--push", str(ctx)).stdout.strip()
+        # -q names the index the tag points at: the one holding the attestations
+        from pybuild.store import Store
+
+        assert built == Store(multi.root).resolve_tag(ref).digest  # type: ignore[union-attr]
         raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
                               f"docker://{ref}"], capture_output=True, text=True, check=True)
         entries = json.loads(raw.stdout)["manifests"]
@@ -358,6 +362,10 @@ def test_attestations_per_platform_pushed(multi: Pybuild, tmp_path: Path) -> Non
             assert pred["buildDefinition"]["resolvedDependencies"] == [
                 {"uri": f"pkg:docker/bb@multi?platform=linux%2F{arch}",
                  "digest": {"sha256": local[arch][7:]}}]
-    run = multi("run", "--rm", "--platform", "linux/arm64", ref, "cat",
+    run = multi("run", "--rm", "--network", "none", "--platform", "linux/arm64", ref, "cat",
                 "/app/tool-arm64.dist-info/METADATA")
     assert "1.0+arm64" in run.stdout
+    # `pybuild sbom` shows the attestation of the host's image, or of --platform's
+    for plat, version in (([], "1.0+amd64"), (["--platform", "linux/arm64"], "1.0+arm64")):
+        rows = multi("sbom", "--require-attestation", *plat, ref).stdout.splitlines()
+        assert rows[1].split()[:3] == ["tool", version, "pypi"], rows

@@ -119,13 +119,16 @@ def blobs_of(store: Store, entry: Descriptor, what: str) -> list[Descriptor]:
     return out
 
 
-def read(store: Store, index_digest: str) -> list[Attestation]:
-    """The statements attached to the images of an index (none for a plain manifest)."""
+def read(store: Store, index_digest: str, image_digest: str | None = None) -> list[Attestation]:
+    """The statements attached to the images of an index (none for a plain manifest); with
+    `image_digest`, only those of that image (its attestation manifest's reference)."""
     doc = store.read_json(index_digest)
     out: list[Attestation] = []
     for entry in doc.get("manifests") or []:
-        if not isinstance(entry, dict) or (entry.get("annotations") or {}).get(REF_TYPE) \
-                != ATTESTATION_MANIFEST:
+        annotations = (entry.get("annotations") or {}) if isinstance(entry, dict) else {}
+        if annotations.get(REF_TYPE) != ATTESTATION_MANIFEST:
+            continue
+        if image_digest is not None and annotations.get(REF_DIGEST) != image_digest:
             continue
         att = store.read_json(Descriptor.from_dict(entry).digest)
         for layer in att.get("layers") or []:
