@@ -357,6 +357,34 @@ def save(names: Iterable[str], out: str | os.PathLike[str], *, store: Store | No
     return path
 
 
+def load_archive(archive: str | os.PathLike[str] | BinaryIO, *, store: Store | None = None
+                 ) -> list[Image]:
+    """Load a `docker save` or OCI archive (a path or a binary stream), as `pybuild load`
+    does: every blob checked before anything is published, each image unpacked for builds.
+    Returns the images it holds. (Not `pybuild.load`: that name is the module of archives.)"""
+    store = store if store is not None else open_store()
+    return [Image.from_store(store, digest) for digest in load_report(archive, store).manifests]
+
+
+def load_report(archive: str | os.PathLike[str] | BinaryIO, store: Store) -> Any:
+    """`load_archive`'s work; what pybuild.load.load_archive reports (the CLI prints its
+    lines: docker load's output)."""
+    from pybuild.load import load_archive as load_stream
+
+    if isinstance(archive, (str, os.PathLike)):
+        try:
+            src: BinaryIO = open(archive, "rb")
+        except OSError as e:
+            raise PybuildError(f"open {os.fspath(archive)}: {e.strerror}") from None
+        with src:
+            loaded = load_stream(store, src, f"load {os.fspath(archive)}")
+    else:
+        loaded = load_stream(store, archive, "load from stdin")
+    for digest in loaded.manifests:
+        unpack_for_builds(store, digest)
+    return loaded
+
+
 # ---- containers ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)

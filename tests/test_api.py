@@ -171,6 +171,11 @@ def test_attested_build_push_pull_and_save(busybox: Pybuild, tmp_path: Path) -> 
         raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{out}:apiatt:1"],
                              capture_output=True, text=True, check=True).stdout
         assert [m["platform"]["os"] for m in json.loads(raw)["manifests"]] == ["linux", "unknown"]
+    docker_tar = pybuild.save(["apiatt:1"], tmp_path / "att-docker.tar", store=store)
+    loaded = pybuild.load_archive(docker_tar, store=pybuild.Store(tmp_path / "loaded"))
+    assert [(i.id, i.tags) for i in loaded] == [(img.id, ("apiatt:1",))]
+    with pytest.raises(pybuild.PybuildError, match="open .*missing.tar"):
+        pybuild.load_archive(tmp_path / "missing.tar", store=store)
     with pytest.raises(pybuild.PybuildError, match="unknown archive format"):
         pybuild.save(["apiatt:1"], tmp_path / "x.tar", store=store, format="zip")  # type: ignore[arg-type]
     assert not (tmp_path / "x.tar").exists()

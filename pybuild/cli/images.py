@@ -130,26 +130,16 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from pybuild.api import unpack_for_builds
-    from pybuild.load import load_archive
+    from pybuild.api import load_report
 
-    store = open_store(args)
-    src: BinaryIO
+    src: str | BinaryIO
     if args.input and args.input != "-":
-        try:
-            src = open(args.input, "rb")
-        except OSError as e:
-            raise PybuildError(f"open {args.input}: {e.strerror}") from None
-        what = f"load {args.input}"
+        src = args.input
     else:
         if sys.stdin.isatty():
             raise PybuildError("requested load from stdin, but stdin is empty")
         src = sys.stdin.buffer
-        what = "load from stdin"
-    with src:
-        loaded = load_archive(store, src, what)
-    for digest in loaded.manifests:
-        unpack_for_builds(store, digest)
+    loaded = load_report(src, open_store(args))
     for line in loaded.lines():
         print(line)
     return 0
