@@ -170,6 +170,7 @@ def build(context: str | os.PathLike[str], *, tags: Iterable[str] = (),
                         secrets={sid: parse_secret_flag(f"id={sid},src={os.fspath(src)}")
                                  for sid, src in (secrets or {}).items()},
                         platform=plats[0] if len(plats) == 1 else None)
+    NeedsRootError.require("building")  # before a store is made for nothing
     store = store if store is not None else open_store()
     reporter: Progress = _CallbackProgress(progress) if progress else _CallbackProgress(lambda e: None)
     result = solve(opts, reporter, store, platforms=plats,
