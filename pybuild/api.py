@@ -126,8 +126,13 @@ class Image:
         digest = img.manifest_desc.digest
 
         def names_it(d: Any) -> bool:  # the manifest itself, or an index holding it
-            return bool(d.digest == digest or (imagemod.is_index(store, d) and any(
-                e.digest == digest for e in imagemod.index_entries(store, d))))
+            if d.digest == digest:
+                return True
+            try:
+                return imagemod.is_index(store, d) and any(
+                    e.digest == digest for e in imagemod.index_entries(store, d))
+            except (OSError, PybuildError):
+                return False  # another tag's damaged index (`pybuild doctor` reports it)
 
         tags = tuple(sorted(t for t, d in store.list_tags().items() if names_it(d)))
         return cls(store, img.id, img.manifest_desc.digest, tags, img.config)
