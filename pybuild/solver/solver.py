@@ -145,6 +145,8 @@ class BuildResult:
     # this build wrote the image's config (no image with this ID was in the store before):
     # what a local/tar-only build may take out again (exporters.discard_image)
     new_image: bool = False
+    # a multi-platform build: each platform's own result, in --platform order
+    platforms: list[BuildResult] = field(default_factory=list)
 
 
 class Solver:
@@ -1175,7 +1177,7 @@ class PlatformsBuild:
         return BuildResult(index, index.digest, tags, sum(r.steps_run for r in results),
                            sum(r.steps_cached for r in results),
                            [x for r in results for x in r.layers],
-                           [x for r in results for x in r.steps])
+                           [x for r in results for x in r.steps], platforms=results)
 
 
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:
