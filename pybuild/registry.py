@@ -819,11 +819,16 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     r = parse_reference(dest)
     if r.digest:
         raise PybuildError(f"cannot push to a digest reference: {dest} (push to a tag)")
+    from pybuild.attest.manifest import is_attestation
+
     t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
     top = None if local.startswith("sha256:") else store.resolve_tag(parse_reference(local).familiar)
     if top is not None and _image.is_index(store, top):
         # a multi-platform tag: every manifest (its blobs first) by digest, the index last
         for entry in _image.index_entries(store, top):
+            if is_attestation(entry):
+                _push_attestation(store, client, t, entry, local, chunked)
+                continue
             _push_manifest(store, client, t, _image.load_descriptor(store, entry, local),
                            entry.digest, local, chunked)
         return client.put_manifest(t, r.tag or "latest", store.read_bytes(top.digest),
@@ -835,20 +840,37 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
 def _push_manifest(store: Store, client: RegistryClient, t: _Target, img: _image.Image,
                    tag: str, local: str, chunked: bool) -> str:
     """One image manifest's blobs, then the manifest under `tag` (a tag or its digest)."""
-    r = t.ref
     body = store.read_bytes(img.manifest_desc.digest)
     media_type = kind_of(img.manifest, img.manifest_desc.media_type)
     if media_type not in MANIFEST_TYPES:
         media_type = OCI_MANIFEST
     blobs = list({d.digest: d for d in [img.config_desc, *img.layers]}.values())
+    return _push_document(store, client, t, body, media_type, blobs, tag, local, chunked)
+
+
+def _push_document(store: Store, client: RegistryClient, t: _Target, body: bytes,
+                   media_type: str, blobs: list[Descriptor], tag: str, local: str,
+                   chunked: bool) -> str:
+    """The blobs a manifest names (checked present first), then the manifest itself."""
     for d in blobs:
         if not store.has_blob(d.digest):
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
                                f"(run `pybuild doctor`)")
     _send_blobs(client, t, store, blobs, chunked)
     digest = client.put_manifest(t, tag, body, media_type)
-    _record(store, r.registry, r.repository, [d.digest for d in blobs])
+    _record(store, t.ref.registry, t.ref.repository, [d.digest for d in blobs])
     return digest
+
+
+def _push_attestation(store: Store, client: RegistryClient, t: _Target, entry: Descriptor,
+                      local: str, chunked: bool) -> str:
+    """An attestation manifest by digest: its config and in-toto layers are not an image's
+    (no rootfs to check), so it is read as an artifact and its bytes sent as stored."""
+    from pybuild.attest.manifest import blobs_of
+
+    _, *blobs = blobs_of(store, entry, f"image {local}")
+    return _push_document(store, client, t, store.read_bytes(entry.digest), entry.media_type,
+                          blobs, entry.digest, local, chunked)
 
 
 def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[Descriptor],

@@ -64,31 +64,18 @@ def _create(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pybuild import containers
+    from pybuild import api
 
     store, c = _create(args)
-    try:
-        if args.detach:
-            containers.start_detached(store, c)
-            print(c.id)
-            return 0
-        if c.restart_policy != "no":
-            # restarts need the monitor: follow its log until the first exit, as docker's
-            # CLI stays attached only to the first run (the policy goes on after we return)
-            containers.start_detached(store, c)
-            containers.stream_logs(store, c, sys.stdout.buffer, follow=True)
-            return containers.wait(store, c)
+    if not args.detach:
         sys.stdout.flush()
         sys.stderr.flush()
-        return containers.run_foreground(store, c, sys.stdout.buffer, sys.stderr.buffer)
-    except containers.StartError:
-        raise  # docker keeps a container whose command cannot start, as Created
-    except BaseException:
-        # a refused port or network: `run` made the container, `run` takes it back
-        current = containers.find_or_none(store, c.id)
-        if current is not None and current.status == "created":
-            containers.remove(store, current, force=True)
-        raise
+    code = api.start_container(store, c, detach=args.detach, stdout=sys.stdout.buffer,
+                               stderr=sys.stderr.buffer)
+    if code is None:
+        print(c.id)
+        return 0
+    return code
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -324,11 +311,13 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
                    help="bind mount a host directory (CTR alone: an anonymous volume)")
     r.add_argument("--network", "--net", default="pybuild", metavar="MODE",
                    help="host, none, container:NAME, or a network's name (default: the "
-                        "pybuild bridge)")
+                        "pybuild bridge; rootless: slirp4netns, the container's own "
+                        "namespace with user-mode networking)")
     r.add_argument("--network-alias", action="append", metavar="ALIAS",
                    help="another name the container answers to on its user network")
     r.add_argument("-p", "--publish", action="append", metavar="[IP:]HOST:CTR[/PROTO]",
-                   help="publish a container port on the host (HOST empty or missing: a free one)")
+                   help="publish a container port on the host (HOST empty or missing: a free "
+                        "one; rootless: forwarded by slirp4netns)")
     r.add_argument("-P", "--publish-all", action="store_true",
                    help="publish every EXPOSEd port on a free host port")
     r.add_argument("-h", "--hostname", help="the container's host name (default: its short ID)")

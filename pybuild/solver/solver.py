@@ -48,7 +48,7 @@ from pybuild.solver.cache import Cache, Record, explain, key_path
 from pybuild.solver.mounts import MountPreparer, SecretSource, bind_key, mounts_key
 from pybuild.solver.scheduler import Future, Scheduler
 from pybuild.solver.worker import RealWorker, Snapshot, Worker
-from pybuild.store import Descriptor, Store
+from pybuild.store import Descriptor, Store, canonical_json
 
 if TYPE_CHECKING:
     from pybuild.solver.incremental import IncrementalCopy
@@ -147,6 +147,11 @@ class BuildResult:
     steps: list[dict[str, Any]] = field(default_factory=list)  # name, cached, seconds
     # the base images it used: (canonical reference, manifest digest), for provenance
     materials: list[tuple[str, str]] = field(default_factory=list)
+    # this build wrote the image's config (no image with this ID was in the store before):
+    # what a local/tar-only build may take out again (exporters.discard_image)
+    new_image: bool = False
+    # a multi-platform build: each platform's own result, in --platform order
+    platforms: list[BuildResult] = field(default_factory=list)
 
 
 class Solver:
@@ -1044,6 +1049,8 @@ class Solver:
         with self.sched.slot():
             self._fetch_layers(s.layers, vid)
             config.update(remote_cache.inline_config(self.opts.cache_to, s.records))
+            new_image = not self.store.has_blob(
+                "sha256:" + hashlib.sha256(canonical_json(config)).hexdigest())
             manifest = imagemod.write(self.store, config, s.layers)
         image_id = manifest_config_digest(self.store, manifest)
         with self.store.lock():
@@ -1056,7 +1063,7 @@ class Solver:
             sizes.append((d.size, h.get("created_by", "")))
         result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
                              self.steps_run, self.steps_cached, sizes, self.timings,
-                             sorted(self._materials.items()))
+                             sorted(self._materials.items()), new_image)
         for spec in self.opts.cache_to:
             if spec.type == "inline":
                 continue  # already in the image config
@@ -1212,7 +1219,7 @@ class PlatformsBuild:
         return BuildResult(index, index.digest, tags, sum(r.steps_run for r in results),
                            sum(r.steps_cached for r in results),
                            [x for r in results for x in r.layers],
-                           [x for r in results for x in r.steps])
+                           [x for r in results for x in r.steps], platforms=results)
 
 
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:
