@@ -136,8 +136,12 @@ def _export_outputs(args: argparse.Namespace, progress: Any, result: Any, output
 
 
 def _advice_line(args: argparse.Namespace, opts: Any, result: Any, mode: str) -> None:
-    """One line of `pybuild advise` after a build (not in quiet or rawjson output)."""
+    """One line of `pybuild advise` after a build that made a layer (not in quiet or rawjson
+    output). A build whose every step was cached made nothing new to advise on, and reading
+    its layers back would cost more than the build (2 s of CPU for a 50,000-file COPY)."""
     if mode in ("quiet", "rawjson"):
+        return
+    if result.steps_run == 0:
         return
     from pybuild import advise
 
