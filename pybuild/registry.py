@@ -43,8 +43,9 @@ from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES,
                            OCI_INDEX, OCI_MANIFEST, Descriptor, Store, canonical_json)
-from pybuild.transport import (REDIRECT_STATUSES, Limits, Pace, TransferError, Truncated,
-                               http_url, iter_body, read_capped, redirect_target)
+from pybuild.transport import (REDIRECT_STATUSES, HeadersTooSlow, Limits, Pace, TransferError,
+                               Truncated, bounded_session, http_url, iter_body, read_capped,
+                               redirect_target)
 
 ProgressFn = Callable[[str, int, int | None], None]
 T = TypeVar("T")
@@ -201,7 +202,7 @@ class RegistryClient:
         self.progress = progress
         self.auth = auth or AuthProvider()
         self.limits = limits or Limits.from_env()
-        self.session = requests.Session()
+        self.session = bounded_session(self.limits)
         # A session-level auth keeps requests from reading ~/.netrc: those passwords must
         # not go to whatever host a registry names as its token realm or redirect target.
         self.session.auth = _no_netrc
@@ -314,6 +315,8 @@ class RegistryClient:
                                             params=params, stream=True,
                                             timeout=self.limits.timeout,
                                             verify=self.session.verify, allow_redirects=False)
+            except HeadersTooSlow as e:
+                raise t.fail(f"registry {e}") from None
             except ValueError as e:  # requests parses a redirect's Location even unfollowed
                 if isinstance(e, requests.RequestException):
                     raise

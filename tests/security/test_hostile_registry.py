@@ -537,3 +537,36 @@ def test_malformed_realm_is_one_line(root: Pybuild, reg: HostileRegistry, realm:
     reg.serve_image("app", "1", make_image())
     _bearer(reg, realm)
     pull(root, reg.ref("app", "1"), fragment)
+
+
+# ---- headers that trickle (issue 11, extract) --------------------------------------------
+
+@pytest.mark.parametrize("where", ["ping", "blob", "token"])
+def test_trickling_headers_hit_the_header_deadline(root: Pybuild, reg: HostileRegistry,
+                                                   where: str) -> None:
+    """A status line and headers sent a byte every 0.2 s never let the read timeout (300 s
+    of silence) fire: on main such an answer held the pull for ever. The headers deadline
+    ends it after 2 s, naming the host and the request, whichever request it is."""
+    img = reg.serve_image("app", "1", make_image())
+    slow = Reply(200, b"{}", {"Content-Type": "application/json"}, head_rate=5)
+    path = {"ping": "/v2/", "token": "/token", "blob": f"/v2/app/blobs/{sha256(img.layer)}"}[where]
+    if where == "blob":
+        slow = Reply(200, img.layer, head_rate=5)
+    elif where == "token":
+        _bearer(reg)
+        slow = Reply(200, canonical({"token": "t0k3n"}), head_rate=5)
+    reg.overrides[("GET", path)] = slow
+    line = pull(root, reg.ref("app", "1"),
+                f"{reg.addr} did not send the status line and headers of its answer to GET "
+                f"{path} within 2 s (PYBUILD_REGISTRY_HEADER_TIMEOUT)",
+                env={"PYBUILD_REGISTRY_HEADER_TIMEOUT": "2"})
+    assert ("pulling " + reg.ref("app", "1")) in line or where == "token", line
+
+
+def test_headers_that_arrive_in_time_are_fine(root: Pybuild, reg: HostileRegistry) -> None:
+    """The same trickle, well inside the deadline: the pull works (the control case)."""
+    img = reg.serve_image("app", "1", make_image())
+    reg.overrides[("GET", "/v2/app/manifests/1")] = Reply(
+        200, img.manifest, {"Content-Type": OCI_MANIFEST}, head_rate=2000)
+    proc = root("pull", "-q", reg.ref("app", "1"), env={"PYBUILD_REGISTRY_HEADER_TIMEOUT": "30"})
+    assert proc.returncode == 0
