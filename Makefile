@@ -6,8 +6,10 @@ PYTHON ?= python3
 APT_PACKAGES := runc crun skopeo umoci docker-registry busybox-static mmdebstrap \
 	buildah podman docker.io containerd iproute2 curl ca-certificates apache2-utils \
 	openssl python3-pip netavark aardvark-dns iptables util-linux tcpdump conntrack git openssh-client openssh-server \
-	qemu-user-static uidmap fuse-overlayfs
+	qemu-user-static uidmap fuse-overlayfs slirp4netns
 STAMP := .make-stamps
+# Most tests wait on runc, registries and engines, not the CPU: three workers on two cores.
+TEST_WORKERS ?= 3
 
 .PHONY: demo test lint deps apt pip bytecode clean
 
@@ -39,7 +41,7 @@ bytecode:
 test: deps
 	$(PYTHON) -m ruff check pybuild tests bench
 	$(PYTHON) -m mypy
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 lint: deps
 	$(PYTHON) -m ruff check pybuild tests bench

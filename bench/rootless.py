@@ -2,6 +2,8 @@
 
 - pybuild as root (the store in a fresh temp dir),
 - pybuild rootless, as an unprivileged user with a subuid range (fresh XDG store),
+- pybuild rootless with fuse-overlayfs forced (PYBUILD_FUSE_OVERLAYFS=1), the fallback of
+  kernels without unprivileged overlayfs,
 - `buildah bud` as that same user (fresh rootless storage under the user's home),
 
 interleaved run by run, median wall time of each. Needs root (it creates the user with
@@ -26,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from rootless_user import EPOCH, User, missing, rootless_user  # noqa: E402
+from rootless_user import EPOCH, User, missing, rootless_user, user_devices  # noqa: E402
 
 DOCKERFILE = """\
 FROM scratch AS base
@@ -75,9 +77,9 @@ def main() -> int:
         print(f"skipped: {why or 'buildah not installed'}")
         return 1
     times: dict[str, list[float]] = {"pybuild-root": [], "pybuild-rootless": [],
-                                     "buildah-rootless": []}
+                                     "pybuild-rootless-fuse": [], "buildah-rootless": []}
     loads: list[float] = []
-    with rootless_user("pbbench", "300000-365535") as user:
+    with user_devices(), rootless_user("pbbench", "300000-365535") as user:
         ctx = user.home.parent / "ctx"
         ctx.mkdir()
         (ctx / "Dockerfile").write_text(DOCKERFILE)
@@ -95,6 +97,10 @@ def main() -> int:
             times["pybuild-rootless"].append(_timed(_as_user(user, [
                 "env", f"XDG_DATA_HOME={xdg}", user.python, "-m", "pybuild", "build",
                 "--progress", "quiet", "-t", "app", str(ctx)])))
+            xdg = user.home / f"fuse{i}"
+            times["pybuild-rootless-fuse"].append(_timed(_as_user(user, [
+                "env", f"XDG_DATA_HOME={xdg}", "PYBUILD_FUSE_OVERLAYFS=1", user.python, "-m",
+                "pybuild", "build", "--progress", "quiet", "-t", "app", str(ctx)])))
             bstore = user.home / f"buildah{i}"
             times["buildah-rootless"].append(_timed(_as_user(user, [
                 "buildah", "--root", str(bstore / "root"), "--runroot", str(bstore / "run"),

@@ -438,26 +438,27 @@ def _volume_mounts(cdir: Path, rootfs: Path, specs: list[str], image_volumes: li
     return sorted(mounts.values(), key=lambda m: m.destination.count("/"))
 
 
-def _rootless_network(mode: str, opts: RunOptions) -> str:
-    """Rootless containers share the host's network namespace (the default bridge is
-    netavark's, which needs root) or get an isolated one; no port publishing yet."""
-    if opts.publish or opts.publish_all:
-        raise PybuildError("port publishing (-p/-P) is not available in rootless mode: "
-                           "the container shares the host's network, use its ports directly")
+def _rootless_network(mode: str) -> str:
+    """Rootless containers get their own namespace served by slirp4netns (the default
+    bridge is netavark's, which needs root), as rootless podman; host and none as root."""
     if mode == netmod.DEFAULT_NETWORK:
-        return "host"
+        return netmod.SLIRP
     if mode not in ("host", "none") and not mode.startswith("container:"):
         raise PybuildError(f"network {mode!r}: bridge networks need root (netavark); "
-                           "rootless containers use --network host or none")
+                           f"rootless containers use --network {netmod.SLIRP} (the default), "
+                           "host or none")
     return mode
 
 
 def _network_mode(store: Store, opts: RunOptions) -> str:
     """The checked --network value; container:NAME becomes container:ID."""
-    mode = netmod.parse_mode(store.root, opts.network)
+    if rootless.inside() and opts.network == netmod.SLIRP:
+        mode = netmod.SLIRP
+    else:
+        mode = netmod.parse_mode(store.root, opts.network)
     if rootless.inside():
-        mode = _rootless_network(mode, opts)
-    user_network = mode not in ("host", "none", netmod.DEFAULT_NETWORK) \
+        mode = _rootless_network(mode)
+    user_network = mode not in ("host", "none", netmod.DEFAULT_NETWORK, netmod.SLIRP) \
         and not mode.startswith("container:")
     if opts.aliases and not user_network:
         raise PybuildError("network-scoped alias is supported only for containers in user "
@@ -471,7 +472,7 @@ def _network_mode(store: Store, opts: RunOptions) -> str:
                 raise PybuildError(f"conflicting options: {flag} and the container network mode")
         return "container:" + other.id
     if mode not in ("host", "none"):
-        missing = netmod.available()
+        missing = netmod.slirp_available() if mode == netmod.SLIRP else netmod.available()
         if missing:
             raise PybuildError(missing)
     return mode
@@ -561,7 +562,9 @@ def _etc_files(store: Store, c: Container, ip: str) -> None:
     else:
         hosts = netmod.hosts(c.hostname, ip, extra)
     att = netmod.Attachment(**c.attachment) if c.attachment else None
-    resolv = netmod.resolv_conf(resolver=att.resolver if att else "", dns=c.dns,
+    # slirp4netns: its DNS forwarder, unless --dns is given
+    dns = c.dns or ([netmod.SLIRP_DNS] if c.network == netmod.SLIRP else [])
+    resolv = netmod.resolv_conf(resolver=att.resolver if att else "", dns=dns,
                                 keep_local=c.network == "host")
     for name, text in (("hosts", hosts), ("hostname", c.hostname + "\n"), ("resolv.conf", resolv)):
         tmp = cdir / f".{name}.tmp"
@@ -639,9 +642,14 @@ def _bring_up(store: Store, c: Container) -> list[socket.socket]:
     netmod.check_free(wanted, [m for other in list_containers(store)
                                if other.id != c.id and other.status == "running" and other.attachment
                                for m in netmod.Attachment(**other.attachment).port_mappings()])
-    mappings, held = netmod.hold(wanted)
+    # slirp4netns binds the host ports itself (so nothing of ours may hold them)
+    mappings, held = ([], []) if c.network == netmod.SLIRP else netmod.hold(wanted)
     try:
-        att = netmod.attach(store.root, c.id, c.name, c.network, c.aliases, mappings, c.dns)
+        if c.network == netmod.SLIRP:
+            att = netmod.attach_slirp(c.id, wanted)
+        else:
+            att = netmod.attach(store.root, c.id, c.name, c.network, c.aliases, mappings,
+                                c.dns)
         with _container_lock(store, c.id) as present:
             cur = _read(store, c.id) if present else None
             if cur is None:

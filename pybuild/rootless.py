@@ -357,3 +357,115 @@ def reexec(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
         os._exit(1)
     return _wait(pid)
+
+
+# ---------------------------------------------------------------- fuse-overlayfs fallback
+
+ENV_FUSE = "PYBUILD_FUSE_OVERLAYFS"
+"""`1`: rootless mounts use fuse-overlayfs even where the kernel would mount overlayfs."""
+
+_fuse_reason: str | None = None  # why this process uses fuse-overlayfs, once decided
+
+
+def _use_fuse(reason: str) -> None:
+    global _fuse_reason
+    if _fuse_reason is None:
+        _fuse_reason = reason
+        print(f"rootless: using fuse-overlayfs: {reason}", file=sys.stderr, flush=True)
+
+
+def fuse_overlay_wanted() -> bool:
+    """True when rootless mounts go through fuse-overlayfs (forced, or after the kernel
+    refused one in this process)."""
+    if not inside():
+        return False
+    if _fuse_reason is None and os.environ.get(ENV_FUSE) == "1":
+        _use_fuse(f"{ENV_FUSE}=1")
+    return _fuse_reason is not None
+
+
+def fuse_overlay_fallback(errno_: int) -> bool:
+    """The kernel refused an unprivileged overlay mount (errno_): fall back to
+    fuse-overlayfs from now on, saying so once. False when that is no way out either."""
+    import errno
+
+    if not inside() or errno_ not in (errno.EPERM, errno.EINVAL, errno.ENODEV):
+        return False
+    if shutil.which("fuse-overlayfs") is None:
+        raise RootlessError(f"the kernel refused an overlay mount in the user namespace "
+                            f"({os.strerror(errno_)}) and fuse-overlayfs is not installed "
+                            "(install Debian's fuse-overlayfs package)")
+    _use_fuse(f"the kernel refused overlayfs in the user namespace ({os.strerror(errno_)})")
+    return True
+
+
+def fuse_overlay_mount(lowers: list[str], upper: str | None, work: str | None,
+                       target: str) -> None:
+    """Mount lowers (top first, as overlay's lowerdir) with upper/work at target through
+    fuse-overlayfs. Its upper has the kernel's form where a user namespace allows it (0/0
+    whiteout devices); opaque directories carry `user.fuseoverlayfs.opaque` plus a
+    `.wh..wh..opq` file, which the layer writer reads as the kernel's opaque xattr."""
+    opts = "lowerdir=" + ":".join(lowers)
+    if upper is not None and work is not None:
+        opts += f",upperdir={upper},workdir={work}"
+    res = subprocess.run(["fuse-overlayfs", "-o", opts, target], capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        raise RootlessError(f"fuse-overlayfs mount failed: {lines[-1] if lines else res.returncode}")
+
+
+FUSE_OPAQUE_XATTR = "user.fuseoverlayfs.opaque"
+_KERNEL_OPAQUE_XATTR = "user.overlay.opaque"  # the kernel's, mounted with userxattr
+_FUSE_OPAQUE_FILES = (".wh..wh..opq", ".wh..opq")
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, _KERNEL_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def normalize_fuse_upper(upper: Path, lowers: list[Path]) -> None:
+    """Give an upper fuse-overlayfs wrote the kernel's form, so its layer is the one a
+    kernel overlay (and a root build) gives: same image digest.
+
+    fuse-overlayfs marks every directory it creates opaque (`user.fuseoverlayfs.opaque`,
+    a `.wh..wh..opq` file and a `.wh..opq` whiteout in it); the kernel marks one opaque
+    only when it replaces something a lower layer has there (a directory created over a
+    whiteout). `lowers` are top first; each directory's mtime is kept."""
+    stack: list[tuple[str, list[str]]] = [(str(upper), [str(p) for p in lowers])]
+    while stack:
+        d, below = stack.pop()
+        with os.scandir(d) as it:
+            subdirs = [e for e in it if e.is_dir(follow_symlinks=False)]
+        for e in subdirs:
+            at = [os.path.join(b, e.name) for b in below]
+            try:
+                marked = os.getxattr(e.path, FUSE_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+            except OSError:
+                marked = False
+            if not marked:
+                visible: list[str] = []
+                for x in at:  # what shows through below this directory, top first
+                    if not os.path.isdir(x) or os.path.islink(x):
+                        if os.path.lexists(x):
+                            break  # a file or whiteout hides everything under it
+                        continue
+                    visible.append(x)
+                    if _opaque(x):
+                        break
+                stack.append((e.path, visible))
+                continue
+            st = os.lstat(e.path)
+            for junk in _FUSE_OPAQUE_FILES:
+                try:
+                    os.unlink(os.path.join(e.path, junk))
+                except FileNotFoundError:
+                    pass
+            os.removexattr(e.path, FUSE_OPAQUE_XATTR, follow_symlinks=False)
+            if any(os.path.lexists(x) for x in at):
+                os.setxattr(e.path, _KERNEL_OPAQUE_XATTR, b"y", follow_symlinks=False)
+            os.utime(e.path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            stack.append((e.path, []))  # new or opaque: nothing below shows through

@@ -219,6 +219,9 @@ class Snapshotter:
         if a.readonly and len(lowers) == 1:
             lowers.append(self._empty)  # overlay wants two lowers without an upper
         opts = self._overlay_options(a, [os.path.abspath(p) for p in lowers])
+        if rootless.fuse_overlay_wanted():
+            self._fuse_mount(a, lowers)
+            return
         links_fd: int | None = None
         if len(opts) > _MAX_MOUNT_DATA:
             # Absolute snapshot paths are long (and the store's own path may be): short
@@ -245,8 +248,18 @@ class Snapshotter:
         finally:
             if links_fd is not None:
                 os.close(links_fd)
+        if ret != 0 and rootless.fuse_overlay_fallback(err):
+            self._fuse_mount(a, lowers)  # a kernel without unprivileged overlayfs
+            return
         if ret != 0:
             raise PybuildError(f"overlay mount failed: {os.strerror(err)}")
+
+    @staticmethod
+    def _fuse_mount(a: Active, lowers: list[Path]) -> None:
+        work = None if a.readonly else str((a.dir / "work").absolute())
+        rootless.fuse_overlay_mount([os.path.abspath(p) for p in lowers],
+                                    None if a.readonly else str(a.upper.absolute()), work,
+                                    str(a.rootfs))
 
     @staticmethod
     def _overlay_options(a: Active, lowers: list[str]) -> str:
@@ -262,6 +275,8 @@ class Snapshotter:
         Returns (layer descriptor, diff_id). The mount is unusable afterwards.
         """
         _umount(a.rootfs)
+        if rootless.fuse_overlay_wanted():
+            rootless.normalize_fuse_upper(a.upper, list(reversed(a.lowers)))
         with self.store.writer() as w:
             info = layer.write_layer(a.upper, w, compression=compression,
                                      source_date_epoch=source_date_epoch)

@@ -255,8 +255,38 @@ def _restrict(path: Path, mode: int) -> None:
         os.chmod(path, mode)
 
 
+# Connections this process holds, per database file. SQLite's locks are POSIX advisory
+# locks, which belong to the process: closing *any* descriptor of the file drops every lock
+# its connections hold (sqlite's "how to corrupt your database", 2.2), and another process
+# may then reset the WAL under them (a "disk I/O error" two concurrent builds saw). So the
+# file is read by hand only while this process has no connection to it.
+_OPEN_DBS: dict[str, int] = {}
+_OPEN_DBS_LOCK = threading.Lock()
+
+
+def _db_key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _forget_db(path: Path) -> None:
+    """One connection to `path` was closed (or never opened)."""
+    with _OPEN_DBS_LOCK:
+        key = _db_key(path)
+        if _OPEN_DBS.get(key, 0) > 1:
+            _OPEN_DBS[key] -= 1
+        else:
+            _OPEN_DBS.pop(key, None)
+
+
 def db_problem(path: Path) -> str | None:
     """What is wrong with a store database file (None if it is usable or absent)."""
+    with _OPEN_DBS_LOCK:
+        if _OPEN_DBS.get(_db_key(path), 0):
+            return _db_pages_problem(path)  # sqlite's own reads keep the locks
+        return _db_file_problem(path)
+
+
+def _db_file_problem(path: Path) -> str | None:
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -276,6 +306,10 @@ def db_problem(path: Path) -> str | None:
         return f"cannot be read ({e.strerror})"
     if head != b"SQLite format 3\0":
         return f"is not a SQLite database ({st.st_size} bytes starting {head[:8]!r})"
+    return _db_pages_problem(path)
+
+
+def _db_pages_problem(path: Path) -> str | None:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         try:
@@ -289,21 +323,22 @@ def db_problem(path: Path) -> str | None:
     return None
 
 
-def db_problem_quick(path: Path) -> str | None:
-    """db_problem without the page check: what every open can afford."""
+def _db_problem_quick(path: Path) -> str | None:
+    """db_problem without the page check: what every open can afford. The caller holds
+    _OPEN_DBS_LOCK and this process has no connection to `path`."""
     try:
         st = path.lstat()
     except OSError:
         return None
     if stat.S_ISDIR(st.st_mode) or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-        return db_problem(path)
+        return _db_file_problem(path)
     try:
         with open(path, "rb") as f:
             if f.read(16) == b"SQLite format 3\0":
                 return None
     except OSError:
         pass
-    return db_problem(path)
+    return _db_file_problem(path)
 
 
 def damaged_db_error(path: Path, problem: str) -> PybuildError:
@@ -512,12 +547,14 @@ class Store:
                     self._lock_fd = None
 
     @contextlib.contextmanager
-    def gc_lock(self, *, shared: bool) -> Iterator[None]:
+    def gc_lock(self, *, shared: bool, blocking: bool = True) -> Iterator[None]:
         """Builds hold it shared while they write blobs no tag or record names yet;
-        garbage collection holds it exclusive, so it never deletes a build's fresh blobs."""
+        garbage collection holds it exclusive, so it never deletes a build's fresh blobs.
+        With `blocking=False`, BlockingIOError when it cannot be had at once."""
         fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                        | (0 if blocking else fcntl.LOCK_NB))
             yield
         finally:
             os.close(fd)
@@ -531,25 +568,31 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "db", None)
         if conn is None:
             path = self.root / "pybuild.db"
-            problem = db_problem_quick(path)
-            try:
+            with _OPEN_DBS_LOCK:
+                key = _db_key(path)
+                problem = None if _OPEN_DBS.get(key, 0) else _db_problem_quick(path)
                 if problem is None:
-                    conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False)
-                    try:
-                        conn.execute("PRAGMA busy_timeout = 60000")
-                        # Switching to WAL needs the database to itself and does not wait on
-                        # the busy timeout: two first builds at once would fail. The store
-                        # lock serialises it.
-                        with self.lock():
-                            conn.execute("PRAGMA journal_mode = WAL")
-                        conn.execute("PRAGMA synchronous = NORMAL")
-                    except BaseException:
-                        conn.close()
-                        raise
-            except sqlite3.DatabaseError as e:
-                problem = f"cannot be used ({e})"
-            if problem is not None or conn is None:
-                raise damaged_db_error(path, problem or "cannot be opened")
+                    _OPEN_DBS[key] = _OPEN_DBS.get(key, 0) + 1  # before connecting
+            if problem is not None:
+                raise damaged_db_error(path, problem)
+            try:
+                conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False)
+                try:
+                    conn.execute("PRAGMA busy_timeout = 60000")
+                    # Switching to WAL needs the database to itself and does not wait on
+                    # the busy timeout: two first builds at once would fail. The store
+                    # lock serialises it.
+                    with self.lock():
+                        conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                except BaseException:
+                    conn.close()
+                    raise
+            except BaseException as e:
+                _forget_db(path)
+                if isinstance(e, sqlite3.DatabaseError):
+                    raise damaged_db_error(path, f"cannot be used ({e})") from None
+                raise
             self._local.db = conn
             with self._db_lock:
                 self._dbs.append(conn)
@@ -561,6 +604,7 @@ class Store:
             conns, self._dbs = self._dbs, []
         for conn in conns:
             conn.close()
+            _forget_db(self.root / "pybuild.db")
         self._local = threading.local()
 
     # ---- maintenance ------------------------------------------------------------------

@@ -158,3 +158,30 @@ def no_leaks(tmp_path: Path) -> Iterator[None]:
 
 # The run side's fixtures (a network namespace per test, the CLI inside it).
 from container_fixtures import cli, netns  # noqa: E402, F401
+
+
+# ----- running the suite on several workers (pytest-xdist, `make test`) ---------------------
+# Each test module is one unit of work, so its module-scoped images are built once. Modules
+# that run containers share one unit: their checks read kernel state that is global to the
+# machine (/run/netns), so they run one after another. Units start longest first, so the
+# long ones do not end up as the tail of the run.
+_CONTAINERS = "containers"
+_CONTAINER_MODULES = {"test_api", "test_container_lifecycle", "test_containers",
+                      "test_django_example", "test_network"}
+_LONGEST_FIRST = [_CONTAINERS, "test_parity", "test_hostile_registry", "test_crash",
+                  "test_image_commands", "test_rootless", "test_contexts", "test_outputs",
+                  "test_store_integrity", "test_deep_trees", "test_scheduling", "test_platforms"]
+
+
+def _work_unit(item: pytest.Item) -> str:
+    module = item.path.stem
+    return _CONTAINERS if module in _CONTAINER_MODULES else module
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(_work_unit(item), len(rank)), position[id(item)]))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_work_unit(item)))

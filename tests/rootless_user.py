@@ -4,6 +4,7 @@ bench/rootless.py (run as root)."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import pwd
@@ -81,6 +82,58 @@ def missing() -> str | None:
     if _system_python() is None:
         return "no system python3 of this interpreter's version for the test user"
     return None
+
+
+def worker_slot() -> int:
+    """0 for a plain pytest run, N+1 for pytest-xdist's worker gwN: a user name and a subid
+    range of its own for each worker (two workers never share, or userdel, one user)."""
+    w = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(w[2:]) + 1 if w.startswith("gw") and w[2:].isdigit() else 0
+
+
+DEVICES = ("/dev/net/tun", "/dev/fuse")
+_DEVICE_SETUP = Path("/tmp/pybuild-test-devices.setup.lock")  # held while changing modes
+_DEVICE_USERS = Path("/tmp/pybuild-test-devices.users.lock")  # shared by every user session
+_DEVICE_MODES = Path("/tmp/pybuild-test-devices.modes")
+
+
+def _lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+@contextmanager
+def user_devices() -> Iterator[None]:
+    """/dev/net/tun and /dev/fuse mode 0666 while any test session needs them, as Debian's
+    udev rules make them (slirp4netns and fuse-overlayfs of a rootless user open them);
+    this machine has no udev and leaves them 0600. The first session records the modes, the
+    last one (which alone gets the users' lock exclusively) puts them back."""
+    setup, users = _lock(_DEVICE_SETUP), _lock(_DEVICE_USERS)
+    try:
+        fcntl.flock(setup, fcntl.LOCK_EX)
+        fcntl.flock(users, fcntl.LOCK_SH)
+        if not _DEVICE_MODES.exists():
+            modes = {d: os.stat(d).st_mode & 0o7777 for d in DEVICES if os.path.exists(d)}
+            _DEVICE_MODES.write_text("".join(f"{d} {m:o}\n" for d, m in modes.items()))
+        for d in DEVICES:
+            if os.path.exists(d):
+                os.chmod(d, 0o666)
+        fcntl.flock(setup, fcntl.LOCK_UN)
+        yield
+    finally:
+        fcntl.flock(setup, fcntl.LOCK_EX)
+        fcntl.flock(users, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another session still uses them: it restores them
+        else:
+            if _DEVICE_MODES.exists():
+                for line in _DEVICE_MODES.read_text().splitlines():
+                    dev, mode = line.split()
+                    os.chmod(dev, int(mode, 8))
+                _DEVICE_MODES.unlink()
+        os.close(users)
+        os.close(setup)
 
 
 @contextmanager

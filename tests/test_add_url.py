@@ -120,7 +120,7 @@ def test_a_changed_download_reruns_the_step(busybox: Pybuild, tmp_path: Path, or
     origin.modified = "Thu, 22 Oct 2015 07:28:00 GMT"
     result = build(busybox, ctx, "-t", "app")
     assert result[add] != "CACHED" and result["[3/3] RUN cat /opt/tool.txt > /copy"] != "CACHED"
-    out = busybox("run", "--rm", "app", "cat", "/copy", "/opt/tool.txt")
+    out = busybox("run", "--rm", "--network", "none", "app", "cat", "/copy", "/opt/tool.txt")
     assert out.stdout == "version 2\nversion 2\n"
 
 

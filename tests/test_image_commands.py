@@ -285,7 +285,7 @@ def test_image_prune_removes_only_dangling_images_and_all_with_a(imported: Pybui
 
 def test_image_prune_keeps_an_image_a_container_uses(busybox: Pybuild) -> None:
     require_build_tools()
-    c = busybox("run", "--name", "keeper", "busybox", "true")
+    c = busybox("run", "--network", "none", "--name", "keeper", "busybox", "true")
     assert c.returncode == 0
     out = busybox("image", "prune", "-a", "-f").stdout
     assert "busybox" not in out
@@ -338,7 +338,7 @@ def test_docker_save_loads_and_history_matches_docker(docker, busybox: Pybuild,
     third("load", "-i", str(tmp_path / "bb2.tar"))
     assert _image_id(third, "busybox") == _image_id(busybox, "busybox")
     # the image runs here too: the layers went through the snapshotter's extractor
-    run = third("run", "--rm", "busybox", "cat", "/etc/passwd")
+    run = third("run", "--rm", "--network", "none", "busybox", "cat", "/etc/passwd")
     assert run.stdout.startswith("root:x:0:0")
     # system df sizes as docker counts them (the busybox layer shared by both images)
     df = other("system", "df").stdout.splitlines()[1]

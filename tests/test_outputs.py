@@ -132,14 +132,40 @@ def test_a_bad_output_fails_before_the_build(busybox: Pybuild, tmp_path: Path) -
     assert store_snapshot(busybox.root) == before
 
 
+def test_discard_image_takes_only_an_image_nothing_holds(tmp_path: Path) -> None:
+    """Root-free: the local/tar-only cleanup leaves a tagged image, and any image while
+    another build of the store runs (it holds the gc lock shared)."""
+    from pybuild import image as imagemod
+    from pybuild.solver.exporters import discard_image
+    from pybuild.store import Store
+
+    store = Store(tmp_path / "store")
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    manifest = imagemod.write(store, config, [])
+    config_digest = store.read_json(manifest.digest)["config"]["digest"]
+    store.set_tag("kept:1", manifest)
+    assert not discard_image(store, manifest) and store.has_blob(manifest.digest)
+    store.remove_tag("kept:1")
+    with store.gc_lock(shared=True):  # another build running
+        assert not discard_image(store, manifest) and store.has_blob(manifest.digest)
+    assert discard_image(store, manifest)
+    assert not store.has_blob(manifest.digest) and not store.has_blob(config_digest)
+    assert not discard_image(store, manifest)  # already gone: nothing to do
+
+
 # ---- real builds ---------------------------------------------------------------------------
 
 def test_local_and_tar_outputs_of_a_target_stage(busybox: Pybuild, tmp_path: Path,
                                                  no_leaks: None) -> None:
     ctx = _ctx(tmp_path)
     out_dir, out_tar = tmp_path / "dist", tmp_path / "dist.tar"
+    images = _image_ids(busybox)
     busybox("build", "--target", "artifacts", "-t", "unused:1", "-o", str(out_dir),
             "-o", f"type=tar,dest={out_tar}", str(ctx))
+    # as BuildKit's local and tar exporters: no image stored, tagged or not; the build
+    # cache stays (a second build is all cached)
+    assert _image_ids(busybox) == images
+    assert len(busybox("cache", "ls").stdout.splitlines()) > 1
     tree = _tree(out_dir)
     assert set(tree) == EXPECTED
     assert tree["bin/tool"][1] == 0o4755 and tree["empty"] == ("dir", 0o700, "")
@@ -160,6 +186,21 @@ def test_local_and_tar_outputs_of_a_target_stage(busybox: Pybuild, tmp_path: Pat
     piped = tmp_path / "piped.tar"
     piped.write_bytes(proc.stdout)
     assert _tar_tree(piped) == tree
+    assert _image_ids(busybox) == images
+    # an image that was there before is never taken: a dangling one from a plain build
+    busybox("build", "--target", "artifacts", str(ctx))
+    dangling = _image_ids(busybox) - images
+    assert len(dangling) == 1
+    busybox("build", "--target", "artifacts", "-o", str(tmp_path / "again"), str(ctx))
+    assert _image_ids(busybox) == images | dangling
+
+
+def _image_ids(pb: Pybuild) -> set[str]:
+    """Every image in the store, tagged or dangling (what `pybuild system df -v` lists)."""
+    from pybuild.disk import all_images
+    from pybuild.store import Store
+
+    return {i.image.id for i in all_images(Store(pb.root))}
 
 
 def test_local_output_never_writes_through_symlinks_already_in_dest(busybox: Pybuild,
@@ -231,11 +272,14 @@ def test_docker_loads_type_docker_and_builds_the_same_local_and_tar(docker, busy
     docker("load", "-i", str(saved))
     env = dict(os.environ, DOCKER_BUILDKIT="1")
     theirs_dir, theirs_tar = tmp_path / "docker-dist", tmp_path / "docker-dist.tar"
+    docker_images = docker("images", "-aq", "--no-trunc").stdout.split()
     for out in (f"type=local,dest={theirs_dir}", f"type=tar,dest={theirs_tar}"):
         proc = subprocess.run(["/usr/bin/docker", "-H", docker.host, "build", "--network=host",
                                "--target", "artifacts", "-o", out, str(ctx)], env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
+    # docker stores no image for a local/tar output either (pybuild: the test above)
+    assert docker("images", "-aq", "--no-trunc").stdout.split() == docker_images
     ours_dir, ours_tar = tmp_path / "dist", tmp_path / "dist.tar"
     busybox("build", "--target", "artifacts", "-o", str(ours_dir), "-o",
             f"type=tar,dest={ours_tar}", str(ctx))

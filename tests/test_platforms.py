@@ -189,9 +189,9 @@ def test_arm64_run_prints_aarch64(multi: Pybuild, tmp_path: Path) -> None:
     plats = sorted(platforms.normal_string(m["platform"]) for m in index["manifests"])
     assert plats == ["linux/amd64", "linux/arm64"]
     # each manifest's config names its platform; run picks one with --platform
-    run = multi("run", "--rm", "--platform", "linux/arm64", "app:1", "uname", "-m")
+    run = multi("run", "--rm", "--network", "none", "--platform", "linux/arm64", "app:1", "uname", "-m")
     assert run.stdout.strip() == "aarch64"
-    native = multi("run", "--rm", "app:1", "cat", "/arch")
+    native = multi("run", "--rm", "--network", "none", "app:1", "cat", "/arch")
     assert native.stdout.strip() == "linux/amd64 x86_64"
     images = multi("images").stdout
     assert "linux/amd64,linux/arm64" in images
@@ -224,7 +224,7 @@ def test_cross_compile_from_buildplatform(multi: Pybuild, tmp_path: Path) -> Non
     steps = json.loads(meta.read_text())["steps"]
     tools = [s for s in steps if "> /tools" in s["step"]]
     assert len(tools) == 2 and sorted(s["cached"] for s in tools) == [False, True], tools
-    run = multi("run", "--rm", "--platform", "linux/arm64", "cross:1", "cat", "/out")
+    run = multi("run", "--rm", "--network", "none", "--platform", "linux/arm64", "cross:1", "cat", "/out")
     assert run.stdout.strip() == "binary for arm64"
 
 

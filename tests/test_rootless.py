@@ -14,20 +14,27 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pybuild import rootless, runtime
-from rootless_user import EPOCH, ROOT, User, missing, rootless_user
+from engines import free_port
+from pybuild import containers, rootless, runtime
+from pybuild.errors import PybuildError
+from pybuild.network import _slirp
+from rootless_user import EPOCH, ROOT, User, missing, rootless_user, user_devices, worker_slot
 
 BUSYBOX = Path("/bin/busybox")
-USER = "pbrootless"
-SUBIDS = "200000-265535"
+# one user and subid range per pytest-xdist worker
+USER = f"pbrootless{worker_slot()}"
+SUBID_START = 400000 + worker_slot() * 70000  # clear of bench (300000) and older runs
+SUBIDS = f"{SUBID_START}-{SUBID_START + 65535}"
 DOCKERFILE = """\
 FROM scratch AS base
 COPY busybox /bin/busybox
@@ -128,7 +135,7 @@ def user() -> Iterator[User]:
     reason = missing() or (None if BUSYBOX.exists() else "busybox-static not installed")
     if reason:
         pytest.skip(reason)
-    with rootless_user(USER, SUBIDS) as u:
+    with user_devices(), rootless_user(USER, SUBIDS) as u:
         yield u
 
 
@@ -259,7 +266,9 @@ def test_rootless_cache_prune(user: User, context: Path, built: dict[str, str]) 
 def test_rootless_doctor(user: User, built: dict[str, str]) -> None:
     res = user.pybuild("doctor")
     assert res.stdout.startswith("rootless: user namespace uid map 0..0 -> ")
-    assert "1..65536 -> 200000..265535" in res.stdout
+    assert f"1..65536 -> {SUBID_START}..{SUBID_START + 65535}" in res.stdout
+    assert "rootless: container network: slirp4netns (published ports forwarded by it)\n" \
+        in res.stdout
     assert "0 problem(s) found" in res.stdout
 
 
@@ -298,14 +307,186 @@ def test_working_directory_never_shadows_the_package(user: User) -> None:
     assert res.stdout.startswith("REPOSITORY")
 
 
-def test_rootless_run_networks(user: User, built: dict[str, str]) -> None:
-    """The default network is the host's (the pybuild bridge needs root); -p and bridge
-    networks are refused in one line, naming why."""
-    res = user.pybuild("run", "--rm", "-p", "8080:80", "app", check=False)
+def test_rootless_network_modes(user: User, built: dict[str, str]) -> None:
+    """Bridge networks are refused in one line naming why; --network host is the host's."""
+    assert user.pybuild("run", "--rm", "--network", "mynet", "app",
+                        check=False).stderr.strip() == "error: network mynet not found"
+    user.pybuild("network", "create", "mynet")
+    res = user.pybuild("run", "--rm", "--network", "mynet", "app", check=False)
     assert res.returncode != 0
-    assert res.stderr.strip() == ("error: port publishing (-p/-P) is not available in rootless "
-                                  "mode: the container shares the host's network, use its "
-                                  "ports directly")
-    host_ifaces = sorted(Path("/sys/class/net").iterdir())
-    res = user.pybuild("run", "--rm", "app", "ls", "/sys/class/net")
-    assert sorted(res.stdout.split()) == sorted(p.name for p in host_ifaces)
+    assert res.stderr.strip() == ("error: network 'mynet': bridge networks need root "
+                                  "(netavark); rootless containers use --network slirp4netns "
+                                  "(the default), host or none")
+    host_ifaces = sorted(p.name for p in Path("/sys/class/net").iterdir())
+    res = user.pybuild("run", "--rm", "--network", "host", "app", "ls", "/sys/class/net")
+    assert sorted(res.stdout.split()) == host_ifaces
+
+
+def _processes(binary: str, needle: str) -> list[int]:
+    """pids of `binary` processes whose command line names `needle` (a path)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(binary.encode()) and any(needle.encode() in a for a in argv):
+            out.append(int(d.name))
+    return out
+
+
+def _slirp_processes(needle: str) -> list[int]:
+    return _processes("slirp4netns", needle)
+
+
+def test_rootless_publish_port(user: User, built: dict[str, str]) -> None:
+    """`run -p 127.0.0.1:PORT:80` as the user: slirp4netns forwards the host's loopback
+    into the container's own namespace; the container cannot reach the host's loopback
+    through the gateway; stop/rm leave no process, namespace or port behind."""
+    if shutil.which("slirp4netns") is None:
+        pytest.skip("slirp4netns not installed")
+    port = free_port()
+    name = f"rl-httpd-{worker_slot()}"
+    cid = user.pybuild("run", "-d", "--name", name, "--user", "0", "-p", f"127.0.0.1:{port}:80",
+                       "-p", "127.0.0.1::80", "app", "httpd", "-f", "-p", "80", "-h",
+                       "/srv/app").stdout.strip()
+    netns = user.runtime_dir / "pybuild" / "netns" / f"pybuild-{cid[:12]}"
+    try:
+        assert netns.exists() and len(_slirp_processes(str(netns))) == 1
+        ps = user.pybuild("ps").stdout
+        line = next(ln for ln in ps.splitlines() if name in ln)
+        assert f"127.0.0.1:{port}->80/tcp" in line
+        other = int(line.split("127.0.0.1:")[2].split("->")[0])  # the port picked for ::80
+        for p in (port, other):
+            with urllib.request.urlopen(f"http://127.0.0.1:{p}/hello", timeout=10) as r:
+                assert r.read() == b"hi\n"
+        # the same host port again: refused, and its helper does not linger
+        res = user.pybuild("run", "-d", "-p", f"127.0.0.1:{port}:80", "app", "sleep", "30",
+                           check=False)
+        assert res.returncode != 0
+        assert f"Bind for 127.0.0.1:{port} failed: port is already allocated" in res.stderr
+        assert "Traceback" not in res.stderr
+        # a host port below 1024 (ip_unprivileged_port_start): the kernel's refusal, named
+        if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() == "1024":
+            res = user.pybuild("run", "--rm", "-p", "127.0.0.1:80:80", "app", "true",
+                               check=False)
+            assert res.stderr.strip() == ("error: cannot publish 127.0.0.1:80/tcp: "
+                                          "Permission denied"), res.stderr
+        assert sorted(p.name for p in netns.parent.iterdir()) == sorted(
+            [netns.name, netns.name + ".sock", netns.name + ".log"])
+        # inside: slirp4netns's address and DNS; the host's loopback is not reachable
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            hp = listener.getsockname()[1]
+            res = user.pybuild("run", "--rm", "--user", "0", "app", "sh", "-c",
+                               "cat /etc/resolv.conf; ip -4 -o addr show tap0; "
+                               f"wget -q -T 3 -O- http://10.0.2.2:{hp}/ && echo REACHED "
+                               "|| echo REFUSED", check=False)
+            listener.settimeout(0)
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+        assert "nameserver 10.0.2.3" in res.stdout
+        assert "inet 10.0.2.100/24" in res.stdout
+        assert res.stdout.strip().endswith("REFUSED")
+        user.pybuild("stop", "-t", "1", name)  # httpd as pid 1 ignores SIGTERM: killed
+        assert _slirp_processes(str(netns.parent)) == []
+        assert list(netns.parent.iterdir()) == []
+    finally:
+        user.pybuild("rm", "-f", name, check=False)
+    assert name not in user.pybuild("ps", "-a").stdout
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of our GETs
+        s.bind(("127.0.0.1", port))  # nothing listens there any more
+
+
+# ----------------------------------------------------------------- root-free, networking
+
+
+def test_rootless_default_network_is_slirp4netns() -> None:
+    from pybuild import network as netmod
+
+    assert containers._rootless_network(netmod.DEFAULT_NETWORK) == "slirp4netns"
+    for mode in ("host", "none", "container:abc"):
+        assert containers._rootless_network(mode) == mode
+    with pytest.raises(PybuildError, match="bridge networks need root"):
+        containers._rootless_network("mynet")
+
+
+def test_slirp_missing_pieces_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert _slirp.available().startswith("slirp4netns not found: install the slirp4netns "
+                                         "package")
+    fake = tmp_path / "slirp4netns"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(_slirp, "TUN", str(tmp_path / "no-tun"))
+    assert "is not readable and writable by this user" in _slirp.available()
+
+
+def test_rootless_fuse_overlayfs_fallback(user: User, context: Path,
+                                          built: dict[str, str]) -> None:
+    """PYBUILD_FUSE_OVERLAYFS=1 forces the fallback a kernel without unprivileged overlayfs
+    takes: said once, the same image digest as the root build, and `run` works on it."""
+    if shutil.which("fuse-overlayfs") is None:
+        pytest.skip("fuse-overlayfs not installed")
+    data = user.home / "fuse-data"
+    env = {"XDG_DATA_HOME": str(data), rootless.ENV_FUSE: "1"}
+    res = user.pybuild("build", "--progress", "quiet", "-t", "app", str(context), **env)
+    assert _digest(res) == built["root"]
+    note = "rootless: using fuse-overlayfs: PYBUILD_FUSE_OVERLAYFS=1\n"
+    assert res.stderr.count("fuse-overlayfs") == 1 and note in res.stderr, res.stderr
+    # the container's rootfs too: owners, and the lowers' whiteout and opaque directory
+    res = user.pybuild("run", "--rm", "--network", "none", "app", "sh", "-c",
+                       "id; ls /old; ls /old/d", **env)
+    assert res.stdout.split("\n") == ["uid=1000(app) gid=1000(app)", "d", "n", ""]
+    assert _processes("fuse-overlayfs", str(data)) == []
+
+
+def test_normalize_fuse_upper(tmp_path: Path) -> None:
+    """fuse-overlayfs's opaque marks stay only where the kernel puts them: on a directory
+    created where a lower has something at that path."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "x").mkdir(parents=True)
+    (lower / "x" / "f").write_text("old")
+    (lower / "keep" / "sub").mkdir(parents=True)
+    for d in ("x", "new", "keep/sub"):
+        (upper / d).mkdir(parents=True)
+        try:
+            os.setxattr(upper / d, rootless.FUSE_OPAQUE_XATTR, b"y")
+        except OSError as e:
+            pytest.skip(f"no user xattrs on {tmp_path}: {e}")
+        (upper / d / ".wh..wh..opq").write_text("")
+        if d == "new":
+            (upper / d / "file").write_text("n")
+        os.utime(upper / d, (1000, 1000))
+    rootless.normalize_fuse_upper(upper, [lower])
+    for d, opaque in (("x", True), ("new", False), ("keep/sub", True)):
+        assert sorted(p.name for p in (upper / d).iterdir()) == (["file"] if d == "new" else [])
+        assert os.listxattr(upper / d) == (["user.overlay.opaque"] if opaque else [])
+        assert (upper / d).stat().st_mtime == 1000
+
+
+def test_fuse_fallback_decision(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The kernel's refusal (EPERM, EINVAL, ENODEV) switches to fuse-overlayfs once, said
+    once; other errors are not a reason; without fuse-overlayfs the missing piece is named."""
+    import errno
+
+    monkeypatch.setattr(rootless, "inside", lambda: True)
+    monkeypatch.setattr(rootless, "_fuse_reason", None)
+    monkeypatch.delenv(rootless.ENV_FUSE, raising=False)
+    assert not rootless.fuse_overlay_wanted()
+    assert not rootless.fuse_overlay_fallback(errno.ENOSPC)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(rootless.RootlessError, match="fuse-overlayfs is not installed"):
+        rootless.fuse_overlay_fallback(errno.EPERM)
+    fake = tmp_path / "fuse-overlayfs"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert rootless.fuse_overlay_fallback(errno.EPERM)
+    assert rootless.fuse_overlay_fallback(errno.EINVAL)
+    assert rootless.fuse_overlay_wanted()
+    assert capsys.readouterr().err == ("rootless: using fuse-overlayfs: the kernel refused "
+                                       "overlayfs in the user namespace (Operation not "
+                                       "permitted)\n")

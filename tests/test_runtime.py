@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import sys
 import threading
 from pathlib import Path
@@ -192,7 +193,15 @@ def test_missing_executable_reported_plainly(rootfs: Path) -> None:
 def test_killed_process_reports_128_plus_signal(rootfs: Path) -> None:
     """Killed from outside (pid 1 of a PID namespace ignores its own SIGKILL)."""
     def kill(chunk: bytes) -> None:
-        cid = next(c["id"] for c in runc_list() if c["rootfs"] == str(rootfs.resolve()))
+        # `runc list` skips a container whose state another process is rewriting at that
+        # moment (parallel tests): look again
+        cid = None
+        for _ in range(50):
+            cid = next((c["id"] for c in runc_list() if c["rootfs"] == str(rootfs.resolve())), None)
+            if cid is not None:
+                break
+            time.sleep(0.1)
+        assert cid is not None
         subprocess.run(["runc", "--root", str(runtime.state_root("runc")), "kill", cid, "KILL"],
                        check=True)
 

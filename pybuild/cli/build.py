@@ -91,11 +91,16 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
         solver.load()
         report_checks(solver.plan, opts, args, progress)
         started = _now()
-        result = solver.build(open_store(args))
-        if attest_opts.wanted:
-            _attest(args, opts, result, attest_opts, started)
-        if outputs:
-            _export_outputs(args, progress, result, outputs)
+        # the gc lock, shared, from the build to its outputs: no prune (and no other
+        # build's discard_image) takes the image while the exporters read it
+        with open_store(args).gc_lock(shared=True):
+            result = solver.build(open_store(args))
+            if attest_opts.wanted:
+                _attest(args, opts, result, attest_opts, started)
+            if outputs:
+                _export_outputs(args, progress, result, outputs)
+        if exporters.stores_no_image(outputs) and result.new_image and not attest_opts.wanted:
+            exporters.discard_image(open_store(args), result.manifest)
         progress.summary(summary_of(result, time.monotonic() - start))
     finally:
         progress.close()
@@ -501,11 +506,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="where the result goes (repeatable): type=local,dest=DIR (or just DIR), "
                         "type=tar,dest=FILE (or - for stdout), type=oci,dest=FILE, "
                         "type=docker[,dest=FILE], type=image[,name=N][,push=true], "
-                        "type=registry,name=N; default: the store, tagged with -t")
+                        "type=registry,name=N; default: the store, tagged with -t; "
+                        "with only local/tar outputs no image is stored (the cache stays)")
     b.add_argument("--cache-from", action="append", metavar="type=registry,ref=REF",
-                   help="use build cache exported to a registry (repeatable)")
+                   help="use build cache (repeatable): type=registry,ref=REF (also an image "
+                        "pushed with an inline cache), or type=local,src=DIR[,tag=T] "
+                        "(BuildKit's local cache format)")
     b.add_argument("--cache-to", action="append", metavar="type=registry,ref=REF[,mode=min|max]",
-                   help="export the build cache to a registry (mode=max: every stage)")
+                   help="export the build cache (mode=max: every stage): type=registry,ref=REF, "
+                        "type=local,dest=DIR[,tag=T] (BuildKit's local cache format, an OCI "
+                        "layout), or type=inline (in the image config)")
     b.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
                    help="steps that run at once: independent stages build in parallel "
                         "(default: the number of CPUs)")

@@ -324,11 +324,13 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
                    help="bind mount a host directory (CTR alone: an anonymous volume)")
     r.add_argument("--network", "--net", default="pybuild", metavar="MODE",
                    help="host, none, container:NAME, or a network's name (default: the "
-                        "pybuild bridge)")
+                        "pybuild bridge; rootless: slirp4netns, the container's own "
+                        "namespace with user-mode networking)")
     r.add_argument("--network-alias", action="append", metavar="ALIAS",
                    help="another name the container answers to on its user network")
     r.add_argument("-p", "--publish", action="append", metavar="[IP:]HOST:CTR[/PROTO]",
-                   help="publish a container port on the host (HOST empty or missing: a free one)")
+                   help="publish a container port on the host (HOST empty or missing: a free "
+                        "one; rootless: forwarded by slirp4netns)")
     r.add_argument("-P", "--publish-all", action="store_true",
                    help="publish every EXPOSEd port on a free host port")
     r.add_argument("-h", "--hostname", help="the container's host name (default: its short ID)")

@@ -20,6 +20,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print("rootless mode unavailable: the store was not checked")
             return 1
         print(f"rootless: {rootless.describe()}")
+        from pybuild import network
+
+        print("rootless: container network: "
+              + (network.slirp_available() or "slirp4netns (published ports forwarded by it)"))
     store = open_store(args)
     report = doctor.repair(store) if args.repair else doctor.check(store)
     for p in report.problems:

@@ -7,6 +7,10 @@ bridge gets its own namespace (`ip netns` name `pybuild-<short id>`), one addres
 leased from the network, a veth pair on the network's bridge, and the NAT rules of its
 published ports, all made and removed by netavark (see _netavark). Names of containers
 and their `--network-alias`es resolve through aardvark-dns on user networks.
+
+Rootless (rootless.py), the default network is `slirp4netns` instead: the container's
+own namespace with user-mode networking, published ports forwarded by slirp4netns from
+the host's addresses (see _slirp).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pybuild.errors import PybuildError
-from pybuild.network import _netavark, _netns, _records
+from pybuild.network import _netavark, _netns, _records, _slirp
 from pybuild.network._etc import (
     host_hosts,
     hosts,
@@ -35,13 +39,18 @@ from pybuild.network._ports import (
     parse_publish,
 )
 from pybuild.network._records import DEFAULT_NETWORK, Network
+from pybuild.network._slirp import DNS as SLIRP_DNS
+from pybuild.network._slirp import NETWORK as SLIRP
 
 __all__ = [
     "DEFAULT_NETWORK",
+    "SLIRP",
+    "SLIRP_DNS",
     "Attachment",
     "Network",
     "PortMapping",
     "attach",
+    "attach_slirp",
     "available",
     "check_free",
     "create_network",
@@ -59,6 +68,7 @@ __all__ = [
     "parse_mode",
     "parse_publish",
     "remove_network",
+    "slirp_available",
     "resolv_conf",
     "validate_dns",
 ]
@@ -79,6 +89,7 @@ class Attachment:
     resolver: str  # the network's DNS server, "" when names do not resolve there
     aliases: list[str] = field(default_factory=list)
     ports: list[dict[str, object]] = field(default_factory=list)  # PortMapping fields
+    helper: str = ""  # slirp4netns: "PID STARTTIME" of the process serving the namespace
 
     def port_mappings(self) -> list[PortMapping]:
         return [PortMapping(**p) for p in self.ports]  # type: ignore[arg-type]
@@ -86,6 +97,10 @@ class Attachment:
 
 def available() -> str:
     return _netavark.available()
+
+
+def slirp_available() -> str:
+    return _slirp.available()
 
 
 def parse_mode(root: Path, mode: str) -> str:
@@ -168,13 +183,34 @@ def attach(root: Path, cid: str, name: str, network_name: str, aliases: list[str
     return att
 
 
+def attach_slirp(cid: str, ports: list[PortMapping]) -> Attachment:
+    """Rootless: the container's namespace with slirp4netns serving it and forwarding
+    `ports`. All or nothing, as `attach`."""
+    path = _netns.path_for(cid)
+    att = Attachment(network=SLIRP, network_id="", ip=_slirp.ADDRESS, gateway=_slirp.GATEWAY,
+                     prefix_len=_slirp.PREFIX_LEN, mac="", bridge="", netns=str(path),
+                     resolver="")
+    try:
+        _netns.create(cid)
+        att.helper, fixed = _slirp.start(path, ports)
+    except BaseException:
+        _netns.delete(cid)
+        raise
+    att.ports = [asdict(p) for p in fixed]
+    return att
+
+
 def detach(root: Path, cid: str, att: Attachment, *, name: str, dns: list[str]) -> list[str]:
     """Undo `attach`, as far as it got; returns what could not be undone (for a warning).
 
     Works from the record alone, so it also cleans up after a monitor killed with SIGKILL.
     """
-    problems = []
+    problems: list[str] = []
     path = Path(att.netns)
+    if att.network == SLIRP:
+        _slirp.stop(att.helper, path)
+        _netns.delete(cid)
+        return problems
     with _records.locked(root):
         try:
             net: Network | None = _records.lookup(root, att.network)

@@ -14,6 +14,9 @@ mounted as one read-only overlay and its merged view streams, as an uncompressed
 the destination (through the one safe extractor for DIR, so nothing in the image can
 reach outside DIR). The exporters take plain arguments: the store, the final image
 (manifest, config, layers), the outputs, the names; they know nothing of the build.
+A build with only local/tar outputs stores no image, as BuildKit's local and tar exporters:
+`discard_image` takes the image it wrote out of the store again (its layers stay, as the
+cache's).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pybuild import image as imagemod
 from pybuild import layer
 from pybuild.errors import PybuildError
 from pybuild.reference import parse_reference
-from pybuild.store import Store
+from pybuild.store import Descriptor, Store
 
 TYPES = ("image", "registry", "docker", "oci", "local", "tar")
 _OPTIONS = {
@@ -181,6 +184,46 @@ def export(store: Store, img: imagemod.Image, outputs: list[OutputSpec], tags: l
                 messages.append(f"pushed {parse_reference(n).familiar}: {digest}")
         done()
     return messages
+
+
+def stores_no_image(outputs: list[OutputSpec]) -> bool:
+    """Whether the outputs are only local/tar ones: BuildKit's local and tar exporters
+    write files and store no image (its build cache stays)."""
+    return bool(outputs) and all(o.type in ("local", "tar") for o in outputs)
+
+
+def discard_image(store: Store, manifest: Descriptor) -> bool:
+    """Take a just-built image out of the store again: its manifest and config blobs, unless
+    a tag (of this or another build) or a container holds them. Its layers stay, as the
+    cache records' layers (prune reclaims them). True when something was removed.
+
+    Only when no other build of this store is running or exporting (they hold the gc lock
+    shared, and one may be about to read this very image): else the image is left, as a
+    dangling one `pybuild image prune` removes."""
+    from pybuild.containers import list_containers
+
+    try:
+        with store.gc_lock(shared=False, blocking=False):
+            return _discard(store, manifest, list_containers)
+    except BlockingIOError:
+        return False
+
+
+def _discard(store: Store, manifest: Descriptor, list_containers: Callable[[Store], Any]) -> bool:
+    with store.lock():
+        if not store.has_blob(manifest.digest):
+            return False
+        config = store.read_json(manifest.digest).get("config") or {}
+        config_digest = config.get("digest") if isinstance(config, dict) else None
+        live = store.reachable()
+        if manifest.digest in live or config_digest in live or \
+                any(c.image_id == config_digest for c in list_containers(store)):
+            return False
+        for digest in (manifest.digest, config_digest):
+            if isinstance(digest, str):
+                with contextlib.suppress(FileNotFoundError):
+                    store.blob_path(digest).unlink()
+    return True
 
 
 def _title(o: OutputSpec) -> str:

@@ -1,6 +1,7 @@
 """Share the build cache through a registry: `--cache-to` / `--cache-from type=registry`.
 
-The cache travels as one OCI manifest: its config blob (media type
+(type=local writes BuildKit's own cache format instead: pybuild/solver/local_cache.py.)
+The registry cache travels as one OCI manifest: its config blob (media type
 `application/vnd.pybuild.cache.config.v1+json`) lists the cache records, and its layers
 are the records' layer blobs. Importing reads only the config; a layer is downloaded the
 first time a step hits its record. The format is documented in docs/cache.md.
@@ -30,6 +31,9 @@ class CacheSpec:
     mode: str = "min"
     type: str = "registry"  # registry | local | inline
     tag: str = "latest"     # type=local: the layout's tag
+    digest: str = ""        # type=local --cache-from: the cache manifest, instead of the tag
+    image_manifest: bool = True  # type=local --cache-to: an image manifest (else an index)
+    reset: bool = False     # type=local --cache-to: drop the blobs index.json no longer names
 
 
 def parse_cache_spec(value: str, flag: str) -> CacheSpec:
@@ -55,10 +59,31 @@ def parse_cache_spec(value: str, flag: str) -> CacheSpec:
         key = "dest" if flag == "--cache-to" else "src"
         if not fields.get(key):
             raise PybuildError(f"{flag}: {key}= is required (type=local,{key}=DIR)")
+        # BuildKit's local cache options that pybuild implements; any other is refused,
+        # never parsed and ignored
+        known = {"type", key, "mode", "tag"} | (
+            {"image-manifest", "oci-mediatypes", "reset"} if flag == "--cache-to" else {"digest"})
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise PybuildError(f"{flag}: type=local has no option {unknown[0]!r} "
+                               f"({', '.join(sorted(known - {'type'}))})")
         mode = fields.get("mode", "min")
         if mode not in ("min", "max"):
             raise PybuildError(f"{flag}: mode must be min or max, not {mode!r}")
-        return CacheSpec(fields[key], mode, "local", fields.get("tag") or "latest")
+        flags = {}
+        for name in ("image-manifest", "oci-mediatypes", "reset"):
+            v = fields.get(name, "false" if name == "reset" else "true").lower()
+            if v not in ("true", "false", "1", "0"):
+                raise PybuildError(f"{flag}: {name} must be true or false, not {v!r}")
+            flags[name] = v in ("true", "1")
+        if not flags["oci-mediatypes"]:
+            raise PybuildError(f"{flag}: oci-mediatypes=false is not supported (pybuild writes "
+                               f"OCI media types, BuildKit's default)")
+        digest = fields.get("digest", "")
+        if digest:
+            digest = str(Digest.sha256(digest, f"{flag} digest"))
+        return CacheSpec(fields[key], mode, "local", fields.get("tag") or "latest", digest,
+                         flags["image-manifest"], flags["reset"])
     if not fields.get("ref"):
         raise PybuildError(f"{flag}: ref= is required (type=registry,ref=HOST/REPO:TAG)")
     mode = fields.get("mode", "min")
@@ -74,13 +99,14 @@ def export(store: Store, spec: CacheSpec, records: list[Record], client: Any) ->
     seen: dict[str, Record] = {}
     for r in records:
         seen.setdefault(r.key, r)
+    if spec.type == "local":  # BuildKit's own cache format (pybuild/solver/local_cache.py)
+        from pybuild.solver import local_cache
+
+        return local_cache.export(store, spec.ref, spec.tag, list(seen.values()),
+                                  image_manifest=spec.image_manifest, reset=spec.reset)
     doc = document(list(seen.values()))
     config = store.put_json(doc, CONFIG_MEDIA_TYPE)
     layers = list({r.layer.digest: r.layer for r in seen.values()}.values())
-    if spec.type == "local":
-        from pybuild.solver import local_cache
-
-        return local_cache.export(store, spec.ref, spec.tag, config, layers)
     return registry.push_artifact(store, spec.ref, config, layers, client=client)
 
 
@@ -103,17 +129,13 @@ def load(store: Store, spec: CacheSpec, client: Any) -> dict[str, Record]:
     if spec.type == "local":
         from pybuild.solver import local_cache
 
-        local = local_cache.load(spec.ref, spec.tag)
-        if local is None:
-            return {}
-        doc = local
-    else:
-        found = registry.fetch_artifact(store, spec.ref, client=client)
-        if found is None:
-            return {}
-        doc, _layers = found
-        if isinstance(doc.get(INLINE_KEY), dict):  # an image built with --cache-to type=inline
-            doc = doc[INLINE_KEY]
+        return local_cache.load(spec.ref, spec.tag, spec.digest)
+    found = registry.fetch_artifact(store, spec.ref, client=client)
+    if found is None:
+        return {}
+    doc, _layers = found
+    if isinstance(doc.get(INLINE_KEY), dict):  # an image built with --cache-to type=inline
+        doc = doc[INLINE_KEY]
     if doc.get("version") != FORMAT_VERSION or not isinstance(doc.get("records"), list):
         raise PybuildError(f"--cache-from {spec.ref}: not a pybuild cache (format "
                            f"{doc.get('version')!r})")

@@ -46,7 +46,7 @@ from pybuild.solver.cache import Cache, Record, explain, key_path
 from pybuild.solver.mounts import MountPreparer, SecretSource, bind_key, mounts_key
 from pybuild.solver.scheduler import Future, Scheduler
 from pybuild.solver.worker import RealWorker, Snapshot, Worker
-from pybuild.store import Descriptor, Store
+from pybuild.store import Descriptor, Store, canonical_json
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -142,6 +142,9 @@ class BuildResult:
     steps: list[dict[str, Any]] = field(default_factory=list)  # name, cached, seconds
     # the base images it used: (canonical reference, manifest digest), for provenance
     materials: list[tuple[str, str]] = field(default_factory=list)
+    # this build wrote the image's config (no image with this ID was in the store before):
+    # what a local/tar-only build may take out again (exporters.discard_image)
+    new_image: bool = False
 
 
 class Solver:
@@ -1002,6 +1005,8 @@ class Solver:
         with self.sched.slot():
             self._fetch_layers(s.layers, vid)
             config.update(remote_cache.inline_config(self.opts.cache_to, s.records))
+            new_image = not self.store.has_blob(
+                "sha256:" + hashlib.sha256(canonical_json(config)).hexdigest())
             manifest = imagemod.write(self.store, config, s.layers)
         image_id = manifest_config_digest(self.store, manifest)
         with self.store.lock():
@@ -1014,7 +1019,7 @@ class Solver:
             sizes.append((d.size, h.get("created_by", "")))
         result = BuildResult(manifest, image_id, [parse_reference(t).familiar for t in self.opts.tags],
                              self.steps_run, self.steps_cached, sizes, self.timings,
-                             sorted(self._materials.items()))
+                             sorted(self._materials.items()), new_image)
         for spec in self.opts.cache_to:
             if spec.type == "inline":
                 continue  # already in the image config

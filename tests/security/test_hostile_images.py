@@ -83,7 +83,8 @@ def test_diff_id_naming_a_host_directory_is_refused(registry: HostileRegistry, t
     registry.image("evil/paths", "1", [tar_bytes(("planted", "file", b"x"))],
                    diff_ids=[f"sha256:{target}"])
     line = one_line_error(pybuild("pull", f"{registry.addr}/evil/paths:1", check=False))
-    assert "diff_id" in line and target in line  # refused at the registry door or at unpack
+    # refused at the registry door or at unpack; a long hostile value is quoted cut short
+    assert "diff_id" in line and f"sha256:{target}"[:48] in line
     _assert_untouched(victim)
     assert pybuild("images", "-q").stdout.strip() == ""  # no tag of the refused image
     assert _snapshot_names(pybuild.root) == []
@@ -210,7 +211,7 @@ def test_config_blob_named_by_a_path_is_refused(registry: HostileRegistry, pybui
     registry.manifest("evil/cfg", "1", {"mediaType": OCI_CONFIG, "digest": f"sha256:{victim}",
                                          "size": 2}, [])
     line = one_line_error(pybuild("pull", f"{registry.addr}/evil/cfg:1", check=False))
-    assert str(victim) in line and "digest" in line
+    assert f"sha256:{victim}"[:48] in line and "digest" in line  # quoted cut short
     _assert_untouched(victim)
 
 
