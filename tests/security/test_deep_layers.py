@@ -149,3 +149,13 @@ def test_a_file_in_the_way_names_itself(tmp_path: Path) -> None:
     with pytest.raises(PybuildError, match=r"layer entry 'a/f/x': /a/f is not a directory"):
         _apply(tmp_path, [_member("a/f", tarfile.REGTYPE, data=b"f"),
                           _member("a/f/x", tarfile.REGTYPE, data=b"x")])
+
+
+def test_a_whiteout_below_a_path_this_layer_made_a_file_is_refused(tmp_path: Path) -> None:
+    """Found by comparing with main's extractor on random layers: `a/b`, then `a` as a
+    file, then `a/.wh.b`. Main skipped the whiteout on a stale record of `a/b`; there is no
+    directory to hide anything in, so it is refused as containerd refuses it."""
+    with pytest.raises(PybuildError, match=r"layer entry 'a/\.wh\.b': /a is not a directory"):
+        _apply(tmp_path, [_member("a/b", tarfile.REGTYPE, data=b"b"),
+                          _member("a", tarfile.REGTYPE, data=b"a"),
+                          _member("a/.wh.b", tarfile.REGTYPE)])
