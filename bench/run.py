@@ -26,7 +26,7 @@ from pathlib import Path
 import report
 from daemons import Unavailable, remove_tree
 from scenarios import SCENARIOS, Bench, Case, Scenario
-from tools import REPO, Failure, run_logged
+from tools import REPO, Failure, children_cpu, daemon_cpu, run_logged
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -81,6 +81,9 @@ def run_scenario(scn: Scenario, bench: Bench, runs: int, only: set[str] | None) 
         active = [t for t in cases if t not in tools]
         times: dict[str, list[float]] = {t: [] for t in active}
         loads: dict[str, list[float]] = {t: [] for t in active}
+        # CPU seconds of each run: the tool's process tree, plus for docker its daemons
+        # (on a loaded machine wall time is mostly the scheduler's share, CPU is the work)
+        cpus: dict[str, list[float]] = {t: [] for t in active}
         up_before, load_before = uptime(), os.getloadavg()
         print(f"   uptime before: {up_before}", flush=True)
         for i in range(runs):
@@ -89,8 +92,12 @@ def run_scenario(scn: Scenario, bench: Bench, runs: int, only: set[str] | None) 
                 try:
                     case.before(i)
                     loads[tool].append(round(os.getloadavg()[0], 2))
+                    marker = bench.daemon_marker() if tool == "docker" else None
+                    cpu = children_cpu() + (daemon_cpu(marker) if marker else 0.0)
                     times[tool].append(run_logged(case.command(i),
                                                   bench.log(f"{scn.name}-{tool}")))
+                    cpu = children_cpu() + (daemon_cpu(marker) if marker else 0.0) - cpu
+                    cpus[tool].append(round(cpu, 2))
                     case.after(i)
                 except (Failure, Unavailable) as e:
                     tools[tool] = {"failed": str(e)}
@@ -98,7 +105,7 @@ def run_scenario(scn: Scenario, bench: Bench, runs: int, only: set[str] | None) 
                     print(f"   {tool}: run {i + 1} failed: {e}", flush=True)
                     continue
                 print(f"   run {i + 1}/{runs} {tool}: {times[tool][-1]:.2f} s "
-                      f"(load {loads[tool][-1]:.1f})", flush=True)
+                      f"({cpus[tool][-1]:.2f} s CPU, load {loads[tool][-1]:.1f})", flush=True)
         up_after, load_after = uptime(), os.getloadavg()
         print(f"   uptime after:  {up_after}", flush=True)
     finally:
@@ -107,7 +114,7 @@ def run_scenario(scn: Scenario, bench: Bench, runs: int, only: set[str] | None) 
     for tool, secs in times.items():
         if secs:
             tools[tool] = {**tools.get(tool, {}), **report.summarize(secs),
-                           "load1_at_start": loads[tool]}
+                           "cpu_seconds": cpus[tool], "load1_at_start": loads[tool]}
     return {
         "scenario": scn.name,
         "what": scn.what,

@@ -8,7 +8,9 @@ runner the one command to time (`command`), and cleans up (`after`, `close`).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import time
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +75,14 @@ class Bench:
         if self._docker_host is None:
             self._docker_host = self.stack.enter_context(docker_engine())
         return Docker(self._docker_host, self.workdir / "docker-config")
+
+    def daemon_marker(self) -> str | None:
+        """What the private engine's dockerd and containerd have in their command lines
+        (their state directory), or None for an engine this bench did not start."""
+        host = self._docker_host or ""
+        if not host.startswith("unix://") or os.environ.get("DOCKER_HOST"):
+            return None
+        return str(Path(host[len("unix://"):]).parent)
 
     def buildah_isolation(self) -> str | None:
         if self._isolation is None:
@@ -461,6 +471,9 @@ class ManyFilesCase(BuildCase):
 
     def setup(self) -> None:
         make_many_files(self.context, self.dirs, self.per_dir)
+        # A checkout is older than the racily-clean margin (2 s) when it is built: files
+        # written in the same instant as a build are re-read by the next one (by design).
+        time.sleep(2.1)
         self.adapter.import_base(*self.base)
         run_logged(self.command(-1), self.adapter.log)
 
@@ -476,6 +489,7 @@ def _many_files(tool: str, mode: str, dirs: int, per_dir: int = 100) -> Callable
         name = f"files{dirs * per_dir // 1000}k-{mode}-{tool}"
         return ManyFilesCase(_adapter(bench, tool, name), bench.subdir(f"{name}-ctx-"), bench,
                              mode, dirs, per_dir)
+    return make
 # Foreign-architecture RUN steps under QEMU user emulation (arm64 on an amd64 host): a
 # shell loop of 300 forks and a sha256 of 4 MiB, i.e. emulated process start-up and
 # emulated compute, on Debian's arm64 busybox (tests/test_platforms.py fetches it).

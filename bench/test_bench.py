@@ -88,3 +88,8 @@ def test_every_scenario_compares_pybuild_with_something() -> None:
                               "push128", "pull-debian", "arm64", *files}
     for scn in SCENARIOS.values():
         assert scn.tools[0] == "pybuild" and len(scn.tools) >= 2
+
+
+def test_every_scenario_makes_its_cases() -> None:
+    """Each tool of each scenario has a case factory (a merge once dropped one's return)."""
+    assert all(callable(make) for scn in SCENARIOS.values() for make in scn.cases.values())

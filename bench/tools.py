@@ -56,6 +56,31 @@ def run_logged(cmd: Command, log: Path, check: bool = True) -> float:
     return elapsed
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every child this process has waited for so far."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def daemon_cpu(marker: str) -> float:
+    """CPU seconds used so far by the live processes whose command line contains `marker`
+    (a private dockerd and its containerd, named by their state directory): the work a
+    `docker build` client hands to its daemon."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if marker not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 class Pybuild:
     """`python -m pybuild --root ROOT ...` from this checkout."""
 

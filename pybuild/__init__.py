@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["Container", "DockerfileError", "Event", "Image", "NeedsRootError", "PybuildError",
-           "StepError", "Store", "build", "open_store", "pull", "push", "run", "save"]
+           "StepError", "Store", "build", "load_archive", "open_store", "pull", "push", "run", "save"]
 
 if TYPE_CHECKING:
-    from pybuild.api import Container, Event, Image, build, open_store, pull, push, run, save
+    from pybuild.api import (Container, Event, Image, build, load_archive, open_store, pull, push, run,
+                             save)
     from pybuild.errors import DockerfileError, NeedsRootError, PybuildError, StepError
     from pybuild.store import Store
 
 _HOMES = {"Container": "pybuild.api", "run": "pybuild.api", "Event": "pybuild.api", "Image": "pybuild.api", "build": "pybuild.api",
           "open_store": "pybuild.api", "pull": "pybuild.api", "push": "pybuild.api",
-          "save": "pybuild.api", "Store": "pybuild.store", "DockerfileError": "pybuild.errors",
+          "save": "pybuild.api", "load_archive": "pybuild.api", "Store": "pybuild.store", "DockerfileError": "pybuild.errors",
           "NeedsRootError": "pybuild.errors", "PybuildError": "pybuild.errors",
           "StepError": "pybuild.errors"}
 

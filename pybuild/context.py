@@ -253,10 +253,21 @@ _MEMO_SCHEMA = """
 CREATE TABLE IF NOT EXISTS context_digests (
     dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, hashed_ns INTEGER NOT NULL,
-    sha256 TEXT NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID
+    sha256 TEXT NOT NULL, path TEXT NOT NULL DEFAULT '', PRIMARY KEY (dev, ino)) WITHOUT ROWID
 """
 
-_MemoRow = tuple[int, int, int, int, str]  # size, mtime_ns, ctime_ns, hashed_ns, sha256
+# size, mtime_ns, ctime_ns, hashed_ns, sha256, path (where the file was when it was read)
+_MemoRow = tuple[int, int, int, int, str, str]
+
+
+def _memo_table(db: sqlite3.Connection) -> None:
+    """The memo's table, made or brought up to date (rows of a version without `path`
+    cannot be dropped when their file goes away: they are forgotten, it is only a cache)."""
+    db.execute(_MEMO_SCHEMA)
+    if "path" not in {r[1] for r in db.execute("PRAGMA table_info(context_digests)")}:
+        with db:
+            db.execute("DELETE FROM context_digests")
+            db.execute("ALTER TABLE context_digests ADD COLUMN path TEXT NOT NULL DEFAULT ''")
 
 
 class DigestMemo:
@@ -267,6 +278,11 @@ class DigestMemo:
     racily clean (see RACY_MARGIN_NS). Any write, `touch -d`, rename over the name or
     reuse of the inode moves ctime, so it is re-hashed. `connect` gives the calling
     thread's connection, or None for a memo that lives only as long as the process.
+
+    Each entry also keeps its file's path: after a whole directory was walked
+    (`forget_unseen_below`), the entries below it whose inode the walk did not meet (the
+    file was deleted, renamed away, or is ignored now) are dropped, so the table holds
+    what the contexts hold, not every file ever hashed.
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection] | None = None) -> None:
@@ -274,6 +290,8 @@ class DigestMemo:
         self._lock = threading.Lock()
         self._rows: dict[int, dict[int, _MemoRow]] = {}
         self._dirty: dict[tuple[int, int], _MemoRow] = {}
+        self._seen: dict[int, set[int]] = {}
+        self._gone: set[tuple[int, int]] = set()
 
     def _device(self, dev: int) -> dict[int, _MemoRow]:
         rows = self._rows.get(dev)
@@ -281,12 +299,14 @@ class DigestMemo:
             rows = {}
             if self._connect is not None:
                 db = self._connect()
-                db.execute(_MEMO_SCHEMA)
+                _memo_table(db)
+                # paths are read only when some entry was not seen (forget_unseen_below)
                 for ino, size, mtime, ctime, hashed, digest in db.execute(
-                        "SELECT ino, size, mtime_ns, ctime_ns, hashed_ns, sha256 FROM context_digests"
-                        " WHERE dev = ?", (dev,)):
-                    rows[ino] = (size, mtime, ctime, hashed, digest)
+                        "SELECT ino, size, mtime_ns, ctime_ns, hashed_ns, sha256"
+                        " FROM context_digests WHERE dev = ?", (dev,)):
+                    rows[ino] = (size, mtime, ctime, hashed, digest, "")
             self._rows[dev] = rows
+            self._seen[dev] = set()
         return rows
 
     def get(self, st: os.stat_result) -> str | None:
@@ -294,37 +314,69 @@ class DigestMemo:
         if rows is None:
             with self._lock:
                 rows = self._device(st.st_dev)
+        self._seen[st.st_dev].add(st.st_ino)
         row = rows.get(st.st_ino)
         if row is None:
             return None
-        size, mtime, ctime, hashed, digest = row
+        size, mtime, ctime, hashed, digest, _path = row
         if size != st.st_size or mtime != st.st_mtime_ns or ctime != st.st_ctime_ns:
             return None
         if (mtime if mtime > ctime else ctime) + RACY_MARGIN_NS >= hashed:
             return None  # racily clean: changed too close to (or after) the read to trust
         return digest
 
-    def put(self, st: os.stat_result, hashed_ns: int, digest: str) -> None:
-        row = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, hashed_ns, digest)
+    def put(self, st: os.stat_result, hashed_ns: int, digest: str, path: str = "") -> None:
+        row = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, hashed_ns, digest, path)
         with self._lock:
             self._device(st.st_dev)[st.st_ino] = row
+            self._seen[st.st_dev].add(st.st_ino)
             self._dirty[(st.st_dev, st.st_ino)] = row
 
+    def forget_unseen_below(self, directory: str) -> int:
+        """After a whole walk of `directory` (absolute): drop the entries filed below it
+        whose inode the walk did not look up. Returns how many go (written at `flush`).
+        A device whose entries were all seen is skipped without a pass over them."""
+        prefix = directory.rstrip("/") + "/"
+        n = 0
+        with self._lock:
+            for dev, rows in self._rows.items():
+                seen = self._seen[dev]
+                if len(rows) <= len(seen):
+                    continue
+                unseen = [ino for ino in rows if ino not in seen]
+                stored: dict[int, str] = {}
+                if unseen and self._connect is not None:
+                    stored = dict(self._connect().execute(
+                        "SELECT ino, path FROM context_digests WHERE dev = ?", (dev,)))
+                gone = [ino for ino in unseen
+                        if (rows[ino][5] or stored.get(ino, "")).startswith(prefix)]
+                for ino in gone:
+                    del rows[ino]
+                    self._dirty.pop((dev, ino), None)
+                    self._gone.add((dev, ino))
+                n += len(gone)
+        return n
+
     def flush(self) -> None:
-        """Write what this process hashed, in one transaction (nothing when nothing changed)."""
+        """Write what this process hashed and dropped, in one transaction (nothing when
+        nothing changed)."""
         with self._lock:
             dirty, self._dirty = self._dirty, {}
-        if not dirty or self._connect is None:
+            gone, self._gone = self._gone, set()
+        if (not dirty and not gone) or self._connect is None:
             return
         db = self._connect()
         with db:
-            db.executemany("INSERT OR REPLACE INTO context_digests VALUES (?, ?, ?, ?, ?, ?, ?)",
+            db.executemany("DELETE FROM context_digests WHERE dev = ? AND ino = ?", sorted(gone))
+            db.executemany("INSERT OR REPLACE INTO context_digests"
+                           " (dev, ino, size, mtime_ns, ctime_ns, hashed_ns, sha256, path)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [(dev, ino, *row) for (dev, ino), row in dirty.items()])
 
     @staticmethod
     def forget_all(db: sqlite3.Connection) -> int:
         """Drop every entry (the next build re-reads every file); returns how many."""
-        db.execute(_MEMO_SCHEMA)
+        _memo_table(db)
         with db:
             return db.execute("DELETE FROM context_digests").rowcount
 
@@ -352,7 +404,7 @@ def file_sha256(path: Path | str, st: os.stat_result, memo: DigestMemo | None = 
     digest = h.hexdigest()
     if (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
             st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-        memo.put(st, hashed_ns, digest)
+        memo.put(st, hashed_ns, digest, os.fspath(path))
     return digest
 
 
@@ -373,6 +425,9 @@ class BuildContext:
                 raise PybuildError(f"error reading {ignore_file.name}: {exc.strerror}") from None
         self.matcher = PatternMatcher(patterns)
         self.memo: DigestMemo | None = None
+        # per directory `manifest` walked: (when the walk started, its entries), so a COPY
+        # of that directory copies what its key covers without a second walk
+        self.walks: dict[str, tuple[int, list[tuple[str, os.stat_result]]]] = {}
 
     @classmethod
     def for_rootfs(cls, root: Path) -> BuildContext:
@@ -385,6 +440,7 @@ class BuildContext:
         ctx.root = Path(os.path.abspath(root))
         ctx.matcher = PatternMatcher([])
         ctx.memo = None
+        ctx.walks = {}
         return ctx
 
     def is_ignored(self, rel: str) -> bool:
@@ -522,8 +578,13 @@ class BuildContext:
             if stat.S_ISDIR(top_st.st_mode):
                 prefix = "" if rel == "." else rel + "/"
                 base = os.fspath(path) + "/"
-                for child, st in walk_visible(path, [(self.matcher, prefix)]):
+                started = time.time_ns()
+                entries = list(walk_visible(path, [(self.matcher, prefix)]))
+                for child, st in entries:
                     record(out, prefix + child, base + child, st)
+                self.walks[os.fspath(path)] = (started, entries)
+                if self.memo is not None:  # the whole directory was walked
+                    self.memo.forget_unseen_below(base)
         if self.memo is not None:
             self.memo.flush()
         return out

@@ -590,10 +590,16 @@ def write_oci_archive(store: Store, entries: list[_Entry], f: BinaryIO,
     multi = multi or []
     index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     blobs: list[Descriptor] = []
+    from pybuild.attest.manifest import blobs_of, is_attestation
+
     for name, top in multi:
         for e in index_entries(store, top):
-            img = load_descriptor(store, e, name)
-            for d in [img.manifest_desc, img.config_desc, *img.layers]:
+            if is_attestation(e):  # statements, not an image: kept with the index
+                parts = blobs_of(store, e, name)
+            else:
+                img = load_descriptor(store, e, name)
+                parts = [img.manifest_desc, img.config_desc, *img.layers]
+            for d in parts:
                 if all(b.digest != d.digest for b in blobs):
                     blobs.append(d)
         if all(b.digest != top.digest for b in blobs):

@@ -282,10 +282,32 @@ def _xattrs(path: bytes, follow: bool = False) -> tuple[list[tuple[bytes, bytes]
 class _TarWriter:
     """Walks an upperdir and streams its tar into a LayerSink."""
 
+    _BATCH = 1 << 16  # small entries reach the sink in batches: one hash update per batch
+
     def __init__(self, sink: LayerSink, epoch: int | None) -> None:
         self._sink = sink
         self._epoch = epoch
         self._links: dict[tuple[int, int], bytes] = {}
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    def _put(self, data: bytes) -> None:
+        """Bytes for the sink, in order; small pieces are joined first (the sink cuts its
+        chunks at fixed offsets, so batching never changes the output)."""
+        if len(data) >= self._BATCH:
+            self._flush()
+            self._sink.write(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self._BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._sink.write(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_size = 0
 
     def _mtime(self, st: os.stat_result) -> int:
         mtime = st.st_mtime_ns // 1_000_000_000
@@ -305,6 +327,7 @@ class _TarWriter:
             path, name, st = item
             if self._entry(path, name, st):
                 stack.append(iter(self._children(path, name + b"/")))
+        self._flush()
 
     @staticmethod
     def _children(directory: bytes, prefix: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
@@ -324,7 +347,7 @@ class _TarWriter:
         mode, mtime = st.st_mode, self._mtime(st)
         if stat.S_ISCHR(mode) and st.st_rdev == 0:
             # overlay whiteout (char 0/0) → empty `.wh.name`, as moby's overlay2 writes it
-            self._sink.write(_header(name, b"0", 0o600, st.st_uid, st.st_gid, 0, mtime))
+            self._put(_header(name, b"0", 0o600, st.st_uid, st.st_gid, 0, mtime))
             return False
         if stat.S_ISSOCK(mode):
             return False  # tar cannot hold sockets; docker skips them too
@@ -335,32 +358,32 @@ class _TarWriter:
                                    "stored in a layer (mount overlay with redirect_dir=off,metacopy=off)")
         common = (mode, st.st_uid, st.st_gid)
         if stat.S_ISDIR(mode):
-            self._sink.write(_header(name + b"/", b"5", *common, 0, mtime, xattrs=xattrs))
+            self._put(_header(name + b"/", b"5", *common, 0, mtime, xattrs=xattrs))
             if overlay.get("trusted.overlay.opaque") == b"y":
-                self._sink.write(_header(name + b"/" + WH_OPAQUE.encode(), b"0", mode & 0o777,
+                self._put(_header(name + b"/" + WH_OPAQUE.encode(), b"0", mode & 0o777,
                                          st.st_uid, st.st_gid, 0, mtime))
             return True
         if st.st_nlink > 1:
             first = self._links.setdefault((st.st_dev, st.st_ino), name)
             if first != name:
-                self._sink.write(_header(name, b"1", *common, 0, mtime, first, xattrs=xattrs))
+                self._put(_header(name, b"1", *common, 0, mtime, first, xattrs=xattrs))
                 return False
         if stat.S_ISREG(mode):
             header = _header(name, b"0", *common, st.st_size, mtime, xattrs=xattrs)
             if st.st_size <= CHUNK:
                 self._small(path, header, st.st_size)
             else:
-                self._sink.write(header)
+                self._put(header)
                 self._copy(path, st.st_size)
         elif stat.S_ISLNK(mode):
-            self._sink.write(_header(name, b"2", *common, 0, mtime, os.readlink(path),
+            self._put(_header(name, b"2", *common, 0, mtime, os.readlink(path),
                                      xattrs=xattrs))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
             flag = b"3" if stat.S_ISCHR(mode) else b"4"
-            self._sink.write(_header(name, flag, *common, 0, mtime, dev=dev, xattrs=xattrs))
+            self._put(_header(name, flag, *common, 0, mtime, dev=dev, xattrs=xattrs))
         elif stat.S_ISFIFO(mode):
-            self._sink.write(_header(name, b"6", *common, 0, mtime, xattrs=xattrs))
+            self._put(_header(name, b"6", *common, 0, mtime, xattrs=xattrs))
         return False
 
     def _small(self, path: bytes, header: bytes, size: int) -> None:
@@ -375,7 +398,7 @@ class _TarWriter:
             os.close(fd)
         if len(data) != size:
             raise PybuildError(f"{os.fsdecode(path)} changed size while the layer was written")
-        self._sink.write(header + data + _pad(size))
+        self._put(header + data + _pad(size))
 
     def _copy(self, path: bytes, size: int) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -385,13 +408,13 @@ class _TarWriter:
                 data = os.read(fd, min(left, CHUNK))
                 if not data:
                     break
-                self._sink.write(data)
+                self._put(data)
                 left -= len(data)
             if left or os.read(fd, 1):
                 raise PybuildError(f"{os.fsdecode(path)} changed size while the layer was written")
         finally:
             os.close(fd)
-        self._sink.write(_pad(size))
+        self._put(_pad(size))
 
 
 def _short_path(name: object) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import re
 import threading
 import time
@@ -555,8 +556,9 @@ class RegistryClient:
             raise t.fail(str(e)) from None
 
     def upload_blob(self, t: _Target, store: Store, desc: Descriptor, mount_from: list[str],
-                    chunked: bool) -> str:
-        """Mount or upload one blob; returns "mounted" or "uploaded"."""
+                    chunked: bool, verified: BlobFingerprint | None = None) -> str:
+        """Mount or upload one blob; returns "mounted" or "uploaded". `verified` is what
+        check_stored_blob returned for it: the file is hashed again only if it changed since."""
         label = _short(desc.digest)
         uploads = f"/v2/{t.ref.repository}/blobs/uploads/"
 
@@ -580,8 +582,11 @@ class RegistryClient:
             if not location:
                 raise t.fail(f"registry {t.registry} opened an upload without a Location")
             location = self._location(t, self.base_url(t.registry) + "/", location)
-            check_stored_blob(store, desc)
             with store.open_blob(desc.digest) as f:
+                # replaced or written since the check: hashed again, and it must be this file
+                if not verified_unchanged(f, verified) and \
+                        not verified_unchanged(f, check_stored_blob(store, desc)):
+                    raise PybuildError(f"blob {desc.digest} changed while it was pushed")
                 if chunked:
                     offset = 0
                     while offset < desc.size:
@@ -625,9 +630,20 @@ class RegistryClient:
         return digest
 
 
-def check_stored_blob(store: Store, desc: Descriptor) -> None:
+# What identifies the bytes of a blob file that was hashed: (device, inode, size, mtime_ns,
+# ctime_ns) of the open file. A store blob is written to a temporary name and renamed, and
+# any write in place moves mtime/ctime, so the same fingerprint is the same bytes.
+BlobFingerprint = tuple[int, int, int, int, int]
+
+
+def _fingerprint(st: os.stat_result) -> BlobFingerprint:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def check_stored_blob(store: Store, desc: Descriptor) -> BlobFingerprint:
     """A stored blob has its descriptor's size and digest (read through, streaming): so a
-    push never sends a truncated or altered blob under a digest it does not have."""
+    push never sends a truncated or altered blob under a digest it does not have. Returns
+    the fingerprint of the file that was hashed (`verified_unchanged` tells it again)."""
     path = store.blob_path(desc.digest)
     try:
         size = path.stat().st_size
@@ -640,12 +656,23 @@ def check_stored_blob(store: Store, desc: Descriptor) -> None:
                            f"doctor`)")
     h = hasher(desc.digest)
     with store.open_blob(desc.digest) as f:
+        before = _fingerprint(os.fstat(f.fileno()))
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+        after = _fingerprint(os.fstat(f.fileno()))
     got = f"{desc.digest.split(':', 1)[0]}:{h.hexdigest()}"
-    if got != desc.digest:
+    if got != desc.digest or before[2] != desc.size:
         raise PybuildError(f"blob {desc.digest} in the store hashes to {got}: not pushed "
                            f"(the store is damaged: run `pybuild doctor`)")
+    if after != before:
+        raise PybuildError(f"blob {desc.digest} changed while it was checked: not pushed")
+    return before
+
+
+def verified_unchanged(f: BinaryIO, verified: BlobFingerprint | None) -> bool:
+    """Whether the open blob file `f` is the very file `check_stored_blob` hashed (same
+    inode, size, mtime and ctime): then its bytes need no second hash before they are sent."""
+    return verified is not None and _fingerprint(os.fstat(f.fileno())) == verified
 
 
 # ---- where blobs are known to be (for cross-repository mounts) ------------------------
@@ -786,11 +813,16 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
     r = parse_reference(dest)
     if r.digest:
         raise PybuildError(f"cannot push to a digest reference: {dest} (push to a tag)")
+    from pybuild.attest.manifest import is_attestation
+
     t = _Target(r, "pushing", (f"repository:{r.repository}:pull,push",))
     top = None if local.startswith("sha256:") else store.resolve_tag(parse_reference(local).familiar)
     if top is not None and _image.is_index(store, top):
         # a multi-platform tag: every manifest (its blobs first) by digest, the index last
         for entry in _image.index_entries(store, top):
+            if is_attestation(entry):
+                _push_attestation(store, client, t, entry, local, chunked)
+                continue
             _push_manifest(store, client, t, _image.load_descriptor(store, entry, local),
                            entry.digest, local, chunked)
         return client.put_manifest(t, r.tag or "latest", store.read_bytes(top.digest),
@@ -802,20 +834,37 @@ def push(store: Store, local: str, dest: str, *, client: RegistryClient | None =
 def _push_manifest(store: Store, client: RegistryClient, t: _Target, img: _image.Image,
                    tag: str, local: str, chunked: bool) -> str:
     """One image manifest's blobs, then the manifest under `tag` (a tag or its digest)."""
-    r = t.ref
     body = store.read_bytes(img.manifest_desc.digest)
     media_type = kind_of(img.manifest, img.manifest_desc.media_type)
     if media_type not in MANIFEST_TYPES:
         media_type = OCI_MANIFEST
     blobs = list({d.digest: d for d in [img.config_desc, *img.layers]}.values())
+    return _push_document(store, client, t, body, media_type, blobs, tag, local, chunked)
+
+
+def _push_document(store: Store, client: RegistryClient, t: _Target, body: bytes,
+                   media_type: str, blobs: list[Descriptor], tag: str, local: str,
+                   chunked: bool) -> str:
+    """The blobs a manifest names (checked present first), then the manifest itself."""
     for d in blobs:
         if not store.has_blob(d.digest):
             raise PybuildError(f"image {local}: blob {d.digest} is missing from the store "
                                f"(run `pybuild doctor`)")
     _send_blobs(client, t, store, blobs, chunked)
     digest = client.put_manifest(t, tag, body, media_type)
-    _record(store, r.registry, r.repository, [d.digest for d in blobs])
+    _record(store, t.ref.registry, t.ref.repository, [d.digest for d in blobs])
     return digest
+
+
+def _push_attestation(store: Store, client: RegistryClient, t: _Target, entry: Descriptor,
+                      local: str, chunked: bool) -> str:
+    """An attestation manifest by digest: its config and in-toto layers are not an image's
+    (no rootfs to check), so it is read as an artifact and its bytes sent as stored."""
+    from pybuild.attest.manifest import blobs_of
+
+    _, *blobs = blobs_of(store, entry, f"image {local}")
+    return _push_document(store, client, t, store.read_bytes(entry.digest), entry.media_type,
+                          blobs, entry.digest, local, chunked)
 
 
 def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[Descriptor],
@@ -823,9 +872,9 @@ def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[De
     """Each blob the registry lacks: mounted from another repository it is known to be in,
     else uploaded; 4 at a time. Blobs already there are skipped (HEAD)."""
     # A damaged store is refused before any transfer starts (whatever the registry answers
-    # to the others meanwhile); upload_blob checks again as it reads (the file may change).
-    for d in blobs:
-        check_stored_blob(store, d)
+    # to the others meanwhile). Each blob is hashed once, here: upload_blob sends the file
+    # only if it is still the one hashed (same inode, size, mtime, ctime), else hashes again.
+    verified = {d.digest: check_stored_blob(store, d) for d in blobs}
     sources = {d.digest: [repo for repo in known_repositories(store, t.ref.registry, d.digest)
                           if repo != t.ref.repository] for d in blobs}
 
@@ -835,7 +884,7 @@ def _send_blobs(client: RegistryClient, t: _Target, store: Store, blobs: list[De
         if client.blob_exists(t, d.digest):
             client._report(_short(d.digest), d.size, d.size)
             return "exists"
-        return client.upload_blob(t, store, d, sources[d.digest], chunked)
+        return client.upload_blob(t, store, d, sources[d.digest], chunked, verified[d.digest])
 
     _parallel(blobs, send)
 

@@ -15,7 +15,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,8 +188,10 @@ class Snapshotter:
         (final / ".lock").unlink(missing_ok=True)  # only work dirs carry one
 
     @contextmanager
-    def mount(self, lowers: list[Path], *, readonly: bool = False) -> Iterator[Active]:
-        """Mount lowers (bottom first) with a fresh upper; always unmounted on exit."""
+    def mount(self, lowers: list[Path], *, readonly: bool = False,
+              seed: Callable[[Path], None] | None = None) -> Iterator[Active]:
+        """Mount lowers (bottom first) with a fresh upper; always unmounted on exit.
+        `seed` fills the upper before the mount (an incremental COPY's previous layer)."""
         NeedsRootError.require("building")
         sid = uuid.uuid4().hex[:16]
         # Set up under a temporary name with the lock already held, then renamed: a mount
@@ -204,6 +206,8 @@ class Snapshotter:
         os.rename(tmp, d)
         active = Active(sid, d, list(lowers), readonly)
         try:
+            if seed is not None:
+                seed(active.upper)
             self.mount_overlay(active)
             try:
                 yield active

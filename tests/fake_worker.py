@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pybuild import layer
 from pybuild.errors import Cancelled
@@ -64,7 +65,8 @@ class FakeWorker:
     # ----- snapshots -------------------------------------------------------------
     @contextmanager
     def prepare(self, layers: list[Descriptor], diff_ids: list[str], *,
-                readonly: bool = False) -> Iterator[FakeSnapshot]:
+                readonly: bool = False, seed: Any = None) -> Iterator[FakeSnapshot]:
+        assert seed is None  # own_layer has nothing to seed from
         root = Path(tempfile.mkdtemp(prefix="fake-snap-"))
         try:
             for d in layers:
@@ -84,6 +86,9 @@ class FakeWorker:
             yield FakeSnapshot(root, _listing(root))
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+    def own_layer(self, chain_id: str) -> Path | None:
+        return None  # no snapshots: an incremental COPY is a full one here
 
     def commit(self, snap: FakeSnapshot, parent_diff_ids: list[str], *, compression: str,
                source_date_epoch: int | None) -> tuple[Descriptor, str]:

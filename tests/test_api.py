@@ -120,7 +120,7 @@ def test_the_api_page_runs_as_written(cli: object, tmp_path: Path) -> None:
 
     text = (REPO / "docs" / "api.md").read_text()
     pairs = re.findall(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", text, re.S)
-    assert len(pairs) == 3
+    assert len(pairs) == 4
     marker = "\n#----\n"
     code = "STORE = __import__('sys').argv[1]\n" + "".join(
         f"{src}print({marker!r}, end='')\n" for src, _out in pairs)
@@ -129,4 +129,53 @@ def test_the_api_page_runs_as_written(cli: object, tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=REPO, timeout=180)
     assert proc.returncode == 0, proc.stderr
     outputs = proc.stdout.split(marker)
-    assert outputs[:3] == [out for _src, out in pairs]
+    assert outputs[:4] == [out for _src, out in pairs]
+
+
+def test_attested_build_push_pull_and_save(busybox: Pybuild, tmp_path: Path) -> None:
+    """build(sbom=, provenance=) → Image.attestations(); push (index, image and attestation
+    manifest), pull into another store, save as OCI: the same calls the CLI makes."""
+    import json
+    import shutil
+
+    from engines import registry_server
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN mkdir -p /opt/a-1.dist-info && "
+                                    "printf 'Name: a\\nVersion: 1\\n' > /opt/a-1.dist-info/METADATA\n")
+    store = pybuild.Store(busybox.root)
+    with pytest.raises(pybuild.PybuildError, match="min' or 'max"):
+        pybuild.build(ctx, store=store, provenance="full")  # type: ignore[arg-type]
+    img = pybuild.build(ctx, tags=["apiatt:1"], store=store, sbom=True, provenance="max")
+    atts = img.attestations()
+    assert sorted(atts) == ["https://slsa.dev/provenance/v1", "https://spdx.dev/Document"]
+    assert [p["name"] for p in atts["https://spdx.dev/Document"]["predicate"]["packages"]] \
+        == ["apiatt:1", "a"]
+    again = pybuild.Image.from_store(store, "apiatt:1")  # the tag names an index now
+    assert (again.id, again.digest, again.tags) == (img.id, img.digest, ("apiatt:1",))
+    assert pybuild.Image.from_store(store, "busybox").attestations() == {}
+    events: list[pybuild.Event] = []
+    with registry_server() as addr:
+        digest = pybuild.push("apiatt:1", f"{addr}/api/att:1", store=store, progress=events.append)
+        assert {"started", "transfer", "done"} <= {e.kind for e in events}
+        other = pybuild.Store(tmp_path / "other")
+        pulled = pybuild.pull(f"{addr}/api/att:1", store=other)
+        assert pulled.id == img.id and pulled.tags == (f"{addr}/api/att:1",)
+        with pytest.raises(pybuild.PybuildError, match="s390x"):
+            pybuild.pull(f"{addr}/api/att:1", store=other, platform="linux/s390x")
+        assert pybuild.Image.from_store(other, f"{addr}/api/att:1").id == img.id  # unchanged
+    assert digest == store.resolve_tag("apiatt:1").digest  # type: ignore[union-attr]
+    out = pybuild.save(["apiatt:1"], tmp_path / "att.tar", store=store, format="oci")
+    if shutil.which("skopeo"):
+        raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{out}:apiatt:1"],
+                             capture_output=True, text=True, check=True).stdout
+        assert [m["platform"]["os"] for m in json.loads(raw)["manifests"]] == ["linux", "unknown"]
+    docker_tar = pybuild.save(["apiatt:1"], tmp_path / "att-docker.tar", store=store)
+    loaded = pybuild.load_archive(docker_tar, store=pybuild.Store(tmp_path / "loaded"))
+    assert [(i.id, i.tags) for i in loaded] == [(img.id, ("apiatt:1",))]
+    with pytest.raises(pybuild.PybuildError, match="open .*missing.tar"):
+        pybuild.load_archive(tmp_path / "missing.tar", store=store)
+    with pytest.raises(pybuild.PybuildError, match="unknown archive format"):
+        pybuild.save(["apiatt:1"], tmp_path / "x.tar", store=store, format="zip")  # type: ignore[arg-type]
+    assert not (tmp_path / "x.tar").exists()

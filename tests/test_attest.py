@@ -290,6 +290,46 @@ def test_attach_and_read_back(tmp_path: object) -> None:
     assert imagemod.load(store, "app:1").manifest_desc.digest == img.digest
 
 
+def test_attach_all_orders_images_then_their_attestations(tmp_path: object) -> None:
+    """Several platforms: images first, then one attestation manifest per image in the
+    same order, each referencing its own image; read() filters by that reference; an
+    attestation manifest is read as an artifact and its blobs checked (blobs_of)."""
+    from pathlib import Path
+
+    from pybuild.attest.manifest import attach_all, blobs_of, is_attestation
+    from pybuild.errors import PybuildError
+    from pybuild.store import OCI_MANIFEST, Descriptor
+
+    store = Store(Path(str(tmp_path)) / "store")
+    images = []
+    for arch in ("amd64", "arm64"):
+        config = store.put_json({"architecture": arch, "os": "linux",
+                                 "rootfs": {"type": "layers", "diff_ids": []}},
+                                "application/vnd.oci.image.config.v1+json")
+        m = store.put_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                            "config": config.to_dict(), "layers": []}, OCI_MANIFEST)
+        images.append(Descriptor(m.media_type, m.digest, m.size, None,
+                                 {"architecture": arch, "os": "linux"}))
+    pairs = [(img, [statement(sbom.PREDICATE_TYPE, {"arch": img.platform["architecture"]},  # type: ignore[index]
+                              subject_name("app", img.platform or {}), img.digest)])
+             for img in images]
+    index = store.read_json(attach_all(store, pairs).digest)
+    entries = [Descriptor.from_dict(e) for e in index["manifests"]]
+    assert [e.digest for e in entries[:2]] == [i.digest for i in images]
+    assert [is_attestation(e) for e in entries] == [False, False, True, True]
+    assert [(e.annotations or {})["vnd.docker.reference.digest"] for e in entries[2:]] == \
+        [i.digest for i in images]
+    top = attach_all(store, pairs).digest  # the same content: the same index
+    assert [a.statement["predicate"] for a in read(store, top, images[1].digest)] == [{"arch": "arm64"}]
+    assert [a.statement["subject"][0]["name"] for a in read(store, top)] == [
+        "pkg:docker/app?platform=linux%2Famd64", "pkg:docker/app?platform=linux%2Farm64"]
+    parts = blobs_of(store, entries[2], "app")
+    assert parts[0] == entries[2] and len(parts) == 3  # itself, its config, one statement
+    bad = Descriptor(OCI_MANIFEST, "sha256:" + "0" * 64, 2, entries[2].annotations)
+    with pytest.raises(PybuildError, match="attestation manifest .* is missing"):
+        blobs_of(store, bad, "app")
+
+
 # ---- `pybuild sbom` on a real built image ---------------------------------------------
 
 def test_sbom_command_reads_a_built_image(busybox: object, tmp_path: object) -> None:
@@ -367,3 +407,73 @@ def test_build_attaches_sbom_and_provenance(busybox: object, tmp_path: object) -
     assert run("run", "--rm", "--network", "none", "att:1", "cat", "/t").stdout == "s3cr3t\n"  # type: ignore[operator]
     bad = run("build", "--provenance=mode=full", str(ctx), check=False)  # type: ignore[operator]
     assert bad.returncode != 0 and "invalid --provenance" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _oci_dir_layers(oci: object, manifest_digest: str) -> dict[str, dict[str, object]]:
+    """predicate type -> statement, read from an OCI layout skopeo wrote."""
+    from pathlib import Path
+
+    def blob(digest: str) -> bytes:
+        return (Path(str(oci)) / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+
+    man = json.loads(blob(manifest_digest))
+    return {layer["annotations"]["in-toto.io/predicate-type"]: json.loads(blob(layer["digest"]))
+            for layer in man["layers"]}
+
+
+def test_attested_image_pushed_and_read_back_from_a_registry(busybox: object, tmp_path: object) -> None:
+    """`build --sbom --provenance --push`: the registry holds the index, the image and the
+    attestation manifest; skopeo reads them back by digest and the statements still validate."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from engines import registry_server
+
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+    run = busybox  # type: ignore[assignment]
+    ctx = Path(str(tmp_path)) / "pctx"
+    ctx.mkdir()
+    (ctx / "status").write_bytes(DPKG_STATUS)
+    (ctx / "os-release").write_bytes(OS_RELEASE)
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY status /var/lib/dpkg/status\n"
+                                    "COPY os-release /etc/os-release\n")
+    with registry_server() as addr:
+        ref = f"{addr}/att/app:1"
+        run("build", "-t", ref, "--sbom", "--provenance=mode=min", "--push", str(ctx))  # type: ignore[operator]
+        skopeo = ["skopeo", "--override-os", "linux", "--override-arch", "amd64"]
+        raw = subprocess.run([*skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{ref}"],
+                             capture_output=True, text=True, check=True).stdout
+        index = json.loads(raw)
+        assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+        image, att = index["manifests"]
+        assert image["platform"] == {"architecture": "amd64", "os": "linux"}
+        assert att["platform"] == {"architecture": "unknown", "os": "unknown"}
+        assert att["annotations"] == {"vnd.docker.reference.digest": image["digest"],
+                                      "vnd.docker.reference.type": "attestation-manifest"}
+        # the same bytes as the local store: nothing rewritten on the way
+        local = Store(run.root)  # type: ignore[attr-defined]
+        assert raw.encode() == local.read_bytes(local.resolve_tag(ref).digest)  # type: ignore[union-attr]
+        oci = Path(str(tmp_path)) / "oci"
+        subprocess.run([*skopeo, "copy", "--src-tls-verify=false",
+                        f"docker://{addr}/att/app@{att['digest']}", f"oci:{oci}:att"],
+                       capture_output=True, text=True, check=True)
+        statements = _oci_dir_layers(oci, att["digest"])
+        # a statement lost from the store: the push stops with one line, the tag not made
+        layer = json.loads(local.read_bytes(att["digest"]))["layers"][0]["digest"]
+        local.blob_path(layer).unlink()
+        bad = run("push", ref, f"{addr}/att/other:1", check=False)  # type: ignore[operator]
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr
+        assert f"blob {layer} is missing from the store" in bad.stderr
+        gone = subprocess.run([*skopeo, "inspect", "--tls-verify=false", "--raw",
+                               f"docker://{addr}/att/other:1"], capture_output=True, text=True)
+        assert gone.returncode != 0
+    assert set(statements) == {sbom.PREDICATE_TYPE, provenance.PREDICATE_TYPE}
+    for st in statements.values():
+        assert st["subject"] == [{"name": f"pkg:docker/{ref}?platform=linux%2Famd64",
+                                  "digest": {"sha256": image["digest"].split(":")[1]}}]
+    doc = statements[sbom.PREDICATE_TYPE]["predicate"]
+    assert spdx_validate(doc) == []  # type: ignore[arg-type]
+    assert {p["name"] for p in doc["packages"]} >= {"libc6", "python3.11"}  # type: ignore[index, union-attr]
+    slsa_validate(statements[provenance.PREDICATE_TYPE]["predicate"])  # type: ignore[arg-type]

@@ -200,3 +200,40 @@ def test_builds_share_the_memo_through_the_store(busybox: Pybuild, tmp_path: Pat
     with db:
         db.execute("UPDATE context_digests SET sha256 = ? WHERE ino = ?", (_sha(b"poison"), ino))
     assert "files changed a.txt (content)" in busybox(*plain).stderr
+
+
+def test_rows_of_deleted_files_are_dropped(tree: Path, tmp_path: Path) -> None:
+    """The memo holds what the context holds: a deleted file's row, a renamed-away one's
+    and an ignored one's go after the next whole walk; a row of another directory (not
+    walked) stays; an old table without paths is brought up to date."""
+    db_path = tmp_path / "memo.db"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "c.txt").write_bytes(b"cccc")
+    (other / "Dockerfile").write_text("FROM scratch\n")
+    _build(other, db_path)
+    (tree / "gone.txt").write_bytes(b"gone")
+    (tree / "sub" / "ignored.txt").write_bytes(b"ig")
+    _build(tree, db_path)
+    assert _rows(db_path) == 7  # 2 elsewhere + Dockerfile, a, b, gone, ignored
+    (tree / "gone.txt").unlink()
+    (tree / "sub" / "b.txt").rename(tmp_path / "b.txt")  # out of the context
+    (tree / ".dockerignore").write_text("sub/ignored.txt\n")
+    after, memo = _build(tree, db_path)
+    assert sorted(after) == [".", ".dockerignore", "Dockerfile", "a.txt", "sub"]
+    db = sqlite3.connect(db_path)
+    paths = sorted(p for (p,) in db.execute("SELECT path FROM context_digests"))
+    assert paths == sorted([str(other / "c.txt"), str(other / "Dockerfile"),
+                            str(tree / ".dockerignore"), str(tree / "Dockerfile"),
+                            str(tree / "a.txt")])
+    # a database of the version before paths: its rows are forgotten once, then refilled
+    db.execute("DROP TABLE context_digests")
+    db.execute("CREATE TABLE context_digests (dev INTEGER NOT NULL, ino INTEGER NOT NULL, "
+               "size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, "
+               "hashed_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (dev, ino)) "
+               "WITHOUT ROWID")
+    db.execute("INSERT INTO context_digests VALUES (1, 2, 3, 4, 5, 6, 'old')")
+    db.commit()
+    again, _ = _build(tree, db_path)
+    assert again == after
+    assert _rows(db_path) == 3

@@ -401,6 +401,36 @@ def test_pushed_to_a_registry_and_run_by_docker(built: Pybuild, docker: Docker) 
             docker("rm", "-f", cid, check=False)
 
 
+def test_sbom_lists_django_gunicorn_and_debian_python(built: Pybuild, context: Path) -> None:
+    """The SBOM of the real example image: Django and gunicorn from the venv's dist-info,
+    the Debian python3 packages from dpkg's status, each with its version and purl. The
+    build is the module's (every step a cache hit, the same image ID); only the
+    attestation is new. Validated with spdx-tools."""
+    from test_attest import spdx_validate
+
+    plain = json.loads(built("inspect", "django-test").stdout)[0]["Id"]
+    attested = built("build", "-q", "--sbom", "--provenance", "-t", "django-attested",
+                     *secret_args(), str(context)).stdout.strip()
+    assert attested == plain  # the image did not change, it gained an attestation
+    doc = json.loads(built("sbom", "--require-attestation", "--format", "spdx-json",
+                           "django-attested").stdout)
+    assert spdx_validate(doc) == []
+    found = {}
+    for p in doc["packages"][1:]:
+        purls = [r["referenceLocator"] for r in p["externalRefs"] if r["referenceType"] == "purl"]
+        found[p["name"]] = (p["versionInfo"], purls[0])
+    assert found["Django"] == ("5.2.19", "pkg:pypi/django@5.2.19")
+    assert found["gunicorn"] == ("23.0.0", "pkg:pypi/gunicorn@23.0.0")
+    assert found["whitenoise"] == ("6.9.0", "pkg:pypi/whitenoise@6.9.0")
+    for deb in ("python3", "python3-minimal", "libpython3.11-stdlib"):
+        version, purl = found[deb]
+        assert re.fullmatch(r"[0-9][0-9A-Za-z.+~:-]*", version), (deb, version)
+        assert purl.startswith(f"pkg:deb/debian/{deb}@") and "distro=debian-12" in purl, purl
+    # the table the command prints by default says the same
+    table = built("sbom", "django-attested").stdout
+    assert re.search(r"^Django\s+5\.2\.19\s+pypi\s+pkg:pypi/django@5\.2\.19$", table, re.M)
+
+
 def test_same_image_with_any_jobs(built: Pybuild, context: Path, tmp_path: Path) -> None:
     """Both stages scheduled one after the other or at once: the same image, byte for
     byte, every time. (The steps hit the cache here: pip's output is not reproducible;

@@ -305,3 +305,67 @@ def test_cache_to_and_from_per_platform(multi: Pybuild, tmp_path: Path) -> None:
         assert out.stderr.count("CACHED") == 4, out.stderr
         run = second("run", "--rm", "--platform", "linux/arm64", "app", "cat", "/arch")
         assert run.stdout.strip() == "aarch64"
+
+
+def test_attestations_per_platform_pushed(multi: Pybuild, tmp_path: Path) -> None:
+    """--sbom --provenance with two platforms: one attestation manifest per platform image,
+    after the images in the index, each referencing its own image (as BuildKit's exporter
+    writes them); pushed, and each one's statements read back by skopeo."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+    from test_attest import slsa_validate, spdx_validate
+
+    ctx = tmp_path / "ctx"
+    for arch in ("amd64", "arm64"):
+        meta = ctx / f"meta-{arch}" / f"tool-{arch}.dist-info" / "METADATA"
+        meta.parent.mkdir(parents=True)
+        meta.write_text(f"Metadata-Version: 2.1\nName: tool\nVersion: 1.0+{arch}\n")
+    (ctx / "Dockerfile").write_text("FROM bb:multi\nARG TARGETARCH\nCOPY meta-$TARGETARCH/ /app/\n")
+    local = {}
+    for m in _index(multi, "bb:multi")["manifests"]:
+        local[m["platform"]["architecture"]] = m["digest"]
+    with registry_server() as addr:
+        ref = f"{addr}/att/multi:1"
+        built = multi("build", "-q", "--platform", "linux/amd64,linux/arm64", "--sbom",
+                      "--provenance=mode=max", "-t", ref, "--push", str(ctx)).stdout.strip()
+        # -q names the index the tag points at: the one holding the attestations
+        from pybuild.store import Store
+
+        assert built == Store(multi.root).resolve_tag(ref).digest  # type: ignore[union-attr]
+        raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
+                              f"docker://{ref}"], capture_output=True, text=True, check=True)
+        entries = json.loads(raw.stdout)["manifests"]
+        assert [platforms.normal_string(e["platform"]) for e in entries] == [
+            "linux/amd64", "linux/arm64", "unknown/unknown", "unknown/unknown"]
+        for image, att in zip(entries[:2], entries[2:], strict=True):
+            assert att["annotations"] == {"vnd.docker.reference.digest": image["digest"],
+                                          "vnd.docker.reference.type": "attestation-manifest"}
+            arch = image["platform"]["architecture"]
+            oci = tmp_path / f"oci-{arch}"
+            subprocess.run(["skopeo", "copy", "--src-tls-verify=false",
+                            f"docker://{addr}/att/multi@{att['digest']}", f"oci:{oci}:att"],
+                           capture_output=True, text=True, check=True)
+            man = json.loads((oci / "blobs" / "sha256" / att["digest"][7:]).read_text())
+            sts = {layer["annotations"]["in-toto.io/predicate-type"]:
+                   json.loads((oci / "blobs" / "sha256" / layer["digest"][7:]).read_text())
+                   for layer in man["layers"]}
+            for st in sts.values():
+                assert st["subject"] == [{"name": f"pkg:docker/{ref}?platform=linux%2F{arch}",
+                                          "digest": {"sha256": image["digest"][7:]}}]
+            doc = sts["https://spdx.dev/Document"]["predicate"]
+            assert spdx_validate(doc) == []
+            assert [(p["name"], p["versionInfo"]) for p in doc["packages"][1:]] == [
+                ("tool", f"1.0+{arch}")]
+            pred = sts["https://slsa.dev/provenance/v1"]["predicate"]
+            slsa_validate(pred)
+            # each platform's base is its own entry of bb:multi
+            assert pred["buildDefinition"]["resolvedDependencies"] == [
+                {"uri": f"pkg:docker/bb@multi?platform=linux%2F{arch}",
+                 "digest": {"sha256": local[arch][7:]}}]
+    run = multi("run", "--rm", "--network", "none", "--platform", "linux/arm64", ref, "cat",
+                "/app/tool-arm64.dist-info/METADATA")
+    assert "1.0+arm64" in run.stdout
+    # `pybuild sbom` shows the attestation of the host's image, or of --platform's
+    for plat, version in (([], "1.0+amd64"), (["--platform", "linux/arm64"], "1.0+arm64")):
+        rows = multi("sbom", "--require-attestation", *plat, ref).stdout.splitlines()
+        assert rows[1].split()[:3] == ["tool", version, "pypi"], rows

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -413,3 +414,38 @@ def test_https_registry_with_tls_ca(store: Store, tmp_path: Path) -> None:
         client = registry.RegistryClient(tls_ca=cert)
         digest = registry.push(store, "app", dest, client=client)
         assert registry.pull(Store(tmp_path / "fresh"), dest, client=client).digest == digest
+
+
+def test_push_hashes_each_blob_once(bb_store: Store, reg: Registry,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check before any transfer is the only read that hashes a blob: the upload sends
+    the very file that was checked (same inode, size, mtime, ctime), unhashed again."""
+    img = image.load(bb_store, "busybox")
+    hashed: list[str] = []
+    real = registry.hasher
+
+    def counting(digest: str) -> Any:
+        hashed.append(digest)
+        return real(digest)
+
+    monkeypatch.setattr(registry, "hasher", counting)
+    registry.push(bb_store, "busybox", f"{reg.addr}/once/bb:1")
+    blobs = [img.config_desc.digest, *(d.digest for d in img.layers)]
+    assert sorted(h for h in hashed if h in blobs) == sorted(blobs)
+
+
+def test_blob_changed_after_the_check_is_hashed_again(store: Store) -> None:
+    """The fingerprint the check returns stops matching after a same-size write in place
+    (ctime moves), and the second check then refuses the altered bytes."""
+    desc = store.put_bytes(b"x" * 4096, "application/octet-stream")
+    fp = registry.check_stored_blob(store, desc)
+    with store.open_blob(desc.digest) as f:
+        assert registry.verified_unchanged(f, fp)
+    path = store.blob_path(desc.digest)
+    path.chmod(0o644)
+    path.write_bytes(b"y" * 4096)
+    with store.open_blob(desc.digest) as f:
+        assert not registry.verified_unchanged(f, fp)
+        assert not registry.verified_unchanged(f, None)
+    with pytest.raises(PybuildError, match="hashes to"):
+        registry.check_stored_blob(store, desc)

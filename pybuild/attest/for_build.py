@@ -60,27 +60,72 @@ def parse_provenance(value: str | None) -> str | None:
     return mode
 
 
-def attest(store: Store, image_manifest: Descriptor, tags: list[str], options: AttestOptions,
-           facts: provenance.BuildFacts) -> Descriptor:
-    """Write the wanted statements and an index; point every tag at it; return the index."""
+def now() -> str:
+    """The current time as provenance records it (RFC 3339, UTC, whole seconds)."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_purl(ref: str, plat: dict[str, str]) -> str:
+    """BuildKit's material name for a base image: pkg:docker/busybox@latest?platform=…"""
+    from pybuild.reference import parse_reference
+
+    r = parse_reference(ref)
+    version = r.tag or r.digest or "latest"
+    return f"pkg:docker/{r.familiar_name}@{version}?platform={manifest.platform_query(plat)}"
+
+
+def build_facts(opts: Any, result: Any, img: Any, platform: dict[str, str], started: str
+                ) -> provenance.BuildFacts:
+    """What provenance says about one platform's image of a finished build (`opts` its
+    BuildOptions, `result` that platform's BuildResult, `img` its loaded image)."""
+    from pybuild.platforms import host_platform
+
+    host = host_platform()
+    made = [h.get("created_by", "") for h in img.config.get("history") or []
+            if not h.get("empty_layer")]
+    layers = [provenance.LayerStep(step, 0, d.digest, d.media_type, d.size)
+              for step, d in zip(made, img.layers, strict=False)]
+    return provenance.BuildFacts(
+        dockerfile_path=opts.dockerfile_name, dockerfile_bytes=opts.dockerfile.read_bytes(),
+        platform=f"{host['os']}/{host['architecture']}", started=started, finished=now(),
+        target=opts.target, build_args=dict(opts.build_args), secret_ids=sorted(opts.secrets),
+        materials=[provenance.Material(image_purl(ref, platform), digest)
+                   for ref, digest in result.materials],
+        layers=layers, no_cache=opts.no_cache)
+
+
+def attest_build(store: Store, opts: Any, result: Any, options: AttestOptions, started: str
+                 ) -> Descriptor:
+    """--sbom / --provenance for a finished build: statements about each platform's image,
+    one attestation manifest per image, all in an index every tag then points at.
+
+    The image manifests are left as they are (same digests, same image IDs)."""
     from pybuild import image as imagemod
 
-    img = imagemod.load(store, image_manifest.digest)
-    platform = image_manifest.platform or {"architecture": img.config.get("architecture", ""),
+    per_platform = list(result.platforms) or [result]
+    attested: list[tuple[Descriptor, list[dict[str, Any]]]] = []
+    name = result.tags[0] if result.tags else None
+    for r in per_platform:
+        img = imagemod.load(store, r.manifest.digest)
+        platform = r.manifest.platform or {"architecture": img.config.get("architecture", ""),
                                            "os": img.config.get("os", "")}
-    desc = Descriptor(image_manifest.media_type, image_manifest.digest, image_manifest.size,
-                      None, platform)
-    name = tags[0] if tags else image_manifest.digest
-    subject = manifest.subject_name(name, platform)
-    statements: list[dict[str, Any]] = []
-    if options.sbom:
-        doc = sbom.for_image(store, img, name)
-        statements.append(manifest.statement(sbom.PREDICATE_TYPE, doc, subject, desc.digest))
-    if options.provenance is not None:
-        pred = provenance.predicate(facts, options.provenance)
-        statements.append(manifest.statement(provenance.PREDICATE_TYPE, pred, subject, desc.digest))
-    index = manifest.attach(store, desc, statements)
+        desc = Descriptor(r.manifest.media_type, r.manifest.digest, r.manifest.size, None,
+                          platform)
+        subject = manifest.subject_name(name or desc.digest, platform)
+        statements: list[dict[str, Any]] = []
+        if options.sbom:
+            doc = sbom.for_image(store, img, name or desc.digest)
+            statements.append(manifest.statement(sbom.PREDICATE_TYPE, doc, subject, desc.digest))
+        if options.provenance is not None:
+            pred = provenance.predicate(build_facts(opts, r, img, platform, started),
+                                        options.provenance)
+            statements.append(manifest.statement(provenance.PREDICATE_TYPE, pred, subject,
+                                                 desc.digest))
+        attested.append((desc, statements))
+    index = manifest.attach_all(store, attested)
     with store.lock():
-        for t in tags:
+        for t in result.tags:
             store.set_tag(t, index)
     return index

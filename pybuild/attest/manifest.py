@@ -36,11 +36,16 @@ class Attestation:
     digest: str
 
 
+def platform_query(platform: dict[str, str]) -> str:
+    """A platform as BuildKit's purls carry it: `linux%2Farm64` (arm64's implied v8 left out)."""
+    from pybuild.platforms import normal_string
+
+    return normal_string(platform).replace("/", "%2F")
+
+
 def subject_name(ref: str, platform: dict[str, str]) -> str:
     """BuildKit's subject: `pkg:docker/<ref>?platform=linux%2Famd64`."""
-    plat = "/".join(p for p in (platform.get("os"), platform.get("architecture"),
-                                platform.get("variant")) if p)
-    return f"pkg:docker/{ref}?platform={plat.replace('/', '%2F')}"
+    return f"pkg:docker/{ref}?platform={platform_query(platform)}"
 
 
 def statement(predicate_type: str, predicate: dict[str, Any], subject: str,
@@ -50,10 +55,9 @@ def statement(predicate_type: str, predicate: dict[str, Any], subject: str,
             "predicateType": predicate_type, "predicate": predicate}
 
 
-def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) -> Descriptor:
-    """Store the statements and return an index holding the image and its attestations."""
-    if image.platform is None:
-        raise PybuildError("an attested image needs a platform in its descriptor")
+def attestation_manifest(store: Store, image: Descriptor, statements: list[dict[str, Any]]
+                         ) -> Descriptor:
+    """Store the statements about `image` in an attestation manifest; its index entry."""
     layers = []
     diff_ids = []
     for st in statements:
@@ -67,22 +71,64 @@ def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) ->
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc.to_dict(),
                 "layers": layers}
     att = store.put_json(manifest, OCI_MANIFEST)
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        Descriptor(image.media_type, image.digest, image.size, None, image.platform).to_dict(),
-        Descriptor(OCI_MANIFEST, att.digest, att.size,
-                   {REF_DIGEST: image.digest, REF_TYPE: ATTESTATION_MANIFEST},
-                   UNKNOWN_PLATFORM).to_dict(),
-    ]}
+    return Descriptor(OCI_MANIFEST, att.digest, att.size,
+                      {REF_DIGEST: image.digest, REF_TYPE: ATTESTATION_MANIFEST}, UNKNOWN_PLATFORM)
+
+
+def attach_all(store: Store, attested: list[tuple[Descriptor, list[dict[str, Any]]]]
+               ) -> Descriptor:
+    """An index of every image (with its platform) and, after them, one attestation
+    manifest per image in the same order, as BuildKit's image exporter writes it."""
+    images, atts = [], []
+    for image, statements in attested:
+        if image.platform is None:
+            raise PybuildError("an attested image needs a platform in its descriptor")
+        images.append(Descriptor(image.media_type, image.digest, image.size, None,
+                                 image.platform).to_dict())
+        atts.append(attestation_manifest(store, image, statements).to_dict())
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": images + atts}
     return store.put_json(index, OCI_INDEX)
 
 
-def read(store: Store, index_digest: str) -> list[Attestation]:
-    """The statements attached to the images of an index (none for a plain manifest)."""
+def attach(store: Store, image: Descriptor, statements: list[dict[str, Any]]) -> Descriptor:
+    """Store the statements and return an index holding the image and its attestations."""
+    return attach_all(store, [(image, statements)])
+
+
+def is_attestation(entry: Descriptor) -> bool:
+    """An index entry that is an attestation manifest (statements, not a runnable image)."""
+    return (entry.annotations or {}).get(REF_TYPE) == ATTESTATION_MANIFEST
+
+
+def blobs_of(store: Store, entry: Descriptor, what: str) -> list[Descriptor]:
+    """The attestation manifest `entry` and the blobs it names (config, statements), checked
+    as an artifact: its layers are in-toto JSON, not filesystem tars. `what` names it in
+    errors."""
+    from pybuild.oci_documents import parse_manifest
+
+    label = f"{what}: attestation manifest {entry.digest}"
+    if not store.has_blob(entry.digest):
+        raise PybuildError(f"{label} is missing from the store (run `pybuild doctor`)")
+    doc = parse_manifest(store.read_bytes(entry.digest), label, artifact=True)
+    out = [entry]
+    for d in (doc.config, *doc.layers):
+        if not d.digest.startswith("sha256:"):
+            raise PybuildError(f"{label}: blob {d.digest[:24]}... is not sha256")
+        if all(o.digest != d.digest for o in out):
+            out.append(d)
+    return out
+
+
+def read(store: Store, index_digest: str, image_digest: str | None = None) -> list[Attestation]:
+    """The statements attached to the images of an index (none for a plain manifest); with
+    `image_digest`, only those of that image (its attestation manifest's reference)."""
     doc = store.read_json(index_digest)
     out: list[Attestation] = []
     for entry in doc.get("manifests") or []:
-        if not isinstance(entry, dict) or (entry.get("annotations") or {}).get(REF_TYPE) \
-                != ATTESTATION_MANIFEST:
+        annotations = (entry.get("annotations") or {}) if isinstance(entry, dict) else {}
+        if annotations.get(REF_TYPE) != ATTESTATION_MANIFEST:
+            continue
+        if image_digest is not None and annotations.get(REF_DIGEST) != image_digest:
             continue
         att = store.read_json(Descriptor.from_dict(entry).digest)
         for layer in att.get("layers") or []:

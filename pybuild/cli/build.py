@@ -39,7 +39,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str) -> int:
     from pybuild.progress import make_progress
     from pybuild.solver.mounts import parse_secret_flag
-    from pybuild.solver.solver import BuildOptions, PlatformsBuild, Solver, summary_of
+    from pybuild.solver.solver import BuildOptions
 
     from pybuild.platforms import parse_platforms
 
@@ -74,36 +74,21 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
     from pybuild.attest.for_build import AttestOptions, parse_provenance, parse_sbom
 
     attest_opts = AttestOptions(parse_sbom(args.sbom), parse_provenance(args.provenance))
-    if attest_opts.wanted and len(plats) > 1:
-        raise PybuildError("--sbom/--provenance with several --platform values is not supported "
-                           "yet: attest one platform per build")
     call = parse_call(args)
     if call.name != "build":
         return _call(call, opts, args)
     NeedsRootError.require("building")
+    from pybuild import api
+
     progress = make_progress(mode)
     if type(progress).__name__ in ("PlainProgress", "RawJSONProgress"):
         opts.explain = True  # logs and event streams always say why a step was rebuilt
     start = time.monotonic()
-    try:
-        solver: Solver | PlatformsBuild = PlatformsBuild(opts, progress, plats) \
-            if len(plats) > 1 else Solver(opts, progress)
-        solver.load()
-        report_checks(solver.plan, opts, args, progress)
-        started = _now()
-        # the gc lock, shared, from the build to its outputs: no prune (and no other
-        # build's discard_image) takes the image while the exporters read it
-        with open_store(args).gc_lock(shared=True):
-            result = solver.build(open_store(args))
-            if attest_opts.wanted:
-                _attest(args, opts, result, attest_opts, started)
-            if outputs:
-                _export_outputs(args, progress, result, outputs)
-        if exporters.stores_no_image(outputs) and result.new_image and not attest_opts.wanted:
-            exporters.discard_image(open_store(args), result.manifest)
-        progress.summary(summary_of(result, time.monotonic() - start))
-    finally:
-        progress.close()
+    result = api.solve(opts, progress, open_store(args), platforms=plats, attest=attest_opts,
+                       before=lambda plan: report_checks(plan, opts, args, progress),
+                       after=(lambda r: _export_outputs(args, progress, r, outputs))
+                       if outputs else None,
+                       keep_image=not exporters.stores_no_image(outputs))
     if args.iidfile:
         Path(args.iidfile).write_text(result.image_id)
     if args.metadata_file:
@@ -115,54 +100,15 @@ def _build(args: argparse.Namespace, context: Path, dockerfile: Path, name: str)
             "duration_seconds": round(time.monotonic() - start, 3),
             "steps": result.steps}, indent=2) + "\n")
     if args.push:
-        from pybuild import registry
+        from pybuild.cli.registry import registry_kwargs
 
-        store = open_store(args)
         for tag in result.tags:
-            digest = registry.push(store, tag, tag, client=client_from_args(args))
+            digest = api.push(tag, store=open_store(args), **registry_kwargs(args))
             print(f"pushed {tag}: {digest}", file=sys.stderr)
     if not any(o.to_stdout for o in outputs):
         progress.result_line(result.image_id)
         _advice_line(args, opts, result, mode)
     return 0
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _attest(args: argparse.Namespace, opts: Any, result: Any, attest_opts: Any, started: str) -> None:
-    """--sbom / --provenance: statements about the built image, in an index beside it."""
-    from pybuild.attest import provenance
-    from pybuild.attest.for_build import attest
-    from pybuild.platforms import host_platform
-
-    from pybuild import image
-
-    plat = host_platform()
-    img = image.load(open_store(args), result.manifest.digest)
-    made = [h.get("created_by", "") for h in img.config.get("history") or [] if not h.get("empty_layer")]
-    layers = [provenance.LayerStep(step, 0, d.digest, d.media_type, d.size)
-              for step, d in zip(made, img.layers, strict=False)]
-    facts = provenance.BuildFacts(
-        dockerfile_path=opts.dockerfile_name, dockerfile_bytes=opts.dockerfile.read_bytes(),
-        platform=f"{plat['os']}/{plat['architecture']}", started=started, finished=_now(),
-        target=opts.target, build_args=dict(opts.build_args), secret_ids=sorted(opts.secrets),
-        materials=[provenance.Material(_image_purl(ref, plat), digest)
-                   for ref, digest in result.materials],
-        layers=layers, no_cache=opts.no_cache)
-    attest(open_store(args), result.manifest, list(result.tags), attest_opts, facts)
-
-
-def _image_purl(ref: str, plat: dict[str, str]) -> str:
-    """BuildKit's material name for a base image: pkg:docker/busybox@latest?platform=…"""
-    from pybuild.reference import parse_reference
-
-    r = parse_reference(ref)
-    version = r.tag or r.digest or "latest"
-    return f"pkg:docker/{r.familiar_name}@{version}?platform={plat['os']}%2F{plat['architecture']}"
 
 
 def _export_outputs(args: argparse.Namespace, progress: Any, result: Any, outputs: list[Any]) -> None:
@@ -179,9 +125,10 @@ def _export_outputs(args: argparse.Namespace, progress: Any, result: Any, output
         return lambda: progress.vertex_done(vid)
 
     def push(name: str) -> str:
-        from pybuild import registry
+        from pybuild import api
+        from pybuild.cli.registry import registry_kwargs
 
-        return str(registry.push(store, name, name, client=client_from_args(args)))
+        return api.push(name, store=store, **registry_kwargs(args))
 
     for message in exporters.export(store, image.load(store, result.manifest.digest), outputs,
                                     list(args.tag or []), push=push, report=report):

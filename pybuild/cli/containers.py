@@ -64,31 +64,18 @@ def _create(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pybuild import containers
+    from pybuild import api
 
     store, c = _create(args)
-    try:
-        if args.detach:
-            containers.start_detached(store, c)
-            print(c.id)
-            return 0
-        if c.restart_policy != "no":
-            # restarts need the monitor: follow its log until the first exit, as docker's
-            # CLI stays attached only to the first run (the policy goes on after we return)
-            containers.start_detached(store, c)
-            containers.stream_logs(store, c, sys.stdout.buffer, follow=True)
-            return containers.wait(store, c)
+    if not args.detach:
         sys.stdout.flush()
         sys.stderr.flush()
-        return containers.run_foreground(store, c, sys.stdout.buffer, sys.stderr.buffer)
-    except containers.StartError:
-        raise  # docker keeps a container whose command cannot start, as Created
-    except BaseException:
-        # a refused port or network: `run` made the container, `run` takes it back
-        current = containers.find_or_none(store, c.id)
-        if current is not None and current.status == "created":
-            containers.remove(store, current, force=True)
-        raise
+    code = api.start_container(store, c, detach=args.detach, stdout=sys.stdout.buffer,
+                               stderr=sys.stderr.buffer)
+    if code is None:
+        print(c.id)
+        return 0
+    return code
 
 
 def cmd_create(args: argparse.Namespace) -> int:

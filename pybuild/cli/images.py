@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pybuild.cli.common import open_store, table, unpack_for_builds, writing_image
+from pybuild.cli.common import open_store, table
 from pybuild.errors import PybuildError
 from pybuild.units import human_size
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from pybuild import image
+    from pybuild.api import unpack_for_builds, writing_image
     from pybuild.reference import parse_reference
 
     src = Path(args.tarball)
@@ -123,47 +122,24 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from pybuild import image
+    from pybuild import api
 
-    from pybuild.platforms import parse_platform
-
-    store = open_store(args)
-    plat = parse_platform(args.platform) if args.platform else None
-    for n in args.names:
-        image.load(store, n, plat)  # a clear error before anything is written
-    out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        if args.format == "oci":
-            image.save_oci_archive(store, args.names, tmp, plat)
-        else:
-            image.save_docker_archive(store, args.names, tmp, plat)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    api.save(args.names, args.output, store=open_store(args), format=args.format,
+             platform=args.platform)
     return 0
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from pybuild.load import load_archive
+    from pybuild.api import load_report
 
-    store = open_store(args)
-    src: BinaryIO
+    src: str | BinaryIO
     if args.input and args.input != "-":
-        try:
-            src = open(args.input, "rb")
-        except OSError as e:
-            raise PybuildError(f"open {args.input}: {e.strerror}") from None
-        what = f"load {args.input}"
+        src = args.input
     else:
         if sys.stdin.isatty():
             raise PybuildError("requested load from stdin, but stdin is empty")
         src = sys.stdin.buffer
-        what = "load from stdin"
-    with src:
-        loaded = load_archive(store, src, what)
-    for digest in loaded.manifests:
-        unpack_for_builds(store, digest)
+    loaded = load_report(src, open_store(args))
     for line in loaded.lines():
         print(line)
     return 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import sys
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from pybuild.cli.common import open_store, unpack_for_builds, writing_image
-from pybuild.errors import PybuildError
+from pybuild.cli.common import open_store
 
 
 def add_tls_flags(p: argparse.ArgumentParser) -> None:
@@ -20,14 +20,19 @@ def add_tls_flags(p: argparse.ArgumentParser) -> None:
 
 
 def client_from_args(args: argparse.Namespace) -> Any:
-    from pybuild.registry import RegistryClient
+    from pybuild.api import registry_client
 
-    return RegistryClient(insecure=set(args.insecure_registry or []),
-                          tls_ca=Path(args.tls_ca) if args.tls_ca else None)
+    return registry_client(args.insecure_registry or [], args.tls_ca)
 
 
-def _with_progress(args: argparse.Namespace, title: str, work: Any) -> Any:
-    """Run `work(client)` with one progress vertex showing its transfers."""
+def registry_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """--insecure-registry and --tls-ca as the API's keyword arguments."""
+    return {"insecure_registries": list(args.insecure_registry or []), "tls_ca": args.tls_ca}
+
+
+@contextlib.contextmanager
+def drawn_events(args: argparse.Namespace) -> Iterator[Callable[[Any], None]]:
+    """A callback for the API's progress events that draws them (quiet with -q)."""
     import os
 
     from pybuild.progress import make_progress
@@ -35,49 +40,44 @@ def _with_progress(args: argparse.Namespace, title: str, work: Any) -> Any:
     mode = "quiet" if getattr(args, "quiet", False) else (
         os.environ.get("PYBUILD_PROGRESS") or "auto")
     progress = make_progress(mode)
-    client = client_from_args(args)
-    client.progress = lambda label, cur, total: progress.transfer("v1", label, cur, total)
-    progress.vertex_started("v1", title)
+
+    def draw(e: Any) -> None:
+        if e.kind == "started":
+            progress.vertex_started(e.vertex, e.name)
+        elif e.kind == "transfer":
+            progress.transfer(e.vertex, e.message, e.current, e.total)
+        elif e.kind == "done":
+            progress.vertex_done(e.vertex)
+        elif e.kind == "error":
+            progress.vertex_error(e.vertex, e.message)
+
     try:
-        result = work(client)
-        progress.vertex_done("v1")
-        return result
-    except PybuildError as e:
-        progress.vertex_error("v1", str(e))
-        raise
+        yield draw
     finally:
         progress.close()
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from pybuild import registry
-    from pybuild.platforms import parse_platform
+    from pybuild import api
     from pybuild.reference import parse_reference
 
-    store = open_store(args)
-    ref = parse_reference(args.image)
-    plat = parse_platform(args.platform) if args.platform else None
-    with writing_image(store, ref.familiar):
-        desc = _with_progress(args, f"pull {ref.canonical}",
-                              lambda c: registry.pull(store, ref.canonical, client=c,
-                                                    platform=plat))
-        unpack_for_builds(store, desc.digest, f"pull {ref.familiar}")
-    print(f"Digest: {desc.digest}")
-    print(f"Status: Downloaded image for {ref.familiar}")
+    with drawn_events(args) as draw:
+        img = api.pull(args.image, store=open_store(args), platform=args.platform, progress=draw,
+                       **registry_kwargs(args))
+    print(f"Digest: {img.digest}")
+    print(f"Status: Downloaded image for {parse_reference(args.image).familiar}")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from pybuild import image, registry
+    from pybuild import api
     from pybuild.reference import parse_reference
 
-    store = open_store(args)
     dest = args.destination or args.image
-    image.load(store, args.image)  # a clear error before any network traffic
-    ref = parse_reference(dest)
-    digest = _with_progress(args, f"push {ref.canonical}", lambda c: registry.push(
-        store, args.image, dest, client=c, chunked=args.chunked))
-    print(f"{ref.tag or 'latest'}: digest: {digest}")
+    with drawn_events(args) as draw:
+        digest = api.push(args.image, dest, store=open_store(args), chunked=args.chunked,
+                          progress=draw, **registry_kwargs(args))
+    print(f"{parse_reference(dest).tag or 'latest'}: digest: {digest}")
     return 0
 
 

@@ -32,6 +32,7 @@ from pybuild.layer import extract_archive, is_archive
 
 if TYPE_CHECKING:
     from pybuild.solver.git import GitRef
+    from pybuild.solver.incremental import IncrementalCopy
 
 _CHECKSUM_ALGOS = ("sha256", "sha384", "sha512")
 _CHUNK = 1 << 20
@@ -133,6 +134,9 @@ class CopyRequest:
     resolve: Callable[[str], list[Path]] | None = None
     # ADD --unpack=<bool>: None is ADD's default (local archives are unpacked)
     unpack: bool | None = None
+    # a COPY of one context directory that may build on its step's previous result
+    # (solver/incremental.py): it walks the source, says what the upper already holds
+    incremental: IncrementalCopy | None = None
 
 
 def _dest_path(dest: str, workdir: str) -> tuple[str, bool]:
@@ -210,22 +214,34 @@ class _Copier:
                 raise DockerfileError(f"cannot copy to non-directory: {dest}", self.req.line)
             real_rel = os.path.relpath(followed, self.req.source_root)
             prefix = "" if real_rel == "." else real_rel + "/"
+            inc = self.req.incremental
+            if inc is not None:
+                where = os.path.relpath(target, self.rootfs)
+                if inc.active and where != inc.target:
+                    raise PybuildError(f"incremental copy: the destination moved to {where}")
+                inc.target = where
             self.copy_tree(followed, target, prefix)
         else:
             final = target / src.name if target.is_dir() else target
             self.copy_entry(followed, st, final)
 
     def copy_tree(self, src_dir: Path, dst_dir: Path, ignore_prefix: str) -> None:
-        """Copy a directory's contents; directory metadata is set once their contents are in."""
-        filters: list[tuple[PatternMatcher, str]] = [(self.exclude, "")]
-        if self.req.ignore is not None:
-            filters.append((self.req.ignore, ignore_prefix))
+        """Copy a directory's contents; directory metadata is set once their contents are in.
+
+        An incremental copy walks once (`IncrementalCopy.walk`) and leaves out the entries
+        its seeded upper already holds; directories are all visited (metadata re-applied)."""
+        inc = self.req.incremental
         # Strings, not Paths, on this loop (it runs once per file of the context). A
         # directory this copy created is empty, so its files need no replace check.
         made: dict[str, str] = {"": os.fspath(dst_dir)}
         fresh: set[str] = set()
         src_base = os.fspath(src_dir) + "/"
-        for rel, st in walk_visible(src_dir, filters):
+        skip = inc.unchanged if inc is not None and inc.active else set()
+        entries = inc.walk() if inc is not None else walk_visible(
+            src_dir, tree_filters(self.exclude, self.req.ignore, ignore_prefix))
+        for rel, st in entries:
+            if rel in skip:
+                continue
             parent, _, name = rel.rpartition("/")
             dst = made[parent] + "/" + name
             mode = st.st_mode
@@ -255,6 +271,8 @@ class _Copier:
         if stat.S_ISLNK(existing.st_mode):
             resolved = resolve_in_root(self.rootfs, _container_path(self.rootfs, dst))
             if resolved.is_dir():
+                if self.req.incremental is not None:
+                    self.req.incremental.clean = False  # not the plain dest/rel layout
                 return os.fspath(resolved), False
         raise DockerfileError(f"cannot copy to non-directory: {_container_path(self.rootfs, dst)}", self.req.line)
 
@@ -312,6 +330,16 @@ class _Copier:
             os.chmod(dst, mode & 0o7777)
             _copy_xattrs(src, dst)
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def tree_filters(exclude: PatternMatcher, ignore: PatternMatcher | None,
+                 ignore_prefix: str) -> list[tuple[PatternMatcher, str]]:
+    """What a directory copy's walk hides: --exclude patterns, and `.dockerignore` (whose
+    paths are relative to the context root, so they see `ignore_prefix` + the entry)."""
+    filters: list[tuple[PatternMatcher, str]] = [(exclude, "")]
+    if ignore is not None:
+        filters.append((ignore, ignore_prefix))
+    return filters
 
 
 def _copy_bytes(src: Path | str, dst: Path | str) -> None:

@@ -18,7 +18,9 @@ import functools
 import hashlib
 import itertools
 import json
+import os
 import posixpath
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pybuild import fs
 from pybuild import image as imagemod
@@ -47,6 +49,9 @@ from pybuild.solver.mounts import MountPreparer, SecretSource, bind_key, mounts_
 from pybuild.solver.scheduler import Future, Scheduler
 from pybuild.solver.worker import RealWorker, Snapshot, Worker
 from pybuild.store import Descriptor, Store, canonical_json
+
+if TYPE_CHECKING:
+    from pybuild.solver.incremental import IncrementalCopy
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -145,6 +150,8 @@ class BuildResult:
     # this build wrote the image's config (no image with this ID was in the store before):
     # what a local/tar-only build may take out again (exporters.discard_image)
     new_image: bool = False
+    # a multi-platform build: each platform's own result, in --platform order
+    platforms: list[BuildResult] = field(default_factory=list)
 
 
 class Solver:
@@ -678,6 +685,9 @@ class Solver:
         if e.chmod:
             parse_chmod(e.chmod, raw.line)  # a bad mode fails before the step starts
         unpack = getattr(e, "unpack", None)
+        # made only when the step runs (a warm build imports neither copy.py nor this)
+        incremental = functools.cache(lambda: self._incremental_copy(
+            e, is_add, local, context_paths, bool(heredocs or urls or gits)))
         op = ops.FileCopy(add=is_add, dest=dest, workdir=workdir, chown=e.chown or "",
                           chmod=e.chmod or "", exclude=tuple(e.exclude or []),
                           parents=bool(e.parents), link=bool(e.link),
@@ -743,9 +753,32 @@ class Solver:
                     list(e.exclude or []), bool(e.parents), is_add, raw.line,
                     ignore=self.ctx.matcher, source_args=len(e.sources), patterns=local,
                     resolve=lambda p: self.ctx.resolve_sources([p], raw.line),
-                    unpack=unpack))
+                    unpack=unpack, incremental=incremental()))
 
-        self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link))
+        self._fs_step(s, raw, display, op, do, created_by=created_by, link=bool(e.link),
+                      incremental=incremental)
+
+    def _incremental_copy(self, e: Any, is_add: bool, local: list[str],
+                          paths: list[Path], other_sources: bool) -> IncrementalCopy | None:
+        """An IncrementalCopy for a plain `COPY <context dir> <dest>` (one source, a real
+        directory, nothing from a stage, URL, git or heredoc, no --parents), else None."""
+        if is_add or e.from_ or e.parents or other_sources or len(local) != 1 or len(paths) != 1:
+            return None
+        try:
+            if not stat.S_ISDIR(os.lstat(paths[0]).st_mode):
+                return None
+        except OSError:
+            return None
+        from pybuild.context import PatternMatcher
+        from pybuild.solver.copy import tree_filters
+        from pybuild.solver.incremental import IncrementalCopy
+
+        rel = os.path.relpath(paths[0], self.ctx.root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        filters = tree_filters(PatternMatcher(list(e.exclude or [])), self.ctx.matcher, prefix)
+        # without --exclude the copy walks what the key's manifest walked: reuse that walk
+        walked = None if e.exclude else self.ctx.walks.get(os.fspath(paths[0]))
+        return IncrementalCopy(paths[0], filters, walked)
 
     def _source_key(self, name: str, line: int) -> str:
         """A stage's or image's label in a key: "stage KEY" / "image DIGEST"."""
@@ -779,7 +812,8 @@ class Solver:
 
     def _fs_step(self, s: StageState, raw: Any, display: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], created_by: str | None = None,
-                 link: bool = False) -> None:
+                 link: bool = False,
+                 incremental: Callable[[], IncrementalCopy | None] | None = None) -> None:
         """One cached filesystem step: look up, else mount, run `do`, commit."""
         s.step += 1
         vid = self._vertex()
@@ -814,7 +848,8 @@ class Solver:
             self._append_layer(s, rec.layer, rec.diff_id, created_by, chain_key, rec.created)
             return
         try:
-            rec = self._execute(s, raw, vid, name, op, do, key, parent, inputs, slot, step, link)
+            rec = self._execute(s, raw, vid, name, op, do, key, parent, inputs, slot, step, link,
+                                incremental)
         except BaseException as err:
             running.set_exception(err)
             raise
@@ -831,8 +866,10 @@ class Solver:
 
     def _execute(self, s: StageState, raw: Any, vid: str, name: str, op: ops.LayerOp,
                  do: Callable[[Snapshot, str], None], key: str, parent: str,
-                 inputs: dict[str, Any], slot: str, step: str, link: bool) -> Record:
-        """Run a step that missed the cache on a fresh snapshot; record it."""
+                 inputs: dict[str, Any], slot: str, step: str, link: bool,
+                 incremental: Callable[[], IncrementalCopy | None] | None = None) -> Record:
+        """Run a step that missed the cache on a fresh snapshot; record it. An incremental
+        COPY's upper starts as its step's previous layer when that can be built on."""
         if self.opts.explain:
             prev = self.cache.previous(step)
             reason = explain(prev, parent, inputs)
@@ -840,11 +877,16 @@ class Solver:
                 reason = "--no-cache" if self.opts.no_cache else "--no-cache-filter"
             self.progress.explain(vid, reason)
         layers, diff_ids = ([], []) if link else (s.layers, s.diff_ids)
+        inc = incremental() if incremental is not None else None
         try:
             with self.sched.slot():
                 self._cleanup_once()
                 self._fetch_layers(layers, vid)
-                with self.worker.prepare(layers, diff_ids) as snap:
+                seed = None
+                if inc is not None and not self._skip_cache(s):
+                    seed = inc.seed_for(self.cache.previous(step), parent, inputs, slot,
+                                        self.worker.own_layer)
+                with self.worker.prepare(layers, diff_ids, seed=seed) as snap:
                     do(snap, vid)
                     desc, diff_id = self.worker.commit(
                         snap, s.diff_ids, compression=self.opts.compression,
@@ -865,6 +907,8 @@ class Solver:
         rec = Record(key, parent, slot, name, desc, diff_id, chain_id, inputs, now, now,
                      step=step)
         self.cache.put(rec)
+        if inc is not None:
+            inc.remember(key, chain_id, slot, self.worker.own_layer)
         return rec
 
     def _cleanup_once(self) -> None:
@@ -1175,7 +1219,7 @@ class PlatformsBuild:
         return BuildResult(index, index.digest, tags, sum(r.steps_run for r in results),
                            sum(r.steps_cached for r in results),
                            [x for r in results for x in r.layers],
-                           [x for r in results for x in r.steps])
+                           [x for r in results for x in r.steps], platforms=results)
 
 
 def summary_of(result: BuildResult, duration: float) -> BuildSummary:

@@ -34,8 +34,15 @@ class Worker(Protocol):
     store: Store
 
     def prepare(self, layers: list[Descriptor], diff_ids: list[str], *,
-                readonly: bool = False) -> AbstractContextManager[Snapshot]:
-        """Mount `layers` (bottom first) with a fresh upper (or read-only); unmounted on exit."""
+                readonly: bool = False,
+                seed: Callable[[Path], None] | None = None) -> AbstractContextManager[Snapshot]:
+        """Mount `layers` (bottom first) with a fresh upper (or read-only); unmounted on exit.
+        `seed` is given the upper directory before the mount (solver/incremental.py)."""
+        ...
+
+    def own_layer(self, chain_id: str) -> Path | None:
+        """The directory holding the top layer's own files of snapshot `chain_id` (what
+        its step wrote), or None when this worker has no such snapshot."""
         ...
 
     def commit(self, snap: Snapshot, parent_diff_ids: list[str], *, compression: str,
@@ -70,9 +77,13 @@ class RealWorker:
         return self._snaps
 
     def prepare(self, layers: list[Descriptor], diff_ids: list[str], *,
-                readonly: bool = False) -> AbstractContextManager[Snapshot]:
+                readonly: bool = False,
+                seed: Callable[[Path], None] | None = None) -> AbstractContextManager[Snapshot]:
         lowers = self.snaps.ensure(layers, diff_ids)
-        return self.snaps.mount(lowers, readonly=readonly)
+        return self.snaps.mount(lowers, readonly=readonly, seed=seed)
+
+    def own_layer(self, chain_id: str) -> Path | None:
+        return self.snaps.path(chain_id) if self.snaps.has(chain_id) else None
 
     def commit(self, snap: Snapshot, parent_diff_ids: list[str], *, compression: str,
                source_date_epoch: int | None) -> tuple[Descriptor, str]:
