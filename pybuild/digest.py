@@ -1,7 +1,7 @@
 """Digests: the one typed form a digest from outside takes before it may name anything.
 
 A digest string comes from a manifest, a config's `rootfs.diff_ids`, a cache record, a
-done marker or a registry. Before it becomes part of a path (`blobs/sha256/<hex>`,
+done marker or a registry. Before it becomes part of a path (`blobs/<algorithm>/<hex>`,
 `snapshots/<hex>`) it is parsed here: an algorithm this code can check and exactly the
 hex digits that algorithm produces. Nothing else is ever joined to a store path.
 """

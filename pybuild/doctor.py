@@ -63,12 +63,12 @@ class Report:
         return [p for p in self.problems if p.kind == kind]
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _hash_file(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return f"{algorithm}:{h.hexdigest()}"
 
 
 def _corrupt_blobs(store: Store, report: Report) -> set[str]:
@@ -76,7 +76,7 @@ def _corrupt_blobs(store: Store, report: Report) -> set[str]:
     for digest in sorted(store.iter_blobs()):
         report.blobs_checked += 1
         try:
-            actual = _hash_file(store.blob_path(digest))
+            actual = _hash_file(store.blob_path(digest), digest.split(":", 1)[0])
         except FileNotFoundError:
             continue  # removed by a concurrent gc while we looked
         except OSError as e:

@@ -48,7 +48,10 @@ class NotADirectory(PathError):
 def clean(path: str) -> list[str] | None:
     """Lexical clean of a relative name (an archive member); None when it climbs above its
     root, as Go's filepath.Clean plus a check. An absolute name is clamped at `/`."""
-    parts: list[str] = []
+    parts = [c for c in path.split("/") if c and c != "."]
+    if ".." not in parts:
+        return parts  # the common case, without a Python step per component
+    parts = []
     absolute = path.startswith("/")
     for c in path.split("/"):
         if c in ("", "."):

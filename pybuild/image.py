@@ -466,13 +466,14 @@ def _add_blob(tar: tarfile.TarFile, store: Store, name: str, desc: Descriptor) -
         size = os.fstat(f.fileno()).st_size
         if size != desc.size:
             raise _damaged(desc.digest, f"has {size} bytes, its descriptor says {desc.size}")
-        h = hashlib.sha256()
+        algorithm = desc.digest.split(":", 1)[0]
+        h = hashlib.new(algorithm)
         try:
             tar.addfile(_tar_info(name, size), layer._Tee(f, h.update))
         except OSError as e:
             raise _damaged(desc.digest, f"cannot be read ({e})") from None
-        if "sha256:" + h.hexdigest() != desc.digest:
-            raise _damaged(desc.digest, f"hashes to sha256:{h.hexdigest()}")
+        if f"{algorithm}:{h.hexdigest()}" != desc.digest:
+            raise _damaged(desc.digest, f"hashes to {algorithm}:{h.hexdigest()}")
 
 
 def _add_uncompressed_layer(tar: tarfile.TarFile, store: Store, name: str,
@@ -622,7 +623,8 @@ def write_oci_archive(store: Store, entries: list[_Entry], f: BinaryIO,
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
         tar.addfile(_tar_info("blobs", directory=True))
-        tar.addfile(_tar_info("blobs/sha256", directory=True))
+        for algorithm in sorted({"sha256"} | {d.digest.split(":", 1)[0] for d in blobs}):
+            tar.addfile(_tar_info(f"blobs/{algorithm}", directory=True))
         for d in blobs:
-            _add_blob(tar, store, "blobs/sha256/" + d.digest.split(":", 1)[1], d)
+            _add_blob(tar, store, "blobs/" + d.digest.replace(":", "/", 1), d)
         _add_bytes(tar, "index.json", canonical_json(index))

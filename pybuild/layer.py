@@ -862,25 +862,72 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+class _Dir:
+    """A directory of the extraction root that this extraction has looked at or made.
+
+    The tree of these is the extractor's memory of the root: a name found to be a
+    directory once is not looked up again (the extractor is the root's only writer, and
+    every removal it makes goes through `_forget`). `links` remembers where a symlink in
+    this directory led, valid while `gen` (bumped by every removal) is unchanged.
+    """
+
+    __slots__ = ("name", "parent", "depth", "kids", "links", "written", "holds", "entry",
+                 "dead", "ino")
+
+    def __init__(self, name: str, parent: _Dir | None) -> None:
+        self.name = name
+        self.parent = parent
+        self.depth: int = 0 if parent is None else parent.depth + 1
+        self.kids: dict[str, _Dir] = {}
+        self.links: dict[str, tuple[int, _Dir, int]] = {}
+        self.written: set[str] = set()   # names this layer wrote here
+        self.holds = False               # something below was written by this layer
+        self.entry: _Entry | None = None  # this directory's own tar entry, finished last
+        self.dead = False
+        self.ino: tuple[int, int] | None = None
+
+    def path(self) -> str:
+        parts: list[str] = []
+        node: _Dir | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return fs.container_path(parts[::-1])
+
+
 class _Extractor:
     """Applies tar entries to `root` (below `base`) in one of three modes.
 
     overlay: whiteouts become overlay whiteouts (root is this layer's lowerdir);
     flatten: whiteouts delete earlier layers' files (root is a whole rootfs);
     plain:   `.wh.` names are ordinary files (ADD of an archive).
+
+    Names resolve as `fs.components` resolves them (symlinks followed as chroot(root)
+    would, at most MAX_SYMLINKS per name), but against the `_Dir` tree, so an entry costs
+    what its own name costs, whatever its depth: directories are never looked up twice,
+    the parent of the previous entry (or the previous directory) is reused as is, and one
+    directory fd (`_cur`) moves from directory to directory by `openat` with O_NOFOLLOW
+    down and `..` up (checked against the inode it had), never through a host path.
     """
 
     def __init__(self, root: Path, base: list[str], mode: str, what: str) -> None:
         self.root = root
-        self.base = base
         self.mode = mode
         self.what = what
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self.written: set[tuple[str, ...]] = set()
-        self.ancestors: set[tuple[str, ...]] = set()  # directories holding written paths
-        self.dirs: dict[tuple[str, ...], _Entry] = {}
+        self.gen = 0
+        self.top = _Dir("", None)
+        self.top.ino = _ino(os.fstat(self.root_fd))
+        self._cur = self.top
+        self._cur_fd = os.dup(self.root_fd)
+        self._last: tuple[str, int, _Dir] | None = None      # last parent name → its node
+        self._last_dir: tuple[str, int, _Dir] | None = None  # last directory entry → its node
+        self.base: _Dir = self.top
+        if base:
+            self.base = cast(_Dir, self._walk("/".join(base), create=True))
 
     def close(self) -> None:
+        os.close(self._cur_fd)
         os.close(self.root_fd)
 
     def run(self, src: _Counted) -> None:
@@ -895,6 +942,173 @@ class _Extractor:
     def _err(self, entry: _Entry, message: str) -> PybuildError:
         return PybuildError(f"{self.what} entry {entry.name!r}: {message}")
 
+    # ------------------------------------------------------------------ the directory fd
+
+    def _fd(self, node: _Dir) -> int:
+        """The fd of `node` (borrowed: valid until the next call), reached from the last one."""
+        if node is self._cur:
+            return self._cur_fd
+        a, b = self._cur, node
+        up = 0
+        down: list[_Dir] = []
+        while a.depth > b.depth:
+            a, up = cast(_Dir, a.parent), up + 1
+        while b.depth > a.depth:
+            down.append(b)
+            b = cast(_Dir, b.parent)
+        while a is not b:
+            a, up = cast(_Dir, a.parent), up + 1
+            down.append(b)
+            b = cast(_Dir, b.parent)
+        if up and node.depth <= up + len(down):
+            self._move(self.top, os.dup(self.root_fd))   # from the root is no longer
+            return self._fd(node)
+        while up:
+            parent = cast(_Dir, self._cur.parent)
+            try:
+                fd = os.open("..", _DIR_FLAGS, dir_fd=self._cur_fd)
+            except OSError:   # e.g. no search permission on a finished directory
+                self._move(self.top, os.dup(self.root_fd))
+                return self._fd(node)
+            self._move(parent, fd)
+            up -= 1
+        for child in reversed(down):
+            self._move(child, os.open(child.name, _DIR_FLAGS, dir_fd=self._cur_fd))
+        return self._cur_fd
+
+    def _move(self, node: _Dir, fd: int) -> None:
+        try:
+            ino = _ino(os.fstat(fd))
+            if node.ino is None:
+                node.ino = ino
+            elif node.ino != ino:
+                raise PybuildError(f"{self.what}: {node.path()} changed while being extracted")
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._cur_fd)
+        self._cur, self._cur_fd = node, fd
+
+    def _forget(self, node: _Dir, name: str) -> None:
+        """`node/name` was removed or replaced: forget it and everything below it."""
+        self.gen += 1
+        node.links.pop(name, None)
+        kid = node.kids.pop(name, None)
+        todo = [kid] if kid is not None else []
+        while todo:
+            n = todo.pop()
+            n.dead = True
+            todo.extend(n.kids.values())
+        if self._cur.dead:
+            self._move(self.top, os.dup(self.root_fd))
+
+    def _remove(self, node: _Dir, pfd: int, name: str, st: os.stat_result) -> None:
+        _remove(pfd, name, st)
+        self._forget(node, name)
+
+    # ------------------------------------------------------------------ resolution
+
+    def _parent(self, entry: _Entry, rel: list[str]) -> _Dir:
+        """The directory holding entry `rel` (made when missing), as `_walk` finds it."""
+        name = "/".join(rel[:-1])
+        for last in (self._last, self._last_dir):
+            if last is not None and last[0] == name and last[1] == self.gen:
+                return last[2]
+        node = cast(_Dir, self._walk(name, create=True, entry=entry))
+        self._last = (name, self.gen, node)
+        return node
+
+    def _walk(self, path: str, *, create: bool, entry: _Entry | None = None) -> _Dir | None:
+        """The directory `path` names below base, links followed inside the root (as
+        fs.components); None when missing and not `create`d."""
+        node = self.base
+        todo = path.split("/")[::-1]
+        pending: list[str] = []   # missing components below node, kept literally
+        links = 0
+        marks: list[tuple[_Dir, str, int, int]] = []  # links being followed: where, name, todo, links
+        not_dir: str | None = None
+        while True:
+            while marks and len(todo) <= marks[-1][2]:
+                owner, lname, _, before = marks.pop()
+                if not pending and not_dir is None:
+                    owner.links[lname] = (self.gen, node, links - before)
+            if not todo:
+                break
+            c = todo.pop()
+            if c in ("", "."):
+                continue
+            if not_dir is not None:
+                break
+            if c == "..":
+                if pending:
+                    pending.pop()
+                elif node.parent is not None:
+                    node = node.parent
+                continue
+            if pending:
+                pending.append(c)
+                continue
+            kid = node.kids.get(c)
+            if kid is not None:
+                node = kid
+                continue
+            memo = node.links.get(c)
+            if memo is not None and memo[0] == self.gen:
+                links += memo[2]
+                if links > fs.MAX_SYMLINKS:
+                    raise self._path_err(entry, path, "too many levels of symbolic links")
+                node = memo[1]
+                continue
+            fd = self._fd(node)
+            try:
+                st = os.lstat(c, dir_fd=fd)
+            except FileNotFoundError:
+                pending.append(c)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > fs.MAX_SYMLINKS:
+                    raise self._path_err(entry, path, "too many levels of symbolic links")
+                target = os.readlink(c, dir_fd=fd)
+                marks.append((node, c, len(todo), links - 1))
+                if target.startswith("/"):
+                    node = self.top
+                todo.extend(target.split("/")[::-1])
+            elif stat.S_ISDIR(st.st_mode):
+                kid = node.kids[c] = _Dir(c, node)
+                kid.ino = _ino(st)
+                node = kid
+            else:
+                not_dir = c
+        if not_dir is not None:
+            where = node.path().rstrip("/") + "/" + not_dir
+            raise self._path_err(entry, path, f"{where} is not a directory", NotADirectoryError)
+        if pending and not create:
+            return None
+        for c in pending:
+            fd = self._fd(node)
+            made = True
+            try:
+                os.mkdir(c, 0o755, dir_fd=fd)
+            except FileExistsError:
+                made = False  # made meanwhile: opened (and checked) below
+            kid = node.kids[c] = _Dir(c, node)
+            self._fd(kid)
+            if made:
+                os.fchmod(self._cur_fd, 0o755)
+            node = kid
+        return node
+
+    def _path_err(self, entry: _Entry | None, path: str, reason: str,
+                  kind: type[Exception] = PybuildError) -> Exception:
+        if entry is None:
+            return fs.PathError(f"cannot resolve {path!r} in the {self.what}: {reason}", path, reason)
+        if kind is NotADirectoryError:
+            return NotADirectoryError(errno.ENOTDIR, reason)
+        return self._err(entry, reason)
+
+    # ------------------------------------------------------------------ entries
+
     def _apply(self, entry: _Entry, src: _Counted) -> None:
         rel = fs.clean(entry.name)
         if rel is None:
@@ -903,45 +1117,44 @@ class _Extractor:
             if entry.type != b"5":
                 raise self._err(entry, "the root can only be a directory")
             self._skip(src, entry.size)
-            fd = fs.open_dir(self.root_fd, self.base, create=True)
-            try:
-                self._attrs(entry, fd, dir_later=True)
-            finally:
-                os.close(fd)
-            self.dirs[tuple(self.base)] = entry
+            self._attrs(entry, self._fd(self.base), dir_later=True)
+            self.base.entry = entry
             return
         name = rel[-1]
         if self.mode != "plain" and name.startswith(WH_PREFIX):
             self._skip(src, entry.size)
             self._whiteout(entry, rel)
             return
-        parent = fs.components(self.root, "/".join(self.base + rel[:-1]))
-        key = tuple(parent + [name])
-        pfd = fs.open_dir(self.root_fd, parent, create=True)
+        node = self._parent(entry, rel)
+        pfd = os.dup(self._fd(node))
         try:
             try:
                 old: os.stat_result | None = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
                 old = None
             if entry.type == b"1":
-                self._hardlink(entry, pfd, name, old)
+                self._hardlink(entry, node, pfd, name, old)
             else:
                 if old is not None and not (entry.type == b"5" and stat.S_ISDIR(old.st_mode)):
-                    _remove(pfd, name, old)
+                    self._remove(node, pfd, name, old)
                     old = None
                 self._create(entry, pfd, name, src, old)
         finally:
             os.close(pfd)
-        self._mark(key)
+        self._mark(node, name)
         if entry.type == b"5":
-            self.dirs[key] = entry
+            kid = node.kids.get(name)
+            if kid is None:
+                kid = node.kids[name] = _Dir(name, node)
+            kid.entry = entry
+            self._last_dir = ("/".join(rel), self.gen, kid)
 
-    def _mark(self, key: tuple[str, ...]) -> None:
-        self.written.add(key)
-        for i in range(len(key) - 1, 0, -1):
-            if key[:i] in self.ancestors:
-                break
-            self.ancestors.add(key[:i])
+    def _mark(self, node: _Dir, name: str) -> None:
+        node.written.add(name)
+        n: _Dir | None = node
+        while n is not None and n.parent is not None and not n.holds:
+            n.holds = True
+            n = n.parent
 
     def _skip(self, src: _Counted, size: int) -> None:
         left = size
@@ -951,75 +1164,73 @@ class _Extractor:
     def _whiteout(self, entry: _Entry, rel: list[str]) -> None:
         """`.wh.name` / `.wh..wh..opq` per the OCI image spec (overlay or flatten form)."""
         name = rel[-1]
-        parent = fs.components(self.root, "/".join(self.base + rel[:-1]))
+        node = self._parent(entry, rel)
         if name == WH_OPAQUE:
-            pfd = fs.open_dir(self.root_fd, parent, create=True)
-            try:
-                if self.mode == "overlay":
-                    os.setxattr(f"/proc/self/fd/{pfd}", overlay_xattr("opaque"), b"y")
-                else:
-                    self._prune(pfd, tuple(parent))
-            finally:
-                os.close(pfd)
+            if self.mode == "overlay":
+                os.setxattr(f"/proc/self/fd/{self._fd(node)}", overlay_xattr("opaque"), b"y")
+            else:
+                self._prune(node)
             return
         if name.startswith(WH_PREFIX + WH_PREFIX):
             return  # other AUFS metadata (.wh..wh.plnk...): docker ignores it too
         victim = name[len(WH_PREFIX):]
         if victim in ("", ".", ".."):
             raise self._err(entry, "invalid whiteout name")
-        key = tuple(parent + [victim])
-        if key in self.written:
+        if victim in node.written:
             return  # a whiteout only hides lower layers, never this layer's own file
-        pfd = fs.open_dir(self.root_fd, parent, create=True)
+        pfd = self._fd(node)
         try:
-            try:
-                old = os.stat(victim, dir_fd=pfd, follow_symlinks=False)
-            except FileNotFoundError:
-                old = None
-            if self.mode == "overlay":
-                if old is not None:
-                    _remove(pfd, victim, old)
-                os.mknod(victim, 0o600 | stat.S_IFCHR, 0, dir_fd=pfd)
-                self._mark(key)
-            elif old is not None:
-                _remove(pfd, victim, old)
-        finally:
-            os.close(pfd)
+            old = os.stat(victim, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            old = None
+        if old is not None:
+            self._remove(node, pfd, victim, old)
+        if self.mode == "overlay":
+            os.mknod(victim, 0o600 | stat.S_IFCHR, 0, dir_fd=self._fd(node))
+            self._mark(node, victim)
 
-    def _prune(self, dfd: int, key: tuple[str, ...]) -> None:
+    def _prune(self, start: _Dir) -> None:
         """Remove everything below a directory that this layer did not write (opaque)."""
-        for child in os.listdir(dfd):
-            ckey = key + (child,)
-            st = os.stat(child, dir_fd=dfd, follow_symlinks=False)
-            if ckey not in self.written and ckey not in self.ancestors:
-                _remove(dfd, child, st)
-            elif stat.S_ISDIR(st.st_mode):
-                cfd = os.open(child, _DIR_FLAGS, dir_fd=dfd)
-                try:
-                    self._prune(cfd, ckey)
-                finally:
-                    os.close(cfd)
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            if node.dead:
+                continue
+            fd = self._fd(node)
+            for child in os.listdir(fd):
+                st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+                kid = node.kids.get(child)
+                if child not in node.written and not (kid is not None and kid.holds):
+                    self._remove(node, fd, child, st)
+                elif stat.S_ISDIR(st.st_mode):
+                    if kid is None:
+                        kid = node.kids[child] = _Dir(child, node)
+                    todo.append(kid)
 
-    def _hardlink(self, entry: _Entry, pfd: int, name: str, old: os.stat_result | None) -> None:
+    def _hardlink(self, entry: _Entry, node: _Dir, pfd: int, name: str,
+                  old: os.stat_result | None) -> None:
         rel = fs.clean(entry.linkname)
         if rel is None or not rel:
             raise self._err(entry, f"hardlink target {entry.linkname!r} is outside the {self.what}")
-        tparent = fs.components(self.root, "/".join(self.base + rel[:-1]))
+        missing = self._err(entry, f"hardlink target {entry.linkname!r} does not exist")
         try:
-            tfd = fs.open_dir(self.root_fd, tparent, create=False)
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._err(entry, f"hardlink target {entry.linkname!r} does not exist") from None
+            tnode = self._walk("/".join(rel[:-1]), create=False, entry=entry)
+        except NotADirectoryError:
+            raise missing from None
+        if tnode is None:
+            raise missing
+        tfd = os.dup(self._fd(tnode))
         try:
             try:
                 target = os.stat(rel[-1], dir_fd=tfd, follow_symlinks=False)
-            except FileNotFoundError:
-                raise self._err(entry, f"hardlink target {entry.linkname!r} does not exist") from None
+            except (FileNotFoundError, NotADirectoryError):
+                raise missing from None
             if stat.S_ISDIR(target.st_mode):
                 raise self._err(entry, f"hardlink target {entry.linkname!r} is a directory")
             if old is not None:
                 if (old.st_dev, old.st_ino) == (target.st_dev, target.st_ino):
                     return
-                _remove(pfd, name, old)
+                self._remove(node, pfd, name, old)
             os.link(rel[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(tfd)
@@ -1087,18 +1298,24 @@ class _Extractor:
                     raise
 
     def _finish_dirs(self) -> None:
-        """Directory modes and mtimes last, deepest first, so children do not disturb them."""
-        for key in sorted(self.dirs, key=len, reverse=True):
-            entry = self.dirs[key]
-            try:
-                fd = fs.open_dir(self.root_fd, list(key), create=False)
-            except OSError:
-                continue  # replaced or removed by a later entry
-            try:
-                os.chmod(f"/proc/self/fd/{fd}", entry.mode)
-                os.utime(f"/proc/self/fd/{fd}", ns=(entry.mtime_ns, entry.mtime_ns))
-            finally:
-                os.close(fd)
+        """Directory modes and mtimes last, children before parents (a post-order walk of
+        the tree), so children do not disturb them."""
+        stack: list[tuple[_Dir, Iterator[_Dir]]] = [(self.top, iter(list(self.top.kids.values())))]
+        while stack:
+            node, kids = stack[-1]
+            kid = next(kids, None)
+            if kid is not None:
+                stack.append((kid, iter(list(kid.kids.values()))))
+                continue
+            stack.pop()
+            if node.entry is not None:
+                proc = f"/proc/self/fd/{self._fd(node)}"
+                os.chmod(proc, node.entry.mode)
+                os.utime(proc, ns=(node.entry.mtime_ns, node.entry.mtime_ns))
+
+
+def _ino(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def _remove(pfd: int, name: str, st: os.stat_result) -> None:

@@ -131,7 +131,8 @@ class _Archive:
         old = self.members.pop(name, None)
         if old is not None:  # a later entry replaces an earlier one, as tar extraction does
             old.writer.discard()
-        w = self.store.writer()
+        # an OCI layout names a blob by the digest of its bytes: hashed in that algorithm
+        w = self.store.writer(algorithm="sha512" if name.startswith("blobs/sha512/") else "sha256")
         keep = size <= _KEEP_IN_MEMORY and self._in_memory + size <= _MEMORY_BUDGET
         head = f.read(6)
         kind = next((k for magic, k in layer._MAGICS if head.startswith(magic)), "none")
@@ -143,10 +144,16 @@ class _Archive:
                 kept.extend(data)
 
         src = cast(BinaryIO, _Prefixed(head, f))
-        if kind == "none":
+        if kind == "none" and w.digest.startswith("sha256:"):
             while chunk := src.read(layer.CHUNK):
                 sink(chunk)
             diff_id = w.digest
+        elif kind == "none":  # a sha512 blob: its diff_id is still sha256 (snapshots are)
+            plain = hashlib.sha256()
+            while chunk := src.read(layer.CHUNK):
+                sink(chunk)
+                plain.update(chunk)
+            diff_id = "sha256:" + plain.hexdigest()
         else:
             # every compressed byte read passes through the tee into the blob writer
             plain = hashlib.sha256()

@@ -44,8 +44,9 @@ from pybuild.platforms import choose, host_platform, matches, platform_string
 from pybuild.reference import DOCKER_HUB_HOSTS, Reference, parse_reference
 from pybuild.store import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES,
                            OCI_INDEX, OCI_MANIFEST, Descriptor, Store, canonical_json)
-from pybuild.transport import (REDIRECT_STATUSES, Limits, Pace, TransferError, Truncated,
-                               http_url, iter_body, read_capped, redirect_target)
+from pybuild.transport import (REDIRECT_STATUSES, HeadersTooSlow, Limits, Pace, TransferError,
+                               Truncated, bounded_session, http_url, iter_body, read_capped,
+                               redirect_target)
 
 ProgressFn = Callable[[str, int, int | None], None]
 T = TypeVar("T")
@@ -202,7 +203,7 @@ class RegistryClient:
         self.progress = progress
         self.auth = auth or AuthProvider()
         self.limits = limits or Limits.from_env()
-        self.session = requests.Session()
+        self.session = bounded_session(self.limits)
         # A session-level auth keeps requests from reading ~/.netrc: those passwords must
         # not go to whatever host a registry names as its token realm or redirect target.
         self.session.auth = _no_netrc
@@ -315,6 +316,8 @@ class RegistryClient:
                                             params=params, stream=True,
                                             timeout=self.limits.timeout,
                                             verify=self.session.verify, allow_redirects=False)
+            except HeadersTooSlow as e:
+                raise t.fail(f"registry {e}") from None
             except ValueError as e:  # requests parses a redirect's Location even unfollowed
                 if isinstance(e, requests.RequestException):
                     raise
@@ -732,14 +735,6 @@ def _choose_platform(t: _Target, index: Index, want: dict[str, str] | None = Non
                        f"(available: {available})")
 
 
-def _sha256_only(t: _Target, descs: list[Descriptor]) -> None:
-    """The store files blobs under sha256 (blobs/sha256/): others are refused by name."""
-    for d in descs:
-        if not d.digest.startswith("sha256:"):
-            raise t.fail(f"blob {d.digest[:24]}... uses {d.digest.split(':', 1)[0]}: this "
-                         f"store keeps sha256 blobs only")
-
-
 def _store_manifest(store: Store, body: bytes, digest: str, media_type: str) -> Descriptor:
     with store.writer(expected_digest=digest) as w:
         w.write(body)
@@ -785,7 +780,6 @@ def pull(store: Store, ref: str, *, client: RegistryClient | None = None,
         body, media_type, digest, doc = client.get_manifest(t, chosen.digest)
         if not isinstance(doc, Manifest):
             raise t.fail(f"manifest list entry {chosen.digest} is not an image manifest")
-    _sha256_only(t, [doc.config, *doc.layers])
     config_body, config = _image_config(client, t, store, doc)
     layers = list({d.digest: d for d in doc.layers if d.digest != doc.config.digest}.values())
     missing = [d for d in layers if not store.has_blob(d.digest)]
@@ -978,7 +972,6 @@ def fetch_artifact(store: Store, ref: str, *, client: RegistryClient | None = No
         raise
     if not isinstance(manifest, Manifest):
         raise t.fail("not a cache manifest (it is an index)")
-    _sha256_only(t, [manifest.config, *manifest.layers])
     config = manifest.config
     if config.size > MAX_CONFIG:
         raise t.fail(f"cache config {config.digest} is {config.size} bytes, larger than the "

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from pybuild.digest import Digest
+from pybuild.digest import ALGORITHMS, Digest
 from pybuild.errors import PybuildError
 from pybuild.liveness import lock_held, remove_tree
 from pybuild.reference import parse_reference
@@ -83,7 +83,7 @@ class Descriptor:
             raise PybuildError(f"malformed descriptor (missing {e}): {d!r}") from None
         if not isinstance(size, int) or size < 0 or not isinstance(media_type, str):
             raise PybuildError(f"malformed descriptor: {d!r}")
-        return cls(media_type, check_digest(digest), size, d.get("annotations") or None,
+        return cls(media_type, str(Digest.parse(digest)), size, d.get("annotations") or None,
                    d.get("platform") or None)
 
 
@@ -129,15 +129,20 @@ class BlobWriter:
     compressor. Leaving the `with` block without commit() removes the temp file.
     """
 
-    def __init__(self, store: Store, expected_digest: str | None) -> None:
+    def __init__(self, store: Store, expected_digest: str | None, algorithm: str = "sha256") -> None:
         self._store = store
-        self._expected = check_digest(expected_digest) if expected_digest else None
+        self._expected = str(Digest.parse(expected_digest)) if expected_digest else None
+        # hashed in the algorithm its digest names (OCI allows sha512 blobs: blobs/sha512/)
+        self._algorithm = self._expected.split(":", 1)[0] if self._expected else algorithm
+        if self._algorithm not in ALGORITHMS:
+            raise PybuildError(f"unsupported digest algorithm {algorithm!r} "
+                               f"(supported: {', '.join(ALGORITHMS)})")
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=_TEMP_PREFIX, suffix=".tmp")
         self._path = Path(name)
         self._file: IO[bytes] = os.fdopen(fd, "wb")
         # The lock tells a concurrent Store() that this temp file is alive.
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.new(self._algorithm)
         self._size = 0
         self._done = False
 
@@ -154,8 +159,8 @@ class BlobWriter:
 
     @property
     def digest(self) -> str:
-        """Digest of the bytes written so far."""
-        return "sha256:" + self._hash.hexdigest()
+        """Digest of the bytes written so far (in the writer's algorithm)."""
+        return f"{self._algorithm}:{self._hash.hexdigest()}"
 
     @property
     def closed(self) -> bool:
@@ -193,6 +198,8 @@ class BlobWriter:
         os.fsync(self._file.fileno())
         os.fchmod(self._file.fileno(), 0o644)
         target = self._store.blob_path(digest)
+        if not target.parent.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)  # blobs/sha512/ on first use
         if target.exists():
             # Same content is already there (content addressing): nothing to publish.
             self.discard()
@@ -380,9 +387,10 @@ class Store:
 
     # ---- blobs ------------------------------------------------------------------------
 
-    def writer(self, expected_digest: str | None = None) -> BlobWriter:
-        """A BlobWriter for a new blob (use as a context manager)."""
-        return BlobWriter(self, expected_digest)
+    def writer(self, expected_digest: str | None = None, *, algorithm: str = "sha256") -> BlobWriter:
+        """A BlobWriter for a new blob (use as a context manager), hashed in the algorithm
+        of `expected_digest`, else in `algorithm`."""
+        return BlobWriter(self, expected_digest, algorithm)
 
     def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
         """Store `data` as one blob (nothing written when the store has it already: a warm
@@ -406,8 +414,9 @@ class Store:
             return w.commit(media_type)
 
     def blob_path(self, digest: str) -> Path:
-        """Where the blob lives (whether or not it exists)."""
-        return self.blobs_dir / Digest.sha256(digest).hex
+        """Where the blob lives (whether or not it exists): blobs/<algorithm>/<hex>."""
+        d = Digest.parse(digest)
+        return self.root / "blobs" / d.algorithm / d.hex
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -434,10 +443,15 @@ class Store:
         return obj
 
     def iter_blobs(self) -> Iterator[str]:
-        """Digests of every blob present, in no particular order."""
-        for entry in os.scandir(self.blobs_dir):
-            if entry.is_file() and re.fullmatch(r"[0-9a-f]{64}", entry.name):
-                yield "sha256:" + entry.name
+        """Digests of every blob present (sha256, then sha512), in no particular order."""
+        for algorithm, digits in ALGORITHMS.items():
+            try:
+                entries = list(os.scandir(self.root / "blobs" / algorithm))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.is_file() and re.fullmatch(f"[0-9a-f]{{{digits}}}", entry.name):
+                    yield f"{algorithm}:{entry.name}"
 
     # ---- tags -------------------------------------------------------------------------
 
@@ -677,7 +691,7 @@ class Store:
                 seen |= self._walk_reachable([(d.media_type, d.digest)])
             except PybuildError as e:
                 raise PybuildError(f"tag {name}: {e}") from None
-        return seen | self._walk_reachable([(None, check_digest(k)) for k in keep])
+        return seen | self._walk_reachable([(None, str(Digest.parse(k))) for k in keep])
 
     def gc(self, keep: Iterable[str] = (), *, min_age: float = 0.0) -> GCResult:
         """Delete blobs reachable neither from a tag nor from `keep`; report what was freed.
@@ -708,12 +722,13 @@ class Store:
         """Problems found: blobs whose bytes do not match their name, tags to missing blobs."""
         problems: list[str] = []
         for digest in sorted(self.iter_blobs()):
-            h = hashlib.sha256()
+            h = Digest.parse(digest).hasher()
             with open(self.blob_path(digest), "rb") as f:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
-            if "sha256:" + h.hexdigest() != digest:
-                problems.append(f"blob {digest}: content hashes to sha256:{h.hexdigest()}")
+            got = f"{digest.split(':', 1)[0]}:{h.hexdigest()}"
+            if got != digest:
+                problems.append(f"blob {digest}: content hashes to {got}")
         for name, desc in sorted(self.list_tags().items()):
             try:
                 self._walk_reachable([(desc.media_type, desc.digest)], lambda d, name=name:

@@ -5,25 +5,36 @@ sends two bytes a second, or an endless body, holds a pull for ever. Every body 
 reads from a registry or token server is read here, one network read at a time, under
 three limits: a size cap (the caller knows how much it expects), an overall deadline per
 transfer, and a minimum rate averaged over a window (curl's --speed-limit/--speed-time).
+Before any body, the status line and headers of every answer must be complete within their
+own deadline (`DeadlineAdapter`, as Go's ResponseHeaderTimeout): a server trickling its
+headers a byte at a time never resets it.
 Redirects are followed by the caller with `redirect_target`, which allows only http and
 https and counts the hops.
 
 The limits come from the environment (documented in docs/registry.md):
-PYBUILD_REGISTRY_TIMEOUT, PYBUILD_REGISTRY_DEADLINE, PYBUILD_REGISTRY_MIN_RATE,
-PYBUILD_REGISTRY_RATE_WINDOW.
+PYBUILD_REGISTRY_TIMEOUT, PYBUILD_REGISTRY_HEADER_TIMEOUT, PYBUILD_REGISTRY_DEADLINE,
+PYBUILD_REGISTRY_MIN_RATE, PYBUILD_REGISTRY_RATE_WINDOW.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
+import urllib3.response
 
 from pybuild.errors import PybuildError
 
@@ -45,6 +56,7 @@ class Limits:
 
     connect_timeout: float = 30.0
     read_timeout: float = 300.0     # the longest silence on a connection
+    header_timeout: float = 300.0   # from the request sent to the last header of its answer
     deadline: float = 21600.0       # the longest one body (blob, manifest, token) may take
     min_rate: float = 1024.0        # bytes per second, averaged over rate_window
     rate_window: float = 60.0
@@ -59,6 +71,7 @@ class Limits:
         env = os.environ if env is None else env
         values: dict[str, float] = {}
         for name, field in (("PYBUILD_REGISTRY_TIMEOUT", "read_timeout"),
+                            ("PYBUILD_REGISTRY_HEADER_TIMEOUT", "header_timeout"),
                             ("PYBUILD_REGISTRY_DEADLINE", "deadline"),
                             ("PYBUILD_REGISTRY_MIN_RATE", "min_rate"),
                             ("PYBUILD_REGISTRY_RATE_WINDOW", "rate_window")):
@@ -70,11 +83,96 @@ class Limits:
             except ValueError:
                 value = -1.0
             if not value >= 0 or value == float("inf") or \
-                    (value == 0 and field in ("read_timeout", "rate_window")):
+                    (value == 0 and field in ("read_timeout", "header_timeout", "rate_window")):
                 raise PybuildError(f"{name}={raw!r}: expected a positive number "
                                    f"({'bytes per second' if field == 'min_rate' else 'seconds'})")
             values[field] = value
         return cls(**values)  # type: ignore[arg-type]
+
+
+class HeadersTooSlow(TransferError):
+    """The status line and headers of an answer were not complete within header_timeout."""
+
+
+def _with_header_deadline(conn: Any, seconds: float,
+                          get: Callable[[], urllib3.response.HTTPResponse]) -> urllib3.response.HTTPResponse:
+    """`get()` (reading an answer's status line and headers) within `seconds` in all: a
+    timer shuts the socket down when they run out, however the bytes trickle in."""
+    sock = conn.sock
+    opts = getattr(conn, "_response_options", None)
+    method = getattr(opts, "request_method", None) or "a request"
+    path = urlsplit(getattr(opts, "request_url", None) or "").path or "/"
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def too_slow() -> HeadersTooSlow:
+        return HeadersTooSlow(f"{conn.host}:{conn.port} did not send the status line and headers "
+                              f"of its answer to {method} {path} within {seconds:g} s "
+                              f"(PYBUILD_REGISTRY_HEADER_TIMEOUT)")
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        resp = get()
+    except BaseException:
+        if fired.is_set():
+            raise too_slow() from None
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():  # the timer won the race just after the last header
+        resp.close()
+        raise too_slow()
+    return resp
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    header_timeout = Limits.header_timeout
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        return _with_header_deadline(self, self.header_timeout, super().getresponse)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    header_timeout = Limits.header_timeout
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        return _with_header_deadline(self, self.header_timeout, super().getresponse)
+
+
+class DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections bound the headers of every answer by
+    `limits.header_timeout` (mount it for http:// and https://)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._header_timeout = limits.header_timeout
+        super().__init__()
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
+                         **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        extra = {"header_timeout": self._header_timeout}
+        http = type("_HTTPConnection", (_HTTPConnection,), extra)
+        https = type("_HTTPSConnection", (_HTTPSConnection,), extra)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("_HTTPPool", (urllib3.connectionpool.HTTPConnectionPool,),
+                         {"ConnectionCls": http}),
+            "https": type("_HTTPSPool", (urllib3.connectionpool.HTTPSConnectionPool,),
+                          {"ConnectionCls": https}),
+        }
+
+
+def bounded_session(limits: Limits) -> requests.Session:
+    """A requests session whose every answer's headers are bounded by `limits`."""
+    session = requests.Session()
+    session.mount("http://", DeadlineAdapter(limits))
+    session.mount("https://", DeadlineAdapter(limits))
+    return session
 
 
 def _rate(n: float) -> str:

@@ -62,7 +62,8 @@ class Reply:
     `rate` (bytes/s) trickles the body; `length` overrides the Content-Length header
     (None: the true length, -1: none, chunked-free: the body just ends at close);
     `endless` repeats the body for ever (until the client goes away); `cut` closes the
-    connection after that many body bytes; `delay` is silence after the headers.
+    connection after that many body bytes; `delay` is silence after the headers;
+    `head_rate` (bytes/s) trickles the status line and headers themselves.
     """
 
     status: int = 200
@@ -73,6 +74,7 @@ class Reply:
     endless: bool = False
     cut: int | None = None
     delay: float = 0.0  # silence between the headers and the body
+    head_rate: float | None = None
 
 
 @dataclass
@@ -146,7 +148,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(declared))
         else:
             self.send_header("Connection", "close")
-        self.end_headers()
+        if r.head_rate:
+            head = b"".join(getattr(self, "_headers_buffer", [])) + b"\r\n"
+            self._headers_buffer = []  # type: ignore[attr-defined]
+            if not self._trickle(head, r.head_rate):
+                return
+        else:
+            self.end_headers()
         if self.command == "HEAD" or not r.body:
             return
         try:
@@ -155,6 +163,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if r.cut is not None or declared < 0 or declared != len(r.body):
             self.close_connection = True
+
+    def _trickle(self, data: bytes, rate: float) -> bool:
+        """Write `data` a byte at a time at `rate` bytes/s; False when the client left."""
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                if self.registry.stopping.wait(1 / rate):
+                    return False
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
 
     def _write_body(self, r: Reply) -> None:
         reg = self.registry

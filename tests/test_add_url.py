@@ -122,3 +122,46 @@ def test_a_changed_download_reruns_the_step(busybox: Pybuild, tmp_path: Path, or
     assert result[add] != "CACHED" and result["[3/3] RUN cat /opt/tool.txt > /copy"] != "CACHED"
     out = busybox("run", "--rm", "--network", "none", "app", "cat", "/copy", "/opt/tool.txt")
     assert out.stdout == "version 2\nversion 2\n"
+
+
+@pytest.mark.root
+def test_cache_prune_removes_downloads_no_kept_record_names(pybuild: Pybuild, tmp_path: Path,
+                                                           origin: Origin) -> None:
+    """`cache prune` removes the http-cache entries (ADD <url> downloads) that no kept cache
+    record names, `--all` every one, and counts their bytes; an entry being downloaded (its
+    lock held) is left alone. On main http-cache/ was never pruned."""
+    import fcntl
+    import re
+
+    from pybuild.solver.copy import http_cache_entry
+
+    base = origin.url.rsplit("/", 1)[0]
+    kept, dropped, orphan, busy = (f"{base}/{n}.txt" for n in ("kept", "dropped", "orphan", "busy"))
+    origin.body = b"x" * 5000
+    for url, tag in ((kept, ["-t", "keep"]), (dropped, [])):
+        where = tmp_path / ("tagged" if tag else "untagged")
+        where.mkdir()
+        ctx = ctx_with(where, f"FROM scratch\nADD {url} /\n")
+        pybuild("build", *tag, str(ctx))
+    cache = pybuild.root / "http-cache"
+    fetch_url(cache, orphan, None)   # a download whose record was pruned before
+    fetch_url(cache, busy, None)
+    entry = {u: http_cache_entry(cache, u) for u in (kept, dropped, orphan, busy)}
+    assert all(p.is_dir() for p in entry.values())
+
+    dry = pybuild("cache", "prune", "--dry-run").stdout
+    assert f"Would remove: download {dropped}" in dry and f"Would remove: download {orphan}" in dry
+    assert all(p.is_dir() for p in entry.values())
+    with open(entry[busy] / "lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = pybuild("cache", "prune").stdout
+    assert f"Deleted: download {dropped}" in out and f"Deleted: download {orphan}" in out
+    assert "3 downloads" not in out and "2 downloads" in out, out   # busy: locked, kept
+    freed = re.search(r"Total: ([0-9.]+)kB reclaimed", out)
+    assert freed and float(freed.group(1)) >= 10.0, out             # two 5,000-byte downloads
+    assert entry[kept].is_dir() and entry[busy].is_dir()
+    assert not entry[dropped].exists() and not entry[orphan].exists()
+
+    out = pybuild("cache", "prune", "--all").stdout
+    assert f"Deleted: download {kept}" in out and f"Deleted: download {busy}" in out, out
+    assert list(cache.iterdir()) == []

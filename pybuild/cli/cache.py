@@ -136,8 +136,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"{verb}: {r.key.split(':')[1][:12]}  {r.description}")
     for m in report.mounts:
         print(f"{verb}: cache mount {m.id}")
+    for url in report.downloads:
+        print(f"{verb}: download {url}")
+    downloads = f", {len(report.downloads)} downloads" if report.downloads else ""
     print(f"Total: {human_size(report.total)} {'reclaimable' if args.dry_run else 'reclaimed'} "
-          f"({len(report.records)} records, {len(report.mounts)} cache mounts)")
+          f"({len(report.records)} records, {len(report.mounts)} cache mounts{downloads})")
     return 0
 
 
@@ -171,10 +174,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = cs.add_parser("prune", parents=[common], help="remove build cache",
                       description="Remove cache records least recently used first, then the "
-                                  "layers and snapshots nothing needs. Never removes what a "
-                                  "tagged image needs. Without --all, only records whose layers "
-                                  "no tagged image uses; --all also removes the rest and cache "
-                                  "mounts.")
+                                  "layers, snapshots and ADD <url> downloads (http-cache) nothing "
+                                  "needs. Never removes what a tagged image needs. Without --all, "
+                                  "only records whose layers no tagged image uses; --all also "
+                                  "removes the rest, every download and cache mounts.")
     p.add_argument("-a", "--all", action="store_true", help="remove all cache, not just unused")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="until=DURATION (e.g. 24h: not used for that long), "

@@ -552,6 +552,11 @@ def _url_name(url: str, line: int | None) -> str:
     return "__unnamed__" if name in ("", ".", "/", "..") else name
 
 
+def http_cache_entry(cache_root: Path, url: str) -> Path:
+    """The directory of `url`'s download in the store's HTTP cache (named by its hash)."""
+    return cache_root / hashlib.sha256(url.encode()).hexdigest()
+
+
 def fetch_url(cache_root: Path, url: str, line: int | None) -> Fetched:
     """The current content of `url`, as BuildKit's HTTP source gets it: the last download
     is revalidated (If-None-Match with its ETag, If-Modified-Since with its Last-Modified);
@@ -560,7 +565,7 @@ def fetch_url(cache_root: Path, url: str, line: int | None) -> Fetched:
     import requests  # only ADD <url> needs it: keep it off every build's start-up
 
     name = _url_name(url, line)
-    entry = cache_root / hashlib.sha256(url.encode()).hexdigest()
+    entry = http_cache_entry(cache_root, url)
     entry.mkdir(parents=True, exist_ok=True)
     with open(entry / "lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

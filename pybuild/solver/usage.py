@@ -3,11 +3,16 @@
 Three kinds of things take space: layer blobs (content-addressed, shared by records and
 tagged images), extracted snapshots (one per chain id) and `RUN --mount=type=cache`
 directories. Pruning removes cache records least recently used first, then the blobs and
-snapshots nothing needs any more. Whatever a tagged image needs is never removed.
+snapshots nothing needs any more, and the `ADD <url>` downloads in `http-cache/` that no
+kept record names. Whatever a tagged image needs is never removed.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +52,12 @@ class PruneReport:
     blobs_freed: int = 0
     snapshots_freed: int = 0
     mounts_freed: int = 0
+    downloads: list[str] = field(default_factory=list)  # URLs whose download was removed
+    downloads_freed: int = 0
 
     @property
     def total(self) -> int:
-        return self.blobs_freed + self.snapshots_freed + self.mounts_freed
+        return self.blobs_freed + self.snapshots_freed + self.mounts_freed + self.downloads_freed
 
 
 def tagged_layers(store: Store) -> tuple[dict[str, list[str]], set[str]]:
@@ -167,6 +174,9 @@ def prune(store: Store, *, all: bool = False, until: float | None = None,
         from pybuild.containers import chain_ids_in_use
 
         keep_chains = tagged_chains | {r.chain_id for r in remaining} | chain_ids_in_use(store)
+        if "regular" in types:
+            urls = {u for r in remaining for u in r.inputs.get("urls") or [] if isinstance(u, str)}
+            report.downloads, report.downloads_freed = prune_http_cache(store, urls, dry_run)
         if dry_run:
             live = store.reachable({r.layer.digest for r in remaining})
             report.blobs_freed = sum(store.blob_path(d).stat().st_size
@@ -182,3 +192,43 @@ def prune(store: Store, *, all: bool = False, until: float | None = None,
             report.mounts_freed += m.size
             remove_tree(m.path)
     return report
+
+
+def prune_http_cache(store: Store, keep_urls: set[str], dry_run: bool = False) -> tuple[list[str], int]:
+    """Remove `http-cache/` entries (ADD <url> downloads) whose URL is not in `keep_urls`;
+    (their URLs, bytes freed). An entry being fetched (its lock held) is left alone."""
+    from pybuild.solver.copy import http_cache_entry
+
+    root = store.root / "http-cache"
+    if root.is_symlink() or not root.is_dir():
+        return [], 0
+    keep = {http_cache_entry(root, u).name for u in keep_urls}
+    removed: list[str] = []
+    freed = 0
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name in keep or not re.fullmatch(r"[0-9a-f]{64}", entry.name) \
+                or not entry.is_dir(follow_symlinks=False):
+            continue  # only our own entries, by their hashed names
+        path = Path(entry.path)
+        try:
+            lock = os.open(path / "lock", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a build is downloading it right now
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                url = meta["url"] if isinstance(meta, dict) and isinstance(meta.get("url"), str) else ""
+            except (OSError, ValueError):
+                url = ""
+            size = tree_size(path)
+            if not dry_run:
+                remove_tree(path)
+            removed.append(url or f"(unfinished download {entry.name[:12]})")
+            freed += size
+        finally:
+            os.close(lock)
+    return removed, freed
