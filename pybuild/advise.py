@@ -24,7 +24,6 @@ import os
 import posixpath
 import re
 import sqlite3
-import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -106,27 +105,26 @@ def clean_name(name: str) -> str | None:
 
 def read_layer(fileobj: Any, index: int, created_by: str) -> Layer:
     """The files, whiteouts and opaque directories of one layer blob (any compression)."""
-    from pybuild.layer import open_decompressed
+    from pybuild.layer import list_members
 
     files: dict[str, int] = {}
     deleted: list[str] = []
     opaque: list[str] = []
     try:
-        with tarfile.open(fileobj=open_decompressed(fileobj), mode="r|") as tar:
-            for m in tar:
-                path = clean_name(m.name)
-                if path is None:
-                    continue
-                parent, base = posixpath.split(path)
-                if base == ".wh..wh..opq":
-                    opaque.append(parent)
-                elif base.startswith(".wh."):
-                    deleted.append(posixpath.join(parent, base[4:]))
-                elif m.isreg():
-                    files[path] = m.size
-                else:
-                    files.pop(path, None)
-    except (tarfile.TarError, OSError, EOFError, PybuildError) as e:
+        for name, kind, size in list_members(fileobj):
+            path = clean_name(name)
+            if path is None:
+                continue
+            parent, base = posixpath.split(path)
+            if base == ".wh..wh..opq":
+                opaque.append(parent)
+            elif base.startswith(".wh."):
+                deleted.append(posixpath.join(parent, base[4:]))
+            elif kind == b"0":
+                files[path] = size
+            else:
+                files.pop(path, None)
+    except (OSError, EOFError, PybuildError) as e:
         raise PybuildError(f"layer {index + 1} cannot be read: {e}") from None
     return Layer(index, created_by, files, deleted, opaque)
 

@@ -855,6 +855,17 @@ def _read_entries(src: _Counted) -> Iterator[_Entry]:
                      xattrs)
 
 
+def list_members(blob: BinaryIO) -> Iterator[tuple[str, bytes, int]]:
+    """(name, type flag, size) of every member of a layer blob (any compression), read with
+    the extractor's own parser and its limits; the data is skipped. Type b"0" is a regular
+    file (PAX, GNU and ustar spellings folded), "5" a directory, "2" a symlink, "1" a link."""
+    src = _Counted(open_decompressed(blob), _max_size(None))
+    for entry in _read_entries(src):
+        if entry.size:
+            src.exact(entry.size + (-entry.size % BLOCK), f"the data of {entry.name!r}")
+        yield entry.name, entry.type, entry.size
+
+
 # --------------------------------------------------------------------------- extraction
 
 
