@@ -305,6 +305,19 @@ def test_hostile_cache_configs_are_refused(tmp_path: Path, change: dict[str, Any
     assert "\n" not in str(e.value) and str(e.value).startswith("--cache-from type=local,src=")
 
 
+def test_a_long_layer_chain_is_read_in_one_pass() -> None:
+    """A hostile cache of 100,000 chained layers (a loop only at the far end) is checked
+    by walking each layer once: the old walk from every layer was quadratic (hours)."""
+    blob = _h("e")
+    n = 100_000
+    chain = [{"blob": blob, "parent": i - 1} for i in range(n)]
+    chain[0]["parent"] = -1
+    assert local_cache.parse_config({"layers": chain, "records": []}, {}, "x") == {}
+    chain[0]["parent"] = n - 1  # the chain now loops through every layer
+    with pytest.raises(PybuildError, match="x: cache config: layer 0: its chain loops"):
+        local_cache.parse_config({"layers": chain, "records": []}, {}, "x")
+
+
 def test_hostile_layouts_are_refused(tmp_path: Path) -> None:
     l1 = _gz_layer(tmp_path, b"one")
     config = {"layers": [{"blob": l1["digest"], "parent": -1}],

@@ -328,6 +328,20 @@ def _int(v: Any, what: str, field: str, low: int, high: int) -> int:
     return v
 
 
+def _digests_of(items: list[Any], kind: str, key: str, what: str) -> list[str]:
+    """The checked digest under `key` of each object in `items` (cache config layers or
+    records); the first that is no object or no digest is one error naming it."""
+    out: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise PybuildError(f"{what}: cache config: {kind} {i} is not an object")
+        try:
+            out.append(check_digest(item.get(key)))  # type: ignore[arg-type]
+        except PybuildError as e:
+            raise PybuildError(f"{what}: cache config: {kind} {i}: {e}") from None
+    return out
+
+
 def parse_config(doc: dict[str, Any], layer_descs: dict[str, Descriptor],
                  what: str) -> dict[str, Record]:
     """pybuild's records from a BuildKit cache config, every index checked.
@@ -338,31 +352,20 @@ def parse_config(doc: dict[str, Any], layer_descs: dict[str, Descriptor],
     layers, records = doc.get("layers") or [], doc.get("records") or []
     if not isinstance(layers, list) or not isinstance(records, list):
         raise PybuildError(f"{what}: cache config: layers and records must be lists")
-    blobs: list[str] = []
-    parents: list[int] = []
-    for i, la in enumerate(layers):
-        if not isinstance(la, dict):
-            raise PybuildError(f"{what}: cache config: layer {i} is not an object")
-        try:
-            blobs.append(check_digest(la.get("blob")))  # type: ignore[arg-type]
-        except PybuildError as e:
-            raise PybuildError(f"{what}: cache config: layer {i}: {e}") from None
-        parents.append(_int(la.get("parent", 0), what, f"layer {i} parent", -1, len(layers)))
-    for i in range(len(layers)):  # every chain ends at -1
-        seen, j = set(), i
-        while j != -1:
+    blobs = _digests_of(layers, "layer", "blob", what)
+    parents = [_int(la.get("parent", 0), what, f"layer {i} parent", -1, len(layers))
+               for i, la in enumerate(layers)]
+    ends: set[int] = {-1}  # layers whose chain is known to end at -1
+    for i in range(len(layers)):  # each layer is walked once: linear in the document
+        path, seen, j = [], set(), i
+        while j not in ends:
             if j in seen:
                 raise PybuildError(f"{what}: cache config: layer {i}: its chain loops")
             seen.add(j)
+            path.append(j)
             j = parents[j]
-    digests: list[str] = []
-    for i, r in enumerate(records):
-        if not isinstance(r, dict):
-            raise PybuildError(f"{what}: cache config: record {i} is not an object")
-        try:
-            digests.append(check_digest(r.get("digest")))  # type: ignore[arg-type]
-        except PybuildError as e:
-            raise PybuildError(f"{what}: cache config: record {i}: {e}") from None
+        ends.update(path)
+    digests = _digests_of(records, "record", "digest", what)
     links: list[list[int]] = []
     for i, r in enumerate(records):
         mine: list[int] = []
