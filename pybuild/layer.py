@@ -646,13 +646,13 @@ def open_decompressed(f: BinaryIO) -> BinaryIO:
 
 
 class _Counted:
-    """Uncompressed tar bytes: hashed for the diff_id and capped at max_size."""
+    """Uncompressed tar bytes, capped at max_size; with `hashed`, hashed for the diff_id."""
 
-    def __init__(self, src: BinaryIO, max_size: int) -> None:
+    def __init__(self, src: BinaryIO, max_size: int, *, hashed: bool = False) -> None:
         self._src = src
         self._max = max_size
         self.count = 0
-        self.sha = hashlib.sha256()
+        self.sha = hashlib.sha256() if hashed else None
 
     def read(self, n: int) -> bytes:
         data = self._src.read(n)
@@ -660,7 +660,8 @@ class _Counted:
         if self.count > self._max:
             raise PybuildError(f"layer is larger than the limit of {self._max} bytes "
                                "(set PYBUILD_MAX_LAYER_SIZE to raise it)")
-        self.sha.update(data)
+        if self.sha is not None:
+            self.sha.update(data)
         return data
 
     def exact(self, n: int, what: str) -> bytes:
@@ -1347,12 +1348,13 @@ def apply_layer(blob: BinaryIO, target: Path, *, mode: str = "overlay",
         raise PybuildError(f"unknown layer apply mode {mode!r}")
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    counted = _Counted(open_decompressed(blob), _max_size(max_size))
+    counted = _Counted(open_decompressed(blob), _max_size(max_size), hashed=True)
     ex = _Extractor(target, [], mode, "layer")
     try:
         ex.run(counted)
     finally:
         ex.close()
+    assert counted.sha is not None
     return f"sha256:{counted.sha.hexdigest()}"
 
 
