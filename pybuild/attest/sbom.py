@@ -89,9 +89,25 @@ def _stanzas(text: str) -> list[dict[str, str]]:
     return out
 
 
+def _distro(osr: dict[str, str], default: str) -> tuple[str, str]:
+    """(ID, ID-VERSION_ID) of os-release, the purl namespace and its `distro` qualifier."""
+    distro_id = osr.get("ID", default)
+    return distro_id, f"{distro_id}-{osr['VERSION_ID']}" if osr.get("VERSION_ID") else distro_id
+
+
+def _os_package(kind: str, distro: tuple[str, str], name: str, version: str, location: str,
+                arch: str, source: str, supplier: str, homepage: str) -> Package:
+    """A distribution package with its purl: arch and distro qualifiers, and the source
+    package as `upstream` where it is another name."""
+    quals = {"arch": arch, "distro": distro[1]}
+    if source and source != name:
+        quals["upstream"] = source
+    return Package(kind, name, version, _purl(kind, distro[0], name, version, quals), location,
+                   arch, source, supplier, homepage)
+
+
 def _dpkg(files: dict[str, bytes], osr: dict[str, str]) -> list[Package]:
-    distro_id = osr.get("ID", "debian")
-    distro = f"{distro_id}-{osr['VERSION_ID']}" if osr.get("VERSION_ID") else distro_id
+    distro = _distro(osr, "debian")
     out = []
     for path in sorted(p for p in files if p == _DPKG_STATUS or p.startswith(_DPKG_STATUS_D)):
         for st in _stanzas(files[path].decode(errors="replace")):
@@ -99,21 +115,16 @@ def _dpkg(files: dict[str, bytes], osr: dict[str, str]) -> list[Package]:
             status = st.get("Status", "install ok installed").split()
             if not name or not version or status[-1:] != ["installed"]:
                 continue
-            arch = st.get("Architecture", "")
-            source = st.get("Source", "").split(" ")[0]
-            quals = {"arch": arch, "distro": distro}
-            if source and source != name:
-                quals["upstream"] = source
-            out.append(Package("deb", name, version, _purl("deb", distro_id, name, version, quals),
-                               path, arch, source, st.get("Maintainer", ""), st.get("Homepage", "")))
+            out.append(_os_package("deb", distro, name, version, path, st.get("Architecture", ""),
+                                   st.get("Source", "").split(" ")[0], st.get("Maintainer", ""),
+                                   st.get("Homepage", "")))
     return out
 
 
 def _apk(files: dict[str, bytes], osr: dict[str, str]) -> list[Package]:
     if _APK_DB not in files:
         return []
-    distro_id = osr.get("ID", "alpine")
-    distro = f"{distro_id}-{osr['VERSION_ID']}" if osr.get("VERSION_ID") else distro_id
+    distro = _distro(osr, "alpine")
     out = []
     for block in files[_APK_DB].decode(errors="replace").split("\n\n"):
         fields: dict[str, str] = {}
@@ -123,13 +134,8 @@ def _apk(files: dict[str, bytes], osr: dict[str, str]) -> list[Package]:
         name, version = fields.get("P", ""), fields.get("V", "")
         if not name or not version:
             continue
-        arch = fields.get("A", "")
-        origin = fields.get("o", "")
-        quals = {"arch": arch, "distro": distro}
-        if origin and origin != name:
-            quals["upstream"] = origin
-        out.append(Package("apk", name, version, _purl("apk", distro_id, name, version, quals),
-                           _APK_DB, arch, origin, fields.get("m", ""), fields.get("U", "")))
+        out.append(_os_package("apk", distro, name, version, _APK_DB, fields.get("A", ""),
+                               fields.get("o", ""), fields.get("m", ""), fields.get("U", "")))
     return out
 
 
