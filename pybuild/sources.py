@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pybuild import fs, layer
+from pybuild import fs
 from pybuild.liveness import remove_tree
 from pybuild.errors import PybuildError
 
@@ -95,6 +95,8 @@ def prepare(context: str, dockerfile: str | None, stdin: BinaryIO) -> Iterator[P
 
 def _from_stream(src: BinaryIO, into: Path, what: str) -> tuple[Path, Path | None]:
     """A tar stream becomes the context; any other bytes are a Dockerfile (docker's rule)."""
+    from pybuild import layer  # a directory context (the usual one) needs none of it
+
     head = src.read(layer.BLOCK)
     data_file = into / "stream"
     with open(data_file, "wb") as f:
@@ -104,6 +106,8 @@ def _from_stream(src: BinaryIO, into: Path, what: str) -> tuple[Path, Path | Non
 
 
 def _unpack_or_dockerfile(data_file: Path, into: Path, what: str) -> tuple[Path, Path | None]:
+    from pybuild import layer
+
     root = into / "context"
     root.mkdir()
     if layer.is_archive(data_file):
@@ -121,6 +125,8 @@ def _unpack_or_dockerfile(data_file: Path, into: Path, what: str) -> tuple[Path,
 
 def fetch_http(url: str, into: Path) -> tuple[Path, Path | None]:
     """Download URL: a tarball is unpacked as the context, anything else is the Dockerfile."""
+    from pybuild import layer
+
     import requests
 
     data_file = into / "download"

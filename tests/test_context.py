@@ -265,7 +265,7 @@ def test_manifest_explains_the_digest(tmp_path: Path) -> None:
     (ctx.root / "d/l").symlink_to("a")
     os.chmod(ctx.root / "d/a", 0o640)
     (ctx.root / "alias").symlink_to("d/a")
-    got = ctx.manifest(ctx.resolve_sources(["d", "alias"], 1))
+    got = ctx.manifest(ctx.resolve_sources(["d", "alias"], 1)).entries()
     uid, gid = os.getuid(), os.getgid()
     sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
     assert got["d/a"] == f"f 640 {uid}:{gid} {sha}"
@@ -299,7 +299,7 @@ def test_manifest_resolves_parent_links_inside_the_context(tmp_path: Path) -> No
     os.symlink(str(host), root / "link")
     ctx = BuildContext(root, root / "Dockerfile")
     paths = ctx.resolve_sources(["link/victim"], 2)
-    manifest = ctx.manifest(paths)
+    manifest = ctx.manifest(paths).entries()
     inside = hashlib.sha256(b"inside\n").hexdigest()
     assert [v.split()[-1] for v in manifest.values()] == [inside]
     assert hashlib.sha256(b"HOST\n").hexdigest() not in str(manifest)

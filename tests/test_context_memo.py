@@ -19,15 +19,23 @@ import pytest
 from conftest import Pybuild
 
 from pybuild import context
-from pybuild.context import BuildContext, DigestMemo
+from pybuild.context import BuildContext, DigestMemo, FileManifest, manifest_digest
 
 
-def _build(root: Path, db_path: Path) -> tuple[dict[str, str], DigestMemo]:
+def _manifest(root: Path, db_path: Path) -> tuple[FileManifest, DigestMemo]:
     ctx = BuildContext(root, root / "Dockerfile")
     db = sqlite3.connect(db_path)
     memo = DigestMemo(lambda: db)
     ctx.memo = memo
     return ctx.manifest(ctx.resolve_sources(["."], 1)), memo
+
+
+def _build(root: Path, db_path: Path) -> tuple[dict[str, str], DigestMemo]:
+    """The entries a build's key covers, checked against the digest the key used."""
+    manifest, memo = _manifest(root, db_path)
+    entries = manifest.entries()
+    assert manifest.digest == manifest_digest(entries)
+    return entries, memo
 
 
 def _sha(data: bytes) -> str:
@@ -71,7 +79,8 @@ def test_memo_is_kept_and_served_across_builds(tree: Path, tmp_path: Path) -> No
     # Poison the stored digest: if a second build shows it, the memo (not the file) was read.
     sqlite3.connect(db_path).execute("UPDATE context_digests SET sha256 = 'feed' WHERE size = 4 "
                                      "AND ino = ?", (os.stat(tree / "a.txt").st_ino,)).connection.commit()
-    second, memo = _build(tree, db_path)
+    # (the digest of the unchanged walk is the filed one; its entries come from the memo)
+    second = _manifest(tree, db_path)[0].entries()
     assert second["a.txt"].endswith(" feed")
     assert second["sub/b.txt"] == first["sub/b.txt"]
 
@@ -177,6 +186,75 @@ def test_memo_flush_writes_nothing_when_nothing_changed(tree: Path, tmp_path: Pa
     assert DigestMemo.forget_all(sqlite3.connect(db_path)) == 3
 
 
+def _poison_manifests(db_path: Path) -> None:
+    db = sqlite3.connect(db_path)
+    with db:
+        db.execute("UPDATE context_manifests SET digest = 'sha256:' || printf('%064d', 0)")
+
+
+def test_unchanged_walk_is_served_its_manifest_digest(tree: Path, tmp_path: Path) -> None:
+    """A walk whose every entry stats as before gets the filed digest: no memo row is
+    read, no line made (the entries come only when asked for, and are the real ones)."""
+    db_path = tmp_path / "memo.db"
+    first, _ = _manifest(tree, db_path)
+    _poison_manifests(db_path)  # if the next walk shows it, the filed digest was served
+    second, memo = _manifest(tree, db_path)
+    assert second.digest == "sha256:" + "0" * 64
+    assert memo._rows == {}, "a warm walk must not load the per-file memo"
+    assert second.entries() == first.entries()
+
+
+@pytest.mark.parametrize("change", ["edit", "same-times edit", "chmod", "touch", "new file",
+                                    "delete", "rename", "symlink retarget"])
+def test_any_change_of_an_entry_makes_the_manifest_again(tree: Path, tmp_path: Path,
+                                                         change: str) -> None:
+    db_path = tmp_path / "memo.db"
+    (tree / "link").symlink_to("a.txt")
+    _manifest(tree, db_path)
+    _poison_manifests(db_path)
+    a = tree / "a.txt"
+    if change == "edit":
+        a.write_bytes(b"aaaaa")
+    elif change == "same-times edit":
+        _same_times_edit(a, b"AAAA")
+    elif change == "chmod":
+        a.chmod(0o600)
+    elif change == "touch":
+        os.utime(a, ns=(0, 10**9))
+    elif change == "new file":
+        (tree / "sub" / "c.txt").write_bytes(b"c")
+    elif change == "delete":
+        (tree / "sub" / "b.txt").unlink()
+    elif change == "rename":
+        (tree / "sub" / "b.txt").rename(tree / "sub" / "B.txt")
+    else:
+        (tree / "link").unlink()
+        (tree / "link").symlink_to("sub/b.txt")
+    after, _ = _manifest(tree, db_path)
+    assert after.digest != "sha256:" + "0" * 64
+    assert after.digest == manifest_digest(after.entries())
+
+
+def test_racily_clean_walk_files_no_manifest(tree: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries that changed within the margin of the walk: the digest is not filed under
+    their stat (a write in the same clock tick could leave every field as it was)."""
+    monkeypatch.setattr(context, "RACY_MARGIN_NS", 2_000_000_000)
+    db_path = tmp_path / "memo.db"
+    (tree / "a.txt").write_bytes(b"just now")
+    _manifest(tree, db_path)
+    assert sqlite3.connect(db_path).execute("SELECT count(*) FROM context_manifests").fetchone() == (0,)
+
+
+def test_one_manifest_row_per_set_of_sources(tree: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "memo.db"
+    for i in range(5):
+        (tree / "a.txt").write_bytes(b"v%d" % i)
+        os.utime(tree / "a.txt", ns=(0, i * 10**9))
+        _manifest(tree, db_path)
+    assert sqlite3.connect(db_path).execute("SELECT count(*) FROM context_manifests").fetchone() == (1,)
+
+
 @pytest.mark.root
 def test_builds_share_the_memo_through_the_store(busybox: Pybuild, tmp_path: Path) -> None:
     """`pybuild build` files context digests in the store and a later build reads them.
@@ -184,6 +262,8 @@ def test_builds_share_the_memo_through_the_store(busybox: Pybuild, tmp_path: Pat
     The first build's rows are racily clean (the files were written just before), so the
     second build, 2.5 s later, re-reads and files them as trusted; a row then poisoned in
     the database shows up in the third build's key although the file did not change.
+    The second build also filed the walk's manifest digest: while the file stats the
+    same, that digest is the key's and the poisoned row matters only once it is gone.
     """
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -199,6 +279,10 @@ def test_builds_share_the_memo_through_the_store(busybox: Pybuild, tmp_path: Pat
     assert "CACHED" in busybox(*plain).stderr
     with db:
         db.execute("UPDATE context_digests SET sha256 = ? WHERE ino = ?", (_sha(b"poison"), ino))
+    assert "CACHED" in busybox(*plain).stderr  # the manifest's digest, filed by build 2
+    assert db.execute("SELECT count(*) FROM context_manifests").fetchone() == (1,)
+    with db:
+        db.execute("DELETE FROM context_manifests")
     assert "files changed a.txt (content)" in busybox(*plain).stderr
 
 

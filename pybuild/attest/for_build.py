@@ -7,11 +7,16 @@ move to an index holding it and its attestation manifest, as BuildKit does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pybuild.attest import manifest, provenance, sbom
 from pybuild.errors import PybuildError
 from pybuild.store import Descriptor, Store
+
+if TYPE_CHECKING:
+    from pybuild.attest import provenance
+
+# The attestation modules are imported by what makes attestations: a build that asks for
+# none (most builds, every warm one) only parses the flags here.
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ def parse_provenance(value: str | None) -> str | None:
     """`--provenance=true|false|mode=min|mode=max` (buildx's spellings) → None, min or max."""
     if value is None:
         return None
+    from pybuild.attest import provenance
     v = value.strip().lower()
     if v in ("", "true", "1"):
         return "min"
@@ -69,6 +75,7 @@ def now() -> str:
 
 def image_purl(ref: str, plat: dict[str, str]) -> str:
     """BuildKit's material name for a base image: pkg:docker/busybox@latest?platform=…"""
+    from pybuild.attest import manifest
     from pybuild.reference import parse_reference
 
     r = parse_reference(ref)
@@ -80,6 +87,8 @@ def build_facts(opts: Any, result: Any, img: Any, platform: dict[str, str], star
                 ) -> provenance.BuildFacts:
     """What provenance says about one platform's image of a finished build (`opts` its
     BuildOptions, `result` that platform's BuildResult, `img` its loaded image)."""
+    from pybuild.attest import provenance
+
     from pybuild.platforms import host_platform
 
     host = host_platform()
@@ -103,6 +112,7 @@ def attest_build(store: Store, opts: Any, result: Any, options: AttestOptions, s
 
     The image manifests are left as they are (same digests, same image IDs)."""
     from pybuild import image as imagemod
+    from pybuild.attest import manifest, provenance, sbom
 
     per_platform = list(result.platforms) or [result]
     attested: list[tuple[Descriptor, list[dict[str, Any]]]] = []

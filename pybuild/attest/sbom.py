@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from email.parser import HeaderParser
 from typing import Any
 from urllib.parse import quote
 
@@ -145,6 +144,8 @@ def _pypi_name(name: str) -> str:
 
 
 def _python(files: dict[str, bytes]) -> list[Package]:
+    from email.parser import HeaderParser  # here only: most builds make no SBOM
+
     out = []
     for path in sorted(p for p in files if _PY_META.search(p)):
         meta = HeaderParser().parsestr(files[path].decode(errors="replace"), headersonly=True)

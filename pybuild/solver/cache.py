@@ -63,11 +63,21 @@ class Record:
     layer: Descriptor
     diff_id: str
     chain_id: str
-    inputs: dict[str, Any]
+    # the inputs, or their JSON as the database holds it: parsed on first use (a hit
+    # needs only the layer, and a COPY's inputs hold every file's line)
+    inputs_or_json: dict[str, Any] | str
     created: float
     last_used: float
     hits: int = 0
     step: str = ""  # ops.StepId.text() of the step that made it; "" for remote records
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        if isinstance(self.inputs_or_json, str):
+            parsed: dict[str, Any] = json.loads(self.inputs_or_json)
+            self.inputs_or_json = parsed
+            return parsed
+        return self.inputs_or_json
 
 
 class Cache:
@@ -153,7 +163,7 @@ def _record(row: tuple[Any, ...]) -> Record:
     (key, parent, slot, description, digest, media_type, size, diff_id, chain_id, inputs,
      created, last_used, hits, step) = row
     return Record(key, parent, slot, description, Descriptor(media_type, digest, size), diff_id,
-                  chain_id, json.loads(inputs), created, last_used, hits, step)
+                  chain_id, inputs, created, last_used, hits, step)
 
 
 def explain(prev: Record | None, parent: str, inputs: dict[str, Any]) -> str:

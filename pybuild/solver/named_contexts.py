@@ -165,8 +165,7 @@ class NamedContexts:
                 from pybuild.context import BuildContext
 
                 ctx = BuildContext.for_rootfs(d)
-                self._sources[name] = ops.ContextSource(
-                    tuple(sorted(ctx.manifest([ctx.root]).items())))
+                self._sources[name] = ops.ContextSource(ctx.manifest([ctx.root]))
             else:
                 self._sources[name] = ops.ImageSource(
                     name, str(self.image(name).manifest_desc.digest))

@@ -17,15 +17,38 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-KEY_VERSION = 5  # 3: every layer op names its platform; 4: hostname, git commits, unpack
+from pybuild.context import FileManifest
+
+# 3: every layer op names its platform; 4: hostname, git commits, unpack; 6: context files
+# (COPY sources, bind mounts, named contexts) are keyed by their manifest's digest
+KEY_VERSION = 6
 
 Pairs = tuple[tuple[str, str], ...]
 
 
 def digest_of(obj: Any) -> str:
-    """sha256 of the canonical JSON of `obj` (sorted keys, no spaces)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical JSON of `obj` (sorted keys, no spaces); a FileManifest in
+    it counts as its digest."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_key_form)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _key_form(obj: Any) -> str:
+    if isinstance(obj, FileManifest):
+        return obj.digest
+    raise TypeError(f"{type(obj).__name__} has no key form")
+
+
+def plain_inputs(obj: Any) -> Any:
+    """Inputs as a record keeps them: each FileManifest as its entries (path -> signature),
+    which `--explain` compares file by file."""
+    if isinstance(obj, FileManifest):
+        return dict(obj.entries())
+    if isinstance(obj, dict):
+        return {k: plain_inputs(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_inputs(v) for v in obj]
+    return obj
 
 
 # ----- sources ----------------------------------------------------------------------
@@ -62,12 +85,12 @@ class StageRef:
 
 @dataclass(frozen=True)
 class ContextSource:
-    """Files of the build context: each path with its content signature."""
+    """Files of the build context (or of a `--build-context` directory): their manifest."""
 
-    files: Pairs
+    files: FileManifest
 
     def key(self) -> str:
-        return digest_of({"v": KEY_VERSION, "source": "context", "files": list(self.files)})
+        return digest_of({"v": KEY_VERSION, "source": "context", "files": self.files})
 
 
 # ----- ops that make a layer ---------------------------------------------------------
@@ -156,7 +179,7 @@ class FileCopy:
                 out["downloads"] = list(self.downloads)
         if isinstance(self.source, ContextSource):
             out["sources"] = list(self.sources)
-            out["files"] = dict(self.source.files)
+            out["files"] = self.source.files
         elif self.source is not None:
             out["sources"] = list(self.sources)
             out["from"] = source_label(self.source)

@@ -681,7 +681,7 @@ class Solver:
             context_paths = self.ctx.resolve_sources(local, raw.line)
             # a `--parents` source with `**` keys the directory it walks, not only its matches
             extra = self.ctx.resolve_sources(key_sources(local), raw.line) if e.parents else []
-            source = ops.ContextSource(tuple(sorted(self.ctx.manifest(context_paths + extra).items())))
+            source = ops.ContextSource(self.ctx.manifest(context_paths + extra))
         if e.chmod:
             parse_chmod(e.chmod, raw.line)  # a bad mode fails before the step starts
         unpack = getattr(e, "unpack", None)
@@ -870,6 +870,7 @@ class Solver:
                  incremental: Callable[[], IncrementalCopy | None] | None = None) -> Record:
         """Run a step that missed the cache on a fresh snapshot; record it. An incremental
         COPY's upper starts as its step's previous layer when that can be built on."""
+        inputs = ops.plain_inputs(inputs)  # the manifests' entries, made now if not yet
         if self.opts.explain:
             prev = self.cache.previous(step)
             reason = explain(prev, parent, inputs)

@@ -187,7 +187,7 @@ def test_deep_trees_walk_without_recursion(tmp_path: Path) -> None:
         ctx = BuildContext(root, root / "Dockerfile")
         entries = list(walk_visible(root, [(ctx.matcher, "")]))
         assert len(entries) == 1 + 1500 + 1 and entries[-1][0].endswith("/leaf.txt")
-        assert "d/" * 1500 + "leaf.txt" in ctx.manifest([root])
+        assert "d/" * 1500 + "leaf.txt" in ctx.manifest([root]).entries()
     finally:
         remove_tree(root)
 
