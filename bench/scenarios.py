@@ -8,10 +8,16 @@ runner the one command to time (`command`), and cleans up (`after`, `close`).
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import os
+import re
 import shutil
-import time
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,9 @@ DJANGO_EXAMPLE = REPO / "examples" / "django-app"
 DJANGO_BASE_TAR = Path("/var/cache/pybuild-demo/debian-python-bookworm.tar")
 DJANGO_TEMPLATE = Path("notes/templates/notes/index.html")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# The Django example's wheels as a PEP 503 index (simple/<project>/<wheel>), fetched from
+# PyPI once; `django-cold-index` serves it on loopback so no timed run waits on PyPI.
+WHEELHOUSE = Path("/var/cache/pybuild-demo/wheelhouse")
 RUN128_FILES = 2000
 # One shell, one `head` per file: 2,000 files of 64 KiB of fresh random bytes (131 MB).
 RUN128_SCRIPT = ("mkdir -p {data} && for i in $(seq " + str(RUN128_FILES) + "); do "
@@ -46,6 +55,7 @@ class Bench:
         self._random: Path | None = None
         self._docker_host: str | None = None
         self._isolation: tuple[str | None] | None = None
+        self._index: str | None = None
 
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
@@ -71,6 +81,19 @@ class Bench:
                               f"base-image.sh {DJANGO_BASE_TAR}")
         return DJANGO_BASE_TAR
 
+    def package_index(self) -> str:
+        """The URL of a package index on 127.0.0.1 holding the Django example's pinned
+        wheels (downloaded once into WHEELHOUSE), served for this invocation."""
+        if self._index is None:
+            simple = make_wheelhouse(WHEELHOUSE, DJANGO_EXAMPLE / "requirements.txt")
+            handler = functools.partial(_QuietFiles, directory=str(simple.parent))
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            self.stack.callback(server.server_close)
+            self.stack.callback(server.shutdown)
+            self._index = f"http://127.0.0.1:{server.server_address[1]}/simple/"
+        return self._index
+
     def docker(self) -> Docker:
         if self._docker_host is None:
             self._docker_host = self.stack.enter_context(docker_engine())
@@ -95,6 +118,31 @@ class Bench:
         if self._isolation is None:
             return None
         return self._isolation[0] or "default"
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def make_wheelhouse(root: Path, requirements: Path) -> Path:
+    """`root`/simple, a PEP 503 index of the wheels `requirements` pins (pure-Python, so
+    the host's pip fetches the ones the image's Python installs); made once."""
+    simple = root / "simple"
+    if simple.is_dir() and any(simple.iterdir()):
+        return simple
+    with tempfile.TemporaryDirectory(dir=root.parent if root.parent.is_dir() else None) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--only-binary=:all:", "--disable-pip-version-check", "-d", tmp,
+                        "-r", str(requirements)], check=True)
+        staged = Path(tmp) / "simple"
+        for wheel in sorted(Path(tmp).glob("*.whl")):
+            project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+            (staged / project).mkdir(parents=True, exist_ok=True)
+            wheel.rename(staged / project / wheel.name)
+        root.mkdir(parents=True, exist_ok=True)
+        staged.rename(simple)
+    return simple
 
 
 class Adapter:
@@ -232,7 +280,7 @@ class BuildCase(Case):
         self.extra = extra
         self.tag = "bench-image"
 
-    def setup(self) -> None:
+    def prepare_context(self) -> None:
         if isinstance(self.source, Path):
             shutil.copytree(self.source, self.context,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data",
@@ -240,6 +288,9 @@ class BuildCase(Case):
         else:
             self.context.mkdir(parents=True)
             (self.context / "Dockerfile").write_text(self.source)
+
+    def setup(self) -> None:
+        self.prepare_context()
         self.adapter.import_base(*self.base)
         # Even for cold runs: docker and podman unpack a base at import time, pybuild on
         # its first build; one untimed build puts every tool in the "base ready" state.
@@ -414,15 +465,39 @@ def _adapter(bench: Bench, tool: str, name: str) -> Adapter:
     return BuildahAdapter(bench, name)
 
 
-def _django(tool: str, mode: str) -> Callable[[Bench], Case]:
+def _django(tool: str, mode: str, local_index: bool = False) -> Callable[[Bench], Case]:
     def make(bench: Bench) -> Case:
-        name = f"django-{mode}-{tool}"
+        name = f"django-{mode}{'-index' if local_index else ''}-{tool}"
         base = (bench.django_base_tar(), DJANGO_REF)
         adapter = _adapter(bench, tool, name)
+        if local_index:
+            return IndexedDjangoCase(adapter, bench.subdir(f"{name}-ctx-"), base, mode,
+                                     bench.package_index())
         secret = ["--secret", f"id=pip-ca,src={CA_BUNDLE}"] if CA_BUNDLE.is_file() else []
         return BuildCase(adapter, bench.subdir(f"{name}-ctx-"), DJANGO_EXAMPLE, base, mode,
                          secret)
     return make
+
+
+class IndexedDjangoCase(BuildCase):
+    """The Django example with its wheels stage pointed at a local package index: the
+    copied Dockerfile gets `ARG PIP_INDEX_URL` after the stage's FROM (pip reads the
+    variable) and every tool gets the same `--build-arg`. The rest is the example as is."""
+
+    def __init__(self, adapter: Adapter, workdir: Path, base: tuple[Path, str], mode: str,
+                 index: str) -> None:
+        super().__init__(adapter, workdir, DJANGO_EXAMPLE, base, mode,
+                         ["--build-arg", f"PIP_INDEX_URL={index}"])
+
+    def prepare_context(self) -> None:
+        super().prepare_context()
+        dockerfile = self.context / "Dockerfile"
+        stage = "FROM ${BASE} AS wheels\n"
+        text = dockerfile.read_text()
+        if stage not in text:
+            raise Unavailable("examples/django-app/Dockerfile has no wheels stage to point "
+                              "at the local index")
+        dockerfile.write_text(text.replace(stage, stage + "ARG PIP_INDEX_URL\n", 1))
 
 
 # Two independent stages and a final stage reading both: a solver that runs ready stages
@@ -542,6 +617,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              "examples/django-app, empty build cache and cache mounts (base image present): "
              "venv + pip wheel from PyPI + pip install + collectstatic",
              {t: _django(t, "cold") for t in BUILDERS}),
+    Scenario("django-cold-index",
+             "django-cold with the wheels from a package index on 127.0.0.1 instead of "
+             "PyPI (the same pinned wheels): the build tools' own time, without the "
+             "network's variance",
+             {t: _django(t, "cold", local_index=True) for t in BUILDERS}),
     Scenario("django-warm",
              "examples/django-app rebuilt with nothing changed (every step cached)",
              {t: _django(t, "warm") for t in BUILDERS}),

@@ -84,8 +84,9 @@ def test_busybox_rootfs_has_a_shell(tmp_path: Path) -> None:
 
 def test_every_scenario_compares_pybuild_with_something() -> None:
     files = {f"files{n}k-{mode}" for n in (10, 50, 100, 200) for mode in ("warm", "edit")}
-    assert set(SCENARIOS) == {"run128", "twostage", "django-cold", "django-warm", "django-edit",
-                              "push128", "pull-debian", "arm64", *files}
+    assert set(SCENARIOS) == {"run128", "twostage", "django-cold", "django-cold-index",
+                              "django-warm", "django-edit", "push128", "pull-debian", "arm64",
+                              *files}
     for scn in SCENARIOS.values():
         assert scn.tools[0] == "pybuild" and len(scn.tools) >= 2
 
@@ -93,3 +94,16 @@ def test_every_scenario_compares_pybuild_with_something() -> None:
 def test_every_scenario_makes_its_cases() -> None:
     """Each tool of each scenario has a case factory (a merge once dropped one's return)."""
     assert all(callable(make) for scn in SCENARIOS.values() for make in scn.cases.values())
+
+
+def test_indexed_django_points_only_the_wheels_stage_at_the_index(tmp_path: Path) -> None:
+    from scenarios import DJANGO_EXAMPLE, Adapter, IndexedDjangoCase
+
+    case = IndexedDjangoCase(Adapter(), tmp_path, (tmp_path / "base.tar", "base"), "cold",
+                             "http://127.0.0.1:1/simple/")
+    case.prepare_context()
+    ours = (case.context / "Dockerfile").read_text().splitlines()
+    theirs = (DJANGO_EXAMPLE / "Dockerfile").read_text().splitlines()
+    at = ours.index("FROM ${BASE} AS wheels") + 1
+    assert ours[at] == "ARG PIP_INDEX_URL" and ours[:at] + ours[at + 1:] == theirs
+    assert case.extra == ["--build-arg", "PIP_INDEX_URL=http://127.0.0.1:1/simple/"]

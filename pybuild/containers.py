@@ -48,7 +48,7 @@ from pybuild.fs import resolve_in_root
 from pybuild.liveness import exclusive, process_start, remove_tree
 from pybuild.snapshot import Active, Snapshotter, chain_ids
 from pybuild.solver.users import resolve_user
-from pybuild.store import Store
+from pybuild.store import Store, tree_dir
 from pybuild.units import human_duration as human_duration
 
 RUNC_ID_PREFIX = "pybuild-run-"
@@ -517,8 +517,7 @@ def create(store: Store, opts: RunOptions, *, runtime_name: str | None = None,
             warnings.append(f"Published ports are discarded when using {mode} network mode")
         ports = []
     cid = secrets.token_hex(32)
-    root = containers_dir(store)
-    root.mkdir(parents=True, exist_ok=True)
+    root = tree_dir(containers_dir(store))
     with exclusive(root / ".lock"):  # names are claimed under one lock
         existing = list_containers(store)
         names = {c.name: c for c in existing}

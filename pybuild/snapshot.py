@@ -24,7 +24,7 @@ from pybuild import layer, rootless
 from pybuild.digest import Digest
 from pybuild.errors import NeedsRootError, PybuildError
 from pybuild.liveness import lock_held, remove_tree, tree_size
-from pybuild.store import Descriptor, Store
+from pybuild.store import Descriptor, Store, tree_dir
 
 # Overlay mount options live in one page.
 _MAX_MOUNT_DATA = 4000
@@ -106,8 +106,7 @@ class Snapshotter:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dir = store.snapshots_dir
-        self.mounts_dir = store.root / "mounts"
-        self.mounts_dir.mkdir(parents=True, exist_ok=True)
+        self.mounts_dir = tree_dir(store.root / "mounts")
         self._empty = self.dir / "empty"
         self._empty.mkdir(parents=True, exist_ok=True)
 

@@ -248,6 +248,39 @@ def _check_is_store(root: Path) -> None:
                            f"{_MARKER}); pass --root an empty or new directory")
 
 
+# ext4's "top directory" inode flag (chattr +T, FS_TOPDIR_FL): directories made in one are
+# placed like directories of the filesystem root, in block groups with few directories,
+# not next to their parent. Without it each build's new upper went where the last build's
+# files were just deleted, and on an ext4 without a journal every inode allocation there
+# first skips the recently deleted ones: `pip install` of the Django example spent 5-6 s
+# in the kernel instead of 0.5 s (perf: recently_deleted / find_inode_bit), and making
+# 11,000 files took 5.7-8.8 s instead of 0.23 s (docs/performance.md).
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_TOPDIR_FL = 0x00020000
+
+
+def tree_dir(path: Path) -> Path:
+    """A store directory whose subdirectories hold trees of files that come and go (layer
+    snapshots, mount uppers, cache mounts, containers, work dirs): made if missing, and on
+    ext2/3/4 flagged so each new tree lands in a fresh block group. Elsewhere the flag does
+    not exist and nothing changes."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return path
+    try:
+        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], "little")
+        if not flags & _FS_TOPDIR_FL:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, (flags | _FS_TOPDIR_FL).to_bytes(4, "little") + bytes(4))
+    except OSError:  # not ext*, or not ours to flag: placement is only a hint
+        pass
+    finally:
+        os.close(fd)
+    return path
+
+
 def _restrict(path: Path, mode: int) -> None:
     """Give a store directory we own `mode` (new stores, and older ones on open)."""
     st = path.stat()
@@ -368,8 +401,9 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             # The marker first: a directory holding gc.lock is a store (see _check_is_store).
             os.close(os.open(self.root / "gc.lock", os.O_CREAT | os.O_RDONLY, 0o644))
-            for d in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
-                d.mkdir(parents=True, exist_ok=True)
+            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+            for d in (self.tmp_dir, self.snapshots_dir):
+                tree_dir(d)
             _restrict(self.root, ROOT_MODE)
             _restrict(self.snapshots_dir, SNAPSHOTS_MODE)
             layout = self.root / "oci-layout"

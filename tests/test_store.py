@@ -319,3 +319,39 @@ def test_skopeo_copies_a_store_image_to_a_real_registry(store: Store) -> None:
         assert res.returncode == 0, res.stderr
         # Unchanged bytes: the registry serves the very manifest the store holds.
         assert json.loads(res.stdout)["Digest"] == desc.digest
+
+
+def _inode_flags(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, 0x80086601, bytes(8))[:4], "little")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def test_tree_dirs_are_flagged_to_spread_new_trees(tmp_path: Path) -> None:
+    """On ext2/3/4 the directories builds make and delete trees in carry the top-directory
+    flag (chattr +T), other flags kept; elsewhere nothing is flagged and nothing fails."""
+    from pybuild.snapshot import Snapshotter
+    from pybuild.store import tree_dir
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    before = _inode_flags(probe)
+    tree_dir(probe)
+    if before is None or _inode_flags(probe) == before:
+        pytest.skip(f"{tmp_path} is not on a filesystem with FS_TOPDIR_FL (ext2/3/4)")
+    store = Store(tmp_path / "store")
+    Snapshotter(store)
+    for name in ("tmp", "snapshots", "mounts"):
+        flags = _inode_flags(store.root / name)
+        assert flags is not None and flags & 0x00020000, name
+    noatime = tmp_path / "noatime"
+    noatime.mkdir()
+    subprocess.run(["chattr", "+A", str(noatime)], check=True)
+    tree_dir(noatime)
+    tree_dir(noatime)  # idempotent
+    flags = _inode_flags(noatime)
+    assert flags is not None and flags & 0x80 and flags & 0x00020000  # NOATIME kept

@@ -28,6 +28,7 @@ from pybuild.context import BuildContext, go_clean, walk_visible
 from pybuild.errors import DockerfileError, PybuildError
 from pybuild.liveness import process_start
 from pybuild.runtime import Mount
+from pybuild.store import tree_dir
 
 SECRETS_DIR = rootless.state_dir() / "secrets"
 
@@ -204,7 +205,7 @@ class MountPreparer:
         base = self.cache_root / hashlib.sha256(cache_dir_key(m, name).encode()).hexdigest()[:32]
         data = base / "data"
         if not data.exists():
-            self.cache_root.mkdir(parents=True, exist_ok=True)
+            tree_dir(self.cache_root)
             tmp = Path(tempfile.mkdtemp(dir=self.cache_root))
             if m.from_:
                 # A new cache starts as a copy of the source, resolved inside its stage/image.
