@@ -25,7 +25,7 @@ import posixpath
 import re
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,11 +107,16 @@ def read_layer(fileobj: Any, index: int, created_by: str) -> Layer:
     """The files, whiteouts and opaque directories of one layer blob (any compression)."""
     from pybuild.layer import list_members
 
+    return layer_of(list_members(fileobj), index, created_by)
+
+
+def layer_of(members: Iterable[tuple[str, bytes, int]], index: int, created_by: str) -> Layer:
+    """The files, whiteouts and opaque directories of a layer's (name, type, size) list."""
     files: dict[str, int] = {}
     deleted: list[str] = []
     opaque: list[str] = []
     try:
-        for name, kind, size in list_members(fileobj):
+        for name, kind, size in members:
             path = clean_name(name)
             if path is None:
                 continue
@@ -210,7 +215,7 @@ def advise(store: Any, name: str, *, dockerfile: str | None = None, dockerfile_n
     store made (an imported or pulled base): far less to decompress, and the base's own
     leftovers are not this Dockerfile's to fix."""
     from pybuild import image as imagemod
-    from pybuild.snapshot import chain_ids
+    from pybuild.snapshot import built_members, chain_ids
 
     img = imagemod.load(store, name)
     descs = img.layers
@@ -224,6 +229,12 @@ def advise(store: Any, name: str, *, dockerfile: str | None = None, dockerfile_n
     for i, desc in enumerate(descs):
         if built_layers_only and (i >= len(chains) or chains[i] not in by_chain):
             layers.append(Layer(i, history[i], {}, [], []))
+            continue
+        # a layer a build made here: its member list, noted when it was written
+        noted = built_members(store, chains[i], img.diff_ids[i]) \
+            if i < len(chains) and chains[i] in by_chain else None
+        if noted is not None:
+            layers.append(layer_of(noted, i, history[i]))
             continue
         with store.open_blob(desc.digest) as f:
             layers.append(read_layer(f, i, history[i]))
@@ -430,8 +441,10 @@ def _same_step(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
         {k: v for k, v in b["inputs"].items() if k not in strip}
 
 
-def _own_inputs(inputs: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in inputs.items() if k != "base"}, sort_keys=True)
+def _own_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A step's inputs without the base image, to compare (as dicts: a COPY's hold a line
+    per file, and encoding them to compare cost more than the comparison)."""
+    return {k: v for k, v in inputs.items() if k != "base"}
 
 
 def _changed_copy_above(rec: dict[str, Any] | None, by_key: dict[str, dict[str, Any]],

@@ -284,12 +284,22 @@ class _TarWriter:
 
     _BATCH = 1 << 16  # small entries reach the sink in batches: one hash update per batch
 
-    def __init__(self, sink: LayerSink, epoch: int | None) -> None:
+    def __init__(self, sink: LayerSink, epoch: int | None,
+                 members: list[tuple[str, str, int]] | None = None) -> None:
         self._sink = sink
         self._epoch = epoch
+        self._members = members
         self._links: dict[tuple[int, int], bytes] = {}
         self._pending: list[bytes] = []
         self._pending_size = 0
+
+    def _head(self, name: bytes, typeflag: bytes, st_mode: int, uid: int, gid: int,
+              size: int, mtime: int, linkname: bytes = b"", dev: tuple[int, int] = (0, 0),
+              xattrs: list[tuple[bytes, bytes]] | None = None) -> bytes:
+        """One entry's header (`_header`); the entry is also noted in `members` if kept."""
+        if self._members is not None:
+            self._members.append((os.fsdecode(name), typeflag.decode(), size))
+        return _header(name, typeflag, st_mode, uid, gid, size, mtime, linkname, dev, xattrs)
 
     def _put(self, data: bytes) -> None:
         """Bytes for the sink, in order; small pieces are joined first (the sink cuts its
@@ -347,7 +357,7 @@ class _TarWriter:
         mode, mtime = st.st_mode, self._mtime(st)
         if stat.S_ISCHR(mode) and st.st_rdev == 0:
             # overlay whiteout (char 0/0) → empty `.wh.name`, as moby's overlay2 writes it
-            self._put(_header(name, b"0", 0o600, st.st_uid, st.st_gid, 0, mtime))
+            self._put(self._head(name, b"0", 0o600, st.st_uid, st.st_gid, 0, mtime))
             return False
         if stat.S_ISSOCK(mode):
             return False  # tar cannot hold sockets; docker skips them too
@@ -358,32 +368,32 @@ class _TarWriter:
                                    "stored in a layer (mount overlay with redirect_dir=off,metacopy=off)")
         common = (mode, st.st_uid, st.st_gid)
         if stat.S_ISDIR(mode):
-            self._put(_header(name + b"/", b"5", *common, 0, mtime, xattrs=xattrs))
+            self._put(self._head(name + b"/", b"5", *common, 0, mtime, xattrs=xattrs))
             if overlay.get("trusted.overlay.opaque") == b"y":
-                self._put(_header(name + b"/" + WH_OPAQUE.encode(), b"0", mode & 0o777,
+                self._put(self._head(name + b"/" + WH_OPAQUE.encode(), b"0", mode & 0o777,
                                          st.st_uid, st.st_gid, 0, mtime))
             return True
         if st.st_nlink > 1:
             first = self._links.setdefault((st.st_dev, st.st_ino), name)
             if first != name:
-                self._put(_header(name, b"1", *common, 0, mtime, first, xattrs=xattrs))
+                self._put(self._head(name, b"1", *common, 0, mtime, first, xattrs=xattrs))
                 return False
         if stat.S_ISREG(mode):
-            header = _header(name, b"0", *common, st.st_size, mtime, xattrs=xattrs)
+            header = self._head(name, b"0", *common, st.st_size, mtime, xattrs=xattrs)
             if st.st_size <= CHUNK:
                 self._small(path, header, st.st_size)
             else:
                 self._put(header)
                 self._copy(path, st.st_size)
         elif stat.S_ISLNK(mode):
-            self._put(_header(name, b"2", *common, 0, mtime, os.readlink(path),
+            self._put(self._head(name, b"2", *common, 0, mtime, os.readlink(path),
                                      xattrs=xattrs))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
             flag = b"3" if stat.S_ISCHR(mode) else b"4"
-            self._put(_header(name, flag, *common, 0, mtime, dev=dev, xattrs=xattrs))
+            self._put(self._head(name, flag, *common, 0, mtime, dev=dev, xattrs=xattrs))
         elif stat.S_ISFIFO(mode):
-            self._put(_header(name, b"6", *common, 0, mtime, xattrs=xattrs))
+            self._put(self._head(name, b"6", *common, 0, mtime, xattrs=xattrs))
         return False
 
     def _small(self, path: bytes, header: bytes, size: int) -> None:
@@ -424,15 +434,18 @@ def _short_path(name: object) -> str:
 
 
 def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
-                source_date_epoch: int | None = None) -> LayerInfo:
+                source_date_epoch: int | None = None,
+                members: list[tuple[str, str, int]] | None = None) -> LayerInfo:
     """Tar `src` (an overlay upperdir or any directory) into `out`, compressed, in one pass.
 
     The same tree gives the same digest anywhere: sorted entries, integer (optionally
     clamped) mtimes, numeric owners only, no header field that depends on the host.
+    `members`, when given, receives (name, type flag, size) of every entry written, as
+    `list_members` would read them back.
     """
     sink = LayerSink(out, compression)
     try:
-        _TarWriter(sink, source_date_epoch).walk(os.fsencode(src), b"")
+        _TarWriter(sink, source_date_epoch, members).walk(os.fsencode(src), b"")
         sink.write(b"\0" * (2 * BLOCK))
     except OSError as e:
         sink.abort()

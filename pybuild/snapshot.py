@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import hashlib
 import os
 import time
@@ -98,6 +99,27 @@ class Active:
     @property
     def upper(self) -> Path:
         return self.dir / "upper"
+
+
+MEMBERS = "members.json"  # beside a built layer's snapshot: its tar members (built_members)
+
+
+def built_members(store: Store, chain_id: str, diff_id: str) -> list[tuple[str, bytes, int]] | None:
+    """(name, type flag, size) of each entry of the layer a build made for `chain_id`, as
+    `layer.list_members` would read them from its blob, noted when the layer was written;
+    None when the snapshot was extracted (pulled, imported) or the list is not whole."""
+    try:
+        path = store.snapshots_dir / Digest.sha256(chain_id, "chain id").hex / MEMBERS
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, PybuildError):
+        return None
+    entries = doc.get("members") if isinstance(doc, dict) and doc.get("diff_id") == diff_id \
+        else None
+    if not isinstance(entries, list) or not all(
+            isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+            and isinstance(e[1], str) and isinstance(e[2], int) for e in entries):
+        return None
+    return [(name, kind.encode(), size) for name, kind, size in entries]
 
 
 class Snapshotter:
@@ -280,15 +302,19 @@ class Snapshotter:
         _umount(a.rootfs)
         if rootless.fuse_overlay_wanted():
             rootless.normalize_fuse_upper(a.upper, list(reversed(a.lowers)))
+        members: list[tuple[str, str, int]] = []
         with self.store.writer() as w:
             info = layer.write_layer(a.upper, w, compression=compression,
-                                     source_date_epoch=source_date_epoch)
+                                     source_date_epoch=source_date_epoch, members=members)
             desc = w.commit(info.media_type)
         chain_id = chain_ids(parent_diff_ids + [info.diff_id])[-1]
         if not self.has(chain_id):
             tmp, lock = self._tmp_dir()
             try:
                 os.rename(a.upper, tmp / "fs")
+                # what the layer holds, for `advise` without decompressing the blob again
+                (tmp / MEMBERS).write_text(json.dumps({"diff_id": info.diff_id,
+                                                       "members": members}))
                 (tmp / "done").write_text(desc.digest)
                 self._install(tmp, self._dir(chain_id))
             finally:

@@ -124,6 +124,30 @@ def test_wasted_bytes_and_caches(busybox: Pybuild, tmp_path: Path) -> None:
     assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= {"wasted-bytes", "pip-cache"}
 
 
+def test_built_layers_are_advised_from_their_noted_members(busybox: Pybuild,
+                                                           tmp_path: Path) -> None:
+    """A layer this store built is advised from the member list its commit noted, and that
+    gives exactly what reading the blob gives (a damaged or missing list: the blob)."""
+    ctx = tmp_path / "ctx"
+    build(busybox, ctx, "noted", "FROM busybox\n"
+          "RUN head -c 3000000 /dev/urandom > /big && mkdir -p /root/.cache/pip "
+          "&& head -c 2000000 /dev/urandom > /root/.cache/pip/wheel\nRUN rm /big\n")
+    lists = sorted((busybox.root / "snapshots").glob("*/members.json"))
+    assert len(lists) == 2  # the two RUN layers; the imported base has none
+    from_lists = advise(busybox, "noted")
+    noted = [json.loads(f.read_text()) for f in lists]
+    for f, doc in zip(lists, noted):  # the right layer, said to hold nothing: it is believed
+        f.write_text(json.dumps({"diff_id": doc["diff_id"], "members": []}))
+    assert advise(busybox, "noted")["wasted"] == 0
+    for f in lists:  # a list for another layer, or no list: the blob is read
+        f.write_text('{"diff_id": "sha256:' + "0" * 64 + '", "members": []}')
+    assert advise(busybox, "noted") == from_lists
+    for f in lists:
+        f.unlink()
+    assert advise(busybox, "noted") == from_lists
+    assert {i["kind"] for i in from_lists["items"]} >= {"wasted-bytes", "pip-cache"}
+
+
 def test_apt_lists_bytecode_compilers(busybox: Pybuild, tmp_path: Path) -> None:
     ctx = tmp_path / "ctx"
     (ctx / "pkg" / "__pycache__").mkdir(parents=True)

@@ -400,3 +400,29 @@ def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
     assert layer.apply_layer(io.BytesIO(blob), out, mode="flatten") == info.diff_id
     assert open(os.fsencode(out) + b"/caf\xe9-latin1", "rb").read() == b"bytes"
     assert os.readlink(os.fsencode(out) + b"/lnk") == b"caf\xe9-latin1"
+
+
+def test_members_noted_while_writing_are_what_the_blob_lists(tmp_path: Path) -> None:
+    """`write_layer(members=...)` notes each entry as `list_members` reads it back (what
+    `advise` uses instead of decompressing a layer this store built): files, directories,
+    symlinks, hard links, a name past ustar's 100 bytes, a name that is not UTF-8, and
+    (as root, from a real overlay) whiteouts and an opaque directory."""
+    src = tmp_path / "src"
+    (src / "d" / ("long" * 40)).mkdir(parents=True)
+    (src / "d" / ("long" * 40) / "f.txt").write_text("x" * 5000)
+    (src / "a").write_bytes(b"a")
+    os.link(src / "a", src / "hard")
+    (src / "link").symlink_to("a")
+    (src / os.fsdecode(b"bad-\xff-name")).write_bytes(b"b" * 7)
+    if ROOT:
+        os.mknod(src / "gone", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        os.setxattr(src / "d", "trusted.overlay.opaque", b"y")
+    noted: list[tuple[str, str, int]] = []
+    out = io.BytesIO()
+    layer.write_layer(src, out, members=noted)
+    listed = list(layer.list_members(io.BytesIO(out.getvalue())))
+    assert [(n, k.encode(), s) for n, k, s in noted] == listed
+    names = [n for n, _, _ in noted]
+    assert "d/" + "long" * 40 + "/f.txt" in names and os.fsdecode(b"bad-\xff-name") in names
+    if ROOT:
+        assert ".wh.gone" in names and "d/.wh..wh..opq" in names
