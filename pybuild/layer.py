@@ -279,16 +279,36 @@ def _xattrs(path: bytes, follow: bool = False) -> tuple[list[tuple[bytes, bytes]
     return keep, overlay
 
 
+def member_record(name: bytes, typeflag: bytes, size: int) -> bytes:
+    """One entry of a member list as `write_layer(members=...)` writes it: type flag and
+    size, NUL, the name's bytes, NUL (a tar name holds no NUL)."""
+    return b"%s%d\0%s\0" % (typeflag, size, name)
+
+
+def read_member_records(data: bytes) -> list[tuple[str, bytes, int]] | None:
+    """The (name, type flag, size) list `member_record`s make, or None if it is damaged."""
+    fields = data.split(b"\0")
+    if fields.pop() != b"" or len(fields) % 2:
+        return None
+    out = []
+    for head, name in zip(fields[::2], fields[1::2]):
+        if len(head) < 2 or not head[1:].isdigit() or not name:
+            return None
+        out.append((name.decode("utf-8", "surrogateescape"), head[:1], int(head[1:])))
+    return out
+
+
 class _TarWriter:
     """Walks an upperdir and streams its tar into a LayerSink."""
 
     _BATCH = 1 << 16  # small entries reach the sink in batches: one hash update per batch
 
     def __init__(self, sink: LayerSink, epoch: int | None,
-                 members: list[tuple[str, str, int]] | None = None) -> None:
+                 members: BinaryIO | None = None) -> None:
         self._sink = sink
         self._epoch = epoch
         self._members = members
+        self._noted: list[bytes] = []
         self._links: dict[tuple[int, int], bytes] = {}
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -298,7 +318,10 @@ class _TarWriter:
               xattrs: list[tuple[bytes, bytes]] | None = None) -> bytes:
         """One entry's header (`_header`); the entry is also noted in `members` if kept."""
         if self._members is not None:
-            self._members.append((os.fsdecode(name), typeflag.decode(), size))
+            self._noted.append(member_record(name, typeflag, size))
+            if len(self._noted) >= 1024:
+                self._members.write(b"".join(self._noted))
+                self._noted.clear()
         return _header(name, typeflag, st_mode, uid, gid, size, mtime, linkname, dev, xattrs)
 
     def _put(self, data: bytes) -> None:
@@ -338,6 +361,9 @@ class _TarWriter:
             if self._entry(path, name, st):
                 stack.append(iter(self._children(path, name + b"/")))
         self._flush()
+        if self._members is not None and self._noted:
+            self._members.write(b"".join(self._noted))
+            self._noted.clear()
 
     @staticmethod
     def _children(directory: bytes, prefix: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
@@ -435,18 +461,19 @@ def _short_path(name: object) -> str:
 
 def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
                 source_date_epoch: int | None = None,
-                members: list[tuple[str, str, int]] | None = None) -> LayerInfo:
+                members: BinaryIO | None = None) -> LayerInfo:
     """Tar `src` (an overlay upperdir or any directory) into `out`, compressed, in one pass.
 
     The same tree gives the same digest anywhere: sorted entries, integer (optionally
     clamped) mtimes, numeric owners only, no header field that depends on the host.
-    `members`, when given, receives (name, type flag, size) of every entry written, as
-    `list_members` would read them back.
+    `members`, when given, receives a `member_record` of every entry written (name, type
+    flag, size, as `list_members` reads them back), a batch at a time: memory stays flat.
     """
     sink = LayerSink(out, compression)
     try:
         _TarWriter(sink, source_date_epoch, members).walk(os.fsencode(src), b"")
         sink.write(b"\0" * (2 * BLOCK))
+        return sink.close()  # a write of the compressor's thread may fail only now
     except OSError as e:
         sink.abort()
         where = f": {_short_path(e.filename)}" if e.filename else ""
@@ -454,7 +481,6 @@ def write_layer(src: Path, out: BlobSink, *, compression: str = "gzip",
     except BaseException:
         sink.abort()
         raise
-    return sink.close()
 
 
 # --------------------------------------------------------------------------- decompression

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import json
 import hashlib
 import os
 import time
@@ -101,25 +100,22 @@ class Active:
         return self.dir / "upper"
 
 
-MEMBERS = "members.json"  # beside a built layer's snapshot: its tar members (built_members)
+def _members_file(store: Store, chain_id: str, diff_id: str) -> Path:
+    """Beside a built layer's snapshot: its tar members (`layer.member_record`s), named
+    after the layer's diff_id so a list is only ever read for its own layer."""
+    return (store.snapshots_dir / Digest.sha256(chain_id, "chain id").hex
+            / f"members-{Digest.sha256(diff_id, 'diff_id').hex}")
 
 
 def built_members(store: Store, chain_id: str, diff_id: str) -> list[tuple[str, bytes, int]] | None:
     """(name, type flag, size) of each entry of the layer a build made for `chain_id`, as
     `layer.list_members` would read them from its blob, noted when the layer was written;
-    None when the snapshot was extracted (pulled, imported) or the list is not whole."""
+    None when the snapshot was extracted (pulled, imported) or the list is damaged."""
     try:
-        path = store.snapshots_dir / Digest.sha256(chain_id, "chain id").hex / MEMBERS
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError, PybuildError):
+        data = _members_file(store, chain_id, diff_id).read_bytes()
+    except (OSError, PybuildError):
         return None
-    entries = doc.get("members") if isinstance(doc, dict) and doc.get("diff_id") == diff_id \
-        else None
-    if not isinstance(entries, list) or not all(
-            isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
-            and isinstance(e[1], str) and isinstance(e[2], int) for e in entries):
-        return None
-    return [(name, kind.encode(), size) for name, kind, size in entries]
+    return layer.read_member_records(data)
 
 
 class Snapshotter:
@@ -302,19 +298,18 @@ class Snapshotter:
         _umount(a.rootfs)
         if rootless.fuse_overlay_wanted():
             rootless.normalize_fuse_upper(a.upper, list(reversed(a.lowers)))
-        members: list[tuple[str, str, int]] = []
-        with self.store.writer() as w:
+        # what the layer holds, for `advise` without decompressing the blob again
+        members = a.dir / "members"
+        with self.store.writer() as w, open(members, "wb") as noted:
             info = layer.write_layer(a.upper, w, compression=compression,
-                                     source_date_epoch=source_date_epoch, members=members)
+                                     source_date_epoch=source_date_epoch, members=noted)
             desc = w.commit(info.media_type)
         chain_id = chain_ids(parent_diff_ids + [info.diff_id])[-1]
         if not self.has(chain_id):
             tmp, lock = self._tmp_dir()
             try:
                 os.rename(a.upper, tmp / "fs")
-                # what the layer holds, for `advise` without decompressing the blob again
-                (tmp / MEMBERS).write_text(json.dumps({"diff_id": info.diff_id,
-                                                       "members": members}))
+                os.rename(members, tmp / _members_file(self.store, chain_id, info.diff_id).name)
                 (tmp / "done").write_text(desc.digest)
                 self._install(tmp, self._dir(chain_id))
             finally:

@@ -132,18 +132,20 @@ def test_built_layers_are_advised_from_their_noted_members(busybox: Pybuild,
     build(busybox, ctx, "noted", "FROM busybox\n"
           "RUN head -c 3000000 /dev/urandom > /big && mkdir -p /root/.cache/pip "
           "&& head -c 2000000 /dev/urandom > /root/.cache/pip/wheel\nRUN rm /big\n")
-    lists = sorted((busybox.root / "snapshots").glob("*/members.json"))
+    lists = sorted((busybox.root / "snapshots").glob("*/members-*"))
     assert len(lists) == 2  # the two RUN layers; the imported base has none
     from_lists = advise(busybox, "noted")
-    noted = [json.loads(f.read_text()) for f in lists]
-    for f, doc in zip(lists, noted):  # the right layer, said to hold nothing: it is believed
-        f.write_text(json.dumps({"diff_id": doc["diff_id"], "members": []}))
+    for f in lists:  # the right layer, said to hold nothing: it is believed
+        f.write_bytes(b"")
     assert advise(busybox, "noted")["wasted"] == 0
-    for f in lists:  # a list for another layer, or no list: the blob is read
-        f.write_text('{"diff_id": "sha256:' + "0" * 64 + '", "members": []}')
+    for f in lists:  # a damaged list, a list of another layer, no list: the blob is read
+        f.write_bytes(b"0\0x")
     assert advise(busybox, "noted") == from_lists
     for f in lists:
-        f.unlink()
+        f.rename(f.with_name("members-" + "0" * 64))
+    assert advise(busybox, "noted") == from_lists
+    for f in lists:
+        f.with_name("members-" + "0" * 64).unlink()
     assert advise(busybox, "noted") == from_lists
     assert {i["kind"] for i in from_lists["items"]} >= {"wasted-bytes", "pip-cache"}
 

@@ -321,3 +321,21 @@ def test_rows_of_deleted_files_are_dropped(tree: Path, tmp_path: Path) -> None:
     again, _ = _build(tree, db_path)
     assert again == after
     assert _rows(db_path) == 3
+
+
+def test_fingerprint_takes_inode_numbers_past_int64() -> None:
+    """Some filesystems hand out 64-bit inode numbers (overlay's xino, NFS): the packed
+    fast form cannot hold them, the fingerprint still covers them and still changes."""
+    real = os.lstat(".")
+
+    def fake(ino: int, ctime_ns: int) -> os.stat_result:
+        head = [real.st_mode, ino, *real[2:10]]
+        times = [1.0, 2.0, 3.0, 10, 20, ctime_ns]
+        return os.stat_result(head + times + [None] * (os.stat_result.n_fields - 16))
+
+    big = [("", "/x/", [("a", fake(2**64 - 1, 30))])]
+    moved = [("", "/x/", [("a", fake(2**64 - 1, 31))])]
+    small = [("", "/x/", [("a", fake(7, 30))])]
+    digest, latest = context._fingerprint(big)
+    assert latest == 30 and digest == context._fingerprint(big)[0]
+    assert len({digest, context._fingerprint(moved)[0], context._fingerprint(small)[0]}) == 3

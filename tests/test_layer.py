@@ -417,12 +417,20 @@ def test_members_noted_while_writing_are_what_the_blob_lists(tmp_path: Path) -> 
     if ROOT:
         os.mknod(src / "gone", stat.S_IFCHR | 0o600, os.makedev(0, 0))
         os.setxattr(src / "d", "trusted.overlay.opaque", b"y")
-    noted: list[tuple[str, str, int]] = []
+    stream = io.BytesIO()
     out = io.BytesIO()
-    layer.write_layer(src, out, members=noted)
+    layer.write_layer(src, out, members=stream)
     listed = list(layer.list_members(io.BytesIO(out.getvalue())))
-    assert [(n, k.encode(), s) for n, k, s in noted] == listed
+    noted = layer.read_member_records(stream.getvalue())
+    assert noted == listed
     names = [n for n, _, _ in noted]
     assert "d/" + "long" * 40 + "/f.txt" in names and os.fsdecode(b"bad-\xff-name") in names
     if ROOT:
         assert ".wh.gone" in names and "d/.wh..wh..opq" in names
+
+
+def test_a_damaged_member_list_is_no_list() -> None:
+    good = layer.member_record(b"a/b", b"0", 12) + layer.member_record(b"a/", b"5", 0)
+    assert layer.read_member_records(good) == [("a/b", b"0", 12), ("a/", b"5", 0)]
+    for bad in (good[:-1], good + b"07\0", b"0x\0name\0", b"0\0name\0", b"012\0\0"):
+        assert layer.read_member_records(bad) is None, bad
