@@ -196,15 +196,25 @@ def _records(store: Any) -> list[dict[str, Any]]:
         rows = cur.fetchall()
     except (sqlite3.Error, OSError, PybuildError):
         return []
-    out = []
-    for key, parent, slot, description, chain_id, inputs, created in rows:
+    return [{"key": key, "parent": parent, "slot": slot, "description": description,
+             "chain_id": chain_id, "inputs_json": inputs, "created": float(created)}
+            for key, parent, slot, description, chain_id, inputs, created in rows]
+
+
+def _inputs(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record's inputs, parsed when first asked for: only the records of this image's
+    steps and the steps above them are, not every record of the store (a COPY's inputs
+    hold a line per file: parsing all of a busy store's took ~90 MB and 0.1 s)."""
+    parsed = rec.get("inputs")
+    if parsed is None:
         try:
-            parsed = json.loads(inputs)
+            parsed = json.loads(rec.get("inputs_json") or "{}")
         except ValueError:
             parsed = {}
-        out.append({"key": key, "parent": parent, "slot": slot, "description": description,
-                    "chain_id": chain_id, "inputs": parsed, "created": float(created)})
-    return out
+        if not isinstance(parsed, dict):
+            parsed = {}
+        rec["inputs"] = parsed
+    return parsed
 
 
 def advise(store: Any, name: str, *, dockerfile: str | None = None, dockerfile_name: str =
@@ -383,11 +393,11 @@ def _cache_order(records: list[dict[str, Any]], chain: list[dict[str, Any] | Non
         if rec is None or not rec["slot"]:
             continue
         runs = sorted(by_slot[rec["slot"]], key=lambda r: r["created"])
-        own = _own_inputs(rec["inputs"])
+        own = _own_inputs(_inputs(rec))
         above = by_key.get(rec["parent"])
         # the same instruction under the same instruction: another Dockerfile that had a
         # step at this position is not this step's history
-        reruns = [r for r in runs if _own_inputs(r["inputs"]) == own
+        reruns = [r for r in runs if _own_inputs(_inputs(r)) == own
                   and _same_step(by_key.get(r["parent"]), above)]
         if len(reruns) < 2:
             continue
@@ -437,8 +447,8 @@ def _same_step(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
         return a is b
     strip = ("base", "files")
     return a["slot"] == b["slot"] and \
-        {k: v for k, v in a["inputs"].items() if k not in strip} == \
-        {k: v for k, v in b["inputs"].items() if k not in strip}
+        {k: v for k, v in _inputs(a).items() if k not in strip} == \
+        {k: v for k, v in _inputs(b).items() if k not in strip}
 
 
 def _own_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -453,10 +463,10 @@ def _changed_copy_above(rec: dict[str, Any] | None, by_key: dict[str, dict[str, 
     seen = 0
     while rec is not None and seen < 200:
         seen += 1
-        if "files" in rec["inputs"]:
+        if "files" in _inputs(rec):
             earlier = [r for r in by_slot.get(rec["slot"], []) if r["created"] < rec["created"]]
-            if earlier and max(earlier, key=lambda r: r["created"])["inputs"].get("files") \
-                    != rec["inputs"]["files"]:
+            if earlier and _inputs(max(earlier, key=lambda r: r["created"])).get("files") \
+                    != _inputs(rec)["files"]:
                 return _step_text(rec["description"])
         rec = by_key.get(rec["parent"])
     return None
