@@ -232,11 +232,9 @@ def _entries(directory: str, follow: bool = False) -> list[tuple[str, os.stat_re
     is left out). A directory met in the walk is opened without following a symlink (it
     was one when stat'ed); the walk's top, as given, may be reached through one."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = -1
     try:
         fd = os.open(directory, flags)
-    except OSError as exc:
-        raise PybuildError(f"cannot read {_short(directory.rstrip('/'))}: {exc.strerror}") from None
-    try:
         with os.scandir(fd) as it:
             listed = sorted(it, key=lambda e: e.name)
         out = []
@@ -252,7 +250,8 @@ def _entries(directory: str, follow: bool = False) -> list[tuple[str, os.stat_re
     except OSError as exc:
         raise PybuildError(f"cannot read {_short(directory.rstrip('/'))}: {exc.strerror}") from None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _short(path: Path | str) -> str:
@@ -327,18 +326,28 @@ class DigestMemo:
         self._connect = connect
         self._lock = threading.Lock()
         self._manifests: dict[str, tuple[str, str]] = {}  # source -> (fingerprint, digest)
+        self._tables_ready = False
         self._rows: dict[int, dict[int, _MemoRow]] = {}
         self._dirty: dict[tuple[int, int], _MemoRow] = {}
         self._seen: dict[int, set[int]] = {}
         self._gone: set[tuple[int, int]] = set()
+
+    def _db(self) -> sqlite3.Connection:
+        """The calling thread's connection, the memo's tables made or brought up to date
+        once per memo (not on every lookup)."""
+        assert self._connect is not None
+        db = self._connect()
+        if not self._tables_ready:
+            _memo_table(db)
+            self._tables_ready = True
+        return db
 
     def _device(self, dev: int) -> dict[int, _MemoRow]:
         rows = self._rows.get(dev)
         if rows is None:
             rows = {}
             if self._connect is not None:
-                db = self._connect()
-                _memo_table(db)
+                db = self._db()
                 # paths are read only when some entry was not seen (forget_unseen_below)
                 for ino, size, mtime, ctime, hashed, digest in db.execute(
                         "SELECT ino, size, mtime_ns, ctime_ns, hashed_ns, sha256"
@@ -385,7 +394,7 @@ class DigestMemo:
                 unseen = [ino for ino in rows if ino not in seen]
                 stored: dict[int, str] = {}
                 if unseen and self._connect is not None:
-                    stored = dict(self._connect().execute(
+                    stored = dict(self._db().execute(
                         "SELECT ino, path FROM context_digests WHERE dev = ?", (dev,)))
                 gone = [ino for ino in unseen
                         if (rows[ino][5] or stored.get(ino, "")).startswith(prefix)]
@@ -404,7 +413,7 @@ class DigestMemo:
             gone, self._gone = self._gone, set()
         if (not dirty and not gone) or self._connect is None:
             return
-        db = self._connect()
+        db = self._db()
         with db:
             db.executemany("DELETE FROM context_digests WHERE dev = ? AND ino = ?", sorted(gone))
             db.executemany("INSERT OR REPLACE INTO context_digests"
@@ -412,14 +421,12 @@ class DigestMemo:
                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [(dev, ino, *row) for (dev, ino), row in dirty.items()])
 
-    def manifest_digest(self, source: str, fingerprint: str) -> str | None:
+    def known_manifest(self, source: str, fingerprint: str) -> str | None:
         """The digest of the manifest last made of `source` when its entries had exactly
         this stat `fingerprint`, else None."""
         known = self._manifests.get(source)
         if known is None and self._connect is not None:
-            db = self._connect()
-            _memo_table(db)
-            row = db.execute("SELECT fingerprint, digest FROM context_manifests WHERE source = ?",
+            row = self._db().execute("SELECT fingerprint, digest FROM context_manifests WHERE source = ?",
                              (source,)).fetchone()
             known = (row[0], row[1]) if row else None
         return known[1] if known is not None and known[0] == fingerprint else None
@@ -429,8 +436,7 @@ class DigestMemo:
         `source` had (one row per set of sources, however often they change)."""
         self._manifests[source] = (fingerprint, digest)
         if self._connect is not None:
-            db = self._connect()
-            _memo_table(db)
+            db = self._db()
             with db:
                 db.execute("INSERT OR REPLACE INTO context_manifests (source, fingerprint, digest)"
                            " VALUES (?, ?, ?)", (source, fingerprint, digest))
@@ -741,7 +747,7 @@ class BuildContext:
                              [("!" if m.exclusion else "") + m.cleaned
                               for m in self.matcher.patterns]])
         fingerprint, latest = _fingerprint(found)
-        digest = memo.manifest_digest(source, fingerprint)
+        digest = memo.known_manifest(source, fingerprint)
         if digest is not None:
             return FileManifest(digest, make=lambda: self._entries_of(found, flush=True))
         lines = self._entries_of(found)

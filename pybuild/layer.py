@@ -320,8 +320,7 @@ class _TarWriter:
         if self._members is not None:
             self._noted.append(member_record(name, typeflag, size))
             if len(self._noted) >= 1024:
-                self._members.write(b"".join(self._noted))
-                self._noted.clear()
+                self._write_noted()
         return _header(name, typeflag, st_mode, uid, gid, size, mtime, linkname, dev, xattrs)
 
     def _put(self, data: bytes) -> None:
@@ -361,6 +360,9 @@ class _TarWriter:
             if self._entry(path, name, st):
                 stack.append(iter(self._children(path, name + b"/")))
         self._flush()
+        self._write_noted()
+
+    def _write_noted(self) -> None:
         if self._members is not None and self._noted:
             self._members.write(b"".join(self._noted))
             self._noted.clear()

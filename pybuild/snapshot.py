@@ -100,11 +100,14 @@ class Active:
         return self.dir / "upper"
 
 
-def _members_file(store: Store, chain_id: str, diff_id: str) -> Path:
+def _snapshot_dir(store: Store, chain_id: str) -> Path:
+    return store.snapshots_dir / Digest.sha256(chain_id, "chain id").hex
+
+
+def _members_name(diff_id: str) -> str:
     """Beside a built layer's snapshot: its tar members (`layer.member_record`s), named
     after the layer's diff_id so a list is only ever read for its own layer."""
-    return (store.snapshots_dir / Digest.sha256(chain_id, "chain id").hex
-            / f"members-{Digest.sha256(diff_id, 'diff_id').hex}")
+    return f"members-{Digest.sha256(diff_id, 'diff_id').hex}"
 
 
 def built_members(store: Store, chain_id: str, diff_id: str) -> list[tuple[str, bytes, int]] | None:
@@ -112,7 +115,7 @@ def built_members(store: Store, chain_id: str, diff_id: str) -> list[tuple[str, 
     `layer.list_members` would read them from its blob, noted when the layer was written;
     None when the snapshot was extracted (pulled, imported) or the list is damaged."""
     try:
-        data = _members_file(store, chain_id, diff_id).read_bytes()
+        data = (_snapshot_dir(store, chain_id) / _members_name(diff_id)).read_bytes()
     except (OSError, PybuildError):
         return None
     return layer.read_member_records(data)
@@ -129,7 +132,7 @@ class Snapshotter:
         self._empty.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, chain_id: str) -> Path:
-        return self.dir / Digest.sha256(chain_id, "chain id").hex
+        return _snapshot_dir(self.store, chain_id)
 
     def path(self, chain_id: str) -> Path:
         return self._dir(chain_id) / "fs"
@@ -309,7 +312,7 @@ class Snapshotter:
             tmp, lock = self._tmp_dir()
             try:
                 os.rename(a.upper, tmp / "fs")
-                os.rename(members, tmp / _members_file(self.store, chain_id, info.diff_id).name)
+                os.rename(members, tmp / _members_name(info.diff_id))
                 (tmp / "done").write_text(desc.digest)
                 self._install(tmp, self._dir(chain_id))
             finally:
